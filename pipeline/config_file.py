@@ -1,0 +1,84 @@
+"""``--config FILE`` for every command: YAML or TOML, keys named as the flags.
+
+The file fills click's ``default_map``, so flags given on the command line override it and
+every value still goes through the flag's own type conversion and validation.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+import yaml
+
+from pipeline.errors import InputError
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML (.yaml/.yml) or TOML (.toml) file into a flat dict of flag values."""
+    if not path.is_file():
+        raise InputError(f"--config {path}: file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise InputError(f"--config {path}: unknown extension '{path.suffix}'; use .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise InputError(f"--config {path}: cannot parse: {err}") from err
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: expected a mapping of flag names to values")
+    return data
+
+
+def _load_into_context(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is None:
+        return value
+    data = read_config_file(value)
+    known = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
+    defaults, unknown = {}, []
+    for key, val in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known:
+            unknown.append(str(key))
+            continue
+        if isinstance(val, list) and not getattr(known[name], "multiple", False):
+            val = ",".join(str(v) for v in val)  # e.g. `seeds: [0, 1, 2]` for a "0,1,2" flag
+        defaults[name] = val
+    if unknown:
+        flags = ", ".join(sorted("--" + n.replace("_", "-") for n in known))
+        raise InputError(f"--config {value}: unknown key(s) {', '.join(unknown)}; known keys: {flags}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+ConfigOption = typer.Option(
+    None,
+    "--config",
+    help="YAML or TOML file of flag values (keys named as the flags); flags given here override it.",
+    is_eager=True,
+    callback=_load_into_context,
+    exists=False,
+    dir_okay=False,
+)
+
+
+def save_resolved_config(path: Path, values: dict[str, Any]) -> None:
+    """Write the resolved configuration next to what a command produced."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    path.write_text(json.dumps(plain(values), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,48 @@
+"""Errors that end a command with a clear message and a documented exit status.
+
+Exit statuses (documented in ``pipeline --help``):
+  0 success, 2 bad input or usage (nothing written), 1 failure while running.
+"""
+
+from __future__ import annotations
+
+import click
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+class PipelineError(click.ClickException):
+    """A failure the user can act on; click prints ``Error: <message>`` and exits."""
+
+    exit_code = EXIT_FAILURE
+
+
+class InputError(PipelineError):
+    """Bad input, flag or usage: exit status 2, nothing is written."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str | list[str]):
+        if isinstance(message, list):
+            message = "\n".join(f"- {m}" for m in message) if len(message) > 1 else message[0]
+        super().__init__(message)
+
+
+class ConfigErrors:
+    """Collects config problems so that all of them are reported at once (LitGPT style)."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, problem: str) -> None:
+        self.problems.append(problem)
+
+    def check(self, condition: bool, problem: str) -> None:
+        if not condition:
+            self.problems.append(problem)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise InputError(self.problems)

@@ -1,0 +1,112 @@
+"""The in-memory text graph every stage works on, and how to load one.
+
+A graph is given as a built-in name (``cora``, ``citeseer``) or a folder holding
+``nodes.parquet`` and ``edges.parquet`` (DESIGN.md section 3). Optional files in the same
+folder: ``meta.json`` (``label_names`` order, provenance) and ``splits/NAME.json``
+(``{"train": [node_id, ...], "val": [...], "test": [...]}``, user ids).
+
+Internally nodes get dense indices 0..N-1 in file order; ``node_ids`` maps them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import InputError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TextGraph:
+    """A validated textual graph.
+
+    Shapes: N nodes, E undirected edges (each stored in both directions in ``edge_index``).
+    """
+
+    name: str  # built-in name or folder name
+    source: str  # built-in name or absolute folder path: what `load_graph` accepts again
+    node_ids: np.ndarray  # (N,) int64 or object (str): the user's ids, by dense index
+    texts: list[str]  # (N,)
+    labels: np.ndarray  # (N,) int64 class index, -1 = unlabeled
+    label_names: list[str]  # (C,) class index -> name
+    split: np.ndarray  # (N,) object: "train" / "val" / "test" / None, from the split column
+    edge_index: np.ndarray  # (2, 2E) int64 dense indices, symmetric, no self-loops or duplicates
+    named_splits: dict[str, Path] = field(default_factory=dict)  # name -> splits/NAME.json
+    fingerprint: str = ""  # sha256 over ids, texts, labels, splits and edges
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_edges(self) -> int:
+        """Undirected edge count."""
+        return self.edge_index.shape[1] // 2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def index_of(self, ids: list | np.ndarray) -> np.ndarray:
+        """Dense indices of user ids; unknown ids raise InputError naming them."""
+        lookup = {v: i for i, v in enumerate(self.node_ids.tolist())}
+        out, missing = [], []
+        for v in ids:
+            i = lookup.get(v)
+            if i is None:
+                missing.append(v)
+            else:
+                out.append(i)
+        if missing:
+            raise InputError(f"{len(missing)} node id(s) not in graph '{self.name}', first: {missing[:5]}")
+        return np.asarray(out, dtype=np.int64)
+
+    def split_indices(self, name: str | None = None) -> dict[str, np.ndarray]:
+        """``{"train", "val", "test"} -> dense indices`` for a named split or the split column."""
+        if name is None or name == "column":
+            if not any(s is not None for s in self.split):
+                raise InputError(f"graph '{self.name}' has no split column; choose a split with --split")
+            return {s: np.flatnonzero(self.split == s) for s in SPLIT_NAMES}
+        if name not in self.named_splits:
+            known = ", ".join(sorted(self.named_splits)) or "none"
+            raise InputError(f"--split {name}: graph '{self.name}' has no such split (known: {known})")
+        data = json.loads(self.named_splits[name].read_text())
+        return {s: self.index_of(data.get(s, [])) for s in SPLIT_NAMES}
+
+
+def graph_fingerprint(node_ids, texts, labels, split, edge_index) -> str:
+    h = hashlib.sha256()
+    for part in (
+        json.dumps([str(v) for v in node_ids]),
+        json.dumps(list(texts)),
+        np.asarray(labels, dtype=np.int64).tobytes(),
+        json.dumps([None if s is None else str(s) for s in split]),
+        np.ascontiguousarray(edge_index, dtype=np.int64).tobytes(),
+    ):
+        h.update(part.encode() if isinstance(part, str) else part)
+    return h.hexdigest()
+
+
+def load_graph(spec: str | Path) -> TextGraph:
+    """Load a built-in dataset by name or a graph folder; invalid input raises InputError."""
+    from pipeline.datasets import builtin_path  # local: datasets imports this module
+    from pipeline.graph_format import read_graph_folder
+
+    path = builtin_path(str(spec))
+    if path is not None:
+        return read_graph_folder(path, name=str(spec), source=str(spec))
+    folder = Path(spec)
+    if not folder.exists():
+        from pipeline.datasets import BUILTINS
+
+        raise InputError(
+            f"graph '{spec}': not a built-in dataset ({', '.join(BUILTINS)}) and no such folder"
+        )
+    return read_graph_folder(folder, name=folder.resolve().name, source=str(folder.resolve()))

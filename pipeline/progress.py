@@ -1,0 +1,94 @@
+"""Progress and logging for long work: a rich bar on a terminal, periodic log lines otherwise.
+
+Batch jobs (cron, SLURM) have no TTY; redrawn bars would fill their logs with control
+codes, so there the same progress is printed as one line every ``log_every_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+def log(message: str) -> None:
+    """One line of outer-loop logging, on stderr so stdout stays machine-readable."""
+    console.print(message, highlight=False)
+
+
+def warn(message: str) -> None:
+    console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+class ProgressTracker:
+    """``advance(n, **stats)`` updates the bar, ``stats`` are shown as ``key=value``."""
+
+    def __init__(self, total: int, description: str, unit: str, log_every_s: float) -> None:
+        self.total, self.description, self.unit = total, description, unit
+        self.done = 0
+        self.stats: dict[str, str] = {}
+        self.start = time.perf_counter()
+        self._last_log = self.start
+        self._log_every_s = log_every_s
+        self._progress: Progress | None = None
+        self._task = None
+
+    def _stats_text(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.stats.items())
+
+    def advance(self, n: int = 1, **stats: object) -> None:
+        self.done += n
+        for key, value in stats.items():
+            self.stats[key] = f"{value:.4g}" if isinstance(value, float) else str(value)
+        if self._progress is not None:
+            self._progress.update(self._task, advance=n, stats=self._stats_text())
+            return
+        now = time.perf_counter()
+        if now - self._last_log >= self._log_every_s or self.done >= self.total:
+            self._last_log = now
+            elapsed = now - self.start
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            log(
+                f"{self.description}: {self.done}/{self.total} {self.unit} "
+                f"({rate:.1f} {self.unit}/s, eta {eta:.0f}s) {self._stats_text()}".rstrip()
+            )
+
+
+@contextmanager
+def progress(total: int, description: str, unit: str = "items", log_every_s: float = 10.0) -> Iterator[ProgressTracker]:
+    """Context manager yielding a :class:`ProgressTracker` (bar on a TTY, log lines otherwise)."""
+    tracker = ProgressTracker(total, description, unit, log_every_s)
+    if not is_interactive():
+        yield tracker
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[stats]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        tracker._progress = bar
+        tracker._task = bar.add_task(description, total=total, stats="")
+        yield tracker

@@ -1,0 +1,13 @@
+"""Placeholder until the stage lands (replaced by the stage's real command)."""
+
+from pipeline.errors import PipelineError
+
+
+def train_command() -> None:
+    """Not implemented yet."""
+    raise PipelineError("not implemented yet")
+
+
+def bench_train_command() -> None:
+    """Not implemented yet."""
+    raise PipelineError("not implemented yet")
