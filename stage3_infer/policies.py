@@ -1,0 +1,139 @@
+"""Exit policies: when a target node stops climbing the ladder, decided from per-rung logits.
+
+A policy sees the logits of rung i for the targets still active and says which of them exit
+there; an exited target keeps the answer of its exit rung forever (the public reference
+overwrote it on later rungs: ``==`` where ``&`` was meant). Targets that never exit take the
+last rung's head. Everything here is pure tensor logic: no model, no LLM, no I/O.
+
+Policies (``--exit``):
+  ``patience:P``    exit at the first rung whose argmax equals that of the previous P rungs
+                    (ENGINE uses P = 1; the default);
+  ``confidence:T``  exit at the first rung whose max softmax probability is >= T (0 < T <= 1);
+  ``layer:I``       exit at rung I (0-based; a fixed depth for every target);
+  ``none``          run the full depth (exit at the last rung).
+
+Shapes: S rungs, M targets, C classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.errors import InputError
+
+DEFAULT_EXIT = "patience:1"
+EXIT_FLAG = "--exit"
+KINDS = ("patience", "confidence", "layer", "none")
+
+
+@dataclass(frozen=True)
+class ExitPolicy:
+    kind: str  # one of KINDS
+    value: float | int | None = None  # P, T or I; None for "none"
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value}"
+
+
+def parse_exit(spec: str, num_rungs: int | None = None) -> ExitPolicy:
+    """Parse an ``--exit`` value; ``num_rungs`` (S) bounds ``layer:I`` and ``patience:P`` when known."""
+    usage = "use patience:P (P >= 1), confidence:T (0 < T <= 1), layer:I (0 <= I < rungs) or none"
+    text = str(spec).strip().lower()
+    kind, _, arg = text.partition(":")
+    if kind == "none" and not arg:
+        return ExitPolicy("none")
+    if kind not in KINDS or kind == "none" or not arg:
+        raise InputError(f"{EXIT_FLAG} {spec!r}: unknown exit policy; {usage}")
+    try:
+        value: float | int = float(arg) if kind == "confidence" else int(arg)
+    except ValueError:
+        raise InputError(f"{EXIT_FLAG} {spec!r}: '{arg}' is not a number; {usage}") from None
+    if kind == "patience" and value < 1:
+        raise InputError(f"{EXIT_FLAG} {spec!r}: patience must be >= 1")
+    if kind == "confidence" and not 0.0 < value <= 1.0:
+        raise InputError(f"{EXIT_FLAG} {spec!r}: confidence threshold must be in (0, 1]")
+    if kind == "layer" and value < 0:
+        raise InputError(f"{EXIT_FLAG} {spec!r}: rung index must be >= 0")
+    policy = ExitPolicy(kind, value)
+    if num_rungs is not None:
+        check_policy(policy, num_rungs)
+    return policy
+
+
+def check_policy(policy: ExitPolicy, num_rungs: int) -> None:
+    """Refuse a ``layer:I`` outside the checkpoint's S rungs (patience beyond S just means full depth)."""
+    if policy.kind == "layer" and policy.value >= num_rungs:
+        raise InputError(
+            f"{EXIT_FLAG} {policy}: the checkpoint has {num_rungs} rungs (0..{num_rungs - 1}); choose layer:I with I < {num_rungs}"
+        )
+
+
+class ExitTracker:
+    """Per-target exit state across rungs, fed one rung at a time by the driver.
+
+    ``update(rung, rows, logits)`` takes the logits (A, C) of the A targets ``rows`` (indices
+    into 0..M-1) still active at ``rung`` and returns a bool mask (A,) of those that exit now.
+    Exited targets are never written again, whatever later rungs say.
+    """
+
+    def __init__(self, policy: ExitPolicy, num_targets: int, num_rungs: int) -> None:
+        check_policy(policy, num_rungs)
+        self.policy, self.num_rungs = policy, num_rungs
+        m = num_targets
+        self.exited = torch.zeros(m, dtype=torch.bool)
+        self.pred = torch.full((m,), -1, dtype=torch.long)  # (M,) class index at the exit rung
+        self.confidence = torch.zeros(m)  # (M,) max softmax at the exit rung
+        self.exit_rung = torch.full((m,), -1, dtype=torch.long)  # (M,)
+        self._prev = torch.full((m,), -1, dtype=torch.long)  # (M,) argmax at the previous rung
+        self._streak = torch.zeros(m, dtype=torch.long)  # (M,) rungs in a row agreeing with _prev
+
+    @property
+    def active(self) -> torch.Tensor:
+        """(M,) bool: targets still climbing."""
+        return ~self.exited
+
+    def update(self, rung: int, rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if self.exited[rows].any():
+            raise ValueError("update() got targets that already exited")
+        probs = torch.softmax(logits.float(), dim=-1)  # (A, C)
+        conf, pred = probs.max(dim=-1)  # (A,), (A,)
+        same = pred == self._prev[rows]
+        streak = torch.where(same, self._streak[rows] + 1, torch.zeros_like(pred))
+        self._prev[rows], self._streak[rows] = pred, streak
+
+        kind, value = self.policy.kind, self.policy.value
+        if rung >= self.num_rungs - 1:
+            leave = torch.ones_like(same)  # the last head answers for everyone left
+        elif kind == "patience":
+            leave = streak >= value
+        elif kind == "confidence":
+            leave = conf >= value
+        elif kind == "layer":
+            leave = torch.full_like(same, rung >= value)
+        else:  # none
+            leave = torch.zeros_like(same)
+
+        done = rows[leave]
+        self.exited[done] = True
+        self.pred[done], self.confidence[done] = pred[leave], conf[leave]
+        self.exit_rung[done] = rung
+        return leave
+
+
+def decide(policy: ExitPolicy, rung_logits: torch.Tensor) -> ExitTracker:
+    """Apply a policy to all rungs at once: ``rung_logits`` (S, M, C) -> the finished tracker.
+
+    Equivalent to feeding the rungs one by one to ``ExitTracker`` with only the active
+    targets, which is what the driver does; used to choose thresholds on validation nodes.
+    """
+    num_rungs, m, _ = rung_logits.shape
+    tracker = ExitTracker(policy, m, num_rungs)
+    for rung in range(num_rungs):
+        rows = torch.nonzero(tracker.active).flatten()
+        if len(rows) == 0:
+            break
+        tracker.update(rung, rows, rung_logits[rung, rows])
+    return tracker
