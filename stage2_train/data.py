@@ -1,0 +1,142 @@
+"""What training reads: the cache (checked against its graph), the splits, and node features.
+
+Features come from one of two sources with the same call, ``features(nodes) -> (n, S, H)``:
+
+- :class:`CachedFeatures`: the cache's rungs, read whole into memory when they fit
+  (sequential reads are what Zarr is fast at, DESIGN.md section 3), else per batch with the
+  node rows sorted so reads follow the chunk order;
+- :class:`LiveFeatures` (``--no-cache``): the frozen LLM encodes the batch's node texts
+  inside the loop, through stage 1's encoder, with the cache's model, pooling and max
+  length. Its output is rounded to fp16 like the cache, so both modes see the same numbers.
+
+Shapes: N graph nodes, n batch nodes, S rungs, H LLM width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+from pipeline.graph import TextGraph, load_graph
+from stage2_train.config import parse_random_split
+
+IN_MEMORY_LIMIT_BYTES = 8 * 2**30  # fp16 rungs held in RAM below this size
+
+
+@dataclass
+class TrainData:
+    """The cache, its graph and the rung positions (into the cache's S axis) used."""
+
+    cache_path: Path
+    reader: object  # stage1_encode.cache.CacheReader
+    graph: TextGraph
+    layers: list[int]  # LLM state index of each used rung
+    positions: list[int]  # their positions in the cache's rung axis
+
+    @property
+    def manifest(self) -> dict:
+        return dict(self.reader.manifest)
+
+
+def open_train_data(cache_path: Path, rungs: tuple[int, ...] | None, layer: int | None, arch: str) -> TrainData:
+    """Open and check the cache: complete, made from its graph, holding the requested rungs."""
+    from stage1_encode.cache import open_cache
+
+    reader = open_cache(cache_path)
+    reader.check_complete()
+    graph = load_graph(reader.manifest["graph_source"])
+    reader.check_graph(graph)
+    cached = [int(x) for x in reader.layers]
+    if arch == "ladder":
+        wanted = list(rungs) if rungs is not None else cached
+        flag = "--rungs"
+    else:
+        wanted = [layer if layer is not None else cached[-1]]
+        flag = "--layer"
+    missing = [x for x in wanted if x not in cached]
+    if missing:
+        source = reader.manifest["graph_source"]
+        need = sorted(set(cached) | set(missing))
+        raise InputError(
+            f"{flag}: cache {cache_path} has LLM states {cached}, not {missing}; choose among those, or "
+            f"re-encode with `pipeline encode {source} --out NEW_CACHE --layers {','.join(map(str, need))}`"
+        )
+    return TrainData(Path(cache_path), reader, graph, wanted, [cached.index(x) for x in wanted])
+
+
+def resolve_split(graph: TextGraph, spec: str | None, seed: int) -> dict[str, np.ndarray]:
+    """``{"train", "val", "test"} -> sorted labeled node indices`` for this seed.
+
+    ``spec``: None (the split column when present, else the graph's ``random_60_20_20``
+    files), ``column``, a split name (``NAME`` or, per seed, ``NAME_seed{seed}``), or
+    ``random:a,b,c`` (a seeded permutation of the labeled nodes).
+    """
+    has_column = any(s is not None for s in graph.split)
+    if spec is None:
+        spec = "column" if has_column else "random_60_20_20"
+    labeled = np.flatnonzero(graph.labels >= 0)
+    if spec.startswith("random:"):
+        fr = parse_random_split(spec)
+        perm = labeled[np.random.default_rng(seed).permutation(len(labeled))]
+        a, b = int(round(fr[0] * len(perm))), int(round((fr[0] + fr[1]) * len(perm)))
+        c = int(round(sum(fr) * len(perm)))
+        parts = {"train": perm[:a], "val": perm[a:b], "test": perm[b:c]}
+    elif spec == "column":
+        parts = graph.split_indices(None)
+    elif spec in graph.named_splits:
+        parts = graph.split_indices(spec)
+    elif f"{spec}_seed{seed}" in graph.named_splits:
+        parts = graph.split_indices(f"{spec}_seed{seed}")
+    else:
+        names = sorted({n.rsplit("_seed", 1)[0] for n in graph.named_splits})
+        raise InputError(
+            f"--split {spec}: graph '{graph.name}' has no split '{spec}' or '{spec}_seed{seed}' "
+            f"(known: {', '.join(names + ['column' if has_column else ''] ).strip(', ') or 'none'}; or random:0.6,0.2,0.2)"
+        )
+    out = {k: np.sort(v[graph.labels[v] >= 0]) for k, v in parts.items()}
+    if len(out["train"]) == 0 or len(out["val"]) == 0:
+        raise InputError(f"--split {spec}: seed {seed} leaves no labeled train or val nodes")
+    return out
+
+
+class CachedFeatures:
+    """Rungs from the cache: ``features(nodes (n,)) -> (n, S, H)`` float32."""
+
+    def __init__(self, data: TrainData) -> None:
+        self.data = data
+        reader = data.reader
+        size = reader.num_nodes * len(data.positions) * reader.hidden_size * 2
+        self.states = None
+        if size <= IN_MEMORY_LIMIT_BYTES:
+            self.states = torch.from_numpy(np.ascontiguousarray(reader.read(rungs=data.positions)))  # (N, S, H) fp16
+            if not torch.isfinite(self.states).all():
+                raise InputError(f"cache {data.cache_path}: holds non-finite values; re-encode with fp32 storage")
+
+    def __call__(self, nodes: torch.Tensor) -> torch.Tensor:
+        if self.states is not None:
+            return self.states[nodes].float()
+        # out of memory: read the unique rows in index order (chunk order), then scatter back
+        uniq, inverse = torch.unique(nodes, return_inverse=True)
+        rows = self.data.reader.read(nodes=uniq.numpy(), rungs=self.data.positions)
+        return torch.from_numpy(np.asarray(rows)).float()[inverse]
+
+
+class LiveFeatures:
+    """``--no-cache``: encode the batch's node texts with the frozen LLM, every call."""
+
+    def __init__(self, data: TrainData, device: str = "cpu") -> None:
+        from stage1_encode.stepping import make_encoder  # noqa: F401  (resolved lazily below)
+
+        self.data = data
+        self.encode = make_encoder(data.manifest, data.layers, device)
+
+    def __call__(self, nodes: torch.Tensor) -> torch.Tensor:
+        uniq, inverse = torch.unique(nodes, return_inverse=True)  # encode each text once per batch
+        texts = [self.data.graph.texts[i] for i in uniq.tolist()]
+        with torch.no_grad():
+            states = self.encode(texts)  # (u, S, H)
+        return states.to(torch.float16).float()[inverse]

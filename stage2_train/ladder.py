@@ -1,0 +1,136 @@
+"""G-Ladder: the side network that reads the frozen LLM's rungs (DESIGN.md section 1.2).
+
+For rung i with pooled LLM state h_i (n, H):
+
+    P_i(h) = Linear(H, K) -> LayerNorm(K) -> ReLU -> Linear(K, K)
+    g_i    = sigmoid(a_i / T)                      a_i learned, init 0; T = 0.1
+    z_0    = GNN_0(P_0(h_0))
+    z_i    = GNN_i(g_i * P_i(h_i) + (1 - g_i) * z_{i-1})
+    logits_i[v] = Linear(2K, C)([z_i[v] || mean of z_i over v's subgraph])
+
+Each GNN_i is ``num_layers`` convolutions K -> K, each followed by LayerNorm, ReLU and
+dropout, except the final rung's last convolution, which stays linear (the reference adds
+an activation there by comparing layer ids with a count; we do not).
+
+Rungs can be computed one at a time (:meth:`GLadder.rung`) so that stage 3 runs rung i as
+soon as LLM state i exists; :meth:`GLadder.forward` is the same loop over all rungs.
+
+Shapes: n nodes in the batch of subgraphs, B targets, S rungs, H LLM width, K side width
+(``hidden_channels``), C classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stage2_train.sampling import SubgraphBatch
+
+GNNS = ("sage", "gcn", "gat")
+
+
+def make_conv(gnn: str, in_channels: int, out_channels: int) -> nn.Module:
+    """One PyG convolution by name (``sage``, ``gcn``, ``gat``)."""
+    from torch_geometric.nn import GATConv, GCNConv, SAGEConv
+
+    if gnn == "sage":
+        return SAGEConv(in_channels, out_channels)
+    if gnn == "gcn":
+        return GCNConv(in_channels, out_channels)
+    if gnn == "gat":
+        return GATConv(in_channels, out_channels, heads=1)
+    raise ValueError(f"unknown gnn {gnn!r}; choose one of {', '.join(GNNS)}")
+
+
+def subgraph_readout(z: torch.Tensor, sub: SubgraphBatch) -> torch.Tensor:
+    """``[z[target] || mean of z over the target's subgraph]``: (n, K) -> (B, 2K)."""
+    num_graphs = int(sub.target_graph.max()) + 1 if sub.target_graph.numel() else 0
+    sums = torch.zeros(num_graphs, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, sub.batch, z)
+    counts = torch.bincount(sub.batch, minlength=num_graphs).clamp(min=1).to(z.dtype)
+    means = sums / counts[:, None]  # (G, K)
+    return torch.cat([z[sub.targets], means[sub.target_graph]], dim=1)
+
+
+class RungGNN(nn.Module):
+    """``num_layers`` convolutions K -> K; ``last_linear`` leaves the last one without norm/activation."""
+
+    def __init__(self, hidden_channels: int, num_layers: int, gnn: str, dropout: float, last_linear: bool) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(make_conv(gnn, hidden_channels, hidden_channels) for _ in range(num_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
+        self.dropout, self.last_linear = dropout, last_linear
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        for j, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = conv(x, edge_index)
+            if self.last_linear and j == len(self.convs) - 1:
+                break
+            x = F.dropout(F.relu(norm(x)), p=self.dropout, training=self.training)
+        return x
+
+
+class GLadder(nn.Module):
+    """The G-Ladder with one exit head per rung.
+
+    Args:
+        in_channels: H, the LLM hidden size.
+        hidden_channels: K, the side width.
+        out_channels: C, the number of classes.
+        num_rungs: S, the number of LLM states read.
+        gnn: ``sage`` (default), ``gcn`` or ``gat``.
+        num_layers: convolutions per rung (1 or 2).
+        dropout: after each hidden activation and on the readout.
+        temperature: T of the gates.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        num_rungs: int,
+        gnn: str = "sage",
+        num_layers: int = 1,
+        dropout: float = 0.5,
+        temperature: float = 0.1,
+    ) -> None:
+        super().__init__()
+        K = hidden_channels
+        self.num_rungs, self.temperature, self.dropout = num_rungs, temperature, dropout
+        self.proj = nn.ModuleList(
+            nn.Sequential(nn.Linear(in_channels, K), nn.LayerNorm(K), nn.ReLU(), nn.Linear(K, K)) for _ in range(num_rungs)
+        )
+        self.gate_logits = nn.Parameter(torch.zeros(num_rungs))  # a_i; rung 0 has no z_{-1}, its a_0 is unused
+        self.gnns = nn.ModuleList(
+            RungGNN(K, num_layers, gnn, dropout, last_linear=(i == num_rungs - 1)) for i in range(num_rungs)
+        )
+        self.heads = nn.ModuleList(nn.Linear(2 * K, out_channels) for _ in range(num_rungs))
+
+    def gates(self) -> torch.Tensor:
+        """(S,) g_i = sigmoid(a_i / T); g_0 is reported but unused (rung 0 has nothing to mix)."""
+        return torch.sigmoid(self.gate_logits / self.temperature)
+
+    def rung(
+        self, i: int, h_i: torch.Tensor, z_prev: torch.Tensor | None, sub: SubgraphBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute rung i from LLM state i.
+
+        h_i: (n, H) pooled state i of the subgraph nodes; z_prev: (n, K) or None for i = 0.
+        Returns z_i (n, K) and logits_i (B, C) for the targets.
+        """
+        x = self.proj[i](h_i)  # (n, K)
+        if i > 0:
+            g = torch.sigmoid(self.gate_logits[i] / self.temperature)
+            x = g * x + (1 - g) * z_prev
+        z = self.gnns[i](x, sub.edge_index)  # (n, K)
+        r = F.dropout(subgraph_readout(z, sub), p=self.dropout, training=self.training)  # (B, 2K)
+        return z, self.heads[i](r)
+
+    def forward(self, states: torch.Tensor, sub: SubgraphBatch) -> torch.Tensor:
+        """states: (n, S, H) -> logits (S, B, C), one row of logits per exit head."""
+        z, out = None, []
+        for i in range(self.num_rungs):
+            z, logits = self.rung(i, states[:, i], z, sub)
+            out.append(logits)
+        return torch.stack(out)

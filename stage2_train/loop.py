@@ -1,0 +1,149 @@
+"""The training loop for one seed: AdamW, early stopping on the last head, best weights kept.
+
+Every architecture has the same signature, ``model(states (n, S, H), sub) -> (S, B, C)``
+(S = 1 for the baselines), so one loop serves the ladder and the baselines.
+Evaluation subgraphs are drawn once (deterministically) and reused every epoch.
+
+Shapes: B targets, S heads, C classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from stage2_train.sampling import Sampler, SubgraphBatch, generator
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python, numpy and torch; returns the seed (stored with every result)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def batches(nodes: np.ndarray, size: int, gen: torch.Generator | None = None) -> list[np.ndarray]:
+    """Split ``nodes`` into batches, shuffled with ``gen`` when given."""
+    if gen is not None:
+        nodes = nodes[torch.randperm(len(nodes), generator=gen).numpy()]
+    return [nodes[i : i + size] for i in range(0, len(nodes), size)]
+
+
+def head_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over heads of the per-head cross-entropy. logits (S, B, C), y (B,)."""
+    S = logits.shape[0]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(S), reduction="none")  # (S * B,)
+    return (ce.view(S, -1).mean(1) * weights).sum()
+
+
+@dataclass
+class EvalSet:
+    """Fixed batches of (subgraph, labels) for one split."""
+
+    subs: list[SubgraphBatch]
+    labels: list[torch.Tensor]
+
+
+def make_eval_set(sampler: Sampler, nodes: np.ndarray, labels: np.ndarray, size: int) -> EvalSet:
+    size = len(nodes) if sampler.mode == "full" else size  # full graph: one pass for all targets
+    parts = batches(nodes, max(size, 1))
+    return EvalSet([sampler.sample(b) for b in parts], [torch.as_tensor(labels[b]) for b in parts])
+
+
+@torch.no_grad()
+def evaluate(model, features: Callable, es: EvalSet, device: str) -> list[float]:
+    """Accuracy of every head on an evaluation set: a list of S floats."""
+    model.eval()
+    correct, total = None, 0
+    for sub, y in zip(es.subs, es.labels):
+        logits = model(features(sub.nodes).to(device), sub.to(device))  # (S, B, C)
+        hit = (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
+        correct = hit if correct is None else correct + hit
+        total += len(y)
+    return (correct.double() / max(total, 1)).tolist()
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    best_epoch: int
+    epochs_run: int
+    val_acc: list[float]  # per head, at the best epoch
+    test_acc: list[float]
+    train_acc: list[float]
+    gates: list[float]
+    epoch_s: float  # mean wall time of a training epoch (without evaluation)
+    state_dict: dict = field(repr=False, default_factory=dict)
+
+
+def train_seed(
+    model: torch.nn.Module,
+    features: Callable,
+    sampler: Sampler,
+    split: dict[str, np.ndarray],
+    labels: np.ndarray,
+    cfg,
+    seed: int,
+    on_epoch: Callable[[dict], None],
+    tracker=None,
+) -> SeedResult:
+    """Train one model; ``on_epoch`` receives each epoch's metrics (the JSONL line)."""
+    device = cfg.device
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    S = model.num_rungs
+    weights = torch.as_tensor(cfg.rung_weights if cfg.rung_weights else [1.0] * S, dtype=torch.float32, device=device)
+    gen = generator(seed)  # training subgraphs and batch order; separate from the init RNG
+    val_set = make_eval_set(sampler, split["val"], labels, cfg.eval_batch_size)
+    size = len(split["train"]) if sampler.mode == "full" else cfg.batch_size
+    best_val, best_epoch, best_state, wait, epoch_times = -1.0, 0, None, 0, []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
+        for k, b in enumerate(batches(split["train"], size, gen)):
+            if cfg.max_batches is not None and k >= cfg.max_batches:
+                break
+            sub = sampler.sample(b, gen)
+            y = torch.as_tensor(labels[b], device=device)
+            logits = model(features(sub.nodes).to(device), sub.to(device))  # (S, B, C)
+            loss = head_losses(logits, y, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum, n_seen = loss_sum + loss.item() * len(b), n_seen + len(b)
+        epoch_times.append(time.perf_counter() - t0)
+        val = evaluate(model, features, val_set, device)
+        line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": val[-1], "val_acc_heads": val,
+                "epoch_s": epoch_times[-1]}
+        on_epoch(line)
+        if tracker is not None:
+            tracker.advance(1, loss=line["loss"], val_acc=val[-1])
+        if val[-1] > best_val:
+            best_val, best_epoch, wait = val[-1], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            wait += 1
+            if wait >= cfg.patience:
+                break
+    model.load_state_dict(best_state)  # restore the best-validation epoch
+    train_set = make_eval_set(sampler, split["train"], labels, cfg.eval_batch_size)
+    test_set = make_eval_set(sampler, split["test"], labels, cfg.eval_batch_size) if len(split["test"]) else None
+    return SeedResult(
+        seed=seed,
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        val_acc=evaluate(model, features, val_set, device),
+        test_acc=evaluate(model, features, test_set, device) if test_set else [float("nan")] * S,
+        train_acc=evaluate(model, features, train_set, device),
+        gates=[float(g) for g in model.gates().detach().cpu()],
+        epoch_s=float(np.mean(epoch_times)),
+        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    )

@@ -1,0 +1,142 @@
+"""``run(TrainConfig)``: setup -> one training loop per seed -> checkpoint and summary."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.progress import log, warn
+from stage2_train.config import TrainConfig
+
+
+def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rungs: int) -> dict:
+    """What :func:`stage2_train.checkpoint.build_model` needs to rebuild the network."""
+    return {
+        "arch": config.arch,
+        "in_channels": in_channels,
+        "hidden_channels": config.hidden_channels,
+        "out_channels": num_classes,
+        "num_rungs": num_rungs,
+        "gnn": config.gnn,
+        "num_layers": config.num_layers,
+        "dropout": config.dropout,
+        "temperature": config.temperature,
+    }
+
+
+def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes: dict) -> dict:
+    """Mean ± std over seeds (population std, numpy's default) of the last head and of every head."""
+    test = np.array([r.test_acc for r in results])  # (seeds, S)
+    val = np.array([r.val_acc for r in results])
+    best = max(results, key=lambda r: (r.val_acc[-1], -r.seed))
+    return {
+        "arch": config.arch,
+        "layers": layers,
+        "seeds": [r.seed for r in results],
+        "test_acc_mean": float(test[:, -1].mean()),
+        "test_acc_std": float(test[:, -1].std()),
+        "val_acc_mean": float(val[:, -1].mean()),
+        "val_acc_std": float(val[:, -1].std()),
+        "heads": [
+            {
+                "layer": layer,
+                "val_acc_mean": float(val[:, i].mean()),
+                "val_acc_std": float(val[:, i].std()),
+                "test_acc_mean": float(test[:, i].mean()),
+                "test_acc_std": float(test[:, i].std()),
+            }
+            for i, layer in enumerate(layers)
+        ],
+        "gates_mean": np.mean([r.gates for r in results], axis=0).tolist() if results[0].gates else [],
+        "epoch_s_mean": float(np.mean([r.epoch_s for r in results])),
+        "default_seed": best.seed,  # chosen on validation accuracy of the last head
+        "per_seed": [
+            {
+                "seed": r.seed,
+                "best_epoch": r.best_epoch,
+                "epochs_run": r.epochs_run,
+                "val_acc": r.val_acc[-1],
+                "test_acc": r.test_acc[-1],
+                "train_acc": r.train_acc[-1],
+                "val_acc_heads": r.val_acc,
+                "test_acc_heads": r.test_acc,
+                "train_acc_heads": r.train_acc,
+                "gates": r.gates,
+                "epoch_s": r.epoch_s,
+                "split_sizes": split_sizes[r.seed],
+            }
+            for r in results
+        ],
+        "no_cache": config.no_cache,
+    }
+
+
+def run(config: TrainConfig) -> dict:
+    """Train one model per seed from the cache (or the live LLM) and write ``config.out``."""
+    from stage2_train.checkpoint import CheckpointWriter, build_model
+    from stage2_train.data import CachedFeatures, LiveFeatures, open_train_data, resolve_split
+    from stage2_train.loop import seed_everything, train_seed
+    from stage2_train.sampling import Sampler
+    from pipeline.progress import progress
+
+    # --- setup
+    config.validate()
+    data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
+    graph = data.graph
+    if config.rung_weights is not None and len(config.rung_weights) != len(data.layers):
+        raise InputError(f"--rung-weights: {len(config.rung_weights)} weights for {len(data.layers)} rungs {data.layers}")
+    if graph.num_classes < 2:
+        raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
+    splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}  # refuse bad splits before training
+    t0 = time.perf_counter()
+    features = LiveFeatures(data, config.device) if config.no_cache else CachedFeatures(data)
+    if config.no_cache:
+        warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
+    else:
+        log(f"loaded {len(data.layers)} rung(s) {data.layers} of {graph.num_nodes} nodes in {time.perf_counter() - t0:.1f}s")
+    sampler = Sampler(
+        graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout,
+        num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,
+    )
+    spec = model_spec(config, data.reader.hidden_size, graph.num_classes, len(data.layers))
+    labels = np.asarray(graph.labels)
+    resolved = {
+        **config.to_dict(),
+        "cache": str(data.cache_path.resolve()),
+        "graph_source": data.manifest["graph_source"],
+        "graph_fingerprint": graph.fingerprint,
+        "num_nodes": graph.num_nodes,
+        "layers": data.layers,
+        "label_names": list(graph.label_names),
+        "model": spec,
+    }
+
+    # --- loop, one model per seed
+    results, sizes = [], {}
+    with CheckpointWriter(config.out, config.overwrite) as writer:
+        writer.write_config(resolved, data.manifest)
+        for seed in config.seeds:
+            split = splits[seed]
+            sizes[seed] = {k: int(len(v)) for k, v in split.items()}
+            seed_everything(seed)
+            model = build_model(spec)
+            with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
+                r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker)
+            writer.save_weights(seed, r.state_dict)
+            results.append(r)
+            log(
+                f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, "
+                f"test {r.test_acc[-1]:.4f}, {r.epoch_s:.2f}s/epoch"
+            )
+
+        # --- save
+        summary = summarize(results, data.layers, config, sizes)
+        writer.write_summary(summary)
+        writer.commit()
+    log(
+        f"{config.arch}: test {100 * summary['test_acc_mean']:.2f} ± {100 * summary['test_acc_std']:.2f}, "
+        f"val {100 * summary['val_acc_mean']:.2f} over seeds {list(config.seeds)} -> {config.out}"
+    )
+    return summary

@@ -1,0 +1,153 @@
+"""Subgraph sampling for the ladder: one small subgraph per target node, batched.
+
+Pure torch/numpy (CSR slicing), because ``pyg-lib``/``torch-sparse`` have no wheels for
+this torch (DESIGN.md section 4). Modes:
+
+- ``ego``: the target and its 1-hop neighbours with the induced edges (the reference);
+  ``fanout`` caps the neighbours kept per target (a random subset, seeded).
+- ``rwr``: nodes visited by ``num_walks`` random walks of ``walk_length`` steps with restart
+  probability ``restart_p`` from the target, with the induced edges.
+- ``full``: the whole graph as one subgraph shared by every target (small graphs, and the
+  full-batch GNN baselines).
+
+Training passes a seeded ``torch.Generator``; evaluation passes none, which means
+``generator(EVAL_SEED)`` so the same targets give the same subgraphs on every call.
+
+Shapes: N graph nodes, B targets, n nodes and e edges in the batch of subgraphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SAMPLERS = ("ego", "rwr", "full")
+EVAL_SEED = 0
+
+
+@dataclass
+class SubgraphBatch:
+    """B disjoint subgraphs (or one shared subgraph in ``full`` mode).
+
+    nodes: (n,) global node index of each local node.
+    edge_index: (2, e) local indices into ``nodes``; symmetric, no self-loops.
+    batch: (n,) subgraph of each local node, 0..G-1.
+    targets: (B,) local position of each target node.
+    target_graph: (B,) subgraph of each target (``arange(B)``, or zeros in ``full`` mode).
+    """
+
+    nodes: torch.Tensor
+    edge_index: torch.Tensor
+    batch: torch.Tensor
+    targets: torch.Tensor
+    target_graph: torch.Tensor
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.batch.max()) + 1 if self.batch.numel() else 0
+
+    def to(self, device: torch.device | str) -> "SubgraphBatch":
+        return SubgraphBatch(*(t.to(device) for t in (self.nodes, self.edge_index, self.batch, self.targets, self.target_graph)))
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (sampling randomness never touches global state)."""
+    return torch.Generator().manual_seed(int(seed))
+
+
+class Sampler:
+    """Samples subgraph batches from a fixed graph held as CSR.
+
+    edge_index: (2, 2E) symmetric, sorted by (src, dst) as ``TextGraph.edge_index`` is.
+    """
+
+    def __init__(
+        self,
+        edge_index: np.ndarray | torch.Tensor,
+        num_nodes: int,
+        mode: str = "ego",
+        fanout: int | None = None,
+        num_walks: int = 8,
+        walk_length: int = 8,
+        restart_p: float = 0.5,
+    ) -> None:
+        if mode not in SAMPLERS:
+            raise ValueError(f"unknown sampler {mode!r}; choose one of {', '.join(SAMPLERS)}")
+        ei = torch.as_tensor(np.asarray(edge_index), dtype=torch.long)
+        order = torch.argsort(ei[0] * num_nodes + ei[1])  # CSR needs rows sorted by src
+        self.src, self.col = ei[0][order], ei[1][order]
+        self.rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+        self.rowptr[1:] = torch.cumsum(torch.bincount(self.src, minlength=num_nodes), 0)
+        self.deg = self.rowptr[1:] - self.rowptr[:-1]  # (N,)
+        self.num_nodes, self.mode, self.fanout = num_nodes, mode, fanout
+        self.num_walks, self.walk_length, self.restart_p = num_walks, walk_length, restart_p
+        self.full_edge_index = torch.stack([self.src, self.col])
+
+    def sample(self, targets: np.ndarray | torch.Tensor, gen: torch.Generator | None = None) -> SubgraphBatch:
+        """Subgraphs for ``targets`` (B,) global indices; ``gen=None`` is the deterministic eval draw."""
+        targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        gen = gen if gen is not None else generator(EVAL_SEED)
+        if self.mode == "full":
+            n = self.num_nodes
+            return SubgraphBatch(
+                nodes=torch.arange(n),
+                edge_index=self.full_edge_index,
+                batch=torch.zeros(n, dtype=torch.long),
+                targets=targets.clone(),
+                target_graph=torch.zeros(len(targets), dtype=torch.long),
+            )
+        if self.mode == "ego":
+            graph_of, node = self._ego_nodes(targets, gen)
+        else:
+            graph_of, node = self._rwr_nodes(targets, gen)
+        return self._induce(targets, graph_of, node)
+
+    def _ego_nodes(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(subgraph id, global node) pairs: each target plus (up to ``fanout`` of) its neighbours."""
+        deg = self.deg[targets]  # (B,)
+        graph_of = torch.repeat_interleave(torch.arange(len(targets)), deg)
+        # position of each neighbour inside its target's CSR row
+        offset = torch.arange(int(deg.sum())) - torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
+        neigh = self.col[torch.repeat_interleave(self.rowptr[targets], deg) + offset]
+        if self.fanout is not None and len(deg) and int(deg.max()) > self.fanout:
+            # keep a random `fanout` of each row: rank a random key within each subgraph
+            key = torch.rand(len(neigh), generator=gen)
+            order = torch.argsort(graph_of.double() * 2 + key.double(), stable=True)
+            graph_of, neigh = graph_of[order], neigh[order]
+            keep = offset < self.fanout  # offsets are still 0..deg-1 per row after the shuffle
+            graph_of, neigh = graph_of[keep], neigh[keep]
+        graph_of = torch.cat([torch.arange(len(targets)), graph_of])
+        return graph_of, torch.cat([targets, neigh])
+
+    def _rwr_nodes(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(subgraph id, global node) pairs visited by random walks with restart from each target."""
+        start = targets.repeat_interleave(self.num_walks)  # (B * W,)
+        walker_graph = torch.arange(len(targets)).repeat_interleave(self.num_walks)
+        cur, seen_nodes, seen_graph = start.clone(), [targets], [torch.arange(len(targets))]
+        for _ in range(self.walk_length):
+            deg = self.deg[cur]
+            step = (torch.rand(len(cur), generator=gen) * deg).long().clamp(max=(deg - 1).clamp(min=0))
+            nxt = torch.where(deg > 0, self.col[(self.rowptr[cur] + step).clamp(max=max(len(self.col) - 1, 0))], start)
+            restart = torch.rand(len(cur), generator=gen) < self.restart_p
+            cur = torch.where(restart | (deg == 0), start, nxt)
+            seen_nodes.append(cur)
+            seen_graph.append(walker_graph)
+        return torch.cat(seen_graph), torch.cat(seen_nodes)
+
+    def _induce(self, targets: torch.Tensor, graph_of: torch.Tensor, node: torch.Tensor) -> SubgraphBatch:
+        """Deduplicate (subgraph, node) pairs and add every edge between nodes of the same subgraph."""
+        key = torch.unique(graph_of * self.num_nodes + node)  # sorted: subgraph-major, then node
+        batch, nodes = key // self.num_nodes, key % self.num_nodes  # (n,)
+        # candidate edges: every CSR edge leaving a local node, kept when its end is local too
+        deg = self.deg[nodes]
+        src_local = torch.repeat_interleave(torch.arange(len(nodes)), deg)
+        offset = torch.arange(int(deg.sum())) - torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
+        dst_global = self.col[torch.repeat_interleave(self.rowptr[nodes], deg) + offset]
+        dst_key = batch[src_local] * self.num_nodes + dst_global
+        pos = torch.searchsorted(key, dst_key).clamp(max=len(key) - 1)
+        hit = key[pos] == dst_key
+        edge_index = torch.stack([src_local[hit], pos[hit]])  # (2, e) local
+        target_pos = torch.searchsorted(key, torch.arange(len(targets)) * self.num_nodes + targets)
+        return SubgraphBatch(nodes, edge_index, batch, target_pos, torch.arange(len(targets)))

@@ -1,0 +1,97 @@
+"""G-Ladder shapes and gates, the baselines' signature, and the subgraph samplers on real Cora edges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.graph import load_graph
+from stage2_train.baselines import NodeBaseline
+from stage2_train.ladder import GLadder
+from stage2_train.sampling import Sampler, generator
+
+
+@pytest.fixture(scope="module")
+def cora():
+    return load_graph("cora")
+
+
+def test_ego_sampler_matches_pyg_k_hop_subgraph(cora):
+    from torch_geometric.utils import k_hop_subgraph
+
+    ei = torch.as_tensor(cora.edge_index)
+    targets = np.array([0, 5, 1358, 2707])  # includes a hub and a leaf
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego").sample(targets)
+    assert sub.nodes[sub.targets].tolist() == targets.tolist()
+    for b, t in enumerate(targets):
+        subset, sub_ei, _, _ = k_hop_subgraph(int(t), 1, ei, relabel_nodes=False, num_nodes=cora.num_nodes)
+        mine = sub.nodes[sub.batch == b]
+        assert sorted(mine.tolist()) == sorted(subset.tolist())
+        local = sub.edge_index[:, sub.batch[sub.edge_index[0]] == b]
+        got = {(int(sub.nodes[u]), int(sub.nodes[v])) for u, v in local.t().tolist()}
+        assert got == {(int(u), int(v)) for u, v in sub_ei.t().tolist()}
+
+
+def test_fanout_and_rwr_are_seeded_and_deterministic_for_eval(cora):
+    targets = np.arange(0, 2708, 97)
+    for mode, kw in (("ego", {"fanout": 2}), ("rwr", {"num_walks": 4, "walk_length": 4})):
+        s = Sampler(cora.edge_index, cora.num_nodes, mode=mode, **kw)
+        a, b = s.sample(targets), s.sample(targets)  # evaluation draws: identical
+        assert torch.equal(a.nodes, b.nodes) and torch.equal(a.edge_index, b.edge_index)
+        c, d = s.sample(targets, generator(3)), s.sample(targets, generator(3))
+        assert torch.equal(c.nodes, d.nodes) and torch.equal(c.edge_index, d.edge_index)
+        assert torch.equal(c.nodes[c.targets], torch.as_tensor(targets))
+        if mode == "ego":
+            assert int(torch.bincount(a.batch).max()) <= 3  # target + at most 2 neighbours
+        # every edge stays inside one subgraph
+        assert torch.equal(a.batch[a.edge_index[0]], a.batch[a.edge_index[1]])
+
+
+def test_full_sampler_shares_one_graph(cora):
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="full").sample(np.array([3, 7]))
+    assert sub.nodes.shape == (2708,) and sub.edge_index.shape == (2, 10556)
+    assert sub.targets.tolist() == [3, 7] and sub.target_graph.tolist() == [0, 0]
+
+
+def test_ladder_shapes_gates_and_incremental_rungs(cora):
+    torch.manual_seed(0)
+    S, H, K, C = 3, 16, 8, 7
+    model = GLadder(H, K, C, S, gnn="sage", num_layers=2).eval()
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego").sample(np.array([0, 1, 2, 3]))
+    states = torch.randn(len(sub.nodes), S, H)  # (n, S, H)
+    logits = model(states, sub)
+    assert logits.shape == (S, 4, C)  # (S, B, C)
+    assert torch.allclose(model.gates(), torch.full((S,), 0.5))  # a_i = 0 -> g_i = 0.5
+    z = None
+    for i in range(S):  # the incremental API gives the same logits as forward
+        z, li = model.rung(i, states[:, i], z, sub)
+        assert z.shape == (len(sub.nodes), K)
+        assert torch.allclose(li, logits[i])
+    # the final rung's last GNN layer has no activation: some outputs are negative
+    assert (z < 0).any()
+    with torch.no_grad():
+        model.gate_logits.fill_(1.0)  # T = 0.1: sigmoid(10) ~ 1 -> rung i reads only P_i(h_i)
+    assert torch.allclose(model.gates(), torch.full((S,), torch.sigmoid(torch.tensor(10.0)).item()))
+    with torch.no_grad():
+        model.gate_logits.fill_(-5.0)  # g ~ 0: rung 1 ignores h_1 entirely
+        out_a = model(states, sub)
+        states_b = states.clone()
+        states_b[:, 1] += 100.0
+        out_b = model(states_b, sub)
+    assert torch.allclose(out_a[1], out_b[1], atol=1e-4)
+    assert torch.equal(out_a[0], out_b[0])  # rung 0 reads h_0 only
+
+
+@pytest.mark.parametrize("gnn", ["gcn", "gat"])
+def test_ladder_other_gnns(cora, gnn):
+    model = GLadder(16, 8, 7, 2, gnn=gnn)
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="rwr").sample(np.array([0, 9]))
+    assert model(torch.randn(len(sub.nodes), 2, 16), sub).shape == (2, 2, 7)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "gcn", "sage"])
+def test_baselines_share_the_signature(cora, arch):
+    model = NodeBaseline(arch, 16, 8, 7, num_layers=2)
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="full").sample(np.array([0, 9, 11]))
+    assert model(torch.randn(cora.num_nodes, 1, 16), sub).shape == (1, 3, 7)
