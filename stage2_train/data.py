@@ -126,17 +126,33 @@ class CachedFeatures:
 
 
 class LiveFeatures:
-    """``--no-cache``: encode the batch's node texts with the frozen LLM, every call."""
+    """``--no-cache``: encode the batch's node texts with the frozen LLM, every call.
 
-    def __init__(self, data: TrainData, device: str = "cpu") -> None:
-        from stage1_encode.stepping import make_encoder  # noqa: F401  (resolved lazily below)
+    Uses the cache manifest's model, pooling and max length, and stage 1's ``LayerStepper``
+    (the code path that wrote the cache). Texts are length-sorted into small groups so
+    padding stays low, as ``pipeline encode`` does.
+    """
 
-        self.data = data
-        self.encode = make_encoder(data.manifest, data.layers, device)
+    def __init__(self, data: TrainData, device: str = "cpu", group_size: int = 32) -> None:
+        from stage1_encode.models import load_model, resolve_model
+        from stage1_encode.stepping import LayerStepper
+
+        m = data.manifest
+        self.data, self.group_size = data, group_size
+        self.pooling, self.max_length = m.get("pooling", "mean"), int(m.get("max_length", 256))
+        model = m.get("model") or m.get("model_id") or m.get("model_name")
+        if isinstance(model, dict):  # tolerate a nested manifest entry
+            model = model.get("name") or model.get("id")
+        self.stepper = LayerStepper(load_model(resolve_model(str(model)), device=device))
 
     def __call__(self, nodes: torch.Tensor) -> torch.Tensor:
         uniq, inverse = torch.unique(nodes, return_inverse=True)  # encode each text once per batch
         texts = [self.data.graph.texts[i] for i in uniq.tolist()]
-        with torch.no_grad():
-            states = self.encode(texts)  # (u, S, H)
-        return states.to(torch.float16).float()[inverse]
+        order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
+        out = torch.empty(len(texts), len(self.data.layers), self.stepper.hidden_size)  # (u, S, H)
+        for a in range(0, len(order), self.group_size):
+            idx = order[a : a + self.group_size]
+            states = self.stepper.encode_batch([texts[j] for j in idx], self.data.layers, self.pooling, self.max_length)
+            out[idx] = states.float().cpu()
+        # round like the fp16 cache so both modes see the same numbers
+        return out.to(torch.float16).float()[inverse]

@@ -71,6 +71,40 @@ def evaluate(model, features: Callable, es: EvalSet, device: str) -> list[float]
     return (correct.double() / max(total, 1)).tolist()
 
 
+def train_step(model, opt, features: Callable, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
+               weights: torch.Tensor, gen: torch.Generator, device: str) -> float:
+    """One optimiser step on the targets ``b`` (B,); returns the batch loss."""
+    sub = sampler.sample(b, gen)
+    y = torch.as_tensor(labels[b], device=device)
+    logits = model(features(sub.nodes).to(device), sub.to(device))  # (S, B, C)
+    loss = head_losses(logits, y, weights)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def time_epoch(model, features: Callable, sampler: Sampler, train: np.ndarray, labels: np.ndarray, cfg, seed: int,
+               max_batches: int | None = None) -> dict:
+    """Time one training epoch (no evaluation); with ``max_batches``, time that many and extrapolate.
+
+    Both bench modes call this with the same seed, so they see the same batches and subgraphs.
+    """
+    seed_everything(seed)
+    model.to(cfg.device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = torch.ones(model.num_rungs, device=cfg.device)
+    gen = generator(seed)
+    parts = batches(train, len(train) if sampler.mode == "full" else cfg.batch_size, gen)
+    timed = parts if max_batches is None else parts[:max_batches]
+    t0, losses = time.perf_counter(), []
+    for b in timed:
+        losses.append(train_step(model, opt, features, sampler, b, labels, weights, gen, cfg.device))
+    seconds = time.perf_counter() - t0
+    return {"batches_timed": len(timed), "batches_per_epoch": len(parts), "seconds_timed": seconds,
+            "epoch_s": seconds * len(parts) / max(len(timed), 1), "extrapolated": len(timed) < len(parts), "losses": losses}
+
+
 @dataclass
 class SeedResult:
     seed: int
@@ -111,14 +145,8 @@ def train_seed(
         for k, b in enumerate(batches(split["train"], size, gen)):
             if cfg.max_batches is not None and k >= cfg.max_batches:
                 break
-            sub = sampler.sample(b, gen)
-            y = torch.as_tensor(labels[b], device=device)
-            logits = model(features(sub.nodes).to(device), sub.to(device))  # (S, B, C)
-            loss = head_losses(logits, y, weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum, n_seen = loss_sum + loss.item() * len(b), n_seen + len(b)
+            loss = train_step(model, opt, features, sampler, b, labels, weights, gen, device)
+            loss_sum, n_seen = loss_sum + loss * len(b), n_seen + len(b)
         epoch_times.append(time.perf_counter() - t0)
         val = evaluate(model, features, val_set, device)
         line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": val[-1], "val_acc_heads": val,

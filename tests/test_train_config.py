@@ -1,0 +1,62 @@
+"""TrainConfig validation (all problems at once, naming flags) and split resolution on real Cora."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.graph import load_graph
+from stage2_train.config import TrainConfig
+from stage2_train.data import resolve_split
+
+
+@pytest.fixture(scope="module")
+def cora():
+    return load_graph("cora")
+
+
+def test_config_errors_are_collected_and_name_the_flags(tmp_path):
+    cfg = TrainConfig(cache=tmp_path / "nope.zarr", out=tmp_path / "run", arch="ladderx", gnn="gin", lr=-1, seeds=(1, 1),
+                      split="random:0.9,0.9,0.1")
+    with pytest.raises(InputError) as err:
+        cfg.validate()
+    msg = err.value.message
+    for part in ("--arch ladderx", "--gnn gin", "--lr -1", "--seeds (1, 1): seeds repeat", "--split random:0.9,0.9,0.1",
+                 f"CACHE_DIR {tmp_path / 'nope.zarr'}: no such cache; create it with `pipeline encode GRAPH --out"):
+        assert part in msg
+    assert err.value.exit_code == 2
+
+
+def test_baseline_flags_are_refused_for_the_wrong_arch(tmp_path):
+    with pytest.raises(InputError, match="--rungs is for --arch ladder"):
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="gcn", rungs=(0, 1)).validate()
+    with pytest.raises(InputError, match="--layer is for the baselines"):
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", layer=3).validate()
+    assert TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="sage").num_layers == 2
+    assert TrainConfig(cache=tmp_path, out=tmp_path / "r").num_layers == 1
+
+
+def test_builtin_split_uses_the_seed_file(cora):
+    for seed in (0, 3):
+        got = resolve_split(cora, "random_60_20_20", seed)
+        want = cora.split_indices(f"random_60_20_20_seed{seed}")
+        for k in ("train", "val", "test"):
+            assert np.array_equal(got[k], np.sort(want[k]))
+    assert {k: len(v) for k, v in resolve_split(cora, None, 0).items()} == {"train": 1624, "val": 542, "test": 542}
+    pub = resolve_split(cora, "planetoid_public", 4)
+    assert {k: len(v) for k, v in pub.items()} == {"train": 140, "val": 500, "test": 1000}
+
+
+def test_random_split_is_seeded_and_disjoint(cora):
+    a, b, c = (resolve_split(cora, "random:0.5,0.25,0.25", s) for s in (7, 7, 8))
+    assert all(np.array_equal(a[k], b[k]) for k in a) and not np.array_equal(a["train"], c["train"])
+    assert [len(a[k]) for k in ("train", "val", "test")] == [1354, 677, 677]
+    assert len(np.intersect1d(a["train"], a["test"])) == 0
+
+
+def test_unknown_split_lists_the_known_ones(cora):
+    with pytest.raises(InputError, match=r"--split nope: graph 'cora' has no split 'nope' or 'nope_seed0' \(known: planetoid_public, random_60_20_20"):
+        resolve_split(cora, "nope", 0)
+    with pytest.raises(InputError, match="has no split column"):
+        resolve_split(cora, "column", 0)
