@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.errors import InputError
+from stage3_infer.config import DEFAULT_EXIT  # noqa: F401  (one definition, light for the CLI)
 
-DEFAULT_EXIT = "patience:1"
 EXIT_FLAG = "--exit"
 KINDS = ("patience", "confidence", "layer", "none")
 
