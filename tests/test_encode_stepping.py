@@ -1,0 +1,100 @@
+"""Layer stepping equals a direct HF forward (``output_hidden_states=True``), pooled the same way."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pipeline.errors import InputError
+from pipeline.graph import load_graph
+from stage1_encode.layers import default_layers, parse_layers
+from stage1_encode.models import BUILTIN_MODELS, load_model, resolve_model
+from stage1_encode.stepping import LayerStepper
+
+
+@pytest.fixture(scope="session")
+def cora_texts() -> list[str]:
+    """Four Cora texts of very different lengths (shortest, longest, two in between) + a tiny one."""
+    texts = sorted(load_graph("cora").texts, key=len)
+    return [texts[-1], "Graphs.", texts[0], texts[len(texts) // 2], texts[len(texts) // 10]]
+
+
+@pytest.fixture(scope="session", params=sorted(BUILTIN_MODELS))
+def stepper(request) -> LayerStepper:
+    return LayerStepper(load_model(resolve_model(request.param)))
+
+
+def hf_forward(stepper: LayerStepper, batch) -> tuple:
+    kwargs = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
+    with torch.no_grad():
+        out = stepper.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True, **kwargs)
+    return out.hidden_states
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max())
+
+
+def test_every_state_equals_hf(stepper: LayerStepper, cora_texts: list[str]) -> None:
+    batch = stepper.tokenize(cora_texts, max_length=48)
+    lengths = batch.lengths.tolist()
+    assert max(lengths) == 48 and min(lengths) <= 4  # real padding in one batch
+    hidden_states = hf_forward(stepper, batch)
+    assert len(hidden_states) == stepper.num_states
+    state = stepper.start(batch)
+    for k in range(stepper.num_states):
+        stepper.advance(state, k)  # one pass 0 -> 1 -> ... -> L, pooling at every state
+        for pooling in ("mean", "last"):
+            ours = stepper.pool(state, pooling)
+            ref = stepper.pool(SimpleNamespace(hidden=hidden_states[k], attention_mask=batch.attention_mask), pooling)
+            assert ours.shape == (len(cora_texts), stepper.hidden_size)
+            assert rel_err(ours, ref) <= 1e-4, (pooling, k)
+    # A jump over several layers at once from a fresh start lands on the same state.
+    k = stepper.num_states - 2
+    jumped = stepper.pool(stepper.advance(stepper.start(batch), k), "mean")
+    ref = stepper.pool(SimpleNamespace(hidden=hidden_states[k], attention_mask=batch.attention_mask), "mean")
+    assert rel_err(jumped, ref) <= 1e-4
+
+
+def test_encode_batch_and_select(stepper: LayerStepper, cora_texts: list[str]) -> None:
+    layers = default_layers(stepper.num_states)
+    out = stepper.encode_batch(cora_texts, layers, "mean", max_length=64)  # (B, S, H)
+    assert out.shape == (len(cora_texts), len(layers), stepper.hidden_size) and out.dtype == torch.float32
+    alone = stepper.encode_batch(cora_texts[1:2], layers, "mean", max_length=64)
+    assert rel_err(out[1], alone[0]) <= 1e-4  # padding does not change a text's vectors
+    # Stage 3's path: advance, drop rows, go on to the last state.
+    state = stepper.advance(stepper.start(stepper.tokenize(cora_texts, 64)), 1)
+    state = stepper.select(state, [3, 1])
+    stepper.advance(state, stepper.num_states - 1)
+    assert state.rows.tolist() == [3, 1]
+    assert rel_err(stepper.pool(state, "mean"), out[[3, 1], -1]) <= 1e-4
+
+
+def test_builtin_shapes() -> None:
+    assert default_layers(33) == [0, 5, 10, 15, 20, 25, 32]
+    assert default_layers(31) == [0, 5, 10, 15, 20, 25, 30]  # smollm2-135m
+    assert default_layers(7) == [0, 1, 2, 3, 4, 5, 6]  # minilm-l6
+
+
+def test_parse_layers() -> None:
+    assert parse_layers("all", 4) == [0, 1, 2, 3]
+    assert parse_layers("0,2", 31) == [0, 2, 30]
+    assert parse_layers("every:10", 31) == [0, 10, 20, 30]
+    assert parse_layers("every:7", 31) == [0, 7, 14, 21, 28, 30]
+    assert parse_layers(None, 31) == [0, 5, 10, 15, 20, 25, 30]
+    with pytest.raises(InputError, match=r"--layers 0,31: layer\(s\) 31 out of range; valid states are 0..30"):
+        parse_layers("0,31", 31)
+    with pytest.raises(InputError, match="--layers every:0: 'every:K' needs a positive integer K"):
+        parse_layers("every:0", 31)
+    with pytest.raises(InputError, match="--layers a,b: expected 'all'"):
+        parse_layers("a,b", 31)
+
+
+def test_unknown_model_lists_builtins() -> None:
+    with pytest.raises(InputError) as err:
+        resolve_model("no-such-model")
+    msg = err.value.message
+    assert msg.startswith("--model no-such-model: not a built-in model, a local folder or an HF hub id")
+    assert "smollm2-135m (SmolLM2-135M-Instruct" in msg and "minilm-l6 (all-MiniLM-L6-v2" in msg
