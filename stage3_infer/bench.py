@@ -1,0 +1,157 @@
+"""``pipeline bench infer``: what early exit buys on the test nodes, with real LLM stepping.
+
+Every policy re-encodes the test nodes' texts with the LLM (known neighbours from the cache),
+timed end to end, against ``none`` (full depth). Two confidence thresholds are chosen on
+VALIDATION nodes, never on test: the full-depth per-rung logits of the validation nodes
+(from the cache when present, else the LLM) are replayed through every candidate threshold
+(``policies.decide``), and we keep the cheapest threshold within 0.5% and within 1.0% relative
+validation-accuracy drop. The policy with the fewest layers within 1.0% on validation is
+marked ``chosen_on_val``.
+
+Per policy: ``accuracy``, ``rel_drop`` = (acc_none - acc) / acc_none, ``speedup`` =
+wall(none) / wall(policy), ``layer_fraction`` = LLM layers run / layers at full depth.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigErrors
+from pipeline.progress import log
+
+CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
+VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds: cheapest within these val drops
+FIXED = ("none", "patience:1", "patience:2")
+
+
+@dataclass
+class BenchConfig:
+    checkpoint: Path
+    json_path: Path | None = None
+    max_targets: int | None = None
+    batch_size: int = 32
+    device: str = "cpu"
+
+    def validate(self) -> "BenchConfig":
+        errs = ConfigErrors()
+        errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
+        errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
+        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.raise_if_any()
+        return self
+
+
+def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
+    """Full-depth logits (S, M, C) of validation targets: cached states if present, else the LLM."""
+    from stage3_infer.policies import parse_exit
+    from stage3_infer.run import predict
+
+    s = session
+    if s.cached is None:
+        out = []
+        predict(s, targets, parse_exit("none"), show_progress=False, collect=out)
+        return torch.cat(out, dim=1)
+    parts = []
+    with torch.no_grad():
+        for a in range(0, len(targets), s.sample_batch):
+            sub = s.sampler.sample(targets[a : a + s.sample_batch])
+            parts.append(s.checkpoint.model(s.cached(sub.nodes), sub))  # (S, B, C)
+    return torch.cat(parts, dim=1)
+
+
+def choose_thresholds(logits: torch.Tensor, labels: np.ndarray, last_layer: int, layers: list[int]) -> dict:
+    """Replay candidate policies on validation logits -> {spec: (val acc, val layer fraction)}."""
+    from stage3_infer.policies import decide, parse_exit
+
+    y = torch.as_tensor(labels)
+    found = {}
+    for spec in [*FIXED, *(f"confidence:{t}" for t in CANDIDATE_THRESHOLDS)]:
+        t = decide(parse_exit(spec), logits)
+        acc = float((t.pred == y).double().mean())
+        frac = float(torch.as_tensor(layers)[t.exit_rung].double().mean()) / last_layer
+        found[spec] = (acc, frac)
+    return found
+
+
+def run_bench(config: BenchConfig) -> dict:
+    from stage3_infer.config import InferConfig
+    from stage3_infer.policies import parse_exit
+    from stage3_infer.run import open_session, predict
+    from stage3_infer.targets import select_targets
+
+    # --- setup
+    config.validate()
+    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_size=config.batch_size, device=config.device))
+    ckpt, graph = session.checkpoint, session.g.graph
+    pick = lambda name: select_targets(session.g, name, None, ckpt.config.get("split"), ckpt.seed)[: config.max_targets]
+    val, test = pick("val"), pick("test")
+    labels = np.asarray(graph.labels)
+
+    # --- thresholds on validation only
+    replay = choose_thresholds(val_rung_logits(session, val), labels[val], session.layers[-1], session.layers)
+    base_acc = replay["none"][0]
+    drop = {k: (base_acc - a) / base_acc if base_acc else 0.0 for k, (a, _) in replay.items()}
+    chosen = []
+    for limit in VAL_DROPS:
+        ok = [k for k in replay if k.startswith("confidence:") and drop[k] <= limit + 1e-12]
+        best = min(ok, key=lambda k: replay[k][1]) if ok else "confidence:0.99"
+        if best in chosen:  # keep two distinct thresholds
+            rest = [k for k in ok if k not in chosen and float(k.split(":")[1]) > float(best.split(":")[1])]
+            best = min(rest, key=lambda k: replay[k][1]) if rest else "confidence:0.99"
+        chosen.append(best)
+    policies = [*FIXED, *dict.fromkeys(chosen)]
+    within = [p for p in policies if drop[p] <= VAL_DROPS[-1] + 1e-12]
+    default = min(within, key=lambda p: replay[p][1])
+    log(f"bench infer: thresholds chosen on {len(val)} validation nodes: {chosen}; cheapest within 1% on val: {default}")
+
+    # --- timed runs on test, texts re-encoded by the LLM
+    predict(session, test[: min(len(test), 8)], parse_exit("none"), show_progress=False)  # warm-up
+    rows = {}
+    for spec in policies:
+        r = predict(session, test, parse_exit(spec), show_progress=False)
+        acc = float((r.tracker.pred.numpy() == labels[test]).mean())
+        rows[spec] = {"accuracy": acc, "wall_time_s": r.wall_time_s, "layer_fraction": r.layer_evals / r.full_depth_evals}
+        log(f"bench infer: {spec}: accuracy {100 * acc:.2f}%, {r.wall_time_s:.1f}s, layers {100 * rows[spec]['layer_fraction']:.1f}%")
+    base = rows["none"]
+    table = {}
+    for spec, row in rows.items():
+        table[spec] = {
+            "accuracy": row["accuracy"],
+            "rel_drop": (base["accuracy"] - row["accuracy"]) / base["accuracy"] if base["accuracy"] else 0.0,
+            "speedup": base["wall_time_s"] / row["wall_time_s"],
+            "layer_fraction": row["layer_fraction"],
+            "wall_time_s": round(row["wall_time_s"], 3),
+            "val_accuracy": replay[spec][0],
+            "val_rel_drop": drop[spec],
+            "chosen_on_val": spec == default,
+            "num_test": int(len(test)),
+            "num_val": int(len(val)),
+        }
+
+    # --- report
+    print(format_table(table, session))
+    if config.json_path is not None:
+        Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.json_path).write_text(json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def format_table(table: dict, session) -> str:
+    name = session.stepper.loaded.spec.name
+    lines = [
+        f"pipeline bench infer: {session.checkpoint.path} ({name}, rungs {session.layers}), "
+        f"{next(iter(table.values()))['num_test']} test nodes re-encoded; thresholds chosen on validation",
+        f"{'policy':<18}{'accuracy':>10}{'rel. drop':>11}{'speed-up':>10}{'layers run':>12}{'wall s':>9}",
+    ]
+    for spec, r in table.items():
+        mark = "  <- chosen on val" if r["chosen_on_val"] else ""
+        lines.append(
+            f"{spec:<18}{100 * r['accuracy']:>9.2f}%{100 * r['rel_drop']:>10.2f}%{r['speedup']:>9.2f}x"
+            f"{100 * r['layer_fraction']:>11.1f}%{r['wall_time_s']:>9.1f}{mark}"
+        )
+    return "\n".join(lines)

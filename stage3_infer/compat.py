@@ -1,0 +1,142 @@
+"""Is this model, this cache, the one the checkpoint was trained on? Refuse clearly if not.
+
+A ladder only makes sense on the LLM states it was trained on: the same model (weights),
+the same layer numbering and the same rungs. The checkpoint keeps a copy of its cache's
+manifest; here it is compared with the model about to be loaded (name, weights hash, state
+count, hidden size) and with the cache that known neighbours would be read from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+from pipeline.progress import warn
+
+MODEL_KEYS = ("model", "model_name", "model_id")
+HASH_KEYS = ("weights_sha256", "weights_hash", "model_sha256")
+LAYER_KEYS = ("layers", "selected_layers", "layer_indices")
+
+
+def _first(manifest: dict, keys: tuple[str, ...], nested: str | None = None):
+    for key in keys:
+        value = manifest.get(key)
+        if isinstance(value, dict) and nested:  # tolerate {"model": {"name": ..., ...}}
+            value = value.get(nested)
+        if value is not None:
+            return value
+    return None
+
+
+def manifest_model(manifest: dict) -> str:
+    name = _first(manifest, MODEL_KEYS, nested="name")
+    if name is None:
+        raise InputError("checkpoint manifest names no model; pass --model NAME (the model the cache was encoded with)")
+    return str(name)
+
+
+def manifest_hash(manifest: dict) -> str | None:
+    value = _first(manifest, HASH_KEYS)
+    if value is None and isinstance(manifest.get("model"), dict):
+        value = _first(manifest["model"], HASH_KEYS)
+    return value
+
+
+def manifest_layers(manifest: dict) -> list[int] | None:
+    value = _first(manifest, LAYER_KEYS)
+    return None if value is None else [int(x) for x in value]
+
+
+def check_model(spec, manifest: dict, layers: list[int], checkpoint: Path, stepper=None) -> None:
+    """Refuse a model other than the manifest's, or one whose states cannot feed these rungs.
+
+    Called twice: before loading (name and weights hash) and after (state count, width).
+    """
+    from stage1_encode.models import weights_hash
+
+    want = manifest_model(manifest)
+    fix = f"run without --model (uses '{want}'), or retrain on a cache encoded with `pipeline encode GRAPH --model {spec.name}`"
+    if stepper is None:
+        recorded = manifest_hash(manifest)
+        if recorded is not None:
+            if weights_hash(spec.path) != recorded:
+                raise InputError(
+                    f"--checkpoint {checkpoint}: its cache manifest names model '{want}' (weights sha256 {recorded[:12]}), "
+                    f"but the model loaded is '{spec.name}' with other weights; {fix}"
+                )
+        elif spec.name != want:
+            raise InputError(f"--checkpoint {checkpoint}: its cache manifest names model '{want}', but the model loaded is '{spec.name}'; {fix}")
+        return
+    cached_layers = manifest_layers(manifest)
+    num_states = manifest.get("num_states")
+    problems = []
+    if num_states is not None and int(num_states) != stepper.num_states:
+        problems.append(f"the manifest's model has {num_states} LLM states, the loaded one {stepper.num_states}")
+    if max(layers) >= stepper.num_states:
+        problems.append(f"the rungs read LLM states {layers}, the loaded model has only 0..{stepper.num_states - 1}")
+    if cached_layers is not None and not set(layers) <= set(cached_layers):
+        problems.append(f"the rungs read LLM states {layers}, the cache manifest holds {cached_layers}")
+    hidden = manifest.get("hidden_size")
+    if hidden is not None and int(hidden) != stepper.hidden_size:
+        problems.append(f"the manifest's hidden size is {hidden}, the loaded model's {stepper.hidden_size}")
+    if problems:
+        raise InputError(
+            f"--checkpoint {checkpoint}: its layer set does not match model '{spec.name}': " + "; ".join(problems) + f"; {fix}"
+        )
+
+
+def check_cache(ckpt, graph) -> "CacheRows | None":
+    """Reader of the known nodes' rungs from the checkpoint's cache, or None if the cache is gone.
+
+    A cache that exists but was encoded differently from the checkpoint's manifest (other
+    model, weights or layers) is refused rather than silently mixed with fresh states.
+    """
+    from stage1_encode.cache import open_cache
+
+    path = Path(ckpt.cache_path)
+    if not path.exists():
+        return None
+    reader = open_cache(path)
+    theirs, ours = dict(reader.manifest), ckpt.manifest
+    for what, get in (("model", lambda m: _first(m, MODEL_KEYS, "name")), ("weights", manifest_hash)):
+        if get(theirs) != get(ours):
+            raise InputError(
+                f"cache {path}: was re-encoded since training ({what} {get(theirs)!r}, the checkpoint's {get(ours)!r}); "
+                "re-train on it, or pass --no-cache-neighbours to run neighbours through the LLM"
+            )
+    cached_layers = [int(x) for x in reader.layers]
+    missing = [x for x in ckpt.layers if x not in cached_layers]
+    if missing:
+        raise InputError(f"cache {path}: holds LLM states {cached_layers}, not the rungs' {missing}; pass --no-cache-neighbours")
+    if hasattr(reader, "check_graph"):
+        reader.check_graph(graph)
+    return CacheRows(reader, [cached_layers.index(x) for x in ckpt.layers], path)
+
+
+IN_MEMORY_LIMIT_BYTES = 4 * 2**30  # fp16 rungs held in RAM below this size
+
+
+class CacheRows:
+    """``rows(nodes (n,)) -> (n, S, H)`` float32 rungs of known nodes from the cache.
+
+    Read whole into memory when small (sequential reads are what Zarr is fast at), else per
+    call with the unique rows in index order (chunk order), DESIGN.md section 3.
+    """
+
+    def __init__(self, reader, positions: list[int], path: Path) -> None:
+        self.reader, self.positions = reader, positions
+        self.states = None
+        if reader.num_nodes * len(positions) * reader.hidden_size * 2 <= IN_MEMORY_LIMIT_BYTES:
+            self.states = torch.from_numpy(np.ascontiguousarray(reader.read(rungs=positions)))  # (N, S, H) fp16
+            if not torch.isfinite(self.states).all():
+                warn(f"cache {path}: holds non-finite values; targets next to those nodes get unreliable answers")
+
+    def __call__(self, nodes: torch.Tensor) -> torch.Tensor:
+        if self.states is not None:
+            return self.states[nodes].float()
+        uniq, inverse = torch.unique(nodes, return_inverse=True)
+        rows = self.reader.read(nodes=uniq.numpy(), rungs=self.positions)
+        return torch.from_numpy(np.asarray(rows)).float()[inverse]

@@ -1,0 +1,199 @@
+"""``pipeline infer``: setup -> loop over target batches -> save.
+
+Setup loads the checkpoint, its graph (grown by ``--nodes/--edges``), the LLM named by the
+checkpoint's cache manifest (refusing another model or layer set), and the cache for known
+neighbours. The loop samples each target batch's subgraphs exactly as training evaluated
+them and lets the batch climb the ladder with real LLM layer stepping (``early_exit.climb``).
+
+Shapes: M targets, S rungs, H LLM width, C classes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+from pipeline.progress import log, progress, warn
+from stage3_infer.config import InferConfig
+from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit
+from stage3_infer.predictions import Predictions, summarize, write_outputs
+from stage3_infer.targets import InferGraph
+
+
+@dataclass
+class Session:
+    """Everything loaded once and reused across policies (the bench runs several)."""
+
+    checkpoint: object  # stage2_train.checkpoint.Checkpoint
+    g: InferGraph
+    stepper: object  # stage1_encode.stepping.LayerStepper
+    sampler: object  # stage2_train.sampling.Sampler over the (grown) graph
+    cached: object | None  # compat.CacheRows: rungs (n, S, H) of known nodes, or None
+    layers: list[int]  # LLM state of each rung (S,)
+    pooling: str
+    max_length: int
+    batch_size: int  # texts per LLM micro-batch
+    sample_batch: int  # targets per sampled subgraph batch (training's evaluation batch)
+
+
+@dataclass
+class Result:
+    tracker: ExitTracker
+    layer_evals: int
+    full_depth_evals: int
+    wall_time_s: float
+
+
+def open_session(config: InferConfig) -> Session:
+    """Load and cross-check checkpoint, graph, model and cache; refusals raise InputError."""
+    from pipeline.graph import load_graph
+    from stage2_train.checkpoint import load_checkpoint
+    from stage2_train.sampling import Sampler
+    from stage3_infer.compat import check_cache, check_model, manifest_model
+    from stage3_infer.targets import add_new_nodes
+
+    ckpt = load_checkpoint(config.checkpoint, seed=config.seed, device=config.device)
+    if ckpt.config["model"]["arch"] != "ladder":
+        raise InputError(f"--checkpoint {config.checkpoint}: a '{ckpt.config['model']['arch']}' baseline has no exit rungs; infer needs a G-Ladder run (`pipeline train CACHE --arch ladder`)")
+    graph = load_graph(ckpt.graph_source)
+    if ckpt.config.get("graph_fingerprint") not in (None, graph.fingerprint):
+        raise InputError(f"--checkpoint {config.checkpoint}: graph '{ckpt.graph_source}' changed since training (fingerprint differs); retrain on the current graph")
+    g = InferGraph(graph, graph.num_nodes)
+    if config.nodes is not None:
+        g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)
+
+    from stage1_encode.models import load_model, resolve_model
+    from stage1_encode.stepping import LayerStepper
+
+    manifest = ckpt.manifest
+    model_name = config.model or manifest_model(manifest)
+    spec = resolve_model(model_name)
+    check_model(spec, manifest, ckpt.layers, config.checkpoint)  # cheap checks before loading
+    stepper = LayerStepper(load_model(spec, device=config.device))
+    check_model(spec, manifest, ckpt.layers, config.checkpoint, stepper=stepper)
+
+    cached = None
+    if config.cache_neighbours:
+        cached = check_cache(ckpt, graph)
+        if cached is None:
+            warn(f"cache {ckpt.cache_path} is not available: known neighbours run through the LLM too (slower)")
+    sampler = Sampler(graph_edges(g), g.graph.num_nodes, **ckpt.sampler)
+    return Session(
+        checkpoint=ckpt, g=g, stepper=stepper, sampler=sampler, cached=cached, layers=list(ckpt.layers),
+        pooling=manifest.get("pooling", "mean"), max_length=int(manifest.get("max_length", 256)),
+        batch_size=config.batch_size, sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
+    )
+
+
+def graph_edges(g: InferGraph) -> np.ndarray:
+    return g.graph.edge_index
+
+
+def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_progress: bool = True,
+            collect: list | None = None) -> Result:
+    """Run every target to its exit; targets (M,) are dense indices of ``session.g.graph``.
+
+    ``collect``: with policy ``none``, receives each batch's logits (S, B, C).
+    """
+    from stage3_infer.early_exit import BatchSources, climb
+    from stage3_infer.llm_runner import TextRunner
+
+    s = session
+    ladder = s.checkpoint.model
+    texts = s.g.graph.texts
+    tracker = ExitTracker(policy, len(targets), len(s.layers))
+    evals = 0
+    full = 0
+    start = time.perf_counter()
+    chunks = [np.arange(a, min(a + s.sample_batch, len(targets))) for a in range(0, len(targets), s.sample_batch)]
+    with progress(len(targets), f"infer {policy}", unit="nodes") if show_progress else _null() as bar:
+        for rows in chunks:
+            sub = s.sampler.sample(targets[rows])  # deterministic: the subgraphs training evaluated
+            # fresh (LLM) states for each target's own node, for new nodes, and for every node
+            # when no cache is used; known neighbours read the cache
+            fresh = torch.zeros(len(sub.nodes), dtype=torch.bool)
+            fresh[sub.targets] = True
+            fresh |= torch.as_tensor(s.g.is_new(sub.nodes.numpy()))
+            if s.cached is None:
+                fresh[:] = True
+            uniq, slot_of = torch.unique(sub.nodes[fresh], return_inverse=True)  # one text slot per node
+            fresh_slot = torch.full((len(sub.nodes),), -1, dtype=torch.long)
+            fresh_slot[fresh] = slot_of
+            cached = None
+            if s.cached is not None:
+                known = sub.nodes.clamp(max=s.g.num_known - 1)  # new nodes' rows are never read
+                cached = s.cached(known)  # (n, S, H)
+            runner = TextRunner(s.stepper, [texts[u] for u in uniq.tolist()], s.batch_size, s.max_length, s.pooling)
+            logits = climb(ladder, sub, BatchSources(fresh_slot, cached), runner, s.layers, tracker,
+                  torch.as_tensor(rows), round_states=lambda h: h.half().float())
+            if collect is not None:
+                collect.append(torch.stack(logits))  # (S, B, C)
+            evals += runner.layer_evals
+            full += len(uniq) * s.layers[-1]
+            if bar is not None:
+                bar.advance(len(rows), exited_early=f"{float((tracker.exit_rung[: rows[-1] + 1] < len(s.layers) - 1).float().mean()):.2f}")
+    return Result(tracker, evals, full, time.perf_counter() - start)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run(config: InferConfig) -> dict:
+    """Predict the chosen targets with early exit and write ``config.out``; returns the summary."""
+    from stage3_infer.targets import select_targets
+
+    # --- setup
+    config.validate()
+    session = open_session(config)
+    ckpt = session.checkpoint
+    policy = parse_exit(config.exit, num_rungs=len(session.layers))
+    targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed)
+    if config.max_targets is not None:
+        targets = targets[: config.max_targets]
+    log(f"infer: {len(targets)} target(s), policy {policy}, rungs at LLM states {session.layers}")
+
+    # --- loop
+    result = predict(session, targets, policy)
+
+    # --- save
+    graph, t = session.g.graph, result.tracker
+    preds = Predictions(
+        node_ids=graph.node_ids[targets],
+        pred=t.pred.numpy(),
+        confidence=t.confidence.numpy(),
+        exit_rung=t.exit_rung.numpy(),
+        exit_layer=np.asarray(session.layers)[t.exit_rung.numpy()],
+        labels=np.asarray(graph.labels)[targets],
+        label_names=ckpt.label_names,
+    )
+    summary = summarize(
+        preds, policy=str(policy), layer_evals=result.layer_evals, full_depth_evals=result.full_depth_evals,
+        wall_time_s=result.wall_time_s,
+        extra={
+            "checkpoint": str(Path(config.checkpoint).resolve()),
+            "seed": ckpt.seed,
+            "model": session.stepper.loaded.spec.name,
+            "rung_layers": session.layers,
+            "new_nodes": int(graph.num_nodes - session.g.num_known),
+            "cache_neighbours": session.cached is not None,
+        },
+    )
+    write_outputs(config.out, preds, summary, config=config.to_dict())
+    acc = summary["accuracy"]
+    log(
+        f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "
+        + (f"accuracy {100 * acc:.2f}%, " if acc is not None else "")
+        + f"mean exit layer {summary['mean_exit_layer']:.1f}/{session.layers[-1]}, "
+        f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth -> {config.out}"
+    )
+    return summary

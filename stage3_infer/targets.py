@@ -1,0 +1,167 @@
+"""Which nodes to predict, on which graph: the training graph, optionally grown by new nodes.
+
+New nodes (``--nodes new.parquet --edges new_edges.parquet``) use the input format of
+DESIGN.md section 3; their edges may join new nodes to each other and to nodes of the
+training graph. They are appended after the N known nodes (indices N..N+M-1), so the cache,
+which covers 0..N-1, still answers for every known node. Refused with exit status 2: new ids
+that collide with known ones, edges to ids that are neither, ids of another type.
+
+Shapes: N known nodes, M new nodes, E edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import InputError
+from pipeline.graph import TextGraph
+
+FIRST = 5  # offending values quoted per problem
+
+
+@dataclass
+class InferGraph:
+    """The graph inference runs on; ``num_known`` first nodes are the training graph's."""
+
+    graph: TextGraph  # N + M nodes; labels are indices into the checkpoint's label names
+    num_known: int  # N: nodes covered by the cache
+
+    def is_new(self, index: np.ndarray) -> np.ndarray:
+        return np.asarray(index) >= self.num_known
+
+
+def _id_kind(ids: np.ndarray) -> str:
+    return "string" if ids.dtype == object else "int"
+
+
+def _arrow_kind(t: pa.DataType) -> str | None:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    return None
+
+
+def _read(path: Path, flag: str, columns: tuple[str, ...]) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for unreadable files
+        raise InputError(f"{flag} {path}: not a readable Parquet file ({err})") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InputError(f"{flag} {path}: missing column(s) {missing} (columns: {table.column_names})")
+    return table
+
+
+def _first(values: list, mask: np.ndarray) -> list:
+    return [v for v, m in zip(values, mask) if m][:FIRST]
+
+
+def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_names: list[str]) -> InferGraph:
+    """Append the new nodes and their edges to ``graph``; problems are reported together."""
+    nodes = _read(Path(nodes_path), "--nodes", ("node_id", "text"))
+    edges = _read(Path(edges_path), "--edges", ("src", "dst"))
+    kind = _id_kind(graph.node_ids)
+    problems = []
+    ids = nodes.column("node_id").to_pylist()
+    texts = nodes.column("text").to_pylist()
+    if _arrow_kind(nodes.column("node_id").type) != kind:
+        raise InputError(f"{nodes_path}: column 'node_id' has type {nodes.column('node_id').type} but graph '{graph.name}' has {kind} ids; use the same type")
+    bad = np.array([v is None for v in ids])
+    if bad.any():
+        problems.append(f"{nodes_path}: column 'node_id' has null values at rows {np.flatnonzero(bad)[:FIRST].tolist()}")
+    _, first = np.unique(np.asarray([str(v) for v in ids]), return_index=True)
+    dup = np.ones(len(ids), dtype=bool)
+    dup[first] = False
+    if dup.any():
+        problems.append(f"{nodes_path}: column 'node_id' repeats ids {_first(ids, dup)}")
+    bad = np.array([not isinstance(t, str) or not t.strip() for t in texts])
+    if bad.any():
+        problems.append(f"{nodes_path}: column 'text' has null or empty text at rows {np.flatnonzero(bad)[:FIRST].tolist()}")
+    known = {v: i for i, v in enumerate(graph.node_ids.tolist())}
+    clash = np.array([v in known for v in ids])
+    if clash.any():
+        problems.append(
+            f"{nodes_path}: {int(clash.sum())} new node id(s) already in graph '{graph.name}': {_first(ids, clash)}; "
+            "give new nodes unused ids (predict known nodes with --node-ids or --split)"
+        )
+    n = graph.num_nodes
+    lookup = {**known, **{v: n + j for j, v in enumerate(ids)}}
+    ends = []
+    for col in ("src", "dst"):
+        if _arrow_kind(edges.column(col).type) != kind:
+            problems.append(f"{edges_path}: column '{col}' has type {edges.column(col).type} but node ids are {kind}; use the same type")
+            continue
+        values = edges.column(col).to_pylist()
+        idx = np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
+        if (idx < 0).any():
+            problems.append(
+                f"{edges_path}: column '{col}' has ids that are neither new nodes of {nodes_path} nor nodes of graph "
+                f"'{graph.name}': {_first(values, idx < 0)}"
+            )
+        ends.append(idx)
+    if problems:
+        raise InputError(problems)
+
+    total = n + len(ids)
+    pairs = np.stack(ends) if ends and len(ends[0]) else np.zeros((2, 0), dtype=np.int64)
+    pairs = pairs[:, pairs[0] != pairs[1]]  # self-loops carry no neighbour
+    both = np.concatenate([graph.edge_index, pairs, pairs[::-1]], axis=1)  # undirected
+    keys = np.unique(both[0] * total + both[1])  # sorted by (src, dst), duplicates dropped
+    edge_index = np.stack([keys // total, keys % total])
+    raw = nodes.column("label").to_pylist() if "label" in nodes.column_names else [None] * len(ids)
+    index = {name: i for i, name in enumerate(label_names)}
+    new_labels = np.array([-1 if v is None else index.get(str(v), -1) for v in raw], dtype=np.int64)
+    all_ids = np.concatenate([graph.node_ids, np.asarray(ids, dtype=graph.node_ids.dtype)])
+    grown = replace(
+        graph,
+        node_ids=all_ids,
+        texts=list(graph.texts) + list(texts),
+        labels=np.concatenate([np.asarray(graph.labels), new_labels]),
+        split=np.concatenate([graph.split, np.full(len(ids), None, dtype=object)]),
+        edge_index=edge_index,
+    )
+    return InferGraph(grown, n)
+
+
+def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
+    """A text file of user ids, one a line (blank lines and ``#`` comments skipped) -> indices."""
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    raw = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not raw:
+        raise InputError(f"--node-ids {path}: no node ids in the file (one id a line)")
+    ids: list = raw
+    if _id_kind(graph.node_ids) == "int":
+        bad = [v for v in raw if not v.lstrip("-").isdigit()]
+        if bad:
+            raise InputError(f"--node-ids {path}: graph '{graph.name}' has integer ids; not integers: {bad[:5]}")
+        ids = [int(v) for v in raw]
+    try:
+        return graph.index_of(ids)
+    except InputError as err:
+        raise InputError(f"--node-ids {path}: {err.message}") from None
+
+
+def select_targets(g: InferGraph, split_spec: str | None, node_ids: Path | None, train_split: str | None, seed: int) -> np.ndarray:
+    """Dense indices of the targets, in a stable order (sorted, as training evaluates them)."""
+    graph = g.graph
+    if node_ids is not None:
+        return read_node_ids(node_ids, graph)
+    if split_spec is None and g.num_known < graph.num_nodes:
+        return np.arange(g.num_known, graph.num_nodes)
+    split_spec = split_spec or "test"
+    if split_spec == "all":
+        return np.arange(graph.num_nodes)
+    from stage2_train.data import resolve_split
+
+    known = replace(graph, node_ids=graph.node_ids[: g.num_known], texts=graph.texts[: g.num_known],
+                    labels=graph.labels[: g.num_known], split=graph.split[: g.num_known])
+    targets = resolve_split(known, train_split, seed)[split_spec]
+    if len(targets) == 0:
+        raise InputError(f"--split {split_spec}: no labelled nodes in that split of graph '{graph.name}'")
+    return targets
