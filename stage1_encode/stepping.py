@@ -24,9 +24,8 @@ from typing import Any
 import torch
 
 from pipeline.errors import InputError
+from stage1_encode.config import POOLINGS
 from stage1_encode.models import LoadedModel
-
-POOLINGS = ("mean", "last")
 
 
 @dataclass

@@ -1,0 +1,166 @@
+"""``run(EncodeConfig) -> cache path``: setup -> loop over this shard's node blocks -> summary.
+
+Within a block, texts are sorted by token count and cut into batches under a token budget
+(B * T <= batch_tokens), so little compute goes to padding; each block is committed as soon
+as it is done. Batches depend only on the block's texts, which keeps a resumed run bit-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.errors import InputError
+from pipeline.graph import TextGraph, load_graph
+from pipeline.progress import log, progress, warn
+from stage1_encode import cache as cache_format
+from stage1_encode.config import EncodeConfig, default_out
+from stage1_encode.layers import parse_layers
+from stage1_encode.models import ModelSpec, resolve_model, weights_hash
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "merges.txt", "vocab.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def model_shape(spec: ModelSpec) -> tuple[int, int]:
+    """(num_states, hidden_size) from config.json, without importing transformers (fast no-op reruns)."""
+    cfg = json.loads((Path(spec.path) / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    return int(cfg["num_hidden_layers"]) + 1, int(cfg["hidden_size"])
+
+
+def tokenizer_hash(spec: ModelSpec) -> str:
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        p = Path(spec.path) / name
+        if p.is_file():
+            h.update(name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def pick_device(config: EncodeConfig) -> tuple[str, str]:
+    """(device, compute dtype name): bf16 on GPU, fp32 on CPU unless told."""
+    import torch
+
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible; use --device cpu")
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    return device, dtype
+
+
+def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, layers: list[int], hidden: int, dtype: str) -> dict:
+    itemsize = 2 if config.storage_dtype == "float16" else 4
+    return {
+        "format": cache_format.FORMAT,
+        "model": config.model,
+        "model_path": spec.path,
+        "weights_sha256": weights_hash(spec.path),
+        "tokenizer": tokenizer_hash(spec),
+        "max_length": config.max_length,
+        "pooling": config.pooling,
+        "layers": layers,
+        "compute_dtype": dtype,
+        "storage_dtype": config.storage_dtype,
+        "graph_source": graph.source,
+        "graph_fingerprint": graph.fingerprint,
+        "num_nodes": graph.num_nodes,
+        "hidden_size": hidden,
+        "chunk_nodes": cache_format.chunk_nodes_for(len(layers), hidden, itemsize, config.block_size),
+        "block_nodes": config.block_size,
+        "num_shards": config.num_shards,
+        "batch_tokens": config.batch_tokens,
+        "package_version": __version__,
+    }
+
+
+def make_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
+    """Positions sorted by length, cut so that (batch size) * (longest length) <= batch_tokens."""
+    order = np.argsort(lengths, kind="stable")
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * int(lengths[i]) > batch_tokens:
+            batches.append(np.asarray(current))
+            current = []
+        current.append(i)
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+
+
+def encode_block(stepper, texts: list[str], layers: list[int], config: EncodeConfig, on_batch) -> tuple[np.ndarray, int, int]:
+    """Texts of one block -> ((n, S, H) float32, real tokens, padded tokens)."""
+    import torch
+
+    tok = stepper.loaded.tokenizer(texts, truncation=True, max_length=config.max_length)
+    lengths = np.asarray([len(ids) for ids in tok["input_ids"]])
+    out = np.empty((len(texts), len(layers), stepper.hidden_size), dtype=np.float32)
+    real = padded = 0
+    for idx in make_batches(lengths, config.batch_tokens):
+        batch = stepper.tokenize([texts[i] for i in idx], config.max_length)
+        with torch.inference_mode():
+            out[idx] = stepper.encode_tokens(batch, layers, config.pooling).cpu().numpy()  # (B, S, H)
+        n_real, n_pad = int(batch.attention_mask.sum()), batch.input_ids.numel()
+        real, padded = real + n_real, padded + n_pad
+        on_batch(len(idx), n_real)
+    return out, real, padded
+
+
+def run(config: EncodeConfig) -> Path:
+    """Encode (this shard of) a graph into a cache; returns the cache path. Quick no-op when done."""
+    config.validate()
+    graph = load_graph(config.graph)
+    spec = resolve_model(config.model, config.trust_remote_code)
+    num_states, hidden = model_shape(spec)
+    layers = parse_layers(config.layers, num_states)
+    device, dtype = pick_device(config)
+    out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
+    manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
+    resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
+    writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
+
+    mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
+    todo = [b for b in mine if b not in writer.done_blocks()]
+    shard = f" (shard {config.shard_id}/{config.num_shards})" if config.num_shards > 1 else ""
+    if not todo:
+        complete = writer.finish()
+        log(f"{out}: already {'complete' if complete else 'done for this shard'}{shard}; nothing to do")
+        return out
+
+    import torch
+
+    from stage1_encode.models import load_model
+    from stage1_encode.stepping import LayerStepper
+
+    if device == "cpu" and dtype == "float32":
+        warn("no GPU: encoding on CPU in float32 (slow; fine for small graphs)")
+    stepper = LayerStepper(load_model(spec, device, getattr(torch, dtype)))
+    n_todo = sum(e - s for s, e in (cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo))
+    log(f"encoding {n_todo} of {graph.num_nodes} nodes{shard} with {config.model} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
+    start, real, padded, tokens_done = time.perf_counter(), 0, 0, 0
+    with progress(n_todo, "encode", unit="texts") as bar:
+
+        def on_batch(n: int, n_tokens: int) -> None:
+            nonlocal tokens_done
+            tokens_done += n_tokens
+            bar.advance(n, tok_s=tokens_done / max(time.perf_counter() - start, 1e-9))
+
+        for b in todo:
+            lo, hi = cache_format.block_range(b, graph.num_nodes, config.block_size)
+            values, r, p = encode_block(stepper, graph.texts[lo:hi], layers, config, on_batch)
+            writer.write_block(b, values, graph.node_ids)
+            real, padded = real + r, padded + p
+    complete = writer.finish()
+    elapsed = time.perf_counter() - start
+    log(
+        f"encoded {n_todo} nodes{shard} in {elapsed:.1f}s ({n_todo / elapsed:.1f} texts/s, {real / elapsed:.0f} tokens/s); "
+        f"{real} tokens, padding {1 - real / max(padded, 1):.1%}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
+        + ("complete" if complete else f"{writer.n_blocks - len(writer.done_blocks())} block(s) left for other shards")
+    )
+    return out
