@@ -100,6 +100,7 @@ def check_cache(ckpt, graph) -> "CacheRows | None":
     if not path.exists():
         return None
     reader = open_cache(path)
+    reader.check_complete()
     theirs, ours = dict(reader.manifest), ckpt.manifest
     for what, get in (("model", lambda m: _first(m, MODEL_KEYS, "name")), ("weights", manifest_hash)):
         if get(theirs) != get(ours):

@@ -38,6 +38,7 @@ class Session:
     pooling: str
     max_length: int
     batch_size: int  # texts per LLM micro-batch
+    storage_dtype: str  # how the cache stores states: fresh states are rounded the same way
     sample_batch: int  # targets per sampled subgraph batch (training's evaluation batch)
 
 
@@ -86,7 +87,7 @@ def open_session(config: InferConfig) -> Session:
     return Session(
         checkpoint=ckpt, g=g, stepper=stepper, sampler=sampler, cached=cached, layers=list(ckpt.layers),
         pooling=manifest.get("pooling", "mean"), max_length=int(manifest.get("max_length", 256)),
-        batch_size=config.batch_size, sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
+        batch_size=config.batch_size, storage_dtype=manifest.get("storage_dtype", "float16"), sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
     )
 
 
@@ -105,6 +106,8 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
 
     s = session
     ladder = s.checkpoint.model
+    # training read fp16 states from the cache: round fresh ones the same way
+    round_like_cache = (lambda h: h.half().float()) if s.storage_dtype == "float16" else (lambda h: h)
     texts = s.g.graph.texts
     tracker = ExitTracker(policy, len(targets), len(s.layers))
     evals = 0
@@ -130,7 +133,7 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
                 cached = s.cached(known)  # (n, S, H)
             runner = TextRunner(s.stepper, [texts[u] for u in uniq.tolist()], s.batch_size, s.max_length, s.pooling)
             logits = climb(ladder, sub, BatchSources(fresh_slot, cached), runner, s.layers, tracker,
-                  torch.as_tensor(rows), round_states=lambda h: h.half().float())
+                  torch.as_tensor(rows), round_states=round_like_cache)
             if collect is not None:
                 collect.append(torch.stack(logits))  # (S, B, C)
             evals += runner.layer_evals
