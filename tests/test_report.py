@@ -1,0 +1,273 @@
+"""``pipeline report``: sections, valid PNGs, any subset of stages, problems reported not fatal.
+
+The artifacts are written by the stages' own writer functions (``CacheWriter``,
+``CheckpointWriter`` + stage 2's ``summarize``, stage 3's ``write_outputs``) and the bench
+JSONs with the keys their commands write, so a format change in a stage shows up here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.report import write_report
+from pipeline.report_cli import report_command
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SECTIONS = [
+    "## What was found",
+    "## Accuracy: G-Ladder vs same-encoder baselines",
+    "## Exit heads over depth, with gates",
+    "## Training curves",
+    "## Early exit: accuracy against LLM layers run",
+    "## Benchmarks",
+    "## Missing or unreadable",
+]
+ALL_FIGURES = {
+    "accuracy.png", "heads_checkpoint.png", "training_checkpoint.png", "training_baselines-mlp.png",
+    "training_baselines-gcn.png", "early_exit_tradeoff.png", "exit_layers.png", "bench-encode.png",
+    "bench-train.png", "bench-infer.png",
+}
+
+
+# --------------------------------------------------------------------- artifacts, as the stages write them
+def make_cache(path: Path, num_nodes=40, layers=(0, 2, 4, 6), hidden=8, complete=True):
+    from stage1_encode.cache import CacheWriter, FORMAT, num_blocks, block_range
+    CHUNK_NODES = 8
+    manifest = {
+        "format": FORMAT, "model": "minilm-l6", "weights_sha256": "ab" * 32, "tokenizer": "bert",
+        "max_length": 128, "pooling": "mean", "layers": list(layers), "compute_dtype": "float32",
+        "storage_dtype": "float16", "graph_fingerprint": "f" * 64, "graph_source": "cora", "num_nodes": num_nodes,
+        "hidden_size": hidden, "chunk_nodes": CHUNK_NODES, "block_nodes": 16, "num_shards": 1,
+    }
+    ids = np.arange(num_nodes)
+    w = CacheWriter.create_or_open(path, manifest, ids, {"graph": "cora"})
+    rng = np.random.default_rng(0)
+    blocks = range(num_blocks(num_nodes, 16)) if complete else [0]
+    for b in blocks:
+        s, e = block_range(b, num_nodes, 16)
+        w.write_block(b, rng.standard_normal((e - s, len(layers), hidden)).astype(np.float32), ids)
+    w.finish()
+    return path
+
+def make_run(path: Path, arch="ladder", seeds=(0, 1, 2), layers=(0, 2, 4, 6), epochs=25, base_acc=0.80):
+    from stage2_train.checkpoint import CheckpointWriter
+    from stage2_train.config import TrainConfig
+    from stage2_train.loop import SeedResult
+    from stage2_train.run import summarize
+    layers = list(layers) if arch == "ladder" else [layers[-1]]
+    S = len(layers)
+    cfg = TrainConfig(cache=path.parent / "cache.zarr", out=path, arch=arch, seeds=seeds, epochs=epochs)
+    rng = np.random.default_rng(len(arch))
+    results = []
+    with CheckpointWriter(path, overwrite=True) as wr:
+        wr.write_config({**cfg.to_dict(), "graph_source": "cora", "layers": layers, "label_names": ["a", "b", "c"],
+                         "cache": str(cfg.cache), "model": {"arch": arch}}, {"model": "minilm-l6", "graph_source": "cora"})
+        for seed in seeds:
+            n_ep = epochs - seed * 3
+            for ep in range(1, n_ep + 1):
+                val = [min(0.95, base_acc * (0.6 + 0.4 * (i + 1) / S) * (1 - 0.5 * np.exp(-ep / 5)) + 0.01 * rng.standard_normal()) for i in range(S)]
+                wr.append_metrics({"seed": seed, "epoch": ep, "loss": S * 1.1 * np.exp(-ep / 8) + 0.2 + 0.02 * rng.random(),
+                                   "val_acc": val[-1], "val_acc_heads": val, "epoch_s": 0.05})
+            accs = [base_acc * (0.6 + 0.4 * (i + 1) / S) + 0.01 * rng.standard_normal() for i in range(S)]
+            gates = [float(1 / (1 + np.exp(-rng.standard_normal() * 3))) for _ in range(S)] if arch == "ladder" else []
+            results.append(SeedResult(seed, n_ep - 5, n_ep, [a + 0.01 for a in accs], accs, [a + 0.1 for a in accs], gates, 0.05))
+        wr.write_summary(summarize(results, layers, cfg, {s: {"train": 24, "val": 8, "test": 8} for s in seeds}))
+        wr.commit()
+    return path
+
+def make_infer(path: Path, policy="patience:1", n=60, layers=(0, 2, 4, 6), labelled=True, seed=0):
+    from stage3_infer.predictions import Predictions, summarize, write_outputs
+    rng = np.random.default_rng(seed)
+    rung = rng.choice(len(layers), size=n, p=[0.1, 0.45, 0.3, 0.15])
+    labels = rng.integers(0, 3, n) if labelled else -np.ones(n, dtype=np.int64)
+    pred = np.where(rng.random(n) < 0.8, labels.clip(0), rng.integers(0, 3, n))
+    p = Predictions(np.arange(n), pred, rng.random(n), rung, np.asarray(layers)[rung], labels, ["a", "b", "c"])
+    evals = int(np.asarray(layers)[rung].sum())
+    s = summarize(p, policy=policy, layer_evals=evals, full_depth_evals=n * layers[-1], wall_time_s=1.5,
+                  extra={"checkpoint": "x", "seed": 0, "model": "minilm-l6", "rung_layers": list(layers)})
+    write_outputs(path, p, s)
+    return path
+
+def bench_encode():
+    return {"texts_per_s": 81.3, "naive_texts_per_s": 20.4, "speedup_vs_naive": 3.99, "flops_fraction": 1.0,
+            "bytes_per_node": 5376, "reference_bytes_per_node": 10752}
+
+def bench_train():
+    acc = {"ladder": (0.86, 0.01), "mlp": (0.74, 0.02), "gcn": (0.84, 0.012), "sage": (0.83, 0.015)}
+    return {"graph": "cora", "cache": "c", "model": "minilm-l6", "layers": [0, 2, 4, 6], "epoch_s_cached": 0.42,
+            "epoch_s_uncached": 31.7, "caching_speedup": 75.5, "uncached_extrapolated": True, "uncached_batches_timed": 8,
+            "batches_per_epoch": 26, "first_batch_loss_cached": 4.4, "first_batch_loss_uncached": 4.4, "seeds": [0, 1],
+            "accuracy": {a: {"test_acc_mean": m, "test_acc_std": s, "val_acc_mean": m + 0.01} for a, (m, s) in acc.items()},
+            **{f"{a}_test_acc_mean": m for a, (m, s) in acc.items()}}
+
+def bench_infer():
+    rows = {"none": (0.85, 1.0, 1.0), "patience:1": (0.845, 2.9, 0.38), "patience:2": (0.85, 1.9, 0.55),
+            "confidence:0.9": (0.848, 2.2, 0.47), "confidence:0.75": (0.84, 3.4, 0.31)}
+    return {k: {"accuracy": a, "rel_drop": (0.85 - a) / 0.85, "speedup": sp, "layer_fraction": lf, "wall_time_s": 10 / sp,
+                "val_accuracy": a, "val_rel_drop": 0.0, "chosen_on_val": k == "patience:1", "num_test": 1000, "num_val": 500}
+            for k, (a, sp, lf) in rows.items()}
+
+def make_full(root: Path):
+    make_cache(root / "cache.zarr")
+    make_run(root / "checkpoint")
+    make_run(root / "baselines" / "mlp", arch="mlp", base_acc=0.7)
+    make_run(root / "baselines" / "gcn", arch="gcn", base_acc=0.78)
+    make_infer(root / "infer")
+    make_infer(root / "infer_none", policy="none", seed=1)
+    for k, f in (("encode", bench_encode), ("train", bench_train), ("infer", bench_infer)):
+        (root / f"bench_{k}.json").write_text(json.dumps(f(), indent=2))
+
+
+
+# --------------------------------------------------------------------- helpers
+def invoke(*args):
+    """``pipeline report ARGS`` through a one-command app (the lead registers ``report_command``)."""
+    app = typer.Typer(rich_markup_mode=None)
+    app.command()(report_command)
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_valid_png(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 10_000, (path, len(data))
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 600, (path, img.shape)
+
+
+def figures_linked(md: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs") / "demo"
+    make_full(root)
+    return root
+
+
+# --------------------------------------------------------------------- tests
+def test_full_run_has_every_section_and_valid_figures(full_run):
+    result = invoke(full_run)
+    assert result.exit_code == 0, result.output
+    out = full_run / "report"
+    md = (out / "report.md").read_text()
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings == SECTIONS
+    assert {p.name for p in out.iterdir()} == ALL_FIGURES | {"report.md"}
+    assert figures_linked(md) == ALL_FIGURES
+    for name in sorted(ALL_FIGURES):
+        assert_valid_png(out / name)
+    assert "Nothing: every stage and benchmark is present." in md
+    # the command prints where everything is
+    assert result.stdout.splitlines() == [f"report: {out / 'report.md'}"] + [f"figure: {out / n}" for n in sorted(ALL_FIGURES)]
+    # the closing note names the files
+    assert md.rstrip().splitlines()[-1].startswith(f"Files in `{out}`: `report.md` and 10 figure(s): `accuracy.png`, ")
+    # numbers come through exactly
+    summary = json.loads((full_run / "checkpoint" / "summary.json").read_text())
+    mean, std = 100 * summary["test_acc_mean"], 100 * summary["test_acc_std"]
+    assert f"| cora | minilm-l6 | **ladder** | [0, 2, 4, 6] | {mean:.2f} ± {std:.2f} |" in md
+    assert "| cora | minilm-l6 | sage | [6] | 83.00 ± 1.50 | 84.00 | 2 | `bench_train.json` |" in md  # only bench train has sage
+    assert "| `bench_infer.json` | patience:1 (chosen on val) | 84.50 | 0.59 | 2.90x | 38.00 | – | 1000 |" in md
+    assert "| 0.42 | 31.70 (extrapolated from 8 of 26 batches) | 75.5x |" in md
+    gates = summary["gates_mean"]
+    assert f"| 3 | 6 | " in md and f"| {gates[3]:.3f} |" in md
+
+
+def test_rerun_replaces_the_report_and_several_run_dirs(full_run, tmp_path):
+    out = tmp_path / "rep"
+    assert invoke(full_run / "infer", full_run / "infer_none", "--out", out).exit_code == 0
+    md = (out / "report.md").read_text()
+    assert "| infer output | `infer` | policy patience:1, 60 nodes," in md  # relative to the common parent
+    assert "| infer output | `infer_none` | policy none, 60 nodes," in md
+    (out / "stale.png").write_bytes(PNG_MAGIC)
+    assert invoke(full_run / "infer", "--out", out).exit_code == 0  # a second report replaces the first
+    assert sorted(p.name for p in out.iterdir()) == ["early_exit_tradeoff.png", "exit_layers.png", "report.md"]
+    md = (out / "report.md").read_text()
+    assert "| infer output | `.` | policy patience:1, 60 nodes," in md and "infer_none" not in md
+    assert not list(tmp_path.glob(".rep.tmp-*"))
+
+
+def test_cache_alone_says_what_is_missing(tmp_path):
+    run = tmp_path / "run"
+    make_cache(run / "cache.zarr")
+    path = write_report([run])
+    assert path == run / "report" / "report.md"
+    md = path.read_text()
+    assert [line for line in md.splitlines() if line.startswith("## ")] == SECTIONS
+    assert "| encode cache | `cache.zarr` | minilm-l6 on cora, 40 nodes, states [0, 2, 4, 6], H=8, float16," in md
+    for line in (
+        "_Missing: no training run found; `pipeline train CACHE_DIR --out RUN_DIR` (add `--arch mlp|gcn|sage` for baselines) creates one._",
+        "_Missing: no G-Ladder training run; `pipeline train CACHE_DIR --out RUN_DIR --arch ladder` creates one._",
+        "- infer output (exit histogram, trade-off points): `pipeline infer --checkpoint RUN_DIR --out INFER_DIR`",
+        "- bench encode figures: `pipeline bench encode GRAPH --json RUN_DIR/bench_encode.json`",
+    ):
+        assert line in md, line
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.md"]
+    assert "and 0 figure(s): none." in md
+
+
+def test_checkpoint_without_infer(tmp_path):
+    run = tmp_path / "run"
+    make_run(run / "checkpoint", seeds=(0,), epochs=6)
+    path = write_report([run])
+    names = sorted(p.name for p in path.parent.iterdir())
+    assert names == ["accuracy.png", "heads_checkpoint.png", "report.md", "training_checkpoint.png"]
+    md = path.read_text()
+    assert "_Missing: no infer output or infer benchmark; `pipeline infer --checkpoint RUN_DIR --out INFER_DIR` or" in md
+    assert "- encode cache: none under the given folder(s); `pipeline encode GRAPH --out CACHE_DIR`" in md
+    assert "- same-encoder baselines: `pipeline train CACHE_DIR --arch mlp|gcn|sage --out DIR` (or `pipeline bench train`)" in md
+
+
+def test_broken_pieces_are_listed_not_fatal(tmp_path):
+    run = tmp_path / "run"
+    make_cache(run / "cache.zarr", complete=False)
+    make_infer(run / "infer", labelled=False)
+    (run / "half").mkdir()
+    (run / "half" / "summary.json").write_text("{not json")
+    (run / "half" / "metrics.jsonl").write_text("")
+    (run / "bench_other.json").write_text(json.dumps({"hello": 1}))
+    result = invoke(run)
+    assert result.exit_code == 0, result.output
+    md = (run / "report" / "report.md").read_text()
+    assert "INCOMPLETE: 1/3 blocks" in md
+    assert "is incomplete (2 blocks missing): complete it with `pipeline encode cora --out " in md
+    assert f"- could not read {run / 'half'}: training run could not be read (Expecting property name" in md
+    assert f"- could not read {run / 'bench_other.json'}: not a `pipeline bench encode|train|infer --json` file (unknown keys)" in md
+    assert "_No labelled targets among the infer outputs: no accuracy to plot._" in md
+    assert sorted(p.name for p in (run / "report").iterdir()) == ["exit_layers.png", "report.md"]
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = invoke(empty)
+    assert r.exit_code == 2
+    assert r.stderr == (
+        f"Error: RUN_DIR {empty}: no pipeline artifacts found; looked for encode caches (manifest.json + zarr.json), "
+        "training runs (summary.json + metrics.jsonl), infer outputs (predictions.parquet) and bench*.json\n"
+    )
+    assert list(empty.iterdir()) == []
+
+    r = invoke(tmp_path / "nope", tmp_path / "nada")
+    assert r.exit_code == 2
+    assert r.stderr == f"Error: - RUN_DIR {tmp_path / 'nope'}: no such directory\n- RUN_DIR {tmp_path / 'nada'}: no such directory\n"
+
+    run = tmp_path / "run"
+    make_infer(run / "infer")
+    r = invoke(run, "--out", run)  # a folder with other things in it is never replaced
+    assert r.exit_code == 2
+    assert r.stderr == (f"Error: --out {run}: exists and holds other files than an earlier report (report.md, *.png); "
+                        "choose another --out (nothing was deleted)\n")
+    assert sorted(p.name for p in run.iterdir()) == ["infer"]
