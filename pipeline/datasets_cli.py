@@ -2,15 +2,77 @@
 
 from __future__ import annotations
 
+import enum
+import functools
+import json as _json
+import os
+from pathlib import Path
+from typing import Optional
+
 import typer
 
+from pipeline.config_file import ConfigOption, save_resolved_config
 from pipeline.datasets import BUILTINS, builtin_meta
+from pipeline.errors import PipelineError
 
-datasets_app = typer.Typer(help="Built-in datasets and tools for your own graphs.", invoke_without_command=True)
+EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
+GRAPH_HELP = "A built-in dataset name (cora, citeseer) or a folder with nodes.parquet and edges.parquet."
+CONFIG_FILE_NAME = "pipeline_config.json"  # the resolved configuration, saved next to an output
+
+datasets_app = typer.Typer(
+    help="Built-in datasets and tools for your own graphs. " + EXIT_CODES_HELP,
+    invoke_without_command=True,
+)
+
+
+def plain_errors(func):
+    """Print a command's :class:`PipelineError` as plain ``Error: ...`` lines (no panel, no
+    wrapping: batch logs keep every problem on its own line) and exit with its status."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PipelineError as err:
+            typer.echo(f"Error: {err.format_message()}", err=True)
+            raise typer.Exit(err.exit_code) from err
+
+    return wrapper
+
+
+class IdType(str, enum.Enum):
+    auto = "auto"
+    int = "int"
+    string = "string"
+
+
+class FileFormat(str, enum.Enum):
+    auto = "auto"
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+
+
+def _resolved(ctx: typer.Context) -> dict:
+    """The command's resolved flag values, paths made absolute (reusable as ``--config``)."""
+
+    def plain(v):
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, Path):
+            return str(v.resolve())
+        return v
+
+    return {k: plain(v) for k, v in ctx.params.items() if k != "config"}
+
+
+def _config_writer(values: dict):
+    return lambda path: save_resolved_config(path, values)
 
 
 @datasets_app.callback()
-def list_datasets(ctx: typer.Context) -> None:
+@plain_errors
+def list_datasets(ctx: typer.Context, config: Optional[Path] = ConfigOption) -> None:
     """List the built-in datasets with node, edge and class counts."""
     if ctx.invoked_subcommand is not None:
         return
@@ -24,3 +86,112 @@ def list_datasets(ctx: typer.Context) -> None:
         meta = builtin_meta(name)
         table.add_row(name, str(meta["num_nodes"]), str(meta["num_undirected_edges"]), str(meta["num_classes"]), ", ".join(sorted(meta["splits"])))
     Console().print(table)
+
+
+@datasets_app.command("check")
+@plain_errors
+def check_command(
+    ctx: typer.Context,
+    graph: str = typer.Argument(..., help=GRAPH_HELP, show_default=False),
+    json: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the summary (and this command's resolved configuration) as JSON to this file.",
+        dir_okay=False,
+    ),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Validate a graph and print its summary: nodes, edges, classes, label counts, text
+    length percentiles, edge homophily, isolated nodes, connected components, splits.
+
+    Every problem is reported at once, naming file, column and the first offending rows
+    (0-based data rows); an invalid graph exits with status 2.
+    """
+    from rich.console import Console
+
+    from pipeline.graph import load_graph
+    from pipeline.graph_summary import summarize, summary_table
+
+    summary = summarize(load_graph(graph))
+    Console().print(summary_table(summary))
+    if json is not None:
+        data = {**summary, "config": _resolved(ctx)}
+        json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json.with_name(f".{json.name}.tmp-{os.getpid()}")
+        tmp.write_text(_json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, json)
+
+
+@datasets_app.command("import")
+@plain_errors
+def import_command(
+    ctx: typer.Context,
+    nodes: Path = typer.Argument(..., help="Nodes file: CSV, TSV or JSONL with an id and a text column.", show_default=False),
+    edges: Path = typer.Argument(..., help="Edge list: CSV, TSV or JSONL with a source and a destination column.", show_default=False),
+    out: Path = typer.Argument(..., help="Output graph folder (must not exist unless --overwrite).", show_default=False),
+    id_col: str = typer.Option("node_id", "--id-col", help="Node id column of the nodes file."),
+    text_col: str = typer.Option("text", "--text-col", help="Text column of the nodes file."),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column (default: 'label' when present)."),
+    split_col: Optional[str] = typer.Option(None, "--split-col", help="Split column, values train/val/test/empty (default: 'split' when present)."),
+    src_col: str = typer.Option("src", "--src-col", help="Source column of the edge list."),
+    dst_col: str = typer.Option("dst", "--dst-col", help="Destination column of the edge list."),
+    edges_header: bool = typer.Option(True, "--edges-header/--no-edges-header", help="Whether a CSV/TSV edge list starts with a header line; without one, the first two fields are source and destination."),
+    id_type: IdType = typer.Option(IdType.auto, "--id-type", help="Id type: auto = JSON types, or int when every CSV/TSV id is a plain integer."),
+    nodes_format: FileFormat = typer.Option(FileFormat.auto, "--nodes-format", help="Nodes file format (auto: by extension)."),
+    edges_format: FileFormat = typer.Option(FileFormat.auto, "--edges-format", help="Edge list format (auto: by extension)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is an existing graph folder."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Turn a CSV/TSV/JSONL nodes file plus an edge list into a graph folder (Parquet).
+
+    The result is validated with the same checks as every other command (all problems at
+    once, exit status 2, nothing written), self-loops and duplicate edges are dropped with
+    a warning, and OUT is written atomically with meta.json (provenance, label order) and
+    pipeline_config.json (this command's resolved configuration).
+    """
+    from pipeline.graph_import import import_graph
+    from pipeline.progress import log
+
+    graph = import_graph(
+        nodes, edges, out,
+        overwrite=overwrite,
+        extra_files={CONFIG_FILE_NAME: _config_writer(_resolved(ctx))},
+        id_col=id_col, text_col=text_col, label_col=label_col, split_col=split_col,
+        src_col=src_col, dst_col=dst_col, id_type=id_type.value,
+        nodes_format=nodes_format.value, edges_format=edges_format.value, edges_header=edges_header,
+    )
+    log(f"imported {graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_classes} classes -> {out}")
+
+
+@datasets_app.command("subset")
+@plain_errors
+def subset_command(
+    ctx: typer.Context,
+    graph: str = typer.Argument(..., help=GRAPH_HELP, show_default=False),
+    out: Path = typer.Argument(..., help="Output graph folder (must not exist unless --overwrite).", show_default=False),
+    nodes: int = typer.Option(..., "--nodes", min=1, help="Number of nodes to keep.", show_default=False),
+    seed: int = typer.Option(0, "--seed", help="Seed choosing the start node."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is an existing graph folder."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Write a connected induced subgraph of N nodes for quick trial runs.
+
+    Breadth-first from a start node drawn with the seed among nodes whose connected
+    component is large enough; deterministic. Labels, the split column, label order and
+    named splits (restricted to the kept nodes) are kept; ids stay the user's ids.
+    """
+    from pipeline.graph import load_graph
+    from pipeline.graph_format import check_output_folder, read_nodes_table
+    from pipeline.graph_subset import bfs_subset, write_subset
+    from pipeline.progress import log
+
+    check_output_folder(out, overwrite)
+    full = load_graph(graph)
+    keep, start = bfs_subset(full, nodes, seed)
+    start_id = full.node_ids[start].item() if hasattr(full.node_ids[start], "item") else full.node_ids[start]
+    provenance = {"graph": full.source, "fingerprint": full.fingerprint, "nodes": nodes, "seed": seed, "start_node_id": start_id}
+    sub = write_subset(
+        full, read_nodes_table(full), keep, out,
+        provenance=provenance,
+        extra_files={CONFIG_FILE_NAME: _config_writer(_resolved(ctx))},
+        overwrite=overwrite,
+    )
+    log(f"subset of '{full.name}': {sub.num_nodes} nodes, {sub.num_edges} edges, start node {start_id!r} -> {out}")

@@ -6,14 +6,19 @@ Exit statuses (documented in ``pipeline --help``):
 
 from __future__ import annotations
 
-import click
+import typer
+
+# typer >= 0.26 vendors click, and a typer app only catches (and exits with the status of) its
+# own ClickException class, not the one of a separately installed click; older typer re-exports
+# click's. typer.BadParameter derives from the right one in both cases.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
 
-class PipelineError(click.ClickException):
+class PipelineError(_ClickException):
     """A failure the user can act on; click prints ``Error: <message>`` and exits."""
 
     exit_code = EXIT_FAILURE

@@ -1,34 +1,57 @@
-"""The text-graph input format: read ``nodes.parquet`` + ``edges.parquet`` and validate.
+"""The text-graph input format: read, validate and write ``nodes.parquet`` + ``edges.parquet``.
 
 Every problem is collected and reported together, each naming file, column and the first
-offending rows; nothing is written by a command whose input fails here (exit status 2).
-Self-loops and duplicate edges are dropped with a warning.
+offending rows (0-based data rows); nothing is written by a command whose input fails here
+(exit status 2). Self-loops and duplicate edges are dropped with a warning.
+
+Folder layout (DESIGN.md section 3)::
+
+    nodes.parquet   node_id (int64 or string, unique), text (non-empty string),
+                    optional label (string or int; null = unlabeled),
+                    optional split (train / val / test / null)
+    edges.parquet   src, dst (same type as node_id; undirected)
+    meta.json       optional: label_names (class order), provenance
+    splits/NAME.json  optional: {"train": [node_id, ...], "val": [...], "test": [...]}
+
+``write_graph_folder`` is the one writer: it validates in memory with the same checks as
+the reader, writes into a temporary sibling folder, reads that back, and only then renames
+it into place, so a failed or interrupted write never leaves a half-written graph.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, PipelineError
 from pipeline.graph import SPLIT_NAMES, TextGraph, graph_fingerprint
 from pipeline.progress import warn
 
-NODES_FILE, EDGES_FILE = "nodes.parquet", "edges.parquet"
-FIRST_ROWS = 5  # offending rows quoted per problem
+NODES_FILE, EDGES_FILE, META_FILE, SPLITS_DIR = "nodes.parquet", "edges.parquet", "meta.json", "splits"
+FIRST_ROWS = 5  # offending rows (and values) quoted per problem
 
 
-def _rows(mask: np.ndarray) -> str:
+def rows_text(mask: np.ndarray) -> str:
+    """``rows [1, 4] (+3 more)`` for the first offending rows of a boolean mask."""
+    mask = np.asarray(mask, dtype=bool)
     rows = np.flatnonzero(mask)[:FIRST_ROWS].tolist()
-    more = f" (+{int(mask.sum()) - len(rows)} more)" if mask.sum() > len(rows) else ""
+    total = int(mask.sum())
+    more = f" (+{total - len(rows)} more)" if total > len(rows) else ""
     return f"rows {rows}{more}"
 
 
-def _id_kind(arrow_type: pa.DataType) -> str | None:
+def id_kind(arrow_type: pa.DataType) -> str | None:
+    """``"int"`` / ``"string"`` for an id column's Arrow type, None when ids cannot have it."""
     if pa.types.is_integer(arrow_type):
         return "int"
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
@@ -36,138 +59,257 @@ def _id_kind(arrow_type: pa.DataType) -> str | None:
     return None
 
 
+def _is_string(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def _decode_dictionaries(table: pa.Table) -> pa.Table:
+    """Dictionary-encoded columns (pandas categoricals) -> their plain value type."""
+    for i, fld in enumerate(table.schema):
+        if pa.types.is_dictionary(fld.type):
+            table = table.set_column(i, fld.name, table.column(i).cast(fld.type.value_type))
+    return table
+
+
 def _read_table(path: Path, problems: list[str]) -> pa.Table | None:
     if not path.is_file():
         problems.append(f"{path}: file not found (a graph folder needs {NODES_FILE} and {EDGES_FILE})")
         return None
     try:
-        return pq.read_table(path)
+        return _decode_dictionaries(pq.read_table(path))
     except Exception as err:  # pyarrow raises several types for corrupt files
         problems.append(f"{path}: not a readable Parquet file ({err})")
         return None
 
 
-def _check_nodes(nodes: pa.Table, f: str, problems: list[str]):
-    """Returns (node_ids, texts, raw_labels or None, split) or None when unusable."""
+@dataclasses.dataclass
+class _Nodes:
+    ids: np.ndarray | None = None  # usable ids (right type, no nulls, unique) or None
+    known: set | None = None  # ids of the right type without nulls (for edge checks), or None
+    id_array: pa.Array | None = None  # the node_id column, when it has an id type
+    kind: str | None = None  # "int" / "string" when the node_id column has an id type
+    id_type: pa.DataType | None = None
+    texts: list | None = None
+    raw_labels: list | None = None
+    split: np.ndarray | None = None
+    ok: bool = True
+
+
+def _check_nodes(nodes: pa.Table, f: str, problems: list[str], names: dict[str, str]) -> _Nodes:
+    out = _Nodes()
     cols = set(nodes.column_names)
-    for required in ("node_id", "text"):
-        if required not in cols:
-            problems.append(f"{f}: missing column '{required}' (columns: {sorted(cols)})")
-    if not {"node_id", "text"} <= cols:
-        return None
+    missing = [names[c] for c in ("node_id", "text") if c not in cols]
+    if missing:
+        problems.append(f"{f}: missing column(s) {missing} (columns: {sorted(cols)})")
+        out.ok = False
     n = nodes.num_rows
-    ids_col = nodes.column("node_id")
-    kind = _id_kind(ids_col.type)
-    ok = True
-    if kind is None:
-        problems.append(f"{f}: column 'node_id' has type {ids_col.type}; expected int64 or string")
-        ok = False
-    ids = np.asarray(ids_col.to_pylist(), dtype=object)
-    null_ids = np.array([v is None for v in ids], dtype=bool)
-    if null_ids.any():
-        problems.append(f"{f}: column 'node_id' has {int(null_ids.sum())} null value(s) at {_rows(null_ids)}")
-        ok = False
-    if kind is not None and not null_ids.any():
-        _, first, counts = np.unique(ids.astype(str) if kind == "string" else ids.astype(np.int64),
-                                     return_index=True, return_counts=True)
-        dup = np.ones(n, dtype=bool)
-        dup[first] = False
-        if dup.any():
-            problems.append(f"{f}: column 'node_id' has duplicate ids at {_rows(dup)}, first: {ids[dup][:FIRST_ROWS].tolist()}")
-            ok = False
+    if n == 0:
+        problems.append(f"{f}: no rows (a graph needs at least one node)")
+        out.ok = False
 
-    text_col = nodes.column("text")
-    texts = text_col.to_pylist()
-    if not (pa.types.is_string(text_col.type) or pa.types.is_large_string(text_col.type)):
-        problems.append(f"{f}: column 'text' has type {text_col.type}; expected string")
-        ok = False
-    else:
-        bad_text = np.array([t is None or not t.strip() for t in texts], dtype=bool)
-        if bad_text.any():
-            problems.append(f"{f}: column 'text' has null or empty text at {_rows(bad_text)}")
-            ok = False
+    if "node_id" in cols:
+        col = nodes.column("node_id")
+        out.kind, out.id_type = id_kind(col.type), col.type
+        ids_ok = out.kind is not None
+        if not ids_ok:
+            problems.append(f"{f}: column '{names['node_id']}' has type {col.type}; expected int64 or string")
+        if ids_ok:
+            out.id_array = col.combine_chunks()
+        ids = np.asarray(col.to_pylist(), dtype=object)
+        null_ids = np.array([v is None for v in ids], dtype=bool)
+        if null_ids.any():
+            problems.append(f"{f}: column '{names['node_id']}' has {int(null_ids.sum())} null value(s) at {rows_text(null_ids)}")
+            ids_ok = False
+        if out.kind is not None and n:
+            present = np.flatnonzero(~null_ids)
+            typed = ids[present].astype(np.int64) if out.kind == "int" else ids[present].astype(str)
+            out.known = set(ids[present].tolist())
+            _, first = np.unique(typed, return_index=True)
+            dup = np.ones(n, dtype=bool)
+            dup[present[first]] = False
+            dup[null_ids] = False
+            if dup.any():
+                problems.append(
+                    f"{f}: column '{names['node_id']}' has {int(dup.sum())} duplicate id(s) at {rows_text(dup)}, "
+                    f"first: {ids[dup][:FIRST_ROWS].tolist()}"
+                )
+                ids_ok = False
+            if ids_ok:
+                out.ids = typed if out.kind == "int" else ids
+        out.ok &= ids_ok and out.ids is not None
 
-    labels = None
+    if "text" in cols:
+        col = nodes.column("text")
+        if not _is_string(col.type):
+            problems.append(f"{f}: column '{names['text']}' has type {col.type}; expected string")
+            out.ok = False
+        else:
+            texts = col.to_pylist()
+            bad = np.array([t is None or not t.strip() for t in texts], dtype=bool)
+            if bad.any():
+                problems.append(f"{f}: column '{names['text']}' has {int(bad.sum())} null or empty text(s) at {rows_text(bad)}")
+                out.ok = False
+            out.texts = texts
+
     if "label" in cols:
-        lcol = nodes.column("label")
-        if not (_id_kind(lcol.type) or pa.types.is_null(lcol.type)):
-            problems.append(f"{f}: column 'label' has type {lcol.type}; expected string or integer (null = unlabeled)")
-            ok = False
+        col = nodes.column("label")
+        if not (id_kind(col.type) or pa.types.is_null(col.type)):
+            problems.append(f"{f}: column '{names['label']}' has type {col.type}; expected string or integer (null = unlabeled)")
+            out.ok = False
         else:
-            labels = lcol.to_pylist()
+            out.raw_labels = col.to_pylist()
 
-    split = np.full(n, None, dtype=object)
+    out.split = np.full(n, None, dtype=object)
     if "split" in cols:
-        values = nodes.column("split").to_pylist()
-        bad = np.array([v is not None and v not in SPLIT_NAMES for v in values], dtype=bool)
-        if bad.any():
-            problems.append(
-                f"{f}: column 'split' has unknown values {sorted({str(v) for v in np.asarray(values, dtype=object)[bad]})} "
-                f"at {_rows(bad)}; allowed: train, val, test or null"
-            )
-            ok = False
+        col = nodes.column("split")
+        if not (_is_string(col.type) or pa.types.is_null(col.type)):
+            problems.append(f"{f}: column '{names['split']}' has type {col.type}; expected string (train, val, test or null)")
+            out.ok = False
         else:
-            split = np.asarray(values, dtype=object)
-    if not ok:
-        return None
-    ids = ids.astype(np.int64) if kind == "int" else ids
-    return ids, kind, texts, labels, split
+            values = np.asarray(col.to_pylist(), dtype=object)
+            bad = np.array([v is not None and v not in SPLIT_NAMES for v in values], dtype=bool)
+            if bad.any():
+                problems.append(
+                    f"{f}: column '{names['split']}' has unknown value(s) {sorted({str(v) for v in values[bad]})[:FIRST_ROWS]} "
+                    f"at {rows_text(bad)}; allowed: train, val, test or null"
+                )
+                out.ok = False
+            else:
+                out.split = values
+    return out
 
 
-def _encode_labels(raw: list | None, split: np.ndarray, meta: dict, f: str, problems: list[str]):
+def _encode_labels(raw: list | None, split: np.ndarray, meta: dict, f: str, problems: list[str], cols: dict[str, str]):
     n = len(split)
+    names_from_meta = meta.get("label_names") if isinstance(meta.get("label_names"), list) else None
     if raw is None:
-        return np.full(n, -1, dtype=np.int64), list(meta.get("label_names", []))
+        return np.full(n, -1, dtype=np.int64), [str(v) for v in names_from_meta or []]
     present = sorted({v for v in raw if v is not None}, key=lambda v: (isinstance(v, str), v))
     names = [str(v) for v in present]
-    if meta.get("label_names"):
-        extra = sorted(set(names) - set(meta["label_names"]))
+    if names_from_meta:
+        extra = sorted(set(names) - {str(v) for v in names_from_meta})
         if extra:
-            problems.append(f"{f}: column 'label' has values {extra[:FIRST_ROWS]} not in meta.json label_names")
-        names = list(meta["label_names"])
+            problems.append(f"{f}: column '{cols['label']}' has value(s) {extra[:FIRST_ROWS]} not in meta.json label_names")
+        names = [str(v) for v in names_from_meta]
     index = {name: i for i, name in enumerate(names)}
     labels = np.array([-1 if v is None else index.get(str(v), -1) for v in raw], dtype=np.int64)
-    has_split_column = any(s is not None for s in split)
-    if has_split_column and not ((labels >= 0) & (split == "train")).any():
-        problems.append(f"{f}: column 'label' is present but no node with split 'train' has a label")
+    if any(s is not None for s in split):
+        if not ((labels >= 0) & (split == "train")).any():
+            problems.append(f"{f}: column '{cols['label']}' is present but no node with split 'train' has a label")
     elif not (labels >= 0).any():
-        problems.append(f"{f}: column 'label' is present but every value is null; drop the column or label training nodes")
+        problems.append(f"{f}: column '{cols['label']}' is present but every value is null; drop the column or label training nodes")
     return labels, names
 
 
-def _check_edges(edges: pa.Table, f: str, ids: np.ndarray, kind: str, problems: list[str]):
+def _check_edges(
+    edges: pa.Table, f: str, nodes: _Nodes, nodes_file: str, problems: list[str], names: dict[str, str]
+) -> np.ndarray | None:
+    """(2, E_in) dense indices of the user's edges, or None when unusable."""
     cols = set(edges.column_names)
-    missing = [c for c in ("src", "dst") if c not in cols]
+    missing = [names[c] for c in ("src", "dst") if c not in cols]
     if missing:
         problems.append(f"{f}: missing column(s) {missing} (columns: {sorted(cols)})")
-        return None
-    lookup = {v: i for i, v in enumerate(ids.tolist())}
-    out = []
+    # dense index lookup in Arrow (C speed); with duplicate or null node ids (already reported)
+    # it still finds edges to unknown ids
+    lookup = nodes.id_array if nodes.known is not None else None
+    out, usable = [], not missing
     for c in ("src", "dst"):
+        if c not in cols:
+            continue
         col = edges.column(c)
-        ckind = _id_kind(col.type)
-        if ckind != kind:
-            problems.append(f"{f}: column '{c}' has type {col.type} but node_id is {kind}; use the same type")
-            return None
-        values = col.to_pylist()
-        idx = np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
-        unknown = idx < 0
-        if unknown.any():
+        ckind = id_kind(col.type)
+        if ckind is None:
+            problems.append(f"{f}: column '{names[c]}' has type {col.type}; expected int64 or string (the type of node_id)")
+            usable = False
+            continue
+        if nodes.kind is not None and ckind != nodes.kind:
             problems.append(
-                f"{f}: column '{c}' refers to unknown node ids at {_rows(unknown)}, "
-                f"first: {np.asarray(values, dtype=object)[unknown][:FIRST_ROWS].tolist()}"
+                f"{f}: column '{names[c]}' has type {col.type} but {nodes_file} column '{names['node_id']}' has type {nodes.id_type}; "
+                "mixed id types: use the same type"
             )
+            usable = False
+            continue
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        nulls = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if nulls.any():
+            problems.append(f"{f}: column '{names[c]}' has {int(nulls.sum())} null value(s) at {rows_text(nulls)}")
+            usable = False
+        if lookup is None:
+            usable = False
+            continue
+        found = pc.index_in(col.cast(lookup.type), value_set=lookup, skip_nulls=True)
+        idx = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        unknown = (idx < 0) & ~nulls
+        if unknown.any():
+            first = col.take(pa.array(np.flatnonzero(unknown)[:FIRST_ROWS])).to_pylist()
+            problems.append(
+                f"{f}: column '{names[c]}' has {int(unknown.sum())} id(s) not in {nodes_file} at {rows_text(unknown)}, "
+                f"first: {first}"
+            )
+            usable = False
         out.append(idx)
-    if any((x < 0).any() for x in out):
-        return None
-    return np.stack(out)
+    return np.stack(out) if usable and nodes.ids is not None else None
+
+
+def _check_meta(meta_path: Path, problems: list[str]) -> dict:
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        problems.append(f"{meta_path}: not valid JSON ({err})")
+        return {}
+    return _check_meta_dict(meta, str(meta_path), problems)
+
+
+def _check_meta_dict(meta, f: str, problems: list[str]) -> dict:
+    if not isinstance(meta, dict):
+        problems.append(f"{f}: expected a JSON object")
+        return {}
+    names = meta.get("label_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(v, (str, int)) for v in names)):
+        problems.append(f"{f}: 'label_names' must be a list of class names")
+    elif names is not None and len({str(v) for v in names}) != len(names):
+        problems.append(f"{f}: 'label_names' has duplicate names")
+    return meta
+
+
+def _check_named_split(data, f: str, nodes: _Nodes, problems: list[str]) -> None:
+    """A named split: {"train": [...], "val": [...], "test": [...]} of known, disjoint node ids."""
+    if not isinstance(data, dict):
+        problems.append(f"{f}: expected a JSON object with keys train, val, test")
+        return
+    unknown_keys = sorted(set(data) - set(SPLIT_NAMES))
+    if unknown_keys:
+        problems.append(f"{f}: unknown key(s) {unknown_keys}; allowed: train, val, test")
+    seen: dict = {}
+    lookup = nodes.known if nodes.ids is not None else None
+    for part in SPLIT_NAMES:
+        ids = data.get(part, [])
+        if not isinstance(ids, list):
+            problems.append(f"{f}: '{part}' must be a list of node ids")
+            continue
+        if lookup is None:
+            continue
+        valid = [isinstance(v, (int, str)) and not isinstance(v, bool) and v in lookup for v in ids]
+        bad = [v for v, ok in zip(ids, valid) if not ok]
+        if bad:
+            problems.append(f"{f}: '{part}' has {len(bad)} id(s) not in the graph, first: {bad[:FIRST_ROWS]}")
+        good = [v for v, ok in zip(ids, valid) if ok]
+        overlap = [v for v in good if v in seen]
+        if overlap:
+            problems.append(
+                f"{f}: '{part}' shares {len(overlap)} id(s) with '{seen[overlap[0]]}', first: {overlap[:FIRST_ROWS]}"
+            )
+        for v in good:
+            seen.setdefault(v, part)
 
 
 def _symmetrize(pairs: np.ndarray, f: str, n: int) -> np.ndarray:
     """(2, E_in) user edges -> (2, 2E) symmetric, self-loops and duplicates dropped (warned)."""
     loops = pairs[0] == pairs[1]
     if loops.any():
-        warn(f"{f}: dropped {int(loops.sum())} self-loop(s)")
+        warn(f"{f}: dropped {int(loops.sum())} self-loop(s) at {rows_text(loops)}")
     pairs = pairs[:, ~loops]
     lo, hi = np.minimum(pairs[0], pairs[1]), np.maximum(pairs[0], pairs[1])
     keys = np.unique(lo * n + hi)
@@ -176,39 +318,199 @@ def _symmetrize(pairs: np.ndarray, f: str, n: int) -> np.ndarray:
     lo, hi = keys // n, keys % n
     both = np.concatenate([np.stack([lo, hi]), np.stack([hi, lo])], axis=1)
     order = np.lexsort((both[1], both[0]))  # sorted by (src, dst): CSR-ready
-    return both[:, order]
+    return both[:, order].astype(np.int64)
+
+
+def build_graph(
+    nodes: pa.Table | None,
+    edges: pa.Table | None,
+    meta: dict | None,
+    *,
+    name: str,
+    source: str,
+    nodes_file: str,
+    edges_file: str,
+    split_data: dict[str, tuple[str, object]] | None = None,
+    named_splits: dict[str, Path] | None = None,
+    problems: list[str] | None = None,
+    column_names: dict[str, str] | None = None,
+) -> TextGraph:
+    """Validate tables (and named splits' data) and build a :class:`TextGraph`.
+
+    ``split_data`` maps a split name to ``(file name for messages, parsed JSON)``.
+    ``problems`` may carry problems found before (e.g. unreadable files); all are raised
+    together as one :class:`InputError`. ``column_names`` renames columns in messages
+    (e.g. ``{"node_id": "id"}`` when the user's file calls it so).
+    """
+    problems = [] if problems is None else problems
+    names = {c: c for c in ("node_id", "text", "label", "split", "src", "dst")} | dict(column_names or {})
+    meta = meta or {}
+    checked = _check_nodes(nodes, nodes_file, problems, names) if nodes is not None else _Nodes(ok=False)
+    labels = label_names = None
+    if nodes is not None:
+        labels, label_names = _encode_labels(checked.raw_labels, checked.split, meta, nodes_file, problems, names)
+    pairs = _check_edges(edges, edges_file, checked, nodes_file, problems, names) if edges is not None else None
+    for split_file, data in (split_data or {}).values():
+        _check_named_split(data, split_file, checked, problems)
+    if problems:
+        raise InputError(f"invalid graph '{name}':\n" + "\n".join(f"- {p}" for p in problems))
+    assert checked.ok and pairs is not None and labels is not None
+    edge_index = _symmetrize(pairs, edges_file, len(checked.ids))
+    return TextGraph(
+        name=name,
+        source=source,
+        node_ids=checked.ids,
+        texts=checked.texts,
+        labels=labels,
+        label_names=label_names,
+        split=checked.split,
+        edge_index=edge_index,
+        named_splits=dict(named_splits or {}),
+        fingerprint=graph_fingerprint(checked.ids, checked.texts, labels, checked.split, edge_index),
+        meta=meta,
+    )
+
+
+def _read_split_files(folder: Path, problems: list[str]) -> tuple[dict[str, Path], dict[str, tuple[str, object]]]:
+    paths = {p.stem: p for p in sorted((folder / SPLITS_DIR).glob("*.json"))}
+    data = {}
+    for split_name, p in paths.items():
+        try:
+            data[split_name] = (str(p), json.loads(p.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            problems.append(f"{p}: not valid JSON ({err})")
+    return paths, data
 
 
 def read_graph_folder(folder: Path, name: str, source: str) -> TextGraph:
     """Read and validate one graph folder; raises InputError listing every problem."""
     folder = Path(folder)
     problems: list[str] = []
+    if not folder.is_dir():
+        raise InputError(f"invalid graph '{name}':\n- {folder}: not a folder (a graph folder holds {NODES_FILE} and {EDGES_FILE})")
     nodes_path, edges_path = folder / NODES_FILE, folder / EDGES_FILE
     nodes = _read_table(nodes_path, problems)
     edges = _read_table(edges_path, problems)
-    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
-    checked = _check_nodes(nodes, str(nodes_path), problems) if nodes is not None else None
-    labels = label_names = edge_index = None
-    if checked is not None:
-        ids, kind, texts, raw_labels, split = checked
-        labels, label_names = _encode_labels(raw_labels, split, meta, str(nodes_path), problems)
-        if edges is not None:
-            pairs = _check_edges(edges, str(edges_path), ids, kind, problems)
-            if pairs is not None and not problems:
-                edge_index = _symmetrize(pairs, str(edges_path), len(ids))
-    if problems:
-        raise InputError(f"invalid graph '{name}':\n" + "\n".join(f"- {p}" for p in problems))
-    named = {p.stem: p for p in sorted((folder / "splits").glob("*.json"))}
-    return TextGraph(
+    meta = _check_meta(folder / META_FILE, problems)
+    split_paths, split_data = _read_split_files(folder, problems)
+    return build_graph(
+        nodes,
+        edges,
+        meta,
         name=name,
         source=source,
-        node_ids=ids,
-        texts=texts,
-        labels=labels,
-        label_names=label_names,
-        split=split,
-        edge_index=edge_index,
-        named_splits=named,
-        fingerprint=graph_fingerprint(ids, texts, labels, split, edge_index),
-        meta=meta,
+        nodes_file=str(nodes_path),
+        edges_file=str(edges_path),
+        split_data=split_data,
+        named_splits=split_paths,
+        problems=problems,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def graph_edges_table(graph: TextGraph, id_type: pa.DataType | None = None) -> pa.Table:
+    """The graph's undirected edges, each once (src index < dst index), as user ids."""
+    ei = graph.edge_index
+    keep = ei[0] < ei[1]
+    ids = graph.node_ids
+    src, dst = ids[ei[0][keep]], ids[ei[1][keep]]
+    typ = id_type or (pa.int64() if ids.dtype.kind in "iu" else pa.string())
+    return pa.table({"src": pa.array(src.tolist(), typ), "dst": pa.array(dst.tolist(), typ)})
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to write over something unless asked to, and never over a non-graph folder."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise InputError(f"{out}: already exists; choose a new folder or pass --overwrite")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / NODES_FILE).is_file()):
+        raise InputError(f"{out}: exists and is not a graph folder; refusing to overwrite it")
+
+
+def write_graph_folder(
+    out: Path,
+    nodes: pa.Table,
+    edges: pa.Table,
+    *,
+    meta: dict | None = None,
+    splits: dict[str, dict[str, list]] | None = None,
+    extra_files: dict[str, str | Callable[[Path], None]] | None = None,
+    overwrite: bool = False,
+) -> TextGraph:
+    """Validate and write a graph folder atomically; returns the graph as read back from it.
+
+    ``nodes``/``edges`` are tables in the input format; ``splits`` maps a split name to
+    ``{"train": [ids], "val": [...], "test": [...]}``; ``extra_files`` maps a file name to
+    text, or to a function writing the file at the path it is given, written beside the
+    graph (e.g. ``pipeline_config.json``). Bad content raises
+    :class:`InputError` before anything is written.
+    """
+    out = Path(out)
+    check_output_folder(out, overwrite)
+    meta = dict(meta or {})
+    problems: list[str] = []
+    _check_meta_dict(meta, str(out / META_FILE), problems)
+    split_data = {k: (str(out / SPLITS_DIR / f"{k}.json"), v) for k, v in (splits or {}).items()}
+    expected = build_graph(
+        nodes,
+        edges,
+        meta,
+        name=out.name,
+        source=str(out.resolve()),
+        nodes_file=str(out / NODES_FILE),
+        edges_file=str(out / EDGES_FILE),
+        split_data=split_data,
+        problems=problems,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        pq.write_table(nodes, tmp / NODES_FILE, compression="zstd")
+        pq.write_table(edges, tmp / EDGES_FILE, compression="zstd")
+        if meta:
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str) + "\n")
+        if splits:
+            (tmp / SPLITS_DIR).mkdir()
+            for split_name, data in splits.items():
+                (tmp / SPLITS_DIR / f"{split_name}.json").write_text(json.dumps(data) + "\n")
+        for fname, content in (extra_files or {}).items():
+            if callable(content):
+                content(tmp / fname)
+            else:
+                (tmp / fname).write_text(content)
+        written = read_graph_folder(tmp, name=out.name, source=str(tmp))
+        if written.fingerprint != expected.fingerprint:
+            raise PipelineError(f"{out}: the written graph does not read back identically (internal error)")
+        if out.exists():
+            backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, backup)
+            os.replace(tmp, out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dataclasses.replace(
+        written,
+        source=str(out.resolve()),
+        named_splits={k: out / SPLITS_DIR / p.name for k, p in written.named_splits.items()},
+    )
+
+
+def graph_folder(graph: TextGraph) -> Path:
+    """The folder a loaded graph was read from (built-in or user folder)."""
+    from pipeline.datasets import builtin_path
+
+    return builtin_path(graph.source) or Path(graph.source)
+
+
+def read_nodes_table(graph: TextGraph) -> pa.Table:
+    """The graph's nodes table as stored (all columns, rows in dense-index order)."""
+    return _decode_dictionaries(pq.read_table(graph_folder(graph) / NODES_FILE))

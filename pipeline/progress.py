@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,12 +26,16 @@ console = Console(stderr=True)
 
 
 def log(message: str) -> None:
-    """One line of outer-loop logging, on stderr so stdout stays machine-readable."""
-    console.print(message, highlight=False)
+    """One line of outer-loop logging, on stderr so stdout stays machine-readable.
+
+    Never wrapped (batch logs keep one message a line) and never read as rich markup
+    (messages quote user values, paths and ``[rows]``).
+    """
+    console.print(escape(message), highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+    console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def is_interactive() -> bool:

@@ -1,0 +1,60 @@
+"""Progress: without a TTY, periodic log lines instead of a redrawn bar."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from rich.console import Console
+
+from pipeline import progress as progress_mod
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_non_tty_prints_periodic_log_lines(monkeypatch):
+    stream = io.StringIO()  # not a TTY
+    monkeypatch.setattr(sys, "stderr", stream)
+    clock = FakeClock()
+    monkeypatch.setattr(progress_mod.time, "perf_counter", clock)
+    assert not progress_mod.is_interactive()
+    with progress_mod.progress(total=100, description="encode", unit="nodes", log_every_s=10.0) as bar:
+        for step in range(10):
+            clock.now += 3.0  # a log line at most every 10 s: after steps 4, 8 and at the end
+            bar.advance(10, loss=0.5 + step)
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "encode: 40/100 nodes (3.3 nodes/s, eta 18s) loss=3.5",
+        "encode: 80/100 nodes (3.3 nodes/s, eta 6s) loss=7.5",
+        "encode: 100/100 nodes (3.3 nodes/s, eta 0s) loss=9.5",
+    ]
+    assert "\x1b" not in stream.getvalue()  # no control codes in batch logs
+
+
+def test_log_and_warn_are_plain_single_lines(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    long_path = "/very/long/path/" + "x" * 200 + "/edges.parquet"
+    progress_mod.warn(f"{long_path}: dropped 2 self-loop(s) at rows [1, 2] [bold]")
+    progress_mod.log("done [red]3[/red]")
+    assert stream.getvalue().splitlines() == [
+        f"warning: {long_path}: dropped 2 self-loop(s) at rows [1, 2] [bold]",
+        "done [red]3[/red]",
+    ]
+
+
+def test_tty_uses_a_bar(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(progress_mod, "is_interactive", lambda: True)
+    monkeypatch.setattr(progress_mod, "console", Console(file=stream, width=120))
+    with progress_mod.progress(total=3, description="train", unit="epochs") as bar:
+        for _ in range(3):
+            bar.advance(1, acc=0.9)
+    assert bar._progress is not None and bar.done == 3
+    assert "train" in stream.getvalue() and "3/3" in stream.getvalue()
