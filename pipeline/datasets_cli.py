@@ -143,9 +143,10 @@ def import_command(
     """Turn a CSV/TSV/JSONL nodes file plus an edge list into a graph folder (Parquet).
 
     The result is validated with the same checks as every other command (all problems at
-    once, exit status 2, nothing written), self-loops and duplicate edges are dropped with
-    a warning, and OUT is written atomically with meta.json (provenance, label order) and
-    pipeline_config.json (this command's resolved configuration).
+    once, exit status 2, nothing written; rows count from 0, header and blank lines
+    excluded), self-loops and duplicate edges are dropped with a warning, and OUT is
+    written atomically with meta.json (provenance, label order) and pipeline_config.json
+    (this command's resolved configuration, reusable as --config).
     """
     from pipeline.graph_import import import_graph
     from pipeline.progress import log

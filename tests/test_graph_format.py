@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pyarrow as pa
 import pytest
 
@@ -50,6 +53,18 @@ def test_builtin_splits():
         assert f"random_60_20_20_seed{seed}" in citeseer.named_splits
         assert sizes(citeseer, f"per_class20_val500_test1000_seed{seed}") == (120, 500, 1000)
     assert cora.label_names[0] == "Rule_Learning" and citeseer.num_classes == 6
+
+
+def test_real_process_exit_status_and_plain_stderr(write_graph):
+    """One run through the installed entry point: no TTY, real exit status, plain lines."""
+    g = write_graph({"node_id": [1, 1], "text": ["a", "b"]}, {"src": [1], "dst": [3]})
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "datasets", "check", str(g)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        f"Error: invalid graph 'g':\n"
+        f"- {g}/nodes.parquet: column 'node_id' has 1 duplicate id(s) at rows [1], first: [1]\n"
+        f"- {g}/edges.parquet: column 'dst' has 1 id(s) not in {g}/nodes.parquet at rows [0], first: [3]\n"
+    )
 
 
 def test_datasets_listing(cli):
