@@ -59,6 +59,10 @@ def check_model(spec, manifest: dict, layers: list[int], checkpoint: Path, stepp
 
     want = manifest_model(manifest)
     fix = f"run without --model (uses '{want}'), or retrain on a cache encoded with `pipeline encode GRAPH --model {spec.name}`"
+    problems = []
+    cached_layers = manifest_layers(manifest)
+    if cached_layers is not None and not set(layers) <= set(cached_layers):
+        problems.append(f"the rungs read LLM states {layers}, the cache manifest holds {cached_layers}")
     if stepper is None:
         recorded = manifest_hash(manifest)
         if recorded is not None:
@@ -69,19 +73,15 @@ def check_model(spec, manifest: dict, layers: list[int], checkpoint: Path, stepp
                 )
         elif spec.name != want:
             raise InputError(f"--checkpoint {checkpoint}: its cache manifest names model '{want}', but the model loaded is '{spec.name}'; {fix}")
-        return
-    cached_layers = manifest_layers(manifest)
-    num_states = manifest.get("num_states")
-    problems = []
-    if num_states is not None and int(num_states) != stepper.num_states:
-        problems.append(f"the manifest's model has {num_states} LLM states, the loaded one {stepper.num_states}")
-    if max(layers) >= stepper.num_states:
-        problems.append(f"the rungs read LLM states {layers}, the loaded model has only 0..{stepper.num_states - 1}")
-    if cached_layers is not None and not set(layers) <= set(cached_layers):
-        problems.append(f"the rungs read LLM states {layers}, the cache manifest holds {cached_layers}")
-    hidden = manifest.get("hidden_size")
-    if hidden is not None and int(hidden) != stepper.hidden_size:
-        problems.append(f"the manifest's hidden size is {hidden}, the loaded model's {stepper.hidden_size}")
+    else:
+        num_states = manifest.get("num_states")
+        if num_states is not None and int(num_states) != stepper.num_states:
+            problems.append(f"the manifest's model has {num_states} LLM states, the loaded one {stepper.num_states}")
+        if max(layers) >= stepper.num_states:
+            problems.append(f"the rungs read LLM states {layers}, the loaded model has only 0..{stepper.num_states - 1}")
+        hidden = manifest.get("hidden_size")
+        if hidden is not None and int(hidden) != stepper.hidden_size:
+            problems.append(f"the manifest's hidden size is {hidden}, the loaded model's {stepper.hidden_size}")
     if problems:
         raise InputError(
             f"--checkpoint {checkpoint}: its layer set does not match model '{spec.name}': " + "; ".join(problems) + f"; {fix}"

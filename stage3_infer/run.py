@@ -50,8 +50,11 @@ class Result:
     wall_time_s: float
 
 
-def open_session(config: InferConfig) -> Session:
-    """Load and cross-check checkpoint, graph, model and cache; refusals raise InputError."""
+def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
+    """Load and cross-check checkpoint, graph, model and cache; refusals raise InputError.
+
+    ``exit_spec`` is checked against the checkpoint's rungs before the LLM is loaded.
+    """
     from pipeline.graph import load_graph
     from stage2_train.checkpoint import load_checkpoint
     from stage2_train.sampling import Sampler
@@ -61,6 +64,8 @@ def open_session(config: InferConfig) -> Session:
     ckpt = load_checkpoint(config.checkpoint, seed=config.seed, device=config.device)
     if ckpt.config["model"]["arch"] != "ladder":
         raise InputError(f"--checkpoint {config.checkpoint}: a '{ckpt.config['model']['arch']}' baseline has no exit rungs; infer needs a G-Ladder run (`pipeline train CACHE --arch ladder`)")
+    if exit_spec is not None:
+        parse_exit(exit_spec, num_rungs=len(ckpt.layers))
     graph = load_graph(ckpt.graph_source)
     if ckpt.config.get("graph_fingerprint") not in (None, graph.fingerprint):
         raise InputError(f"--checkpoint {config.checkpoint}: graph '{ckpt.graph_source}' changed since training (fingerprint differs); retrain on the current graph")
@@ -157,7 +162,7 @@ def run(config: InferConfig) -> dict:
 
     # --- setup
     config.validate()
-    session = open_session(config)
+    session = open_session(config, exit_spec=config.exit)
     ckpt = session.checkpoint
     policy = parse_exit(config.exit, num_rungs=len(session.layers))
     targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed)

@@ -1,0 +1,174 @@
+"""``pipeline infer`` end to end on a real checkpoint: 45 Cora nodes, MiniLM, encoded and trained
+by stages 1 and 2, then predicted with real layer stepping.
+
+Covers: ``none`` reproduces the predictions training computed from the cache; early exit runs
+fewer LLM layers and answers as the cached replay of the same policy; an inductive new node
+linked to training nodes gets a prediction; every refusal through the CLI (exit 2, exact
+message, nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import deque
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.graph import load_graph
+from stage3_infer.config import InferConfig
+from stage3_infer.policies import decide, parse_exit
+from stage3_infer.predictions import read_predictions
+from stage3_infer.run import run
+
+NODES = 45
+LAYERS = list(range(7))  # MiniLM: 6 layers -> states 0..6
+
+
+def _cora_slice(folder):
+    """A connected 45-node slice of Cora (BFS from node 0) with a split column (27/9/9)."""
+    cora = load_graph("cora")
+    ptr = np.zeros(cora.num_nodes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cora.edge_index[0], minlength=cora.num_nodes), out=ptr[1:])
+    seen, queue = {0}, deque([0])
+    while queue and len(seen) < NODES:
+        u = queue.popleft()
+        for v in cora.edge_index[1, ptr[u] : ptr[u + 1]].tolist():
+            if v not in seen and len(seen) < NODES:
+                seen.add(v)
+                queue.append(v)
+    keep = np.array(sorted(seen))
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({
+        "node_id": pa.array(cora.node_ids[keep], pa.int64()),
+        "text": [cora.texts[i] for i in keep],
+        "label": [cora.label_names[cora.labels[i]] for i in keep],
+        "split": ["train" if i % 5 < 3 else ("val" if i % 5 == 3 else "test") for i in range(len(keep))],
+    }), folder / "nodes.parquet")
+    src, dst = cora.edge_index
+    mask = np.isin(src, keep) & np.isin(dst, keep) & (src < dst)
+    pq.write_table(pa.table({"src": pa.array(cora.node_ids[src[mask]], pa.int64()),
+                             "dst": pa.array(cora.node_ids[dst[mask]], pa.int64())}), folder / "edges.parquet")
+    (folder / "meta.json").write_text(json.dumps({"label_names": list(cora.label_names)}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(root, run dir, graph) of a 45-node Cora ladder trained on a MiniLM cache."""
+    from stage1_encode.config import EncodeConfig
+    from stage1_encode.run import run as encode
+    from stage2_train.config import TrainConfig
+    from stage2_train.run import run as train
+
+    root = tmp_path_factory.mktemp("infer")
+    graph_dir = _cora_slice(root / "graph")
+    encode(EncodeConfig(graph=str(graph_dir), out=root / "cache.zarr", model="minilm-l6", max_length=32, block_size=16, device="cpu"))
+    train(TrainConfig(cache=root / "cache.zarr", out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3))
+    return root, root / "run", load_graph(graph_dir)
+
+
+def _cached_logits(run_dir, targets):
+    """What training computed: the ladder on cached states, over the deterministic eval subgraphs."""
+    from stage2_train.checkpoint import load_checkpoint
+    from stage2_train.data import CachedFeatures, open_train_data
+    from stage2_train.sampling import Sampler
+
+    ck = load_checkpoint(run_dir)
+    data = open_train_data(ck.cache_path, tuple(ck.layers), None, "ladder")
+    sub = Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler).sample(targets)
+    with torch.no_grad():
+        return ck.model(CachedFeatures(data)(sub.nodes), sub), ck  # (S, B, C)
+
+
+def test_none_reproduces_training_predictions(trained):
+    root, run_dir, graph = trained
+    summary = run(InferConfig(run_dir, root / "pred_none", exit="none"))
+    test = np.flatnonzero(graph.split == "test")
+    logits, ck = _cached_logits(run_dir, test)
+    t = read_predictions(root / "pred_none").to_pydict()
+    assert t["node_id"] == graph.node_ids[test].tolist()
+    want = [ck.label_names[i] for i in logits[-1].argmax(-1).tolist()]
+    assert t["predicted_label"] == want  # fresh fp32 states rounded to fp16 == the fp16 cache's answers
+    assert np.allclose(t["confidence"], torch.softmax(logits[-1], -1).max(-1).values.numpy(), atol=2e-3)
+    assert t["exit_rung"] == [6] * len(test) and t["exit_layer"] == [6] * len(test)
+    assert summary["accuracy"] == ck.summary["per_seed"][0]["test_acc"]  # the test accuracy training reported
+    assert summary["llm_layer_evals"] == summary["llm_layer_evals_full_depth"] == len(test) * 6
+    assert sorted(p.name for p in (root / "pred_none").iterdir()) == ["infer_config.json", "predictions.parquet", "summary.json"]
+
+
+def test_early_exit_runs_fewer_layers_and_matches_cached_replay(trained):
+    root, run_dir, graph = trained
+    summary = run(InferConfig(run_dir, root / "pred_p1", exit="patience:1", split="all", batch_size=8))
+    everyone = np.arange(graph.num_nodes)
+    logits, _ = _cached_logits(run_dir, everyone)
+    replay = decide(parse_exit("patience:1"), logits)
+    t = read_predictions(root / "pred_p1").to_pydict()
+    assert t["exit_rung"] == replay.exit_rung.tolist()
+    assert t["predicted_label"] == [graph.label_names[i] for i in replay.pred.tolist()]
+    # each target's own text ran exactly to its exit layer (neighbours come from the cache)
+    assert summary["llm_layer_evals"] == int(sum(t["exit_layer"])) < summary["llm_layer_evals_full_depth"]
+    assert summary["num_targets"] == NODES and summary["policy"] == "patience:1"
+
+
+def test_inductive_new_nodes_get_predictions(trained, tmp_path):
+    root, run_dir, graph = trained
+    train_ids = graph.node_ids[graph.split == "train"][:2].tolist()
+    donor = int(np.flatnonzero(graph.split == "test")[0])
+    pq.write_table(pa.table({"node_id": pa.array([9_000_001, 9_000_002], pa.int64()),
+                             "text": [graph.texts[donor], "Learning rules from examples with decision trees."],
+                             "label": [graph.label_names[graph.labels[donor]], None]}), tmp_path / "new.parquet")
+    pq.write_table(pa.table({"src": pa.array([9_000_001, 9_000_001, 9_000_002], pa.int64()),
+                             "dst": pa.array(train_ids + [9_000_001], pa.int64())}), tmp_path / "new_edges.parquet")
+    summary = run(InferConfig(run_dir, tmp_path / "pred", nodes=tmp_path / "new.parquet", edges=tmp_path / "new_edges.parquet"))
+    t = read_predictions(tmp_path / "pred").to_pydict()
+    assert t["node_id"] == [9_000_001, 9_000_002]
+    assert all(name in graph.label_names for name in t["predicted_label"])
+    assert all(0 <= r <= 6 for r in t["exit_rung"]) and t["true_label"] == [graph.label_names[graph.labels[donor]], None]
+    assert summary["new_nodes"] == 2 and summary["num_labelled"] == 1
+
+
+def _refused(cli, out, *args):
+    result = cli("infer", "--out", out, *args)
+    assert result.exit_code == 2, result.output
+    assert not out.exists()  # nothing written
+    return result.stderr[result.stderr.index("Error: "):]  # after the model loader's progress bar, if any
+
+
+def test_refusals_through_the_cli(trained, tmp_path, cli):
+    root, run_dir, graph = trained
+    out = tmp_path / "out"
+    ids = graph.node_ids.tolist()
+    assert _refused(cli, out, "--checkpoint", run_dir, "--exit", "soon") == (
+        "Error: --exit 'soon': unknown exit policy; use patience:P (P >= 1), confidence:T (0 < T <= 1), "
+        "layer:I (0 <= I < rungs) or none\n"
+    )
+    assert _refused(cli, out, "--checkpoint", run_dir, "--exit", "layer:7") == (
+        f"Error: --exit layer:7: the checkpoint has 7 rungs (0..6); choose layer:I with I < 7\n"
+    )
+    nodes, edges = tmp_path / "n.parquet", tmp_path / "e.parquet"
+    pq.write_table(pa.table({"node_id": pa.array([ids[3], 777], pa.int64()), "text": ["a", "b"]}), nodes)
+    pq.write_table(pa.table({"src": pa.array([777, 777], pa.int64()), "dst": pa.array([ids[0], 123456], pa.int64())}), edges)
+    assert _refused(cli, out, "--checkpoint", run_dir, "--nodes", nodes, "--edges", edges) == (
+        f"Error: - {nodes}: 1 new node id(s) already in graph 'graph': [{ids[3]}]; give new nodes unused ids "
+        "(predict known nodes with --node-ids or --split)\n"
+        f"- {edges}: column 'dst' has ids that are neither new nodes of {nodes} nor nodes of graph 'graph': [123456]\n"
+    )
+    # a checkpoint is tied to its model and layer set
+    err = _refused(cli, out, "--checkpoint", run_dir, "--model", "smollm2-135m")
+    assert err.startswith(f"Error: --checkpoint {run_dir}: its cache manifest names model 'minilm-l6' (weights sha256 ")
+    assert err.endswith("but the model loaded is 'smollm2-135m' with other weights; run without --model (uses 'minilm-l6'), "
+                        "or retrain on a cache encoded with `pipeline encode GRAPH --model smollm2-135m`\n")
+    other = tmp_path / "other_layers"
+    shutil.copytree(run_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "layers": [0, 3, 6]}))
+    assert _refused(cli, out, "--checkpoint", other) == (
+        f"Error: --checkpoint {other}: its layer set does not match model 'minilm-l6': the rungs read LLM states "
+        "[0, 1, 2, 3, 4, 5, 6], the cache manifest holds [0, 3, 6]; run without --model (uses 'minilm-l6'), "
+        "or retrain on a cache encoded with `pipeline encode GRAPH --model minilm-l6`\n"
+    )
