@@ -71,6 +71,7 @@ def bench_infer_command(
     max_targets: Optional[int] = typer.Option(None, "--max-targets", help="Use only the first N test (and validation) nodes."),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per LLM forward batch."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    repeats: int = typer.Option(1, "--repeats", help="Timed runs per policy; the fastest counts (for noisy shared machines)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Early-exit benchmark on the test nodes, texts re-encoded by the LLM: accuracy, relative
@@ -78,4 +79,4 @@ def bench_infer_command(
     for none, patience:1, patience:2 and two confidence thresholds chosen on validation nodes."""
     from stage3_infer.bench import BenchConfig, run_bench
 
-    run_bench(BenchConfig(checkpoint=checkpoint, json_path=json_path, max_targets=max_targets, batch_size=batch_size, device=device))
+    run_bench(BenchConfig(checkpoint=checkpoint, json_path=json_path, max_targets=max_targets, batch_size=batch_size, device=device, repeats=repeats))

@@ -172,3 +172,19 @@ def test_refusals_through_the_cli(trained, tmp_path, cli):
         "[0, 1, 2, 3, 4, 5, 6], the cache manifest holds [0, 3, 6]; run without --model (uses 'minilm-l6'), "
         "or retrain on a cache encoded with `pipeline encode GRAPH --model minilm-l6`\n"
     )
+
+
+def test_bench_infer_json(trained, tmp_path, cli):
+    root, run_dir, graph = trained
+    result = cli("bench", "infer", "--checkpoint", run_dir, "--json", tmp_path / "bench.json", "--max-targets", 4)
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "bench.json").read_text())
+    assert list(table)[:3] == ["none", "patience:1", "patience:2"] and len(table) == 5
+    assert all(k.startswith("confidence:") for k in list(table)[3:])
+    for spec, row in table.items():
+        assert {"accuracy", "rel_drop", "speedup", "layer_fraction"} <= set(row)
+        assert row["num_test"] == 4 and row["num_val"] == 4
+        assert 0 < row["layer_fraction"] <= 1
+    assert table["none"]["speedup"] == 1.0 and table["none"]["layer_fraction"] == 1.0 and table["none"]["rel_drop"] == 0.0
+    assert sum(row["chosen_on_val"] for row in table.values()) == 1
+    assert "policy" in result.stdout and "patience:1" in result.stdout
