@@ -9,6 +9,7 @@ import typer
 
 from pipeline import __version__
 from pipeline.datasets_cli import datasets_app
+from pipeline.report_cli import report_command
 from pipeline.run_cli import run_command
 from stage1_encode.cli import bench_encode_command, encode_command
 from stage2_train.cli import bench_train_command, train_command
@@ -53,6 +54,7 @@ app.command("encode", help=encode_command.__doc__)(encode_command)
 app.command("train", help=train_command.__doc__)(train_command)
 app.command("infer", help=infer_command.__doc__)(infer_command)
 app.command("run", help=run_command.__doc__)(run_command)
+app.command("report", help=report_command.__doc__)(report_command)
 app.add_typer(bench_app, name="bench")
 
 
