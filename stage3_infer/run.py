@@ -61,7 +61,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     from stage3_infer.compat import check_cache, check_model, manifest_model
     from stage3_infer.targets import add_new_nodes
 
-    ckpt = load_checkpoint(config.checkpoint, seed=config.seed, device=config.device)
+    ckpt = load_checkpoint(config.checkpoint, seed=config.seed, device="cpu")  # the ladder is tiny: CPU; the LLM on --device
     if ckpt.config["model"]["arch"] != "ladder":
         raise InputError(f"--checkpoint {config.checkpoint}: a '{ckpt.config['model']['arch']}' baseline has no exit rungs; infer needs a G-Ladder run (`pipeline train CACHE --arch ladder`)")
     if exit_spec is not None:
@@ -88,16 +88,12 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
         cached = check_cache(ckpt, graph)
         if cached is None:
             warn(f"cache {ckpt.cache_path} is not available: known neighbours run through the LLM too (slower)")
-    sampler = Sampler(graph_edges(g), g.graph.num_nodes, **ckpt.sampler)
+    sampler = Sampler(g.graph.edge_index, g.graph.num_nodes, **ckpt.sampler)  # the training sampler, grown graph
     return Session(
         checkpoint=ckpt, g=g, stepper=stepper, sampler=sampler, cached=cached, layers=list(ckpt.layers),
         pooling=manifest.get("pooling", "mean"), max_length=int(manifest.get("max_length", 256)),
         batch_size=config.batch_size, storage_dtype=manifest.get("storage_dtype", "float16"), sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
     )
-
-
-def graph_edges(g: InferGraph) -> np.ndarray:
-    return g.graph.edge_index
 
 
 def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_progress: bool = True,
