@@ -31,8 +31,7 @@ SECTIONS = [
 ]
 ALL_FIGURES = {
     "accuracy.png", "heads_checkpoint.png", "training_checkpoint.png", "training_baselines-mlp.png",
-    "training_baselines-gcn.png", "early_exit_tradeoff.png", "exit_layers.png", "bench-encode.png",
-    "bench-train.png", "bench-infer.png",
+    "early_exit_tradeoff.png", "exit_layers.png", "bench-encode.png", "bench-train.png", "bench-infer.png",
 }
 
 
@@ -54,32 +53,6 @@ def make_cache(path: Path, num_nodes=40, layers=(0, 2, 4, 6), hidden=8, complete
         s, e = block_range(b, num_nodes, 16)
         w.write_block(b, rng.standard_normal((e - s, len(layers), hidden)).astype(np.float32), ids)
     w.finish()
-    return path
-
-def make_run(path: Path, arch="ladder", seeds=(0, 1, 2), layers=(0, 2, 4, 6), epochs=25, base_acc=0.80):
-    from stage2_train.checkpoint import CheckpointWriter
-    from stage2_train.config import TrainConfig
-    from stage2_train.loop import SeedResult
-    from stage2_train.run import summarize
-    layers = list(layers) if arch == "ladder" else [layers[-1]]
-    S = len(layers)
-    cfg = TrainConfig(cache=path.parent / "cache.zarr", out=path, arch=arch, seeds=seeds, epochs=epochs)
-    rng = np.random.default_rng(len(arch))
-    results = []
-    with CheckpointWriter(path, overwrite=True) as wr:
-        wr.write_config({**cfg.to_dict(), "graph_source": "cora", "layers": layers, "label_names": ["a", "b", "c"],
-                         "cache": str(cfg.cache), "model": {"arch": arch}}, {"model": "minilm-l6", "graph_source": "cora"})
-        for seed in seeds:
-            n_ep = epochs - seed * 3
-            for ep in range(1, n_ep + 1):
-                val = [min(0.95, base_acc * (0.6 + 0.4 * (i + 1) / S) * (1 - 0.5 * np.exp(-ep / 5)) + 0.01 * rng.standard_normal()) for i in range(S)]
-                wr.append_metrics({"seed": seed, "epoch": ep, "loss": S * 1.1 * np.exp(-ep / 8) + 0.2 + 0.02 * rng.random(),
-                                   "val_acc": val[-1], "val_acc_heads": val, "epoch_s": 0.05})
-            accs = [base_acc * (0.6 + 0.4 * (i + 1) / S) + 0.01 * rng.standard_normal() for i in range(S)]
-            gates = [float(1 / (1 + np.exp(-rng.standard_normal() * 3))) for _ in range(S)] if arch == "ladder" else []
-            results.append(SeedResult(seed, n_ep - 5, n_ep, [a + 0.01 for a in accs], accs, [a + 0.1 for a in accs], gates, 0.05))
-        wr.write_summary(summarize(results, layers, cfg, {s: {"train": 24, "val": 8, "test": 8} for s in seeds}))
-        wr.commit()
     return path
 
 def make_infer(path: Path, policy="patience:1", n=60, layers=(0, 2, 4, 6), labelled=True, seed=0):
@@ -114,18 +87,6 @@ def bench_infer():
                 "val_accuracy": a, "val_rel_drop": 0.0, "chosen_on_val": k == "patience:1", "num_test": 1000, "num_val": 500}
             for k, (a, sp, lf) in rows.items()}
 
-def make_full(root: Path):
-    make_cache(root / "cache.zarr")
-    make_run(root / "checkpoint")
-    make_run(root / "baselines" / "mlp", arch="mlp", base_acc=0.7)
-    make_run(root / "baselines" / "gcn", arch="gcn", base_acc=0.78)
-    make_infer(root / "infer")
-    make_infer(root / "infer_none", policy="none", seed=1)
-    for k, f in (("encode", bench_encode), ("train", bench_train), ("infer", bench_infer)):
-        (root / f"bench_{k}.json").write_text(json.dumps(f(), indent=2))
-
-
-
 # --------------------------------------------------------------------- helpers
 def invoke(*args):
     """``pipeline report ARGS`` through a one-command app (the lead registers ``report_command``)."""
@@ -152,8 +113,24 @@ def figures_linked(md: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> Path:
+    """A real tiny run: 40 Cora nodes encoded by MiniLM, a 2-seed ladder and an mlp baseline
+    (3 epochs), early-exit inference on 8 test nodes; plus the three bench JSONs."""
+    from pipeline.cli import app
+
     root = tmp_path_factory.mktemp("runs") / "demo"
-    make_full(root)
+    runner = CliRunner()
+    split = ("--split", "random:0.4,0.2,0.4", "--epochs", "3", "--seeds", "0,1", "--hidden-channels", "16")
+    for args in (
+        ("datasets", "subset", "cora", root / "graph", "--nodes", "40"),
+        ("encode", root / "graph", "--model", "minilm-l6", "--out", root / "cache.zarr", "--max-length", "32", "--layers", "0,3,6"),
+        ("train", root / "cache.zarr", "--out", root / "checkpoint", *split),
+        ("train", root / "cache.zarr", "--out", root / "baselines" / "mlp", "--arch", "mlp", *split),
+        ("infer", "--checkpoint", root / "checkpoint", "--out", root / "infer", "--max-targets", "8"),
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, (args, result.output)
+    for kind, data in (("encode", bench_encode()), ("train", bench_train()), ("infer", bench_infer())):
+        (root / f"bench_{kind}.json").write_text(json.dumps(data, indent=2) + "\n")
     return root
 
 
@@ -163,39 +140,47 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     assert result.exit_code == 0, result.output
     out = full_run / "report"
     md = (out / "report.md").read_text()
-    headings = [line for line in md.splitlines() if line.startswith("## ")]
-    assert headings == SECTIONS
+    assert [line for line in md.splitlines() if line.startswith("## ")] == SECTIONS
     assert {p.name for p in out.iterdir()} == ALL_FIGURES | {"report.md"}
     assert figures_linked(md) == ALL_FIGURES
     for name in sorted(ALL_FIGURES):
         assert_valid_png(out / name)
     assert "Nothing: every stage and benchmark is present." in md
-    # the command prints where everything is
+    # the command prints where everything is, and the closing note names the files
     assert result.stdout.splitlines() == [f"report: {out / 'report.md'}"] + [f"figure: {out / n}" for n in sorted(ALL_FIGURES)]
-    # the closing note names the files
-    assert md.rstrip().splitlines()[-1].startswith(f"Files in `{out}`: `report.md` and 10 figure(s): `accuracy.png`, ")
-    # numbers come through exactly
-    summary = json.loads((full_run / "checkpoint" / "summary.json").read_text())
-    mean, std = 100 * summary["test_acc_mean"], 100 * summary["test_acc_std"]
-    assert f"| cora | minilm-l6 | **ladder** | [0, 2, 4, 6] | {mean:.2f} ± {std:.2f} |" in md
+    assert md.rstrip().splitlines()[-1].startswith(f"Files in `{out}`: `report.md` and 9 figure(s): `accuracy.png`, ")
+
+    # the numbers of the real run come through exactly
+    ladder = json.loads((full_run / "checkpoint" / "summary.json").read_text())
+    mlp = json.loads((full_run / "baselines" / "mlp" / "summary.json").read_text())
+    row = lambda s, states: (f"| graph | minilm-l6 | {states} | {100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_std']:.2f} | "
+                             f"{100 * s['val_acc_mean']:.2f} ± {100 * s['val_acc_std']:.2f} | 2 |")
+    assert row(ladder, "**ladder** | [0, 3, 6]") in md and row(mlp, "mlp | [6]") in md
     assert "| cora | minilm-l6 | sage | [6] | 83.00 ± 1.50 | 84.00 | 2 | `bench_train.json` |" in md  # only bench train has sage
+    for i, (head, gate) in enumerate(zip(ladder["heads"], ladder["gates_mean"])):
+        assert (f"| {i} | {head['layer']} | {100 * head['val_acc_mean']:.2f} ± {100 * head['val_acc_std']:.2f} | "
+                f"{100 * head['test_acc_mean']:.2f} ± {100 * head['test_acc_std']:.2f} | {gate:.3f} |") in md
+    infer = json.loads((full_run / "infer" / "summary.json").read_text())
+    assert (f"| `infer` | patience:1 | {100 * infer['accuracy']:.2f} | – | – | {100 * infer['layer_fraction']:.2f} | "
+            f"{infer['mean_exit_layer']:.1f} | 8 |") in md
     assert "| `bench_infer.json` | patience:1 (chosen on val) | 84.50 | 0.59 | 2.90x | 38.00 | – | 1000 |" in md
     assert "| 0.42 | 31.70 (extrapolated from 8 of 26 batches) | 75.5x |" in md
-    gates = summary["gates_mean"]
-    assert f"| 3 | 6 | " in md and f"| {gates[3]:.3f} |" in md
+    assert "| 81.3 | 20.4 | 3.99x | 100.00 | 5,376 | 10,752 |" in md
 
 
 def test_rerun_replaces_the_report_and_several_run_dirs(full_run, tmp_path):
     out = tmp_path / "rep"
-    assert invoke(full_run / "infer", full_run / "infer_none", "--out", out).exit_code == 0
+    assert invoke(full_run / "infer", full_run / "baselines", "--out", out).exit_code == 0
     md = (out / "report.md").read_text()
-    assert "| infer output | `infer` | policy patience:1, 60 nodes," in md  # relative to the common parent
-    assert "| infer output | `infer_none` | policy none, 60 nodes," in md
+    assert "| infer output | `infer` | policy patience:1, 8 nodes," in md  # relative to the common parent
+    assert "| training run | `baselines/mlp` | mlp on graph (minilm-l6), seeds [0, 1]," in md
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy.png", "early_exit_tradeoff.png", "exit_layers.png", "report.md", "training_baselines-mlp.png"]
     (out / "stale.png").write_bytes(PNG_MAGIC)
     assert invoke(full_run / "infer", "--out", out).exit_code == 0  # a second report replaces the first
     assert sorted(p.name for p in out.iterdir()) == ["early_exit_tradeoff.png", "exit_layers.png", "report.md"]
     md = (out / "report.md").read_text()
-    assert "| infer output | `.` | policy patience:1, 60 nodes," in md and "infer_none" not in md
+    assert "| infer output | `.` | policy patience:1, 8 nodes," in md and "`baselines/mlp`" not in md
     assert not list(tmp_path.glob(".rep.tmp-*"))
 
 
@@ -215,12 +200,12 @@ def test_cache_alone_says_what_is_missing(tmp_path):
     ):
         assert line in md, line
     assert sorted(p.name for p in path.parent.iterdir()) == ["report.md"]
-    assert "and 0 figure(s): none." in md
+    assert md.rstrip().splitlines()[-1] == f"Files in `{run / 'report'}`: `report.md` and 0 figure(s): none."
 
 
-def test_checkpoint_without_infer(tmp_path):
+def test_checkpoint_without_infer(full_run, tmp_path):
     run = tmp_path / "run"
-    make_run(run / "checkpoint", seeds=(0,), epochs=6)
+    shutil.copytree(full_run / "checkpoint", run / "checkpoint")
     path = write_report([run])
     names = sorted(p.name for p in path.parent.iterdir())
     assert names == ["accuracy.png", "heads_checkpoint.png", "report.md", "training_checkpoint.png"]

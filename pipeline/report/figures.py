@@ -91,7 +91,7 @@ def rung_heads(layers: list[int], heads: list[dict], gates_per_seed: list[list[f
                         xytext=(0, -15), ha="center", fontsize=8.5, color="C0")
     ax.set_ylabel("accuracy of the rung's head (%)")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     if gates_per_seed and len(gates_per_seed[0]) == len(x):
         g = np.asarray(gates_per_seed, dtype=float)  # (seeds, S)
         for row in g:
@@ -99,7 +99,7 @@ def rung_heads(layers: list[int], heads: list[dict], gates_per_seed: list[list[f
         axg.plot(x, g.mean(0), marker="D", color="C2", label="gate g_i = sigmoid(a_i / T), mean over seeds")
         axg.axvline(x[0], color="grey", lw=0.8, ls=":")
         axg.text(x[0], 1.02, " g_0 unused", fontsize=8, color="grey", va="bottom")
-        axg.legend(loc="lower right")
+        axg.legend(loc="best")
     else:
         axg.text(0.5, 0.5, "no gate values recorded", transform=axg.transAxes, ha="center")
     axg.set_ylim(-0.05, 1.15)
@@ -109,7 +109,7 @@ def rung_heads(layers: list[int], heads: list[dict], gates_per_seed: list[list[f
     return _save(fig, path)
 
 
-def training_curves(metrics: list[dict], best: dict[int, int], title: str, path: Path) -> Path:
+def training_curves(metrics: list[dict], best: dict[int, int], title: str, loss_title: str, path: Path) -> Path:
     """Loss and validation accuracy (last head) per epoch, one line per seed; dot at the best epoch."""
     plt = _plt()
     fig, (axl, axv) = plt.subplots(1, 2, figsize=(10, 4))
@@ -124,7 +124,7 @@ def training_curves(metrics: list[dict], best: dict[int, int], title: str, path:
         hit = [m for m in lines if m["epoch"] == b]
         if hit:
             axv.scatter([b], [100 * hit[0]["val_acc"]], color=color, s=40, zorder=3, edgecolor="black")
-    axl.set(title="training loss (sum over heads)", xlabel="epoch", ylabel="loss")
+    axl.set(title=loss_title, xlabel="epoch", ylabel="loss")
     axv.set(title="validation accuracy, last head (● best epoch)", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (axl, axv):
         ax.legend(ncol=2 if len(seeds) > 3 else 1)
@@ -148,7 +148,7 @@ def tradeoff(series: dict[str, list[tuple[str, float, float]]], path: Path) -> P
     ax.set_ylabel("accuracy (%)")
     ax.set_title("early exit: accuracy against LLM compute, one point per exit policy")
     ax.set_xlim(0, 108)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return _save(fig, path)
 
 
@@ -168,6 +168,8 @@ def exit_histograms(items: list[tuple[str, list[int], list[int]]], path: Path) -
         ax.bar(xs, heights, width=width, color="C4", alpha=0.85)
         total = max(sum(heights), 1)
         for x, h in zip(xs, heights):
+            if h == 0:
+                continue
             ax.text(x, h, f"{h}\n({100 * h / total:.0f}%)", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(xs)
         ax.set_ylim(0, max(heights + [1]) * 1.3)

@@ -48,10 +48,11 @@ def accuracy_section(found: Collected, doc: Document) -> None:
           pct(r["mean"], r["std"]), pct(r["val"], r["val_std"]), r["seeds"], f"`{doc.rel(r['source'])}`"] for r in rows],
     )
     groups: dict[str, list] = {}
-    labels = [f"{r['arch']}" for r in rows]
-    for r, label in zip(rows, labels):
-        dup = labels.count(label) > 1 or len({x["encoder"] for x in rows if x["dataset"] == r["dataset"]}) > 1
-        name = f"{label} ({r['encoder']}, {doc.rel(r['source'])})" if dup else label
+    for r in rows:
+        same = [x for x in rows if x["dataset"] == r["dataset"]]
+        # name the run only where a dataset has two bars of one architecture or several encoders
+        dup = sum(x["arch"] == r["arch"] for x in same) > 1 or len({x["encoder"] for x in same}) > 1
+        name = f"{r['arch']} ({r['encoder']}, {doc.rel(r['source'])})" if dup else r["arch"]
         if r["mean"] is not None:
             groups.setdefault(r["dataset"], []).append((name, r["mean"], r["std"] or 0.0))
     if groups:
@@ -107,7 +108,8 @@ def training_section(found: Collected, doc: Document) -> None:
         usable = [m for m in r.metrics if {"seed", "epoch", "loss", "val_acc"} <= m.keys() and m["val_acc"] is not None]
         if usable:
             best = {p.get("seed"): p.get("best_epoch") for p in per_seed}
+            loss_title = "training loss (summed over the exit heads)" if r.arch == "ladder" else "training loss"
             doc.figure(figures.training_curves, f"training_{doc.slug(r.path)}.png", usable, best,
-                       f"{r.arch} on {r.dataset} ({r.encoder})", alt=f"training curves of {doc.rel(r.path)}")
+                       f"{r.arch} on {r.dataset} ({r.encoder})", loss_title, alt=f"training curves of {doc.rel(r.path)}")
         else:
             doc.add("_metrics.jsonl has no epoch lines to plot._", "")
