@@ -124,8 +124,10 @@ class LayerStepper:
         params = inspect.signature(mu.create_causal_mask).parameters
         if "cache" in params:
             kwargs["cache"] = None
-        else:  # transformers 4.x names
-            kwargs.update(past_key_values=None, cache_position=torch.arange(h.shape[1], device=h.device))
+        else:  # older names: past_key_values (<= 5.19, the vLLM env), plus cache_position (4.x)
+            kwargs["past_key_values"] = None
+            if "cache_position" in params:
+                kwargs["cache_position"] = torch.arange(h.shape[1], device=h.device)
         state.masks = {}
         for kind in set(self.layer_types):
             fn = mu.create_sliding_window_causal_mask if kind == "sliding_attention" else mu.create_causal_mask
