@@ -1,0 +1,195 @@
+"""``pipeline train`` end to end on a real cache: 60 Cora nodes encoded by stage 1 with MiniLM.
+
+Covers: a ladder fits its training nodes; checkpoint save/load gives identical predictions;
+same seed -> same metrics; the refusals (incomplete cache, cache of another graph, missing
+rungs), each with the command that fixes it; ladder and baselines write the same files and
+summary keys; ``--no-cache`` gives the cached first-batch loss for the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from pipeline.errors import InputError
+from pipeline.graph import load_graph
+from pipeline.graph_format import write_graph_folder
+from stage2_train.checkpoint import load_checkpoint, read_metrics
+from stage2_train.config import TrainConfig
+from stage2_train.run import run
+
+NODES = 60
+
+
+def _cora_slice(root, n=NODES, texts_suffix=""):
+    """A connected 60-node slice of Cora (BFS from node 0) written as a graph folder, with a split column."""
+    cora = load_graph("cora")
+    ptr = np.zeros(cora.num_nodes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cora.edge_index[0], minlength=cora.num_nodes), out=ptr[1:])
+    seen, queue = {0}, deque([0])
+    while queue and len(seen) < n:
+        u = queue.popleft()
+        for v in cora.edge_index[1, ptr[u] : ptr[u + 1]].tolist():
+            if v not in seen and len(seen) < n:
+                seen.add(v)
+                queue.append(v)
+    keep = np.array(sorted(seen))
+    ids = cora.node_ids[keep]
+    split = ["train" if i % 5 < 3 else ("val" if i % 5 == 3 else "test") for i in range(len(keep))]
+    nodes = pa.table({
+        "node_id": pa.array(ids, pa.int64()),
+        "text": [cora.texts[i] + texts_suffix for i in keep],
+        "label": [cora.label_names[cora.labels[i]] for i in keep],
+        "split": split,
+    })
+    pos = {int(g): j for j, g in enumerate(keep)}
+    src, dst = cora.edge_index
+    mask = np.isin(src, keep) & np.isin(dst, keep) & (src < dst)
+    edges = pa.table({"src": pa.array(cora.node_ids[src[mask]], pa.int64()), "dst": pa.array(cora.node_ids[dst[mask]], pa.int64())})
+    assert len(pos) == n
+    return write_graph_folder(root, nodes, edges, meta={"label_names": list(cora.label_names)})
+
+
+def _encode(graph_dir, out, **kw):
+    from stage1_encode.config import EncodeConfig
+    from stage1_encode.run import run as encode
+
+    return encode(EncodeConfig(graph=str(graph_dir), out=out, model="minilm-l6", max_length=64, block_size=16, device="cpu", **kw))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    graph = _cora_slice(root / "graph")
+    cache = root / "cache.zarr"
+    _encode(graph.source, cache)
+    return root, cache
+
+
+def _cfg(small, name, **kw):
+    root, cache = small
+    # kept tiny (3 rungs, K = 32, few epochs): the suite runs on a shared 2-core machine
+    base = dict(cache=cache, out=root / name, epochs=3, patience=3, batch_size=16, hidden_channels=32, rungs=(0, 3, 6))
+    if kw.get("arch", "ladder") != "ladder":
+        base.pop("rungs")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_ladder_fits_a_small_real_subgraph(small):
+    # full batch (36 training nodes), no regularisation: the ladder must memorise them
+    s = run(_cfg(small, "fit", rungs=None, epochs=40, patience=40, batch_size=64, dropout=0.0, lr=1e-2, weight_decay=0.0))
+    per = s["per_seed"][0]
+    assert per["train_acc"] >= 0.97
+    assert per["split_sizes"] == {"train": 36, "val": 12, "test": 12}  # the split column is the default
+    assert s["layers"] == [0, 1, 2, 3, 4, 5, 6] and len(per["gates"]) == 7
+
+
+def test_checkpoint_roundtrip_identical_predictions_and_determinism(small):
+    from stage2_train.data import CachedFeatures, open_train_data, resolve_split
+    from stage2_train.loop import evaluate, make_eval_set
+    from stage2_train.sampling import Sampler
+
+    root = small[0]
+    a = run(_cfg(small, "det_a", seeds=(0, 1)))
+    b = run(_cfg(small, "det_b", seeds=(0, 1)))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_s"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(root / "det_a")) == strip(read_metrics(root / "det_b"))
+    for k in ("test_acc_mean", "val_acc_mean", "heads", "gates_mean", "default_seed"):
+        assert a[k] == b[k]
+
+    ck = load_checkpoint(root / "det_a", seed=1)
+    assert ck.seed == 1 and ck.layers == [0, 3, 6] and ck.graph_source == json.loads((root / "det_a" / "manifest.json").read_text())["graph_source"]
+    data = open_train_data(ck.cache_path, tuple(ck.layers), None, "ladder")
+    feats = CachedFeatures(data)
+    split = resolve_split(data.graph, None, 1)
+    es = make_eval_set(Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler), split["val"], data.graph.labels, 512)
+    assert evaluate(ck.model, feats, es, "cpu") == a["per_seed"][1]["val_acc_heads"]
+    # a second load gives bit-identical logits
+    sub = es.subs[0]
+    again = load_checkpoint(root / "det_b", seed=1).model
+    with torch.no_grad():
+        assert torch.equal(ck.model(feats(sub.nodes), sub), again(feats(sub.nodes), sub))
+
+
+def test_baselines_and_ladder_write_the_same_format(small):
+    root = small[0]
+    summaries = {arch: run(_cfg(small, f"fmt_{arch}", arch=arch, epochs=2)) for arch in ("ladder", "mlp", "gcn", "sage")}
+    keys = {arch: sorted(s) for arch, s in summaries.items()}
+    assert keys["mlp"] == keys["ladder"] == keys["gcn"] == keys["sage"]
+    for arch, s in summaries.items():
+        files = sorted(str(p.relative_to(root / f"fmt_{arch}")) for p in (root / f"fmt_{arch}").rglob("*") if p.is_file())
+        assert files == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+        assert sorted(s["per_seed"][0]) == sorted(summaries["ladder"]["per_seed"][0])
+    assert summaries["gcn"]["layers"] == [6] and summaries["mlp"]["gates_mean"] == []
+    assert load_checkpoint(root / "fmt_sage").config["model"]["arch"] == "sage"
+
+
+def test_refusals_name_the_fixing_command(small, tmp_path):
+    root, cache = small
+    with pytest.raises(InputError, match=r"--rungs: cache .* has LLM states \[0, 1, 2, 3, 4, 5, 6\], not \[9\]; .*`pipeline encode .* --layers 0,1,2,3,4,5,6,9`"):
+        run(_cfg(small, "r1", rungs=(0, 9)))
+    half = tmp_path / "half.zarr"
+    graph = load_graph(json.loads((cache / "manifest.json").read_text())["graph_source"])
+    _encode(graph.source, half, num_shards=2, shard_id=0)
+    with pytest.raises(InputError, match=r"is incomplete: .*missing shard\(s\) 1 of 2: `pipeline encode .* --shard-id 1`"):
+        run(_cfg(small, "r2", cache=half))
+    # the cache's graph changed after encoding: refused with the re-encode command
+    other = _cora_slice(tmp_path / "other")
+    other_cache = tmp_path / "other.zarr"
+    _encode(other.source, other_cache)
+    _cora_slice(tmp_path / "other2", texts_suffix=" (edited)")
+    import shutil
+
+    shutil.rmtree(tmp_path / "other")
+    shutil.move(tmp_path / "other2", tmp_path / "other")
+    with pytest.raises(InputError, match=r"was built from graph .*re-encode with `pipeline encode"):
+        run(_cfg(small, "r3", cache=other_cache))
+    assert not (root / "r1").exists() and not (root / "r2").exists() and not (root / "r3").exists()
+    with pytest.raises(InputError, match=r"missing summary.json \(not a finished training run\); create it with `pipeline train CACHE_DIR --out"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.json").write_text("{}")
+        (tmp_path / "empty" / "manifest.json").write_text("{}")
+        load_checkpoint(tmp_path / "empty")
+
+
+def test_no_cache_first_batch_loss_equals_cached(small):
+    from stage2_train.checkpoint import build_model
+    from stage2_train.data import CachedFeatures, LiveFeatures, open_train_data, resolve_split
+    from stage2_train.loop import seed_everything, time_epoch
+    from stage2_train.run import model_spec
+    from stage2_train.sampling import Sampler
+
+    cfg = _cfg(small, "nc", no_cache=True, rungs=None)
+    data = open_train_data(cfg.cache, None, None, "ladder")
+    split = resolve_split(data.graph, None, 0)
+    sampler = Sampler(data.graph.edge_index, data.graph.num_nodes, mode="ego")
+    spec = model_spec(cfg, data.reader.hidden_size, data.graph.num_classes, len(data.layers))
+    losses = []
+    for feats in (CachedFeatures(data), LiveFeatures(data)):
+        seed_everything(0)
+        losses.append(time_epoch(build_model(spec), feats, sampler, split["train"], data.graph.labels, cfg, 0, max_batches=1)["losses"][0])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+
+
+def test_cli_end_to_end_exact_files(small, cli):
+    root, cache = small
+    out = root / "cli_run"
+    res = cli("train", cache, "--out", out, "--epochs", "2", "--seeds", "0,1", "--hidden-channels", "16", "--sampler", "rwr",
+              "--rungs", "0,6")
+    assert res.exit_code == 0, res.output
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["seeds"] == [0, 1] and len(read_metrics(out)) == sum(p["epochs_run"] for p in s["per_seed"])
+    assert [h["layer"] for h in s["heads"]] == [0, 6]
+    assert json.loads((out / "config.json").read_text())["sampler"] == "rwr"
+    res = cli("train", cache, "--out", out, "--epochs", "0", "--gnn", "gin")
+    assert res.exit_code == 2
+    text = " ".join(res.output.replace("│", " ").split())  # undo the error panel's line wrapping
+    for part in ("--epochs 0: must be > 0", "--gnn gin: choose one of sage, gcn, gat", f"--out {out}: exists and is not empty"):
+        assert part in text
