@@ -163,6 +163,7 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     infer = json.loads((full_run / "infer" / "summary.json").read_text())
     assert (f"| `infer` | patience:1 | {100 * infer['accuracy']:.2f} | – | – | {100 * infer['layer_fraction']:.2f} | "
             f"{infer['mean_exit_layer']:.1f} | 8 |") in md
+    assert "Dashed: fixed depth `layer:I` (every node exits at rung I), the test accuracy of each exit head" in md
     assert "| `bench_infer.json` | patience:1 (chosen on val) | 84.50 | 0.59 | 2.90x | 38.00 | – | 1000 |" in md
     assert "| 0.42 | 31.70 (extrapolated from 8 of 26 batches) | 75.5x |" in md
     assert "| 81.3 | 20.4 | 3.99x | 100.00 | 5,376 | 10,752 |" in md

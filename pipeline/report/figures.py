@@ -109,8 +109,8 @@ def rung_heads(layers: list[int], heads: list[dict], gates_per_seed: list[list[f
     return _save(fig, path)
 
 
-def training_curves(metrics: list[dict], best: dict[int, int], title: str, loss_title: str, path: Path) -> Path:
-    """Loss and validation accuracy (last head) per epoch, one line per seed; dot at the best epoch."""
+def training_curves(metrics: list[dict], best: dict[int, int], title: str, ladder: bool, path: Path) -> Path:
+    """Loss and validation accuracy (last head of a ladder) per epoch, one line per seed; dot at the best epoch."""
     plt = _plt()
     fig, (axl, axv) = plt.subplots(1, 2, figsize=(10, 4))
     seeds = sorted({m["seed"] for m in metrics})
@@ -124,30 +124,41 @@ def training_curves(metrics: list[dict], best: dict[int, int], title: str, loss_
         hit = [m for m in lines if m["epoch"] == b]
         if hit:
             axv.scatter([b], [100 * hit[0]["val_acc"]], color=color, s=40, zorder=3, edgecolor="black")
-    axl.set(title=loss_title, xlabel="epoch", ylabel="loss")
-    axv.set(title="validation accuracy, last head (● best epoch)", xlabel="epoch", ylabel="accuracy (%)")
+    axl.set(title="training loss (summed over the exit heads)" if ladder else "training loss", xlabel="epoch", ylabel="loss")
+    head = ", last head" if ladder else ""
+    axv.set(title=f"validation accuracy{head} (● best epoch)", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (axl, axv):
         ax.legend(ncol=2 if len(seeds) > 3 else 1)
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def tradeoff(series: dict[str, list[tuple[str, float, float]]], path: Path) -> Path:
-    """Accuracy vs fraction of LLM layers run, one point per policy. series: name -> [(policy, frac, acc)]."""
+def tradeoff(series: dict[str, list[tuple[str, float, float]]], fixed: dict[str, list[tuple[str, float, float]]], path: Path) -> Path:
+    """Accuracy vs fraction of LLM layers run, one point per policy. series: name -> [(policy, frac, acc)].
+
+    ``fixed``: the same for fixed depths (every node exits at rung i), drawn as dashed curves.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 5))
+    for k, (name, points) in enumerate(fixed.items()):
+        pts = sorted(points, key=lambda p: p[1])
+        xs, ys = [100 * p[1] for p in pts], [100 * p[2] for p in pts]
+        ax.plot(xs, ys, ls="--", marker=".", color="grey", alpha=0.8 - 0.2 * k, lw=1.2, label=name)
+        for (policy, _, _), xi, yi in zip(pts, xs, ys):
+            ax.annotate(policy, (xi, yi), textcoords="offset points", xytext=(0, -13), fontsize=7.5, color="grey", ha="center")
     markers = "os^Dv"
     for k, (name, points) in enumerate(series.items()):
         xs, ys = [100 * p[1] for p in points], [100 * p[2] for p in points]
-        ax.scatter(xs, ys, s=55, marker=markers[k % len(markers)], color=f"C{k}", label=name, zorder=3)
+        ax.scatter(xs, ys, s=60, marker=markers[k % len(markers)], color=f"C{k}", label=name, zorder=3)
         order = sorted(range(len(xs)), key=lambda j: xs[j])  # thin line through the series, cheapest first
         ax.plot([xs[j] for j in order], [ys[j] for j in order], color=f"C{k}", alpha=0.35, lw=1)
         for (policy, _, _), xi, yi in zip(points, xs, ys):
-            ax.annotate(policy, (xi, yi), textcoords="offset points", xytext=(6, 5 - 12 * (k % 2)), fontsize=8.5)
+            ax.annotate(policy, (xi, yi), textcoords="offset points", xytext=(6, 5 - 12 * (k % 2)), fontsize=8.5, color=f"C{k}")
     ax.set_xlabel("LLM layers run (% of full depth)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("early exit: accuracy against LLM compute, one point per exit policy")
-    ax.set_xlim(0, 108)
+    ax.set_xlim(-3, 108)
+    ax.margins(y=0.1)  # room for the labels under the lowest points
     ax.legend(loc="best")
     return _save(fig, path)
 

@@ -108,8 +108,7 @@ def training_section(found: Collected, doc: Document) -> None:
         usable = [m for m in r.metrics if {"seed", "epoch", "loss", "val_acc"} <= m.keys() and m["val_acc"] is not None]
         if usable:
             best = {p.get("seed"): p.get("best_epoch") for p in per_seed}
-            loss_title = "training loss (summed over the exit heads)" if r.arch == "ladder" else "training loss"
             doc.figure(figures.training_curves, f"training_{doc.slug(r.path)}.png", usable, best,
-                       f"{r.arch} on {r.dataset} ({r.encoder})", loss_title, alt=f"training curves of {doc.rel(r.path)}")
+                       f"{r.arch} on {r.dataset} ({r.encoder})", r.arch == "ladder", alt=f"training curves of {doc.rel(r.path)}")
         else:
             doc.add("_metrics.jsonl has no epoch lines to plot._", "")

@@ -37,8 +37,12 @@ def early_exit_section(found: Collected, doc: Document) -> None:
             rows.append([f"`{doc.rel(b.path)}`", policy + mark, pct(r["accuracy"]), pct(r.get("rel_drop")),
                          _num(r.get("speedup"), "{:.2f}x"), pct(r["layer_fraction"]), "–", r.get("num_test", "–")])
     doc.table(["from", "policy", "accuracy (%)", "rel. drop (%)", "speed-up", "layers run (%)", "mean exit layer", "nodes"], rows)
+    fixed = _fixed_depth(found, doc)
     if series:
-        doc.figure(figures.tradeoff, "early_exit_tradeoff.png", series, alt="accuracy against fraction of LLM layers run")
+        if fixed:
+            doc.add("Dashed: fixed depth `layer:I` (every node exits at rung I), the test accuracy of each exit head "
+                    "in the training summary (mean over seeds, cached states).", "")
+        doc.figure(figures.tradeoff, "early_exit_tradeoff.png", series, fixed, alt="accuracy against fraction of LLM layers run")
     else:
         doc.add("_No labelled targets among the infer outputs: no accuracy to plot._", "")
     if found.infers:
@@ -52,6 +56,21 @@ def early_exit_section(found: Collected, doc: Document) -> None:
         doc.figure(figures.exit_histograms, "exit_layers.png", items, alt="histogram of exit layers")
     else:
         doc.add(f"_No infer output: the exit-layer histogram needs {CREATE['infer']}._", "")
+
+
+def _fixed_depth(found: Collected, doc: Document) -> dict[str, list]:
+    """Per ladder run: (``layer:I``, layer_I / last layer, head I's test accuracy) for every rung I."""
+    out = {}
+    for r in found.runs:
+        heads = r.summary.get("heads") or []
+        if r.arch != "ladder" or not heads or not heads[-1].get("layer"):
+            continue
+        last = heads[-1]["layer"]
+        points = [(f"layer:{i}", h["layer"] / last, h["test_acc_mean"]) for i, h in enumerate(heads)
+                  if h.get("test_acc_mean") is not None]
+        if points:
+            out[f"fixed depth, exit heads of `{doc.rel(r.path)}`".replace("`", "")] = points
+    return out
 
 
 def benchmarks_section(found: Collected, doc: Document) -> None:
