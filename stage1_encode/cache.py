@@ -168,9 +168,11 @@ class CacheWriter:
         if not finite.all():
             i = int(np.flatnonzero(~finite)[0])
             rung = int(np.flatnonzero(~np.isfinite(stored[i]).all(axis=1))[0])
-            hint = " rerun with --storage-dtype float32 (and --overwrite)" if self.manifest["storage_dtype"] != "float32" else " the model itself produced them"
+            hint = "rerun with --storage-dtype float32 (and --overwrite)" if self.manifest["storage_dtype"] != "float32" else "the model itself produced them"
+            node = node_ids[start + i]
+            node = node.item() if hasattr(node, "item") else node  # numpy scalar -> plain repr
             raise PipelineError(
-                f"node {node_ids[start + i]!r}: non-finite value in LLM state {self.manifest['layers'][rung]} "
+                f"node {node!r}: non-finite value in LLM state {self.manifest['layers'][rung]} "
                 f"as {self.manifest['storage_dtype']}; {hint}"
             )
         self.states[start:end] = stored

@@ -30,7 +30,7 @@ class EncodeConfig:
     model: str = DEFAULT_MODEL
     layers: str | None = None
     max_length: int = 256
-    batch_tokens: int = 8192
+    batch_tokens: int = 4096
     pooling: str = "mean"
     num_shards: int = 1
     shard_id: int = 0
