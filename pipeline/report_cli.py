@@ -11,8 +11,10 @@ from typing import List, Optional
 import typer
 
 from pipeline.config_file import ConfigOption
+from pipeline.datasets_cli import plain_errors  # errors as plain `Error: ...` lines (paths stay unwrapped)
 
 
+@plain_errors
 def report_command(
     run_dirs: List[Path] = typer.Argument(..., help="Folders written by the pipeline (searched recursively)."),
     out: Optional[Path] = typer.Option(

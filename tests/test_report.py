@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from pipeline.report import write_report
-from pipeline.report_cli import report_command
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = [
@@ -89,10 +87,10 @@ def bench_infer():
 
 # --------------------------------------------------------------------- helpers
 def invoke(*args):
-    """``pipeline report ARGS`` through a one-command app (the lead registers ``report_command``)."""
-    app = typer.Typer(rich_markup_mode=None)
-    app.command()(report_command)
-    return CliRunner().invoke(app, [str(a) for a in args])
+    """``pipeline report ARGS`` in-process."""
+    from pipeline.cli import app
+
+    return CliRunner().invoke(app, ["report", *(str(a) for a in args)])
 
 
 def assert_valid_png(path: Path) -> None:

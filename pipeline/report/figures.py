@@ -64,7 +64,8 @@ def accuracy_bars(groups: dict[str, list[tuple[str, float, float]]], path: Path)
     rows = max(len(v) for v in groups.values())
     fig, axes = plt.subplots(n, 1, figsize=(9, 0.9 + n * (0.6 + 0.42 * rows)), squeeze=False)
     for ax, (dataset, items) in zip(axes[:, 0], groups.items()):
-        _barh(ax, [i[0] for i in items], [100 * i[1] for i in items], [100 * i[2] for i in items], "{:.2f}")
+        colors = ["C1" if i[0].startswith("ladder") else "C0" for i in items]  # the ladder stands out
+        _barh(ax, [i[0] for i in items], [100 * i[1] for i in items], [100 * i[2] for i in items], "{:.2f}", color=colors)
         ax.set_title(f"{dataset}: test accuracy (mean ± std over seeds)")
         ax.set_xlabel("test accuracy (%)")
     return _save(fig, path)
