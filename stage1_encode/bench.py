@@ -1,0 +1,157 @@
+"""``pipeline bench encode``: our encode path against a naive loop, on the same texts.
+
+- encode: texts sorted by length within blocks, batches under a token budget, every selected
+  state pooled and written to a (temporary) cache, exactly as ``pipeline encode`` does;
+- naive: fixed batches of 32 in graph order, padded to ``max_length``, one HF forward, the
+  last state mean-pooled, nothing written (the usual notebook loop).
+
+FLOPs use the standard estimate 2 * (non-embedding parameters) per real token plus
+attention 4 * L * T * H per text (T real tokens), divided by the time, as a fraction of a
+measured fp32 (or compute-dtype) matmul rate on the same device.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.graph import load_graph
+from pipeline.progress import log
+from stage1_encode import cache as cache_format
+from stage1_encode.config import EncodeConfig
+
+NAIVE_BATCH = 32
+
+
+@dataclass
+class BenchConfig:
+    graph: str = "cora"
+    model: str = "smollm2-135m"
+    limit: int = 256
+    max_length: int = 256
+    batch_tokens: int = 4096
+    layers: str | None = None
+    device: str = "auto"
+    json_path: Path | None = None
+
+
+def matmul_flops(device, dtype, n: int = 1024, min_s: float = 1.0) -> float:
+    """Measured dense matmul rate (FLOP/s) of this device and dtype."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_s:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def flops_per_text(model, num_tokens: np.ndarray) -> np.ndarray:
+    """Forward FLOPs per text of ``num_tokens`` real tokens (weights + attention scores)."""
+    params = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    cfg = model.config
+    return 2 * params * num_tokens + 4 * cfg.num_hidden_layers * cfg.hidden_size * num_tokens.astype(np.float64) ** 2
+
+
+def run_bench(config: BenchConfig) -> dict:
+    import torch
+
+    from stage1_encode.layers import parse_layers
+    from stage1_encode.models import load_model, resolve_model
+    from stage1_encode.run import encode_block, pick_device
+    from stage1_encode.stepping import LayerStepper
+
+    enc = EncodeConfig(graph=config.graph, model=config.model, layers=config.layers, max_length=config.max_length,
+                       batch_tokens=config.batch_tokens, device=config.device)
+    enc.validate()
+    graph = load_graph(config.graph)
+    n = graph.num_nodes if config.limit <= 0 else min(config.limit, graph.num_nodes)
+    texts = graph.texts[:n]
+    device, dtype = pick_device(enc)
+    stepper = LayerStepper(load_model(resolve_model(config.model), device, getattr(torch, dtype)))
+    layers = parse_layers(config.layers, stepper.num_states)
+    model, tok = stepper.model, stepper.loaded.tokenizer
+    sync = torch.cuda.synchronize if stepper.loaded.device.type == "cuda" else (lambda: None)
+    log(f"bench encode: {n} texts of {graph.name}, {config.model} on {device} {dtype}, {len(layers)} rungs {layers}")
+    stepper.encode_batch(texts[:2], layers, "mean", 16)  # warm-up (first-call allocations)
+    lengths = np.asarray([len(ids) for ids in tok(texts, truncation=True, max_length=config.max_length)["input_ids"]])
+
+    # -- our path: blocks -> sorted token-budget batches -> all rungs -> cache on disk
+    with tempfile.TemporaryDirectory() as tmp:
+        block = cache_format.DEFAULT_BLOCK_NODES
+        itemsize = 2
+        manifest = {
+            "format": cache_format.FORMAT, "model": config.model, "layers": layers, "num_nodes": n,
+            "hidden_size": stepper.hidden_size, "block_nodes": block, "storage_dtype": "float16", "num_shards": 1,
+            "chunk_nodes": cache_format.chunk_nodes_for(len(layers), stepper.hidden_size, itemsize, block),
+        }
+        writer = cache_format.CacheWriter.create_or_open(Path(tmp) / "bench.zarr", manifest, graph.node_ids[:n], {})
+        start = time.perf_counter()
+        padded = 0
+        for b in range(writer.n_blocks):
+            lo, hi = cache_format.block_range(b, n, block)
+            values, _, p = encode_block(stepper, texts[lo:hi], layers, enc, lambda *_: None)
+            writer.write_block(b, values, graph.node_ids)
+            padded += p
+        sync()
+        ours_s = time.perf_counter() - start
+        cache_bytes = cache_format.disk_bytes(Path(tmp) / "bench.zarr")
+
+    # -- naive loop: batch 32, padded to max_length, last state only, nothing kept
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, n, NAIVE_BATCH):
+            batch = tok(texts[i : i + NAIVE_BATCH], padding="max_length", truncation=True, max_length=config.max_length, return_tensors="pt")
+            batch = {k: v.to(stepper.loaded.device) for k, v in batch.items()}
+            h = model(**batch).last_hidden_state  # (B, T, H)
+            m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+            ((h * m).sum(1) / m.sum(1)).float().cpu()  # (B, H) mean-pooled, then dropped
+    sync()
+    naive_s = time.perf_counter() - start
+
+    peak = matmul_flops(stepper.loaded.device, getattr(torch, dtype))
+    useful = float(flops_per_text(model, lengths).sum())
+    real_tokens = int(lengths.sum())
+    result = {
+        "graph": graph.name, "model": config.model, "device": device, "dtype": dtype, "texts": n,
+        "max_length": config.max_length, "layers": layers, "tokens": real_tokens,
+        "padding_fraction": 1 - real_tokens / max(padded, 1),
+        "texts_per_s": n / ours_s, "tokens_per_s": real_tokens / ours_s,
+        "naive_texts_per_s": n / naive_s, "naive_tokens_per_s": real_tokens / naive_s,
+        "speedup_vs_naive": naive_s / ours_s,
+        "matmul_flops_per_s": peak, "model_flops_per_s": useful / ours_s, "flops_fraction": useful / ours_s / peak,
+        "bytes_per_node": cache_bytes / n,
+        "reference_bytes_per_node": stepper.num_states * stepper.hidden_size * 4,
+    }
+    result["bytes_ratio_vs_reference"] = result["bytes_per_node"] / result["reference_bytes_per_node"]
+    _print(result)
+    if config.json_path is not None:
+        Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _print(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"bench encode: {r['model']} on {r['graph']} ({r['texts']} texts, max length {r['max_length']}, {r['device']} {r['dtype']})")
+    for col in ("path", "texts/s", "tokens/s", "what it does"):
+        t.add_column(col)
+    t.add_row("encode", f"{r['texts_per_s']:.2f}", f"{r['tokens_per_s']:.0f}",
+              f"sorted, <= token budget, {len(r['layers'])} rungs pooled + written (padding {r['padding_fraction']:.1%})")
+    t.add_row("naive", f"{r['naive_texts_per_s']:.2f}", f"{r['naive_tokens_per_s']:.0f}", f"batch {NAIVE_BATCH}, padded to max length, last state only")
+    Console().print(t)
+    print(f"speedup vs naive: {r['speedup_vs_naive']:.2f}x (target >= 1.2)")
+    print(f"model FLOPs: {r['model_flops_per_s'] / 1e9:.1f} GFLOP/s = {r['flops_fraction']:.1%} of measured matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(f"cache: {r['bytes_per_node']:.0f} bytes/node vs reference (all states, fp32) {r['reference_bytes_per_node']} = 1/{1 / r['bytes_ratio_vs_reference']:.1f} (target <= 1/8)")
