@@ -255,3 +255,17 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path):
     assert r.stderr == (f"Error: --out {run}: exists and holds other files than an earlier report (report.md, *.png); "
                         "choose another --out (nothing was deleted)\n")
     assert sorted(p.name for p in run.iterdir()) == ["infer"]
+
+
+def test_a_section_that_fails_costs_only_that_section(full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run / "checkpoint", run / "checkpoint")
+    summary = json.loads((run / "checkpoint" / "summary.json").read_text())
+    summary["heads"][0] = "not a head"
+    (run / "checkpoint" / "summary.json").write_text(json.dumps(summary))
+    result = invoke(run, "--out", tmp_path / "rep")
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "_This section could not be drawn (AttributeError: 'str' object has no attribute 'get')._" in md
+    assert "- section 'heads': AttributeError: 'str' object has no attribute 'get'" in md
+    assert [line for line in md.splitlines() if line.startswith("## ")] == SECTIONS

@@ -39,12 +39,14 @@ class CacheInfo:
 
 @dataclass
 class TrainRun:
-    """A checkpoint folder: ``config`` (config.json), ``summary``, ``metrics`` (JSONL lines)."""
+    """A checkpoint folder: ``config`` (config.json), ``summary``, ``metrics`` (JSONL lines);
+    ``encoder``: the LLM named in its copy of the cache manifest."""
 
     path: Path
     config: dict
     summary: dict
     metrics: list[dict]
+    encoder: str = "?"
 
     @property
     def arch(self) -> str:
@@ -53,10 +55,6 @@ class TrainRun:
     @property
     def dataset(self) -> str:
         return dataset_name(self.config.get("graph_source") or self.config.get("cache"))
-
-    @property
-    def encoder(self) -> str:
-        return str(self.config.get("encoder") or _manifest_model(self.path) or "?")
 
 
 @dataclass
@@ -100,13 +98,6 @@ def dataset_name(source) -> str:
     return Path(str(source).rstrip("/")).name or str(source)
 
 
-def _manifest_model(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "manifest.json").read_text()).get("model")
-    except (OSError, ValueError):
-        return None
-
-
 def _read_json(path: Path):
     return json.loads(path.read_text())
 
@@ -126,7 +117,8 @@ def read_train_run(folder: Path) -> TrainRun:
     for key in ("test_acc_mean", "per_seed"):
         if key not in summary:
             raise ValueError(f"summary.json has no '{key}' (not a finished training run)")
-    return TrainRun(folder, config, summary, metrics)
+    manifest = _read_json(folder / "manifest.json") if (folder / "manifest.json").is_file() else {}
+    return TrainRun(folder, config, summary, metrics, str(manifest.get("model") or "?"))
 
 
 def read_infer(folder: Path) -> InferRun:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipeline.progress import warn
 from pipeline.report.collect import Collected, dataset_name
 from pipeline.report.document import CREATE, Document, pct
 from pipeline.report.quality import accuracy_section, heads_section, training_section
@@ -22,7 +23,13 @@ def build(found: Collected, out: Path, base: Path, out_final: Path | None = None
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc.add("# ENGINE pipeline report", "", f"Generated {when} from {', '.join(f'`{r}`' for r in found.roots)}.", "")
     for section in (_found, accuracy_section, heads_section, training_section, early_exit_section, benchmarks_section):
-        section(found, doc)
+        try:
+            section(found, doc)
+        except Exception as err:  # an artifact with unexpected values costs one section, not the report
+            name = section.__name__.strip("_").replace("_section", "")
+            warn(f"report: section '{name}' failed: {type(err).__name__}: {err}")
+            doc.add(f"_This section could not be drawn ({type(err).__name__}: {err})._", "")
+            doc.missing.append(f"section '{name}': {type(err).__name__}: {err}")
     _missing(found, doc)
     return doc
 
@@ -45,10 +52,10 @@ def _found(found: Collected, doc: Document) -> None:
                      f"{len(r.metrics)} epoch lines"])
     for i in found.infers:
         s = i.summary
-        rows.append(["infer output", f"`{doc.rel(i.path)}`", f"policy {s.get('policy', '?')}, {len(i.exit_layers)} nodes, "
-                     f"accuracy {pct(s.get('accuracy'))}%"])
+        acc = f"accuracy {pct(s['accuracy'])}%" if s.get("accuracy") is not None else "no labelled targets"
+        rows.append(["infer output", f"`{doc.rel(i.path)}`", f"policy {s.get('policy', '?')}, {len(i.exit_layers)} nodes, {acc}"])
     for b in found.benches:
-        rows.append([f"bench {b.kind}", f"`{doc.rel(b.path)}`", ""])
+        rows.append([f"bench {b.kind}", f"`{doc.rel(b.path)}`", _bench_line(b)])
     if rows:
         doc.table(["artifact", "path", "what"], rows)
     else:
@@ -84,3 +91,12 @@ def _completion(c) -> str:
         return completion_command(c.manifest, c.path)
     except KeyError:
         return f"pipeline encode GRAPH --out {c.path}"
+
+
+def _bench_line(b) -> str:
+    d = b.data
+    if b.kind == "encode":
+        return f"{d.get('texts_per_s', 0):.1f} texts/s, {d.get('speedup_vs_naive') or 0:.2f}x naive"
+    if b.kind == "train":
+        return f"caching speed-up {d.get('caching_speedup', 0):.1f}x on {d.get('graph')} ({d.get('model')})"
+    return f"{len(d)} policies: {', '.join(d)}"
