@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.graph import TextGraph
+from pipeline.progress import warn
 
 FIRST = 5  # offending values quoted per problem
 
@@ -70,6 +71,8 @@ def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_na
     problems = []
     ids = nodes.column("node_id").to_pylist()
     texts = nodes.column("text").to_pylist()
+    if not ids:
+        raise InputError(f"--nodes {nodes_path}: no rows; give at least one new node (node_id, text)")
     if _arrow_kind(nodes.column("node_id").type) != kind:
         raise InputError(f"{nodes_path}: column 'node_id' has type {nodes.column('node_id').type} but graph '{graph.name}' has {kind} ids; use the same type")
     bad = np.array([v is None for v in ids])
@@ -117,6 +120,10 @@ def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_na
     raw = nodes.column("label").to_pylist() if "label" in nodes.column_names else [None] * len(ids)
     index = {name: i for i, name in enumerate(label_names)}
     new_labels = np.array([-1 if v is None else index.get(str(v), -1) for v in raw], dtype=np.int64)
+    unknown = sorted({str(v) for v, y in zip(raw, new_labels) if v is not None and y < 0})
+    if unknown:
+        warn(f"{nodes_path}: label(s) {unknown[:FIRST]} are not classes of the checkpoint ({', '.join(label_names)}); "
+             "those nodes count as unlabelled")
     all_ids = np.concatenate([graph.node_ids, np.asarray(ids, dtype=graph.node_ids.dtype)])
     grown = replace(
         graph,
