@@ -17,8 +17,9 @@ SPLITS = ("test", "val", "train", "all")
 class InferConfig:
     """One inference run over a trained checkpoint.
 
-    Targets: ``node_ids`` (a file of user ids, one a line) if given, else the new nodes of
-    ``nodes``/``edges`` if given, else ``split`` (default ``test``) of the checkpoint's graph.
+    Targets: ``node_ids`` (a file of user ids, one a line; new ids allowed) if given, else
+    ``split`` if given, else the new nodes of ``nodes``/``edges`` if given, else the ``test``
+    split of the checkpoint's graph (the split training used, same seed).
     ``model`` None: the model named in the checkpoint's cache manifest.
     ``batch_size`` is the number of texts per LLM forward; subgraphs are sampled in the
     training run's evaluation batches so that they are the same subgraphs training saw.
