@@ -193,19 +193,21 @@ def exit_histograms(items: list[tuple[str, list[int], list[int]]], path: Path) -
 
 
 def bench_encode(data: dict, path: Path) -> Path:
+    """Throughput of ``pipeline encode`` vs the naive loop; cache bytes per node vs the reference's."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
-    _barh(ax1, ["pipeline encode", "naive baseline"],
+    _barh(ax1, ["pipeline encode", "naive loop (batch 32, padded)"],
           [data["texts_per_s"], data.get("naive_texts_per_s") or 0.0], fmt="{:.1f}")
-    ax1.set(title=f"encode throughput: {data.get('speedup_vs_naive', float('nan')):.1f}x naive", xlabel="texts / s")
+    ax1.set(title=f"encode throughput: {data.get('speedup_vs_naive', float('nan')):.2f}x the naive loop", xlabel="texts / s")
     if data.get("bytes_per_node") is not None:
-        _barh(ax2, ["pipeline cache", "reference code's cache"],
+        _barh(ax2, ["pipeline cache (rungs, fp16)", "reference (all states, fp32)"],
               [data["bytes_per_node"] / 1024, (data.get("reference_bytes_per_node") or 0) / 1024], fmt="{:.1f}", color="C1")
         ax2.set(title="cache size per node", xlabel="KiB / node")
     else:
         ax2.set_visible(False)
-    if data.get("flops_fraction") is not None:
-        fig.suptitle(f"LLM FLOPs fraction (flops_fraction): {100 * data['flops_fraction']:.1f}%")
+    where = " ".join(str(data[k]) for k in ("model", "device", "dtype") if data.get(k))
+    util = f"; model FLOP/s = {100 * data['flops_fraction']:.1f}% of measured matmul rate" if data.get("flops_fraction") is not None else ""
+    fig.suptitle(f"bench encode {where}{util}")
     return _save(fig, path)
 
 

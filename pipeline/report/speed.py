@@ -80,8 +80,10 @@ def benchmarks_section(found: Collected, doc: Document) -> None:
         return
     for b in found.bench("encode"):
         d = b.data
-        doc.add(f"### Encode (`{doc.rel(b.path)}`)", "")
-        doc.table(["texts / s", "naive texts / s", "speed-up vs naive", "FLOPs fraction (%)", "bytes / node", "reference bytes / node"],
+        doc.add(f"### Encode (`{doc.rel(b.path)}`): {d.get('graph', '?')}, {d.get('model', '?')}, "
+                f"{d.get('texts', '?')} texts, {d.get('device', '?')} {d.get('dtype', '')}".rstrip(), "")
+        doc.table(["texts / s", "naive texts / s", "speed-up vs naive", "model FLOP/s of matmul peak (%)", "bytes / node",
+                   "reference bytes / node (all states, fp32)"],
                   [[_num(d.get("texts_per_s"), "{:.1f}"), _num(d.get("naive_texts_per_s"), "{:.1f}"),
                     _num(d.get("speedup_vs_naive"), "{:.2f}x"), pct(d.get("flops_fraction")),
                     _num(d.get("bytes_per_node"), "{:,.0f}"), _num(d.get("reference_bytes_per_node"), "{:,.0f}")]])
