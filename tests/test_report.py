@@ -1,8 +1,10 @@
 """``pipeline report``: sections, valid PNGs, any subset of stages, problems reported not fatal.
 
-The artifacts are written by the stages' own writer functions (``CacheWriter``,
-``CheckpointWriter`` + stage 2's ``summarize``, stage 3's ``write_outputs``) and the bench
-JSONs with the keys their commands write, so a format change in a stage shows up here.
+The main artifacts come from a real tiny run (``pipeline datasets subset`` -> ``encode`` with
+MiniLM -> ``train`` ladder and mlp -> ``infer``); the odd cases (incomplete cache, unlabelled
+targets) are written with the stages' own writers (``CacheWriter``, ``write_outputs``). The
+bench JSONs carry the keys the ``pipeline bench ... --json`` commands write (running the
+benches here would take minutes), so a format change in a stage shows up here.
 """
 
 from __future__ import annotations
