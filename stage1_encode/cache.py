@@ -163,7 +163,8 @@ class CacheWriter:
         """
         start, end = block_range(b, self.manifest["num_nodes"], self.manifest["block_nodes"])
         assert values.shape == (end - start, *self.states.shape[1:]), values.shape
-        stored = values.astype(self.manifest["storage_dtype"])
+        with np.errstate(over="ignore"):  # overflow is detected (and reported) just below
+            stored = values.astype(self.manifest["storage_dtype"])
         finite = np.isfinite(stored).all(axis=(1, 2))  # (n,)
         if not finite.all():
             i = int(np.flatnonzero(~finite)[0])

@@ -173,3 +173,15 @@ def test_non_finite_values_name_the_node(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"node 105: non-finite value in LLM state 3 as float16; rerun with --storage-dtype float32"):
         writer.write_block(0, values, np.arange(100, 110))
     assert writer.done_blocks() == set()
+
+
+def test_bench_encode_json(tmp_path: Path) -> None:
+    from stage1_encode.bench import BenchConfig, run_bench
+
+    path = tmp_path / "bench.json"
+    run_bench(BenchConfig(graph="cora", model="minilm-l6", limit=8, max_length=16, json_path=path))
+    figures = json.loads(path.read_text())
+    for key in ("texts_per_s", "naive_texts_per_s", "speedup_vs_naive", "flops_fraction", "bytes_per_node", "reference_bytes_per_node"):
+        assert figures[key] > 0, key
+    assert figures["reference_bytes_per_node"] == 7 * 384 * 4  # all 7 MiniLM states in fp32
+    assert figures["texts"] == 8 and figures["layers"] == [0, 1, 2, 3, 4, 5, 6]
