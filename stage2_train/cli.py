@@ -15,7 +15,7 @@ from stage2_train.config import TrainConfig, parse_float_list, parse_int_list
 
 
 def train_command(
-    cache: Path = typer.Argument(..., help="Cache folder written by `pipeline encode` (it names its graph)."),
+    cache: Path = typer.Argument(..., metavar="CACHE_DIR", help="Cache folder written by `pipeline encode` (it names its graph)."),
     out: Path = typer.Option(..., "--out", help="Run folder to create: weights, config, metrics, summary."),
     arch: str = typer.Option("ladder", "--arch", help="ladder (G-Ladder over the cached rungs) or a baseline on one state: mlp, gcn, sage."),
     split: Optional[str] = typer.Option(
@@ -37,21 +37,22 @@ def train_command(
     restart_p: float = typer.Option(0.5, "--restart-p", help="rwr: restart probability per step."),
     epochs: int = typer.Option(200, "--epochs", help="Maximum epochs."),
     patience: int = typer.Option(30, "--patience", help="Stop after this many epochs without a better validation accuracy (last head)."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-3 for the ladder, 1e-2 for the baselines)."),
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="AdamW weight decay."),
     dropout: float = typer.Option(0.5, "--dropout", help="Dropout probability."),
     temperature: float = typer.Option(0.1, "--temperature", help="Gate temperature T in sigmoid(a / T)."),
     rung_weights: Optional[str] = typer.Option(None, "--rung-weights", help="Loss weight of each rung's head, comma-separated (default all 1)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Target nodes per training batch (ignored by --sampler full: full batch)."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    num_threads: Optional[int] = typer.Option(
+        None, "--num-threads", help="Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Train the G-Ladder (or a baseline) from an encode cache; one model per seed.
 
-    Writes RUN_DIR with safetensors weights per seed, the resolved config, a copy of the
-    cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every
-    head's accuracy, gate values). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR.
+    Writes RUN_DIR with safetensors weights per seed, the resolved config, a copy of the cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every head's accuracy, gate values). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR.
     """
     from stage2_train.run import run
 
@@ -62,13 +63,13 @@ def train_command(
         num_walks=num_walks, walk_length=walk_length, restart_p=restart_p, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
         rung_weights=parse_float_list(rung_weights, "--rung-weights"), batch_size=batch_size, device=device,
-        overwrite=overwrite,
+        num_threads=num_threads, overwrite=overwrite,
     )
     run(cfg)
 
 
 def bench_train_command(
-    graph: str = typer.Argument(..., help="Built-in dataset name or graph folder."),
+    graph: str = typer.Argument(..., metavar="GRAPH", help="Built-in dataset name or graph folder."),
     model: Optional[str] = typer.Option(None, "--model", help="Encoder model (built-in name, HF id or folder); default: stage 1's default."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Reuse this cache of GRAPH instead of encoding one (must match --model)."),
     epochs_uncached: int = typer.Option(1, "--epochs-uncached", help="Uncached epochs to time."),
@@ -83,9 +84,7 @@ def bench_train_command(
 ) -> None:
     """Time a training epoch from the cache against one with the LLM in the loop; report accuracies.
 
-    Prints epoch_s_cached, epoch_s_uncached (extrapolated from --max-batches-uncached batches
-    when set, and says so), caching_speedup, and the test accuracy of the ladder and of the
-    mlp/gcn/sage baselines on the same cache.
+    Prints epoch_s_cached, epoch_s_uncached (extrapolated from --max-batches-uncached batches when set, and says so), caching_speedup, and the test accuracy of the ladder and of the mlp/gcn/sage baselines on the same cache.
     """
     from stage2_train.bench import BenchConfig, run_bench
 

@@ -75,6 +75,19 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
 
 def run(config: TrainConfig) -> dict:
     """Train one model per seed from the cache (or the live LLM) and write ``config.out``."""
+    import torch
+
+    config.validate()
+    threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _run(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: TrainConfig) -> dict:
     from stage2_train.checkpoint import CheckpointWriter, build_model
     from stage2_train.data import CachedFeatures, LiveFeatures, open_train_data, resolve_split
     from stage2_train.loop import seed_everything, train_seed
@@ -82,7 +95,6 @@ def run(config: TrainConfig) -> dict:
     from pipeline.progress import progress
 
     # --- setup
-    config.validate()
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
     graph = data.graph
     if config.rung_weights is not None and len(config.rung_weights) != len(data.layers):

@@ -74,7 +74,8 @@ def small(tmp_path_factory):
 def _cfg(small, name, **kw):
     root, cache = small
     # kept tiny (3 rungs, K = 32, few epochs): the suite runs on a shared 2-core machine
-    base = dict(cache=cache, out=root / name, epochs=3, patience=3, batch_size=16, hidden_channels=32, rungs=(0, 3, 6))
+    base = dict(cache=cache, out=root / name, epochs=3, patience=3, batch_size=16, hidden_channels=32, rungs=(0, 3, 6),
+                num_threads=1)
     if kw.get("arch", "ladder") != "ladder":
         base.pop("rungs")
     return TrainConfig(**{**base, **kw})
@@ -180,7 +181,7 @@ def test_cli_end_to_end_exact_files(small, cli):
     root, cache = small
     out = root / "cli_run"
     res = cli("train", cache, "--out", out, "--epochs", "2", "--seeds", "0,1", "--hidden-channels", "16", "--sampler", "rwr",
-              "--rungs", "0,6")
+              "--rungs", "0,6", "--num-threads", "1")
     assert res.exit_code == 0, res.output
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json"]
