@@ -162,7 +162,7 @@ def sample_edges(labels: np.ndarray, weights: np.ndarray, num_edges: int, homoph
     if missing:
         raise InputError(
             f"--avg-degree: could not place {num_edges} distinct edges ({quota[True]} inside classes) among {n} nodes; "
-            "lower --avg-degree, or raise --nodes or lower --classes"
+            "lower --avg-degree or --homophily, or raise --nodes or lower --classes"
         )
     both = np.sort(np.concatenate([kept[True], kept[False]]))
     return np.stack([both // n, both % n])
