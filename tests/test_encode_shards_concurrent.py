@@ -84,14 +84,26 @@ def stored(cache: Path) -> tuple[bytes, np.ndarray, dict]:
     return states.tobytes(), np.asarray(group["node_ids"][:]), {k: manifest[k] for k in IDENTITY_KEYS}
 
 
-def test_three_concurrent_shards_one_killed_equal_one_process(cli, tmp_path: Path) -> None:
+@pytest.fixture
+def procs():
+    """Processes a test starts; any still running at its end (a failed test) are killed."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_three_concurrent_shards_one_killed_equal_one_process(cli, procs, tmp_path: Path) -> None:
+    import torch
+
     graph, shared, single = tmp_path / "graph", tmp_path / "shared.zarr", tmp_path / "single.zarr"
     result = cli("datasets", "subset", "cora", graph, "--nodes", NODES)
     assert result.exit_code == 0, result.output
 
     shard = {i: encode(str(graph), "--out", str(shared), *FLAGS, "--num-shards", str(SHARDS), "--shard-id", str(i)) for i in range(SHARDS)}
-    import torch
-
+    procs.extend(shard.values())
     threads = torch.get_num_threads()
     reference = encode_here(graph, single)
 
@@ -112,6 +124,7 @@ def test_three_concurrent_shards_one_killed_equal_one_process(cli, tmp_path: Pat
     assert f"--block-size {BLOCK}" in status.stdout and f"--num-shards {SHARDS} --shard-id {KILLED}`" in status.stdout
 
     restarted = encode(str(graph), "--out", str(shared), *FLAGS, "--num-shards", str(SHARDS), "--shard-id", str(KILLED))
+    procs.append(restarted)
     log = finish(restarted)
     left = 3 - len(done_at_kill)
     assert f"encoding {left * BLOCK} of {NODES} nodes (shard {KILLED}/{SHARDS})" in log  # only the unmarked blocks
