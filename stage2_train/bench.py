@@ -31,6 +31,7 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0,)
     out: Path = Path("artifacts/bench/train")
     json_path: Path | None = None
+    num_threads: int | None = None
 
 
 def _encode(graph: str, model: str | None, path: Path) -> Path:
@@ -55,6 +56,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     from stage2_train.run import model_spec, run
     from stage2_train.sampling import Sampler
 
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
     if cfg.epochs_uncached < 1:
         raise InputError(f"--epochs-uncached {cfg.epochs_uncached}: must be >= 1")
     out = Path(cfg.out)
@@ -87,7 +92,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     accs = {}
     for arch in ("ladder",) + BASELINE_ARCHS:
-        run_cfg = TrainConfig(cache=cache, out=out / "runs" / arch, arch=arch, seeds=cfg.seeds, epochs=cfg.epochs, overwrite=True)
+        run_cfg = TrainConfig(cache=cache, out=out / "runs" / arch, arch=arch, seeds=cfg.seeds, epochs=cfg.epochs, overwrite=True,
+                              num_threads=cfg.num_threads)
         s = run(run_cfg)
         accs[arch] = {k: s[k] for k in ("test_acc_mean", "test_acc_std", "val_acc_mean")}
     result = {

@@ -80,6 +80,7 @@ def bench_train_command(
     seeds: str = typer.Option("0", "--seeds", help="Seeds of the accuracy runs."),
     out: Path = typer.Option(Path("artifacts/bench/train"), "--out", help="Folder for the bench's runs (replaced)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="Torch CPU threads (default: torch's)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Time a training epoch from the cache against one with the LLM in the loop; report accuracies.
@@ -92,6 +93,6 @@ def bench_train_command(
         BenchConfig(
             graph=graph, model=model, cache=cache, epochs_uncached=epochs_uncached,
             max_batches_uncached=max_batches_uncached or None, epochs=epochs,
-            seeds=parse_int_list(seeds, "--seeds") or (0,), out=out, json_path=json_path,
+            seeds=parse_int_list(seeds, "--seeds") or (0,), out=out, json_path=json_path, num_threads=num_threads,
         )
     )
