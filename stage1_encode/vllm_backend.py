@@ -177,23 +177,27 @@ class VllmEncoder:
 
     def encode_batch(self, texts: list[str], layers: list[int], pooling: str = "mean", max_length: int | None = None) -> Any:
         """Texts -> (B, S, H) float32 CPU tensor of pooled states ``layers`` (ascending)."""
+        max_length = self.max_length if max_length is None else int(max_length)
+        if max_length > self.max_length:
+            raise InputError(f"--max-length {max_length}: this vLLM engine was started with max_length {self.max_length}")
+        return self.encode_ids(self.tokenize(texts, max_length), layers, pooling)
+
+    def encode_ids(self, ids: list[list[int]], layers: list[int], pooling: str = "mean") -> Any:
+        """Token ids (from :meth:`tokenize`) -> (B, S, H) float32 CPU tensor; vLLM batches them itself."""
         import torch
 
         from stage1_encode.stepping import POOLINGS
 
         if pooling not in POOLINGS:
             raise InputError(f"--pooling {pooling}: expected one of {', '.join(POOLINGS)}")
-        max_length = self.max_length if max_length is None else int(max_length)
-        if max_length > self.max_length:
-            raise InputError(f"--max-length {max_length}: this vLLM engine was started with max_length {self.max_length}")
         layers = sorted(set(int(k) for k in layers))
         if not layers or not 0 <= layers[0] <= layers[-1] < self.num_states:
             raise InputError(f"--layers {layers}: valid states are 0..{self.num_states - 1}")
         self._install(layers, pooling)
-        prompts = [{"prompt_token_ids": ids} for ids in self.tokenize(texts, max_length)]
+        prompts = [{"prompt_token_ids": list(t)} for t in ids]
         outputs = self.llm.encode(prompts, pooling_task="embed", use_tqdm=False)
         flat = torch.stack([torch.as_tensor(o.outputs.data).float().cpu() for o in outputs])  # (B, S * H)
-        return flat.reshape(len(texts), len(layers), self.hidden_size)  # (B, S, H)
+        return flat.reshape(len(ids), len(layers), self.hidden_size)  # (B, S, H)
 
     def close(self) -> None:
         """Stop the engine (its worker process, on multiprocess mode) and free memory."""
@@ -206,6 +210,19 @@ class VllmEncoder:
                 shutdown()
             del llm
         gc.collect()
+
+
+def encode_block(encoder: VllmEncoder, texts: list[str], layers: list[int], config: Any, on_batch: Any) -> tuple[Any, int, int]:
+    """Drop-in for ``stage1_encode.run.encode_block`` on this backend: one vLLM call per block.
+
+    Returns ((n, S, H) float32 numpy, real tokens, padded tokens); vLLM packs prompts
+    without padding, so both counts are equal. ``config`` needs ``max_length`` and ``pooling``.
+    """
+    ids = encoder.tokenize(texts, config.max_length)
+    out = encoder.encode_ids(ids, layers, config.pooling).numpy()  # (n, S, H)
+    real = sum(len(t) for t in ids)
+    on_batch(len(texts), real)
+    return out, real, real
 
 
 def time_encode(encoder: Any, texts: list[str], layers: list[int], pooling: str, max_length: int, batch_size: int) -> dict[str, float]:
