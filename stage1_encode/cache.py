@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ DEFAULT_BLOCK_NODES = 256
 IDENTITY_KEYS = (
     "format", "weights_sha256", "tokenizer", "max_length", "pooling", "layers", "compute_dtype",
     "storage_dtype", "graph_fingerprint", "num_nodes", "hidden_size", "chunk_nodes", "block_nodes",
+    "batch_tokens",  # batching changes the last bits of some values: resuming must batch alike
 )
 STORAGE_DTYPES = ("float16", "float32")
 
@@ -88,8 +90,13 @@ def _ranges(blocks: list[int], num_nodes: int, block_nodes: int) -> list[list[in
     return out
 
 
+def _unique_tmp(path: Path) -> Path:
+    """A temp sibling no other writer uses: PIDs repeat across pods and hosts, uuids do not."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
+
+
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _unique_tmp(path)
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
@@ -110,7 +117,8 @@ def completion_command(manifest: dict, path: str | Path, shard: int | None = Non
         f"pipeline encode {manifest['graph_source']} --out {path} --model {manifest['model']} "
         f"--layers {','.join(map(str, manifest['layers']))} --max-length {manifest['max_length']} "
         f"--pooling {manifest['pooling']} --dtype {manifest['compute_dtype']} "
-        f"--storage-dtype {manifest['storage_dtype']} --block-size {manifest['block_nodes']}"
+        f"--storage-dtype {manifest['storage_dtype']} --block-size {manifest['block_nodes']} "
+        f"--batch-tokens {manifest['batch_tokens']}"
     )
     if shard is not None:
         cmd += f" --num-shards {manifest['num_shards']} --shard-id {shard}"
@@ -201,8 +209,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
     from pipeline.config_file import save_resolved_config
 
     n, s, h = manifest["num_nodes"], len(manifest["layers"]), manifest["hidden_size"]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _unique_tmp(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)

@@ -187,10 +187,9 @@ def test_multi_gpu_script_one_process_per_gpu(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- stage-1 bugs found
-# Both are in stage1_encode/cache.py (not owned here); strict xfail: they pass once fixed.
+# Both were in stage1_encode/cache.py; these tests keep them fixed.
 
 
-@pytest.mark.xfail(strict=True, reason="stage1 cache: completion_command drops --batch-tokens, which changes the bits")
 def test_completion_command_keeps_batch_tokens() -> None:
     """The batching changes the last bit of some values (measured: 56 of 43,008 fp16 values
     of 16 Cora texts at --max-length 256, --batch-tokens 256 vs 4096), so the command that
@@ -202,7 +201,6 @@ def test_completion_command_keeps_batch_tokens() -> None:
     assert "--batch-tokens 256" in completion_command(manifest, "c.zarr", 1)
 
 
-@pytest.mark.xfail(strict=True, reason="stage1 cache: temp folder named by PID only; same-PID creators (containers, hosts) collide")
 def test_creation_does_not_delete_another_creators_temp_folder(tmp_path: Path) -> None:
     """Pods of a Kubernetes indexed job (and tasks on different hosts) often have the same
     PID; a creator must not delete another's in-progress temp folder (nor rename it)."""
