@@ -112,3 +112,23 @@ def test_bert_is_refused_naming_backend_hf() -> None:
     )
     with pytest.raises(InputError, match="Use --backend hf"):
         VllmEncoder(spec)
+
+
+@pytest.mark.parametrize("version, warned", [("0.32.0", False), ("0.32.0+cpu", False), ("0.33.0", True)])
+def test_untested_vllm_version_warns(monkeypatch, capsys, version: str, warned: bool) -> None:
+    """A stand-in ``vllm`` module: the version check needs no real vLLM."""
+    import sys
+    import types
+
+    from stage1_encode.vllm_backend import import_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__=version))
+    monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION", raising=False)
+    assert import_vllm().__version__ == version
+    assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"  # apply_model needs it in multiprocess mode
+    err = " ".join(capsys.readouterr().err.split())
+    expected = (
+        f"warning: --backend vllm: vLLM {version} is untested (tested: 0.32.0); the backend uses vLLM internals, "
+        "so check it against --backend hf (tests/test_encode_vllm.py)"
+    )
+    assert (err == expected) if warned else (err == "")
