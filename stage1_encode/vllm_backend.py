@@ -105,6 +105,9 @@ class VllmEncoder:
 
     ``dtype``: "float32" (default; equals the HF fp32 path on CPU), "bfloat16", "float16".
     ``max_length`` bounds prompts (tokens, special tokens included) for the engine's life.
+    vLLM runs its engine in child processes started with ``spawn``, which re-imports the
+    main module: a script that creates an encoder needs an ``if __name__ == "__main__":``
+    guard (the ``pipeline`` command and pytest have one). Call :meth:`close` when done.
     """
 
     def __init__(
