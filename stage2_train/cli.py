@@ -37,7 +37,7 @@ def train_command(
     restart_p: float = typer.Option(0.5, "--restart-p", help="rwr: restart probability per step."),
     epochs: int = typer.Option(200, "--epochs", help="Maximum epochs."),
     patience: int = typer.Option(30, "--patience", help="Stop after this many epochs without a better validation accuracy (last head)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-3 for the ladder, 1e-2 for the baselines)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 3e-4 for the ladder, 1e-2 for the baselines)."),
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="AdamW weight decay."),
     dropout: float = typer.Option(0.5, "--dropout", help="Dropout probability."),
     temperature: float = typer.Option(0.1, "--temperature", help="Gate temperature T in sigmoid(a / T)."),
