@@ -60,7 +60,7 @@ class TrainConfig:
             self.num_layers = 1 if self.arch == "ladder" else 2
         if self.lr is None:
             # chosen on Cora validation accuracy (MiniLM cache, random_60_20_20 seeds 0-4):
-            # ladder val 89.89 at 3e-4 against 89.11 at 1e-3 (rwr sampler: 89.59) (whose last head peaks by epoch 5);
+            # ladder val 89.89 at 3e-4 against 89.11 at 1e-3 (last head peaks by epoch 5) and 89.59 with rwr;
             # full-batch baselines reach the same or better val accuracy in half the epochs at 1e-2
             self.lr = 3e-4 if self.arch == "ladder" else 1e-2
         self.cache, self.out = Path(self.cache), Path(self.out)
