@@ -9,6 +9,7 @@ import typer
 
 from pipeline import __version__
 from pipeline.datasets_cli import datasets_app
+from pipeline.errors import plain_errors
 from pipeline.report_cli import report_command
 from pipeline.run_cli import run_command
 from stage1_encode.cli import bench_encode_command, encode_command
@@ -45,15 +46,15 @@ def root(
 
 
 bench_app = typer.Typer(help="Side-by-side benchmarks that print measured ratios. " + EXIT_CODES_HELP, no_args_is_help=True)
-bench_app.command("encode", help=bench_encode_command.__doc__)(bench_encode_command)
-bench_app.command("train", help=bench_train_command.__doc__)(bench_train_command)
+bench_app.command("encode", help=bench_encode_command.__doc__)(plain_errors(bench_encode_command))
+bench_app.command("train", help=bench_train_command.__doc__)(plain_errors(bench_train_command))
 bench_app.command("infer", help=bench_infer_command.__doc__)(bench_infer_command)
 
 app.add_typer(datasets_app, name="datasets")
-app.command("encode", help=encode_command.__doc__)(encode_command)
-app.command("train", help=train_command.__doc__)(train_command)
+app.command("encode", help=encode_command.__doc__)(plain_errors(encode_command))
+app.command("train", help=train_command.__doc__)(plain_errors(train_command))
 app.command("infer", help=infer_command.__doc__)(infer_command)
-app.command("run", help=run_command.__doc__)(run_command)
+app.command("run", help=run_command.__doc__)(plain_errors(run_command))
 app.command("report", help=report_command.__doc__)(report_command)
 app.add_typer(bench_app, name="bench")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import functools
 import json as _json
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 
 from pipeline.config_file import ConfigOption, save_resolved_config
 from pipeline.datasets import BUILTINS, builtin_meta
-from pipeline.errors import PipelineError
+from pipeline.errors import plain_errors
 
 EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
 GRAPH_HELP = "A built-in dataset name (cora, citeseer) or a folder with nodes.parquet and edges.parquet."
@@ -24,20 +23,6 @@ datasets_app = typer.Typer(
     invoke_without_command=True,
 )
 
-
-def plain_errors(func):
-    """Print a command's :class:`PipelineError` as plain ``Error: ...`` lines (no panel, no
-    wrapping: batch logs keep every problem on its own line) and exit with its status."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except PipelineError as err:
-            typer.echo(f"Error: {err.format_message()}", err=True)
-            raise typer.Exit(err.exit_code) from err
-
-    return wrapper
 
 
 class IdType(str, enum.Enum):

@@ -6,6 +6,8 @@ Exit statuses (documented in ``pipeline --help``):
 
 from __future__ import annotations
 
+import functools
+
 import typer
 
 # typer >= 0.26 vendors click, and a typer app only catches (and exits with the status of) its
@@ -51,3 +53,18 @@ class ConfigErrors:
     def raise_if_any(self) -> None:
         if self.problems:
             raise InputError(self.problems)
+
+
+def plain_errors(func):
+    """Print a command's :class:`PipelineError` as plain ``Error: ...`` lines (no panel, no
+    wrapping: batch logs keep every problem on its own line) and exit with its status."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PipelineError as err:
+            typer.echo(f"Error: {err.format_message()}", err=True)
+            raise typer.Exit(err.exit_code) from err
+
+    return wrapper

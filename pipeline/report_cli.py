@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from pipeline.config_file import ConfigOption
-from pipeline.datasets_cli import plain_errors  # errors as plain `Error: ...` lines (paths stay unwrapped)
+from pipeline.errors import plain_errors  # errors as plain `Error: ...` lines (paths stay unwrapped)
 
 
 @plain_errors

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import __version__
 from pipeline.errors import InputError, PipelineError
 
 FORMAT = "engine-encode-cache/1"

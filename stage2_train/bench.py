@@ -10,7 +10,6 @@ ladder and the mlp/gcn/sage baselines trained on the cache with the same seeds.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -24,7 +24,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from pipeline.errors import InputError

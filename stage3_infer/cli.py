@@ -6,30 +6,15 @@ Only light imports here (typer, the config dataclasses); torch and transformers 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from pipeline.config_file import ConfigOption
-from pipeline.errors import PipelineError
+from pipeline.errors import plain_errors
 from stage3_infer.config import DEFAULT_EXIT
 
-
-def plain_errors(func):
-    """Print a :class:`PipelineError` as plain ``Error: ...`` lines (no panel, no wrapping, so
-    batch logs keep each problem on one line) and exit with its status (2 = bad input)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except PipelineError as err:
-            typer.echo(f"Error: {err.format_message()}", err=True)
-            raise typer.Exit(err.exit_code) from err
-
-    return wrapper
 
 
 @plain_errors

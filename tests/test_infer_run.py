@@ -152,7 +152,7 @@ def test_refusals_through_the_cli(trained, tmp_path, cli):
         "layer:I (0 <= I < rungs) or none\n"
     )
     assert _refused(cli, out, "--checkpoint", run_dir, "--exit", "layer:7") == (
-        f"Error: --exit layer:7: the checkpoint has 7 rungs (0..6); choose layer:I with I < 7\n"
+        "Error: --exit layer:7: the checkpoint has 7 rungs (0..6); choose layer:I with I < 7\n"
     )
     nodes, edges = tmp_path / "n.parquet", tmp_path / "e.parquet"
     pq.write_table(pa.table({"node_id": pa.array([ids[3], 777], pa.int64()), "text": ["a", "b"]}), nodes)
