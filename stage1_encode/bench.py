@@ -38,6 +38,7 @@ class BenchConfig:
     layers: str | None = None
     device: str = "auto"
     json_path: Path | None = None
+    backend: str = "hf"  # "vllm": also time --backend vllm on the same texts
 
 
 def matmul_flops(device, dtype, n: int = 1024, min_s: float = 1.0) -> float:
@@ -72,8 +73,12 @@ def run_bench(config: BenchConfig) -> dict:
     from stage1_encode.stepping import LayerStepper
 
     enc = EncodeConfig(graph=config.graph, model=config.model, layers=config.layers, max_length=config.max_length,
-                       batch_tokens=config.batch_tokens, device=config.device)
+                       batch_tokens=config.batch_tokens, device=config.device, backend=config.backend)
     enc.validate()
+    if config.backend == "vllm":
+        from stage1_encode.vllm_backend import check_architecture
+
+        check_architecture(resolve_model(config.model))  # refuse BERT-family before any work
     graph = load_graph(config.graph)
     n = graph.num_nodes if config.limit <= 0 else min(config.limit, graph.num_nodes)
     texts = graph.texts[:n]
@@ -119,6 +124,8 @@ def run_bench(config: BenchConfig) -> dict:
     sync()
     naive_s = time.perf_counter() - start
 
+    vllm_result = _bench_vllm(config, enc, texts, layers, dtype, stepper.encode_batch) if config.backend == "vllm" else {}
+
     peak = matmul_flops(stepper.loaded.device, getattr(torch, dtype))
     useful = float(flops_per_text(model, lengths).sum())
     real_tokens = int(lengths.sum())
@@ -137,11 +144,38 @@ def run_bench(config: BenchConfig) -> dict:
         "reference_bytes_per_node": stepper.num_states * stepper.hidden_size * 4,
     }
     result["bytes_ratio_vs_reference"] = result["bytes_per_node"] / result["reference_bytes_per_node"]
+    if vllm_result:
+        result.update(vllm_result, vllm_speedup_vs_hf=vllm_result["vllm_texts_per_s"] / result["texts_per_s"])
     _print(result)
     if config.json_path is not None:
         Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(config.json_path).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _bench_vllm(config: BenchConfig, enc: EncodeConfig, texts: list[str], layers: list[int], dtype: str, hf_encode_batch) -> dict:
+    """--backend vllm on the same texts, blocks and layers as the encode path (cache write excluded).
+
+    Also checks the two backends agree on a few texts (largest relative error of the pooled states).
+    """
+    from stage1_encode import vllm_backend
+    from stage1_encode.models import resolve_model
+
+    spec = resolve_model(config.model)
+    encoder = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
+    try:
+        encoder.encode_batch(texts[:2], layers, "mean", 16)  # warm-up (hooks installed, first-call allocations)
+        block = cache_format.DEFAULT_BLOCK_NODES
+        start = time.perf_counter()
+        for lo in range(0, len(texts), block):
+            vllm_backend.encode_block(encoder, texts[lo : lo + block], layers, enc, lambda *_: None)
+        seconds = time.perf_counter() - start
+        few = texts[:8]
+        a, b = encoder.encode_batch(few, layers, enc.pooling, config.max_length), hf_encode_batch(few, layers, enc.pooling, config.max_length).cpu()
+        err = float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max())
+    finally:
+        encoder.close()
+    return {"vllm_texts_per_s": len(texts) / seconds, "vllm_engine_start_s": encoder.startup_s, "vllm_max_rel_err_vs_hf": err}
 
 
 def _print(r: dict) -> None:
@@ -153,6 +187,9 @@ def _print(r: dict) -> None:
         t.add_column(col)
     t.add_row("encode", f"{r['texts_per_s']:.2f}", f"{r['tokens_per_s']:.0f}",
               f"sorted, <= token budget, {len(r['layers'])} rungs pooled + written (padding {r['padding_fraction']:.1%})")
+    if "vllm_texts_per_s" in r:
+        t.add_row("vllm", f"{r['vllm_texts_per_s']:.2f}", f"{r['vllm_texts_per_s'] / r['texts'] * r['tokens']:.0f}",
+                  f"--backend vllm, same blocks and rungs (engine start {r['vllm_engine_start_s']:.0f}s not timed; max rel err vs hf {r['vllm_max_rel_err_vs_hf']:.1e})")
     t.add_row("naive", f"{r['naive_texts_per_s']:.2f}", f"{r['naive_tokens_per_s']:.0f}", f"batch {NAIVE_BATCH}, padded to max length, last state only")
     Console().print(t)
     print(f"speedup vs naive: {r['speedup_vs_naive']:.2f}x (target >= 1.2)")

@@ -47,8 +47,15 @@ IDENTITY_KEYS = (
     "format", "weights_sha256", "tokenizer", "max_length", "pooling", "layers", "compute_dtype",
     "storage_dtype", "graph_fingerprint", "num_nodes", "hidden_size", "chunk_nodes", "block_nodes",
     "batch_tokens",  # batching changes the last bits of some values: resuming must batch alike
+    "backend",  # hf and vllm agree to ~1e-6 relative, not bit for bit: resuming must use the same
 )
+IDENTITY_DEFAULTS = {"backend": "hf"}  # caches written before a key existed
 STORAGE_DTYPES = ("float16", "float32")
+
+
+def identity_diff(existing: dict, manifest: dict) -> list[str]:
+    """Identity keys on which two manifests disagree (a missing key reads as its default)."""
+    return [k for k in IDENTITY_KEYS if existing.get(k, IDENTITY_DEFAULTS.get(k)) != manifest.get(k, IDENTITY_DEFAULTS.get(k))]
 
 
 def chunk_nodes_for(num_rungs: int, hidden_size: int, itemsize: int, block_nodes: int) -> int:
@@ -119,6 +126,8 @@ def completion_command(manifest: dict, path: str | Path, shard: int | None = Non
         f"--storage-dtype {manifest['storage_dtype']} --block-size {manifest['block_nodes']} "
         f"--batch-tokens {manifest['batch_tokens']}"
     )
+    if manifest.get("backend", "hf") != "hf":
+        cmd += f" --backend {manifest['backend']}"
     if shard is not None:
         cmd += f" --num-shards {manifest['num_shards']} --shard-id {shard}"
     return cmd
@@ -147,7 +156,7 @@ class CacheWriter:
             existing = _existing_manifest(path)
             if existing is None:
                 raise InputError(f"--out {path}: exists and is not an encode cache; choose another --out (nothing was deleted)")
-            diff = [k for k in IDENTITY_KEYS if existing.get(k) != manifest.get(k)]
+            diff = identity_diff(existing, manifest)
             if not diff:
                 return cls(path, existing)
             if not overwrite:
@@ -231,7 +240,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
             os.rename(tmp, path)
         except OSError:  # another shard created it first: use theirs if it is the same cache
             existing = _existing_manifest(path)
-            if not existing or any(existing.get(k) != manifest.get(k) for k in IDENTITY_KEYS):
+            if not existing or identity_diff(existing, manifest):
                 raise PipelineError(f"--out {path}: another process created a different cache there at the same time")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

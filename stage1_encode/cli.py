@@ -35,6 +35,7 @@ def encode_command(
     block_size: int = typer.Option(DEFAULT_BLOCK_NODES, "--block-size", help="Nodes per committed block (the unit of resume and sharding; multiple of 8)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache of another model/graph/settings at --out."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
+    backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm (decoder LLMs; CPU: bash scripts/setup_vllm.sh, then .venv-vllm/bin/pipeline)."),
     status: Optional[Path] = typer.Option(None, "--status", help="Only report how complete the cache CACHE_DIR is, and exit."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -60,7 +61,7 @@ def encode_command(
         EncodeConfig(
             graph=graph, out=out, model=model, layers=layers, max_length=max_length, batch_tokens=batch_tokens,
             pooling=pooling, num_shards=num_shards, shard_id=shard_id, dtype=dtype, storage_dtype=storage_dtype,
-            device=device, block_size=block_size, overwrite=overwrite, trust_remote_code=trust_remote_code,
+            device=device, block_size=block_size, overwrite=overwrite, trust_remote_code=trust_remote_code, backend=backend,
         )
     )
 
@@ -74,6 +75,7 @@ def bench_encode_command(
     layers: Optional[str] = typer.Option(None, "--layers", help="States `encode` keeps (default: ~7 spread evenly)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    backend: str = typer.Option("hf", "--backend", help="vllm: also time --backend vllm on the same texts and report both."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Time `encode` against a naive loop (batch 32, padded to max length, last layer only).
@@ -87,6 +89,6 @@ def bench_encode_command(
     run_bench(
         BenchConfig(
             graph=graph, model=model, limit=limit, max_length=max_length, batch_tokens=batch_tokens,
-            layers=layers, device=device, json_path=json_path,
+            layers=layers, device=device, json_path=json_path, backend=backend,
         )
     )

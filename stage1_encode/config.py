@@ -13,6 +13,7 @@ from stage1_encode.models import DEFAULT_MODEL
 POOLINGS = ("mean", "last")  # masked mean over real tokens, or the last real token
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("hf", "vllm")  # vllm: stage1_encode/vllm_backend.py (decoders only; .venv-vllm on CPU)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class EncodeConfig:
     block_size: int = DEFAULT_BLOCK_NODES
     overwrite: bool = False
     trust_remote_code: bool = False
+    backend: str = "hf"
 
     def validate(self) -> None:
         """Raise one InputError listing every problem, each naming its flag."""
@@ -60,6 +62,7 @@ class EncodeConfig:
             self.storage_dtype in STORAGE_DTYPES,
             f"--storage-dtype {self.storage_dtype}: expected one of {', '.join(STORAGE_DTYPES)}",
         )
+        errors.check(self.backend in BACKENDS, f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
         errors.check(self.device in DEVICES, f"--device {self.device}: expected one of {', '.join(DEVICES)}")
         errors.check(
             self.block_size >= 8 and self.block_size % 8 == 0,

@@ -7,6 +7,7 @@ as it is done. Batches depend only on the block's texts, which keeps a resumed r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -76,6 +77,7 @@ def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, laye
         "block_nodes": config.block_size,
         "num_shards": config.num_shards,
         "batch_tokens": config.batch_tokens,
+        "backend": config.backend,
         "package_version": __version__,
     }
 
@@ -117,6 +119,10 @@ def run(config: EncodeConfig) -> Path:
     config.validate()
     graph = load_graph(config.graph)
     spec = resolve_model(config.model, config.trust_remote_code)
+    if config.backend == "vllm":
+        from stage1_encode.vllm_backend import check_architecture
+
+        check_architecture(spec)  # refuse (naming --backend hf) before anything is written
     num_states, hidden = model_shape(spec)
     layers = parse_layers(config.layers, num_states)
     device, dtype = pick_device(config)
@@ -140,9 +146,15 @@ def run(config: EncodeConfig) -> Path:
 
     if device == "cpu" and dtype == "float32":
         warn("no GPU: encoding on CPU in float32 (slow; fine for small graphs)")
-    stepper = LayerStepper(load_model(spec, device, getattr(torch, dtype)))
+    if config.backend == "vllm":
+        from stage1_encode import vllm_backend
+
+        encoder = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
+        encode = functools.partial(vllm_backend.encode_block, encoder)
+    else:
+        encode = functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype))))
     n_todo = sum(e - s for s, e in (cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo))
-    log(f"encoding {n_todo} of {graph.num_nodes} nodes{shard} with {config.model} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
+    log(f"encoding {n_todo} of {graph.num_nodes} nodes{shard} with {config.model} on {config.backend} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
     start, real, padded, tokens_done = time.perf_counter(), 0, 0, 0
     with progress(n_todo, "encode", unit="texts") as bar:
 
@@ -153,9 +165,11 @@ def run(config: EncodeConfig) -> Path:
 
         for b in todo:
             lo, hi = cache_format.block_range(b, graph.num_nodes, config.block_size)
-            values, r, p = encode_block(stepper, graph.texts[lo:hi], layers, config, on_batch)
+            values, r, p = encode(graph.texts[lo:hi], layers, config, on_batch)
             writer.write_block(b, values, graph.node_ids)
             real, padded = real + r, padded + p
+    if config.backend == "vllm":
+        encoder.close()  # stops vLLM's engine process and frees its shared memory
     complete = writer.finish()
     elapsed = time.perf_counter() - start
     log(

@@ -132,3 +132,16 @@ def test_untested_vllm_version_warns(monkeypatch, capsys, version: str, warned: 
         "so check it against --backend hf (tests/test_encode_vllm.py)"
     )
     assert (err == expected) if warned else (err == "")
+
+
+def test_cli_refuses_vllm_for_bert_and_writes_nothing(tmp_path) -> None:
+    """Through the real CLI (main env): exit 2, the message names --backend hf, no cache left."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "cache.zarr"
+    result = CliRunner().invoke(app, ["encode", "cora", "--model", "minilm-l6", "--backend", "vllm", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Use --backend hf for this model." in result.output
+    assert not out.exists()
