@@ -29,7 +29,7 @@ class MainJobConfig:
     dataset: str = "cora"
     model: str = "smollm2-135m"
     out: Path | None = None
-    max_length: int = 128
+    max_length: int = 32  # keeps the CPU main job near ten minutes; full text: 256
     layers: str | None = None
     split: str = "random_60_20_20"
     seeds: tuple[int, ...] = (0,)
@@ -101,9 +101,10 @@ def run(config: MainJobConfig) -> Path:
 
     cache = out / "cache.zarr"
     encode_cfg = EncodeConfig(
-        graph=config.dataset, out=cache, model=config.model, layers=config.layers, max_length=config.max_length
+        graph=config.dataset, out=cache, model=config.model, layers=config.layers, max_length=config.max_length,
+        overwrite=True,  # the run folder is the job's own: other settings replace its cache
     )
-    # encode is itself resumable and a no-op when complete: always call it (it says so).
+    # encode is itself resumable and a no-op when complete (same settings): always call it.
     encode(encode_cfg)
 
     checkpoint = out / "checkpoint"

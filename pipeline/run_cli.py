@@ -15,7 +15,9 @@ def run_command(
     model: str = typer.Option("smollm2-135m", "--model", help="Encoder LLM: built-in name, HF id or local folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default artifacts/runs/<dataset>-<model>)."),
     max_length: int = typer.Option(
-        128, "--max-length", help="Tokens kept per text (128 keeps the CPU job near ten minutes; `pipeline encode` defaults to 256)."
+        32, "--max-length",
+        help="Tokens kept per text: 32 (title and first sentence) keeps the CPU job near ten minutes on 2 cores; "
+        "`pipeline encode` defaults to 256 (full abstracts).",
     ),
     layers: Optional[str] = typer.Option(None, "--layers", help="Rungs to cache: all, 0,5,10,... or every:K (default: ~7 spread evenly)."),
     split: str = typer.Option("random_60_20_20", "--split", help="Split name (seed i uses NAME_seed{i}), column, or random:0.6,0.2,0.2."),
