@@ -123,9 +123,10 @@ def completion_command(manifest: dict, path: str | Path, shard: int | None = Non
         f"pipeline encode {manifest['graph_source']} --out {path} --model {manifest['model']} "
         f"--layers {','.join(map(str, manifest['layers']))} --max-length {manifest['max_length']} "
         f"--pooling {manifest['pooling']} --dtype {manifest['compute_dtype']} "
-        f"--storage-dtype {manifest['storage_dtype']} --block-size {manifest['block_nodes']} "
-        f"--batch-tokens {manifest['batch_tokens']}"
+        f"--storage-dtype {manifest['storage_dtype']} --block-size {manifest['block_nodes']}"
     )
+    if "batch_tokens" in manifest:  # batching changes the last bits: resume with the same budget
+        cmd += f" --batch-tokens {manifest['batch_tokens']}"
     if manifest.get("backend", "hf") != "hf":
         cmd += f" --backend {manifest['backend']}"
     if shard is not None:
