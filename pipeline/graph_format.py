@@ -432,6 +432,17 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
         raise InputError(f"{out}: exists and is not a graph folder; refusing to overwrite it")
 
 
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Rename a finished folder ``tmp`` to ``out``, replacing an existing ``out`` as late as possible."""
+    if out.exists():
+        backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, backup)
+        os.replace(tmp, out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def write_graph_folder(
     out: Path,
     nodes: pa.Table,
@@ -487,13 +498,7 @@ def write_graph_folder(
         written = read_graph_folder(tmp, name=out.name, source=str(tmp))
         if written.fingerprint != expected.fingerprint:
             raise PipelineError(f"{out}: the written graph does not read back identically (internal error)")
-        if out.exists():
-            backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, backup)
-            os.replace(tmp, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigErrors, InputError, PipelineError
-from pipeline.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, read_graph_folder
+from pipeline.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder
 from pipeline.progress import log, progress
 from pipeline.synth_text import build_text_model, draw_lengths, make_texts, parse_text_words
 
@@ -236,13 +236,7 @@ def synthesize(config: SynthConfig, extra_files: dict[str, Callable[[Path], None
             raise PipelineError(f"{out}: the written files do not hold {n} nodes and {edges.shape[1]} edges (internal error)")
         if config.check:  # the full reader's validation, as for every other written graph
             summary["fingerprint"] = read_graph_folder(tmp, name=out.name, source=str(tmp)).fingerprint
-        if out.exists():
-            backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, backup)
-            os.replace(tmp, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
