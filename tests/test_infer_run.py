@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import deque
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cora_slice import write_cora_slice
 from pipeline.graph import load_graph
 from stage3_infer.config import InferConfig
 from stage3_infer.policies import decide, parse_exit
@@ -27,34 +27,6 @@ from stage3_infer.run import run
 
 NODES = 45
 LAYERS = list(range(7))  # MiniLM: 6 layers -> states 0..6
-
-
-def _cora_slice(folder):
-    """A connected 45-node slice of Cora (BFS from node 0) with a split column (27/9/9)."""
-    cora = load_graph("cora")
-    ptr = np.zeros(cora.num_nodes + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cora.edge_index[0], minlength=cora.num_nodes), out=ptr[1:])
-    seen, queue = {0}, deque([0])
-    while queue and len(seen) < NODES:
-        u = queue.popleft()
-        for v in cora.edge_index[1, ptr[u] : ptr[u + 1]].tolist():
-            if v not in seen and len(seen) < NODES:
-                seen.add(v)
-                queue.append(v)
-    keep = np.array(sorted(seen))
-    folder.mkdir(parents=True)
-    pq.write_table(pa.table({
-        "node_id": pa.array(cora.node_ids[keep], pa.int64()),
-        "text": [cora.texts[i] for i in keep],
-        "label": [cora.label_names[cora.labels[i]] for i in keep],
-        "split": ["train" if i % 5 < 3 else ("val" if i % 5 == 3 else "test") for i in range(len(keep))],
-    }), folder / "nodes.parquet")
-    src, dst = cora.edge_index
-    mask = np.isin(src, keep) & np.isin(dst, keep) & (src < dst)
-    pq.write_table(pa.table({"src": pa.array(cora.node_ids[src[mask]], pa.int64()),
-                             "dst": pa.array(cora.node_ids[dst[mask]], pa.int64())}), folder / "edges.parquet")
-    (folder / "meta.json").write_text(json.dumps({"label_names": list(cora.label_names)}))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +38,7 @@ def trained(tmp_path_factory):
     from stage2_train.run import run as train
 
     root = tmp_path_factory.mktemp("infer")
-    graph_dir = _cora_slice(root / "graph")
+    graph_dir = write_cora_slice(root / "graph", NODES).source
     encode(EncodeConfig(graph=str(graph_dir), out=root / "cache.zarr", model="minilm-l6", max_length=32, block_size=16, device="cpu"))
     train(TrainConfig(cache=root / "cache.zarr", out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3))
     return root, root / "run", load_graph(graph_dir)

@@ -9,50 +9,18 @@ summary keys; ``--no-cache`` gives the cached first-batch loss for the same weig
 from __future__ import annotations
 
 import json
-from collections import deque
 
-import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
+from cora_slice import write_cora_slice
 from pipeline.errors import InputError
 from pipeline.graph import load_graph
-from pipeline.graph_format import write_graph_folder
 from stage2_train.checkpoint import load_checkpoint, read_metrics
 from stage2_train.config import TrainConfig
 from stage2_train.run import run
 
 NODES = 60
-
-
-def _cora_slice(root, n=NODES, texts_suffix=""):
-    """A connected 60-node slice of Cora (BFS from node 0) written as a graph folder, with a split column."""
-    cora = load_graph("cora")
-    ptr = np.zeros(cora.num_nodes + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cora.edge_index[0], minlength=cora.num_nodes), out=ptr[1:])
-    seen, queue = {0}, deque([0])
-    while queue and len(seen) < n:
-        u = queue.popleft()
-        for v in cora.edge_index[1, ptr[u] : ptr[u + 1]].tolist():
-            if v not in seen and len(seen) < n:
-                seen.add(v)
-                queue.append(v)
-    keep = np.array(sorted(seen))
-    ids = cora.node_ids[keep]
-    split = ["train" if i % 5 < 3 else ("val" if i % 5 == 3 else "test") for i in range(len(keep))]
-    nodes = pa.table({
-        "node_id": pa.array(ids, pa.int64()),
-        "text": [cora.texts[i] + texts_suffix for i in keep],
-        "label": [cora.label_names[cora.labels[i]] for i in keep],
-        "split": split,
-    })
-    pos = {int(g): j for j, g in enumerate(keep)}
-    src, dst = cora.edge_index
-    mask = np.isin(src, keep) & np.isin(dst, keep) & (src < dst)
-    edges = pa.table({"src": pa.array(cora.node_ids[src[mask]], pa.int64()), "dst": pa.array(cora.node_ids[dst[mask]], pa.int64())})
-    assert len(pos) == n
-    return write_graph_folder(root, nodes, edges, meta={"label_names": list(cora.label_names)})
 
 
 def _encode(graph_dir, out, **kw):
@@ -65,7 +33,7 @@ def _encode(graph_dir, out, **kw):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    graph = _cora_slice(root / "graph")
+    graph = write_cora_slice(root / "graph", NODES)
     cache = root / "cache.zarr"
     _encode(graph.source, cache)
     return root, cache
@@ -140,10 +108,10 @@ def test_refusals_name_the_fixing_command(small, tmp_path):
     with pytest.raises(InputError, match=r"is incomplete: .*missing shard\(s\) 1 of 2: `pipeline encode .* --shard-id 1`"):
         run(_cfg(small, "r2", cache=half))
     # the cache's graph changed after encoding: refused with the re-encode command
-    other = _cora_slice(tmp_path / "other")
+    other = write_cora_slice(tmp_path / "other", NODES)
     other_cache = tmp_path / "other.zarr"
     _encode(other.source, other_cache)
-    _cora_slice(tmp_path / "other2", texts_suffix=" (edited)")
+    write_cora_slice(tmp_path / "other2", NODES, texts_suffix=" (edited)")
     import shutil
 
     shutil.rmtree(tmp_path / "other")
