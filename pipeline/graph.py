@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,13 +33,13 @@ class TextGraph:
     name: str  # built-in name or folder name
     source: str  # built-in name or absolute folder path: what `load_graph` accepts again
     node_ids: np.ndarray  # (N,) int64 or object (str): the user's ids, by dense index
-    texts: list[str]  # (N,)
+    texts: Sequence[str]  # (N,) a TextColumn (Arrow-backed, lazy for large files) or a list
     labels: np.ndarray  # (N,) int64 class index, -1 = unlabeled
     label_names: list[str]  # (C,) class index -> name
     split: np.ndarray  # (N,) object: "train" / "val" / "test" / None, from the split column
     edge_index: np.ndarray  # (2, 2E) int64 dense indices, symmetric, no self-loops or duplicates
     named_splits: dict[str, Path] = field(default_factory=dict)  # name -> splits/NAME.json
-    fingerprint: str = ""  # sha256 over ids, texts, labels, splits and edges
+    fingerprint: str = ""  # graph_fingerprint: sha256 over ids, texts, labels, splits and edges
     meta: dict = field(default_factory=dict)
 
     @property
@@ -81,16 +82,39 @@ class TextGraph:
         return {s: self.index_of(data.get(s, [])) for s in SPLIT_NAMES}
 
 
+FINGERPRINT_VERSION = 2  # 2: hashes Arrow/numpy buffers (1: a JSON dump; caches from 1 no longer match)
+SPLIT_CODES = {None: -1, "train": 0, "val": 1, "test": 2}
+
+
 def graph_fingerprint(node_ids, texts, labels, split, edge_index) -> str:
-    h = hashlib.sha256()
-    for part in (
-        json.dumps([str(v) for v in node_ids]),
-        json.dumps(list(texts)),
-        np.asarray(labels, dtype=np.int64).tobytes(),
-        json.dumps([None if s is None else str(s) for s in split]),
-        np.ascontiguousarray(edge_index, dtype=np.int64).tobytes(),
-    ):
-        h.update(part.encode() if isinstance(part, str) else part)
+    """sha256 (hex) over ids, texts, labels, split and edges, hashed from their buffers.
+
+    Texts may be a :class:`TextColumn` (its block-independent digest) or a list of str.
+    """
+    import pyarrow as pa
+
+    from pipeline.text_column import LIST_CHUNK, TextColumn, strings_digest
+
+    node_ids = np.asarray(node_ids)
+    h = hashlib.sha256(f"textgraph-fingerprint/{FINGERPRINT_VERSION}".encode())
+    h.update(np.int64(len(node_ids)).tobytes())
+    if node_ids.dtype.kind in "iu":
+        h.update(b"int-ids" + node_ids.astype(np.int64).tobytes())
+    else:
+        ids = [str(v) for v in node_ids.tolist()]
+        h.update(b"string-ids" + strings_digest(pa.array(ids[a : a + LIST_CHUNK], pa.string()) for a in range(0, len(ids), LIST_CHUNK)))
+    if isinstance(texts, TextColumn):
+        h.update(b"texts" + texts.digest())
+    else:
+        texts = list(texts)
+        h.update(b"texts" + strings_digest(pa.array(texts[a : a + LIST_CHUNK], pa.string()) for a in range(0, len(texts), LIST_CHUNK)))
+    h.update(b"labels" + np.asarray(labels, dtype=np.int64).tobytes())
+    split = np.asarray(split, dtype=object)
+    codes = np.full(len(split), -1, dtype=np.int8)
+    for name in SPLIT_NAMES:
+        codes[split == name] = SPLIT_CODES[name]
+    h.update(b"split" + codes.tobytes())
+    h.update(b"edges" + np.ascontiguousarray(edge_index, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 

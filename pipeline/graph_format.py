@@ -36,9 +36,11 @@ import pyarrow.parquet as pq
 from pipeline.errors import InputError, PipelineError
 from pipeline.graph import SPLIT_NAMES, TextGraph, graph_fingerprint
 from pipeline.progress import warn
+from pipeline.text_column import TextColumn
 
 NODES_FILE, EDGES_FILE, META_FILE, SPLITS_DIR = "nodes.parquet", "edges.parquet", "meta.json", "splits"
 FIRST_ROWS = 5  # offending rows (and values) quoted per problem
+ROW_GROUP_ROWS = 16384  # nodes per Parquet row group written (as synth writes)
 
 
 def rows_text(mask: np.ndarray) -> str:
@@ -71,33 +73,59 @@ def _decode_dictionaries(table: pa.Table) -> pa.Table:
     return table
 
 
-def _read_table(path: Path, problems: list[str]) -> pa.Table | None:
+def _read_table(path: Path, problems: list[str], lazy: str | None = None) -> tuple[pa.Table | None, TextColumn | None]:
+    """The table, and with ``lazy`` that column apart as a :class:`TextColumn` read on demand."""
     if not path.is_file():
         problems.append(f"{path}: file not found (a graph folder needs {NODES_FILE} and {EDGES_FILE})")
-        return None
+        return None, None
     try:
-        return _decode_dictionaries(pq.read_table(path))
+        names = pq.read_schema(path).names
+        if lazy not in names:
+            return _decode_dictionaries(pq.read_table(path)), None
+        table = pq.read_table(path, columns=[c for c in names if c != lazy])
+        return _decode_dictionaries(table), TextColumn.from_parquet(path, lazy)
     except Exception as err:  # pyarrow raises several types for corrupt files
         problems.append(f"{path}: not a readable Parquet file ({err})")
-        return None
+        return None, None
+
+
+# Python's str.isspace() characters, for the "null or empty text" check in Arrow (RE2)
+_SPACE = "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x3001)) if c.isspace())
+_BLANK = f"^[{_SPACE}]*$"
 
 
 @dataclasses.dataclass
 class _Nodes:
     ids: np.ndarray | None = None  # usable ids (right type, no nulls, unique) or None
-    known: set | None = None  # ids of the right type without nulls (for edge checks), or None
+    has_lookup: bool = False  # ids of an id type and at least one row: edges can be looked up
     id_array: pa.Array | None = None  # the node_id column, when it has an id type
     kind: str | None = None  # "int" / "string" when the node_id column has an id type
     id_type: pa.DataType | None = None
-    texts: list | None = None
-    raw_labels: list | None = None
+    texts: TextColumn | None = None
+    label_column: pa.Array | None = None
     split: np.ndarray | None = None
     ok: bool = True
 
 
-def _check_nodes(nodes: pa.Table, f: str, problems: list[str], names: dict[str, str]) -> _Nodes:
+def _blank_texts(texts: TextColumn, f: str, problems: list[str]) -> np.ndarray:
+    """(N,) bool: null or whitespace-only texts, scanned block by block."""
+    bad = np.zeros(len(texts), dtype=bool)
+    try:
+        for start, arr in zip(texts.block_starts().tolist(), texts.blocks()):
+            blank = pc.or_kleene(arr.is_null(), pc.match_substring_regex(arr, _BLANK))
+            bad[start : start + len(arr)] = blank.to_numpy(zero_copy_only=False)
+    except (OSError, pa.ArrowException) as err:  # a corrupt row group
+        problems.append(f"{f}: not a readable Parquet file ({err})")
+        return np.zeros(0, dtype=bool)
+    return bad
+
+
+def _check_nodes(
+    nodes: pa.Table, f: str, problems: list[str], names: dict[str, str], texts: TextColumn | None = None
+) -> _Nodes:
+    """Check the nodes table; ``texts`` is the text column when read apart (lazily) from ``nodes``."""
     out = _Nodes()
-    cols = set(nodes.column_names)
+    cols = set(nodes.column_names) | ({"text"} if texts is not None else set())
     missing = [names[c] for c in ("node_id", "text") if c not in cols]
     if missing:
         problems.append(f"{f}: missing column(s) {missing} (columns: {sorted(cols)})")
@@ -108,92 +136,105 @@ def _check_nodes(nodes: pa.Table, f: str, problems: list[str], names: dict[str, 
         out.ok = False
 
     if "node_id" in cols:
-        col = nodes.column("node_id")
+        col = nodes.column("node_id").combine_chunks()
         out.kind, out.id_type = id_kind(col.type), col.type
         ids_ok = out.kind is not None
         if not ids_ok:
             problems.append(f"{f}: column '{names['node_id']}' has type {col.type}; expected int64 or string")
         if ids_ok:
-            out.id_array = col.combine_chunks()
-        ids = np.asarray(col.to_pylist(), dtype=object)
-        null_ids = np.array([v is None for v in ids], dtype=bool)
+            out.id_array = col
+        null_ids = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         if null_ids.any():
             problems.append(f"{f}: column '{names['node_id']}' has {int(null_ids.sum())} null value(s) at {rows_text(null_ids)}")
             ids_ok = False
         if out.kind is not None and n:
-            present = np.flatnonzero(~null_ids)
-            typed = ids[present].astype(np.int64) if out.kind == "int" else ids[present].astype(str)
-            out.known = set(ids[present].tolist())
-            _, first = np.unique(typed, return_index=True)
+            out.has_lookup = True
+            codes = pc.dictionary_encode(col).indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            order = np.argsort(codes, kind="stable")  # rows grouped by id, each group in row order
+            first = order[np.r_[True, codes[order][1:] != codes[order][:-1]]]  # first row of each distinct id
             dup = np.ones(n, dtype=bool)
-            dup[present[first]] = False
+            dup[first] = False
             dup[null_ids] = False
             if dup.any():
+                dup_ids = col.take(pa.array(np.flatnonzero(dup)[:FIRST_ROWS])).to_pylist()
                 problems.append(
                     f"{f}: column '{names['node_id']}' has {int(dup.sum())} duplicate id(s) at {rows_text(dup)}, "
-                    f"first: {ids[dup][:FIRST_ROWS].tolist()}"
+                    f"first: {dup_ids}"
                 )
                 ids_ok = False
             if ids_ok:
-                out.ids = typed if out.kind == "int" else ids
+                if out.kind == "int":
+                    out.ids = col.to_numpy(zero_copy_only=False).astype(np.int64)
+                else:
+                    out.ids = np.empty(n, dtype=object)
+                    out.ids[:] = col.to_pylist()
         out.ok &= ids_ok and out.ids is not None
 
     if "text" in cols:
-        col = nodes.column("text")
-        if not _is_string(col.type):
-            problems.append(f"{f}: column '{names['text']}' has type {col.type}; expected string")
+        if texts is None:
+            col = nodes.column("text")
+            texts = TextColumn.from_array(col) if _is_string(col.type) else None
+            typ = col.type
+        else:
+            typ = texts.block(0).type if texts.num_blocks else pa.string()
+        if texts is None or not _is_string(typ):
+            problems.append(f"{f}: column '{names['text']}' has type {typ}; expected string")
             out.ok = False
         else:
-            texts = col.to_pylist()
-            bad = np.array([t is None or not t.strip() for t in texts], dtype=bool)
-            if bad.any():
+            bad = _blank_texts(texts, f, problems)
+            if len(bad) != len(texts):
+                out.ok = False
+            elif bad.any():
                 problems.append(f"{f}: column '{names['text']}' has {int(bad.sum())} null or empty text(s) at {rows_text(bad)}")
                 out.ok = False
             out.texts = texts
 
     if "label" in cols:
-        col = nodes.column("label")
+        col = nodes.column("label").combine_chunks()
         if not (id_kind(col.type) or pa.types.is_null(col.type)):
             problems.append(f"{f}: column '{names['label']}' has type {col.type}; expected string or integer (null = unlabeled)")
             out.ok = False
         else:
-            out.raw_labels = col.to_pylist()
+            out.label_column = col
 
     out.split = np.full(n, None, dtype=object)
     if "split" in cols:
-        col = nodes.column("split")
+        col = nodes.column("split").combine_chunks()
         if not (_is_string(col.type) or pa.types.is_null(col.type)):
             problems.append(f"{f}: column '{names['split']}' has type {col.type}; expected string (train, val, test or null)")
             out.ok = False
         else:
-            values = np.asarray(col.to_pylist(), dtype=object)
-            bad = np.array([v is not None and v not in SPLIT_NAMES for v in values], dtype=bool)
+            col = col.cast(pa.string())
+            code = pc.index_in(col, value_set=pa.array(SPLIT_NAMES)).fill_null(-1).to_numpy(zero_copy_only=False)
+            bad = (code < 0) & np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
             if bad.any():
+                unknown = pc.unique(col.filter(pa.array(bad))).to_pylist()
                 problems.append(
-                    f"{f}: column '{names['split']}' has unknown value(s) {sorted({str(v) for v in values[bad]})[:FIRST_ROWS]} "
+                    f"{f}: column '{names['split']}' has unknown value(s) {sorted(str(v) for v in unknown)[:FIRST_ROWS]} "
                     f"at {rows_text(bad)}; allowed: train, val, test or null"
                 )
                 out.ok = False
             else:
-                out.split = values
+                out.split = np.asarray([None, *SPLIT_NAMES], dtype=object)[code + 1]
     return out
 
 
-def _encode_labels(raw: list | None, split: np.ndarray, meta: dict, f: str, problems: list[str], cols: dict[str, str]):
+def _encode_labels(column: pa.Array | None, split: np.ndarray, meta: dict, f: str, problems: list[str], cols: dict[str, str]):
     n = len(split)
     names_from_meta = meta.get("label_names") if isinstance(meta.get("label_names"), list) else None
-    if raw is None:
+    if column is None:
         return np.full(n, -1, dtype=np.int64), [str(v) for v in names_from_meta or []]
-    present = sorted({v for v in raw if v is not None}, key=lambda v: (isinstance(v, str), v))
+    present = sorted(v for v in pc.unique(column).to_pylist() if v is not None)  # one type: ints or strs
     names = [str(v) for v in present]
     if names_from_meta:
         extra = sorted(set(names) - {str(v) for v in names_from_meta})
         if extra:
             problems.append(f"{f}: column '{cols['label']}' has value(s) {extra[:FIRST_ROWS]} not in meta.json label_names")
         names = [str(v) for v in names_from_meta]
-    index = {name: i for i, name in enumerate(names)}
-    labels = np.array([-1 if v is None else index.get(str(v), -1) for v in raw], dtype=np.int64)
-    if any(s is not None for s in split):
+    as_text = column.cast(pa.string())  # labels are matched to names by their text
+    labels = pc.index_in(as_text, value_set=pa.array(names, pa.string())).fill_null(-1).to_numpy(zero_copy_only=False)
+    labels = labels.astype(np.int64)
+    if np.not_equal(split, None).any():
         if not ((labels >= 0) & (split == "train")).any():
             problems.append(f"{f}: column '{cols['label']}' is present but no node with split 'train' has a label")
     elif not (labels >= 0).any():
@@ -211,7 +252,7 @@ def _check_edges(
         problems.append(f"{f}: missing column(s) {missing} (columns: {sorted(cols)})")
     # dense index lookup in Arrow (C speed); with duplicate or null node ids (already reported)
     # it still finds edges to unknown ids
-    lookup = nodes.id_array if nodes.known is not None else None
+    lookup = nodes.id_array if nodes.has_lookup else None
     out, usable = [], not missing
     for c in ("src", "dst"):
         if c not in cols:
@@ -283,7 +324,7 @@ def _check_named_split(data, f: str, nodes: _Nodes, problems: list[str]) -> None
     if unknown_keys:
         problems.append(f"{f}: unknown key(s) {unknown_keys}; allowed: train, val, test")
     seen: dict = {}
-    lookup = nodes.known if nodes.ids is not None else None
+    lookup = nodes.id_array if nodes.ids is not None else None
     for part in SPLIT_NAMES:
         ids = data.get(part, [])
         if not isinstance(ids, list):
@@ -291,7 +332,7 @@ def _check_named_split(data, f: str, nodes: _Nodes, problems: list[str]) -> None
             continue
         if lookup is None:
             continue
-        valid = [isinstance(v, (int, str)) and not isinstance(v, bool) and v in lookup for v in ids]
+        valid = _known_ids(ids, lookup, nodes.kind)
         bad = [v for v, ok in zip(ids, valid) if not ok]
         if bad:
             problems.append(f"{f}: '{part}' has {len(bad)} id(s) not in the graph, first: {bad[:FIRST_ROWS]}")
@@ -305,6 +346,19 @@ def _check_named_split(data, f: str, nodes: _Nodes, problems: list[str]) -> None
             seen.setdefault(v, part)
 
 
+def _known_ids(ids: list, lookup: pa.Array, kind: str | None) -> list[bool]:
+    """Per JSON value: is it a node id of the graph (same type, present)?"""
+    if kind == "int":
+        typed = [isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in ids]
+        arrow_type = pa.int64()
+    else:
+        typed = [isinstance(v, str) for v in ids]
+        arrow_type = pa.string()
+    candidates = pa.array([v for v, ok in zip(ids, typed) if ok], arrow_type)
+    found = iter(pc.is_in(candidates, value_set=lookup.cast(arrow_type)).to_pylist())
+    return [ok and next(found) for ok in typed]
+
+
 def _symmetrize(pairs: np.ndarray, f: str, n: int) -> np.ndarray:
     """(2, E_in) user edges -> (2, 2E) symmetric, self-loops and duplicates dropped (warned)."""
     loops = pairs[0] == pairs[1]
@@ -312,13 +366,20 @@ def _symmetrize(pairs: np.ndarray, f: str, n: int) -> np.ndarray:
         warn(f"{f}: dropped {int(loops.sum())} self-loop(s) at {rows_text(loops)}")
     pairs = pairs[:, ~loops]
     lo, hi = np.minimum(pairs[0], pairs[1]), np.maximum(pairs[0], pairs[1])
-    keys = np.unique(lo * n + hi)
+    keys = _sorted_unique(lo * n + hi)
     if len(keys) < pairs.shape[1]:
         warn(f"{f}: dropped {pairs.shape[1] - len(keys)} duplicate edge(s) (edges are undirected)")
     lo, hi = keys // n, keys % n
-    both = np.concatenate([np.stack([lo, hi]), np.stack([hi, lo])], axis=1)
-    order = np.lexsort((both[1], both[0]))  # sorted by (src, dst): CSR-ready
-    return both[:, order].astype(np.int64)
+    both = np.sort(np.concatenate([keys, hi * n + lo]))  # key src * n + dst: sorted by (src, dst), CSR-ready
+    return np.stack([both // n, both % n]).astype(np.int64)
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """np.unique for int keys by sorting (numpy's hash-based unique is several times slower here)."""
+    keys = np.sort(keys)
+    keep = np.ones(len(keys), dtype=bool)
+    keep[1:] = keys[1:] != keys[:-1]
+    return keys[keep]
 
 
 def build_graph(
@@ -334,21 +395,23 @@ def build_graph(
     named_splits: dict[str, Path] | None = None,
     problems: list[str] | None = None,
     column_names: dict[str, str] | None = None,
+    texts: TextColumn | None = None,
 ) -> TextGraph:
     """Validate tables (and named splits' data) and build a :class:`TextGraph`.
 
     ``split_data`` maps a split name to ``(file name for messages, parsed JSON)``.
     ``problems`` may carry problems found before (e.g. unreadable files); all are raised
     together as one :class:`InputError`. ``column_names`` renames columns in messages
-    (e.g. ``{"node_id": "id"}`` when the user's file calls it so).
+    (e.g. ``{"node_id": "id"}`` when the user's file calls it so). ``texts``: the text
+    column when it is not in ``nodes`` (the reader streams it from the Parquet file).
     """
     problems = [] if problems is None else problems
     names = {c: c for c in ("node_id", "text", "label", "split", "src", "dst")} | dict(column_names or {})
     meta = meta or {}
-    checked = _check_nodes(nodes, nodes_file, problems, names) if nodes is not None else _Nodes(ok=False)
+    checked = _check_nodes(nodes, nodes_file, problems, names, texts) if nodes is not None else _Nodes(ok=False)
     labels = label_names = None
     if nodes is not None:
-        labels, label_names = _encode_labels(checked.raw_labels, checked.split, meta, nodes_file, problems, names)
+        labels, label_names = _encode_labels(checked.label_column, checked.split, meta, nodes_file, problems, names)
     pairs = _check_edges(edges, edges_file, checked, nodes_file, problems, names) if edges is not None else None
     for split_file, data in (split_data or {}).values():
         _check_named_split(data, split_file, checked, problems)
@@ -389,8 +452,8 @@ def read_graph_folder(folder: Path, name: str, source: str) -> TextGraph:
     if not folder.is_dir():
         raise InputError(f"invalid graph '{name}':\n- {folder}: not a folder (a graph folder holds {NODES_FILE} and {EDGES_FILE})")
     nodes_path, edges_path = folder / NODES_FILE, folder / EDGES_FILE
-    nodes = _read_table(nodes_path, problems)
-    edges = _read_table(edges_path, problems)
+    nodes, texts = _read_table(nodes_path, problems, lazy="text")
+    edges, _ = _read_table(edges_path, problems)
     meta = _check_meta(folder / META_FILE, problems)
     split_paths, split_data = _read_split_files(folder, problems)
     return build_graph(
@@ -404,6 +467,7 @@ def read_graph_folder(folder: Path, name: str, source: str) -> TextGraph:
         split_data=split_data,
         named_splits=split_paths,
         problems=problems,
+        texts=texts,
     )
 
 
@@ -482,7 +546,8 @@ def write_graph_folder(
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        pq.write_table(nodes, tmp / NODES_FILE, compression="zstd")
+        # row groups of ROW_GROUP_ROWS nodes: a large graph's texts are then read in pieces (TextColumn)
+        pq.write_table(nodes, tmp / NODES_FILE, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         pq.write_table(edges, tmp / EDGES_FILE, compression="zstd")
         if meta:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str) + "\n")
@@ -499,6 +564,8 @@ def write_graph_folder(
         if written.fingerprint != expected.fingerprint:
             raise PipelineError(f"{out}: the written graph does not read back identically (internal error)")
         move_into_place(tmp, out)
+        if isinstance(written.texts, TextColumn) and written.texts.source is not None:
+            written.texts.source = out / NODES_FILE  # its open file moved with the folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
