@@ -91,7 +91,7 @@ class TextColumn(Sequence):
     def __reduce__(self):
         if self.source is not None:
             return (TextColumn.from_parquet, (self.source,))
-        return (TextColumn.from_array, (pa.chunked_array(list(self.blocks()), pa.string()),))
+        return (TextColumn.from_array, (pa.chunked_array(list(self.blocks())),))
 
     @property
     def lazy(self) -> bool:

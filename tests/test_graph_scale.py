@@ -59,6 +59,7 @@ def test_fingerprint_hashes_content_not_layout(cora):
     from_list = graph_fingerprint(args[0], list(cora.texts), *args[1:])
     chunked = TextColumn.from_array(pa.chunked_array([pa.array(list(cora.texts)[:7]), pa.array(list(cora.texts)[7:])]))
     assert from_list == graph_fingerprint(args[0], chunked, *args[1:]) == cora.fingerprint
+    assert pickle.loads(pickle.dumps(chunked)) == list(cora.texts)
     changed = list(cora.texts)
     changed[5] += " "
     assert graph_fingerprint(args[0], changed, *args[1:]) != cora.fingerprint
