@@ -328,6 +328,15 @@ class CacheReader:
         nodes = np.arange(self.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
         return self._read_by_chunk(nodes, rsel)
 
+    def read_rows(self, nodes: np.ndarray, rungs: list[int] | None = None) -> np.ndarray:
+        """(n, S', H) states of ``nodes`` read chunk by chunk, never the whole array (even when
+        it would fit): what one rank of a distributed run reads for its share of the nodes."""
+        rsel = slice(None) if rungs is None else np.asarray(rungs, dtype=np.int64)
+        nodes = np.asarray(nodes, dtype=np.int64)
+        if len(nodes) == 0:
+            return np.empty((0, len(self.layers) if rungs is None else len(rsel), self.hidden_size), self._states.dtype)
+        return self._read_by_chunk(nodes, rsel)
+
     def _read_by_chunk(self, nodes: np.ndarray, rsel) -> np.ndarray:
         """Too big for memory: read each needed chunk once, in chunk order (runs of chunks)."""
         c = self.manifest["chunk_nodes"]

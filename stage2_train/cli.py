@@ -48,11 +48,17 @@ def train_command(
         None, "--num-threads", help="Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    dist_timeout: float = typer.Option(
+        300.0, "--dist-timeout",
+        help="Under torchrun: seconds to wait for the other ranks, when joining and at every collective, before failing.",
+    ),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Train the G-Ladder (or a baseline) from an encode cache; one model per seed.
 
     Writes RUN_DIR with safetensors weights per seed, the resolved config, a copy of the cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every head's accuracy, gate values). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR.
+
+    On several processes: `torchrun --nproc-per-node N -m pipeline train ...` (gloo on CPU, nccl with --device cuda); each rank trains on its share of the targets and reads only their cache rows, rank 0 writes RUN_DIR (docs/scale.md).
     """
     from stage2_train.run import run
 
@@ -63,7 +69,7 @@ def train_command(
         num_walks=num_walks, walk_length=walk_length, restart_p=restart_p, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
         rung_weights=parse_float_list(rung_weights, "--rung-weights"), batch_size=batch_size, device=device,
-        num_threads=num_threads, overwrite=overwrite,
+        num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout,
     )
     run(cfg)
 

@@ -53,6 +53,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; None: torch's default
     overwrite: bool = False
     max_batches: int | None = None  # cap batches per epoch (timing the uncached mode)
+    dist_timeout: float = 300.0  # torchrun jobs: seconds to join the group and for each collective
     extra: dict = field(default_factory=dict)  # free-form notes stored with the config
 
     def __post_init__(self) -> None:
@@ -95,6 +96,7 @@ class TrainConfig:
         errs.check(self.num_walks > 0 and self.walk_length > 0, "--num-walks/--walk-length: must be > 0")
         errs.check(self.num_threads is None or self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")
         errs.check(self.max_batches is None or self.max_batches > 0, f"--max-batches {self.max_batches}: must be > 0")
+        errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
         if self.arch != "ladder":
             errs.check(self.rungs is None, "--rungs is for --arch ladder; baselines read one state: use --layer")
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")

@@ -59,15 +59,18 @@ def make_eval_set(sampler: Sampler, nodes: np.ndarray, labels: np.ndarray, size:
 
 
 @torch.no_grad()
-def evaluate(model, features: Callable, es: EvalSet, device: str) -> list[float]:
-    """Accuracy of every head on an evaluation set: a list of S floats."""
+def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) -> list[float]:
+    """Accuracy of every head on an evaluation set: a list of S floats (counts summed over
+    the ranks of ``group``, each holding its share of the set, when given)."""
     model.eval()
-    correct, total = None, 0
+    correct, total = torch.zeros(model.num_rungs, dtype=torch.long), 0
     for sub, y in zip(es.subs, es.labels):
         logits = model(features(sub.nodes).to(device), sub.to(device))  # (S, B, C)
-        hit = (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
-        correct = hit if correct is None else correct + hit
+        correct += (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
         total += len(y)
+    if group is not None:
+        *hits, total = group.sum(correct.tolist() + [total])
+        correct = torch.tensor(hits)
     return (correct.double() / max(total, 1)).tolist()
 
 
@@ -128,27 +131,39 @@ def train_seed(
     seed: int,
     on_epoch: Callable[[dict], None],
     tracker=None,
+    group=None,
 ) -> SeedResult:
-    """Train one model; ``on_epoch`` receives each epoch's metrics (the JSONL line)."""
+    """Train one model; ``on_epoch`` receives each epoch's metrics (the JSONL line).
+
+    ``group``: the ranks of a ``torchrun`` job (:class:`stage2_train.distributed.Group`; None:
+    this process alone). Each rank trains and evaluates on its share of ``split``, gradients
+    and counts are summed over ranks, so every rank returns the same result.
+    """
+    from stage2_train.distributed import Group
+
+    group = group or Group()
     device = cfg.device
     model.to(device)
+    group.broadcast_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     S = model.num_rungs
     weights = torch.as_tensor(cfg.rung_weights if cfg.rung_weights else [1.0] * S, dtype=torch.float32, device=device)
-    gen = generator(seed)  # training subgraphs and batch order; separate from the init RNG
-    val_set = make_eval_set(sampler, split["val"], labels, cfg.eval_batch_size)
+    gen = group.generator(seed)  # training subgraphs and batch order; separate from the init RNG
+    mine = group.shares(split, seed)  # this rank's targets (all of them in one process)
+    val_set = make_eval_set(sampler, mine["val"], labels, cfg.eval_batch_size)
     size = len(split["train"]) if sampler.mode == "full" else cfg.batch_size
     best_val, best_epoch, best_state, wait, epoch_times = -1.0, 0, None, 0, []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
-        for k, b in enumerate(batches(split["train"], size, gen)):
+        for k, b in enumerate(group.batches(mine["train"], len(split["train"]), size, gen)):
             if cfg.max_batches is not None and k >= cfg.max_batches:
                 break
-            loss = train_step(model, opt, features, sampler, b, labels, weights, gen, device)
+            loss = group.train_step(model, opt, features, sampler, b, labels, weights, gen, device)
             loss_sum, n_seen = loss_sum + loss * len(b), n_seen + len(b)
         epoch_times.append(time.perf_counter() - t0)
-        val = evaluate(model, features, val_set, device)
+        loss_sum, n_seen = group.sum([loss_sum, n_seen])
+        val = evaluate(model, features, val_set, device, group)
         line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": val[-1], "val_acc_heads": val,
                 "epoch_s": epoch_times[-1]}
         on_epoch(line)
@@ -159,18 +174,18 @@ def train_seed(
             best_state = copy.deepcopy(model.state_dict())
         else:
             wait += 1
-            if wait >= cfg.patience:
-                break
+        if group.end_epoch(wait >= cfg.patience):
+            break
     model.load_state_dict(best_state)  # restore the best-validation epoch
-    train_set = make_eval_set(sampler, split["train"], labels, cfg.eval_batch_size)
-    test_set = make_eval_set(sampler, split["test"], labels, cfg.eval_batch_size) if len(split["test"]) else None
+    train_set = make_eval_set(sampler, mine["train"], labels, cfg.eval_batch_size)
+    test_set = make_eval_set(sampler, mine["test"], labels, cfg.eval_batch_size) if len(split["test"]) else None
     return SeedResult(
         seed=seed,
         best_epoch=best_epoch,
         epochs_run=epoch,
-        val_acc=evaluate(model, features, val_set, device),
-        test_acc=evaluate(model, features, test_set, device) if test_set else [float("nan")] * S,
-        train_acc=evaluate(model, features, train_set, device),
+        val_acc=evaluate(model, features, val_set, device, group),
+        test_acc=evaluate(model, features, test_set, device, group) if test_set else [float("nan")] * S,
+        train_acc=evaluate(model, features, train_set, device, group),
         gates=[float(g) for g in model.gates().detach().cpu()],
         epoch_s=float(np.mean(epoch_times)),
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},

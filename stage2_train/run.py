@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -74,22 +75,35 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
 
 
 def run(config: TrainConfig) -> dict:
-    """Train one model per seed from the cache (or the live LLM) and write ``config.out``."""
+    """Train one model per seed from the cache (or the live LLM) and write ``config.out``.
+
+    Under ``torchrun`` with several processes, each rank trains on its share and rank 0
+    writes ``config.out`` (see :mod:`stage2_train.distributed`).
+    """
     import torch
+
+    from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    group, failed = init_group(config.device, config.dist_timeout), True
+    if group is not None and group.device != "cpu":
+        config = replace(config, device=group.device)  # this rank's GPU, cuda:LOCAL_RANK
     try:
-        return _run(config)
+        summary = run_rank(group, lambda: _run(config, group))
+        failed = False
+        return summary
     finally:
+        close_group(group, failed)
         torch.set_num_threads(threads)
 
 
-def _run(config: TrainConfig) -> dict:
+def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.checkpoint import CheckpointWriter, build_model
     from stage2_train.data import CachedFeatures, LiveFeatures, open_train_data, resolve_split
+    from stage2_train.distributed import NoWriter, ShardFeatures, load_share
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from pipeline.progress import progress
@@ -103,10 +117,13 @@ def _run(config: TrainConfig) -> dict:
         raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
     splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}  # refuse bad splits before training
     t0 = time.perf_counter()
-    features = LiveFeatures(data, config.device) if config.no_cache else CachedFeatures(data)
     if config.no_cache:
+        features = LiveFeatures(data, config.device)
         warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
+    elif group is not None:
+        features = ShardFeatures(data)  # each rank reads only its share's rows, per seed below
     else:
+        features = CachedFeatures(data)
         log(f"loaded {len(data.layers)} rung(s) {data.layers} of {graph.num_nodes} nodes in {time.perf_counter() - t0:.1f}s")
     sampler = Sampler(
         graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout,
@@ -123,19 +140,22 @@ def _run(config: TrainConfig) -> dict:
         "layers": data.layers,
         "label_names": list(graph.label_names),
         "model": spec,
+        "world_size": group.world_size if group is not None else 1,
     }
 
     # --- loop, one model per seed
     results, sizes = [], {}
-    with CheckpointWriter(config.out, config.overwrite) as writer:
+    with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
         writer.write_config(resolved, data.manifest)
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}
+            if isinstance(features, ShardFeatures):
+                load_share(group, features, sampler, split, seed)
             seed_everything(seed)
             model = build_model(spec)
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
-                r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker)
+                r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group)
             writer.save_weights(seed, r.state_dict)
             results.append(r)
             log(

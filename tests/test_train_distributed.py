@@ -1,0 +1,143 @@
+"""``torchrun --nproc-per-node 2 -m pipeline train``: 2 CPU ranks (gloo) against 1 process.
+
+One real cache (a 200-node Cora slice encoded with MiniLM). Three jobs run at the same time,
+to pay the process start-ups (torch imports, ~10 s of CPU each) once: the 2-rank job and a
+2-rank job whose rank 1 dies after its first epoch (the ``PIPELINE_TEST_KILL_RANK`` test
+hook of ``stage2_train/distributed.py``) as subprocesses, and the 1-process reference
+in this process (plain ``pipeline train`` through the CLI runner).
+
+Accuracy: training is full batch (one step an epoch on all 120 training targets) without
+dropout. Then the 2-rank gradient, the sum of each rank's share divided by the global
+count, is the 1-process gradient up to float summation order, and the runs agree to ~1e-6
+in loss. Exact equality is not guaranteed (summation order), hence the 0.5-point check.
+With mini-batches or dropout the runs differ by design: the ranks' batches are the union
+of per-rank shuffles of fixed shares, and dropout masks come from each rank's RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cora_slice import write_cora_slice
+
+REPO = Path(__file__).resolve().parents[1]
+NODES = 200
+FLAGS = ["--seeds", "0", "--epochs", "12", "--patience", "12", "--batch-size", "512", "--dropout", "0", "--lr", "1e-3",
+         "--hidden-channels", "32", "--rungs", "0,3,6", "--num-threads", "1"]
+FILES = ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(cache: Path, out: Path, *extra: str, **env: str) -> subprocess.Popen:
+    """``python -m torch.distributed.run --nproc-per-node 2 -m pipeline train CACHE --out OUT FLAGS``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "-m", "pipeline", "train", str(cache), "--out", str(out), *FLAGS, *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    from stage1_encode.config import EncodeConfig
+    from stage1_encode.run import run as encode
+
+    root = tmp_path_factory.mktemp("dist")
+    graph = write_cora_slice(root / "graph", NODES)
+    encode(EncodeConfig(graph=str(graph.source), out=root / "cache.zarr", model="minilm-l6", max_length=32, block_size=16, device="cpu"))
+    return root / "cache.zarr"
+
+
+def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_path, cli):
+    from stage2_train.checkpoint import load_checkpoint, read_metrics
+    from stage2_train.data import CachedFeatures, open_train_data, resolve_split
+    from stage2_train.distributed import Group, rows_needed
+    from stage2_train.loop import evaluate, make_eval_set
+    from stage2_train.sampling import Sampler
+
+    (tmp_path / "two").mkdir()
+    (tmp_path / "dead").mkdir()
+    two, dead = tmp_path / "two" / "run", tmp_path / "dead" / "run"
+    jobs = {"two": torchrun(cache, two), "dead": torchrun(cache, dead, "--dist-timeout", "20", PIPELINE_TEST_KILL_RANK="1")}
+    t0 = time.monotonic()
+    one = tmp_path / "one"
+    res = cli("train", cache, "--out", one, *FLAGS)  # the 1-process reference, meanwhile
+    assert res.exit_code == 0, res.output
+    logs, ended = {}, {}
+    for name, job in jobs.items():
+        logs[name] = job.communicate(timeout=240)[0]
+        ended[name] = time.monotonic() - t0
+
+    # --- the 2-rank job: same accuracy, same format, only rank 0 wrote and logged
+    assert jobs["two"].returncode == 0, logs["two"]
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert abs(s2["test_acc_mean"] - s1["test_acc_mean"]) <= 0.005, (s1["test_acc_mean"], s2["test_acc_mean"])
+    m1, m2 = read_metrics(one), read_metrics(two)
+    assert [m["epoch"] for m in m2] == [m["epoch"] for m in m1] == list(range(1, 13))
+    assert [m["loss"] for m in m2] == pytest.approx([m["loss"] for m in m1], abs=1e-4)
+    assert sorted(s2) == sorted(s1) and sorted(s2["per_seed"][0]) == sorted(s1["per_seed"][0])
+    assert sorted(m2[0]) == sorted(m1[0])
+    c1, c2 = (json.loads((d / "config.json").read_text()) for d in (one, two))
+    assert (c1["world_size"], c2["world_size"]) == (1, 2) and sorted(c1) == sorted(c2)
+    assert sorted(str(p.relative_to(two)) for p in two.rglob("*") if p.is_file()) == FILES
+    assert sorted(p.name for p in two.parent.iterdir()) == ["run"]  # no rank left a temporary folder
+    assert logs["two"].count("seed 0: best epoch") == 1 and "Error" not in logs["two"]  # rank 0 alone logs
+
+    # each rank read the rows of its share's subgraphs only, and says so
+    data = open_train_data(cache, (0, 3, 6), None, "ladder")
+    split = resolve_split(data.graph, None, 0)
+    sampler = Sampler(data.graph.edge_index, data.graph.num_nodes, mode="ego")
+    for rank in (0, 1):
+        mine = Group(rank=rank, world_size=2).shares(split, 0)
+        targets = sum(len(v) for v in mine.values())
+        rows = len(rows_needed(sampler, [n for v in mine.values() for n in v]))
+        assert rows < NODES
+        assert f"seed 0, rank {rank}: {targets} targets; holds {rows} of {NODES} cache rows" in logs["two"]
+
+    # the checkpoint loads and predicts what the job measured
+    ck = load_checkpoint(two)
+    test_set = make_eval_set(sampler, split["test"], data.graph.labels, 512)
+    assert evaluate(ck.model, CachedFeatures(data), test_set, "cpu") == s2["per_seed"][0]["test_acc_heads"]
+
+    # --- rank 1 died after its first epoch: the job fails, rank 0 says why, nothing is left behind
+    assert jobs["dead"].returncode != 0, logs["dead"]
+    assert ended["dead"] < 200  # communicate's limit is 240 s: it ended on its own, it did not hang
+    assert "Error: rank 0 of 2: agreeing on early stopping with the other ranks failed" in logs["dead"]
+    assert "rank      : 1 (local_rank: 1)" in logs["dead"]  # torchrun's root cause names the dead rank
+    assert list(dead.parent.iterdir()) == []
+
+
+def test_shares_are_disjoint_and_every_rank_steps_alike():
+    import numpy as np
+    import torch
+
+    from stage2_train.distributed import Group
+
+    split = {"train": np.arange(101), "val": np.arange(200, 207), "test": np.arange(300, 300)}
+    groups = [Group(rank=r, world_size=3) for r in range(3)]
+    shares = [g.shares(split, seed=5) for g in groups]
+    for k, nodes in split.items():
+        parts = [s[k] for s in shares]
+        assert sorted(np.concatenate(parts).tolist()) == nodes.tolist()  # disjoint and complete
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert [len(s["train"]) for s in shares] == [34, 34, 33]
+    assert Group(rank=1, world_size=3).shares(split, seed=5)["train"].tolist() == shares[1]["train"].tolist()  # deterministic
+    # --batch-size 16 over 3 ranks: local batches of 6, 6 steps each; rank 2's short share pads with an empty batch
+    steps = [g.batches(s["train"], 101, 16, torch.Generator().manual_seed(0)) for g, s in zip(groups, shares)]
+    assert [[len(b) for b in st] for st in steps] == [[6, 6, 6, 6, 6, 4], [6, 6, 6, 6, 6, 4], [6, 6, 6, 6, 6, 3]]
+    # one process: the targets and batches of the single-process loop, unchanged
+    one = Group()
+    assert one.shares(split, 5) is split
+    assert [len(b) for b in one.batches(split["train"], 101, 16, torch.Generator().manual_seed(0))] == [16] * 6 + [5]
