@@ -7,9 +7,9 @@ and for every collective. Per seed, each rank:
 
 - **targets**: takes its share of every split, the seed-shuffled node list strided by rank
   (:meth:`Group.shares`): disjoint, sizes differing by at most one, the same on every run;
-- **reads** only the cache rows of its targets' subgraphs (:class:`ShardFeatures`, whole
-  chunks in chunk order; ego: the targets and their neighbours, read once; rwr walks may
-  reach further rows, read on first use; ``--sampler full`` needs every row on every rank);
+- **reads** only the cache rows of its targets' subgraphs (:class:`ShardFeatures`; ego: the
+  targets and their neighbours, read once; rwr walks may reach further rows, read on first
+  use; ``--sampler full`` needs every row on every rank);
 - **steps**: every rank runs the same number of steps an epoch, ``ceil(ceil(T / W) / b)``
   with T training targets, W ranks and local batches of ``b = ceil(batch_size / W)``; a
   rank whose share runs out pads with empty batches (no gradient). So ``--batch-size`` is
@@ -226,16 +226,14 @@ def _fault_hooks(rank: int) -> None:
 class ShardFeatures:
     """``features(nodes (n,)) -> (n, S, H)`` float32 from the cache rows this rank holds.
 
-    :meth:`load` reads rows in whole chunks, in chunk order (``CacheReader.read_rows``), and
-    keeps them; a call asking for rows not loaded yet reads them first. ``stats`` says what
-    was read: rows held, chunk reads, bytes read from the cache.
+    :meth:`load` reads rows in node order (``CacheReader.read_rows``, never the whole cache)
+    and keeps them; a call asking for rows not loaded yet reads them first.
     """
 
     def __init__(self, data) -> None:
         self.data, self.reader, self.positions = data, data.reader, data.positions
         self.slot = torch.full((self.reader.num_nodes,), -1, dtype=torch.long)  # (N,) row of each held node
         self.rows: torch.Tensor | None = None  # (held, S, H) in the storage dtype
-        self.chunk_reads = 0
 
     def load(self, nodes: np.ndarray) -> None:
         nodes = np.unique(np.asarray(nodes, dtype=np.int64))
@@ -248,7 +246,6 @@ class ShardFeatures:
         held = 0 if self.rows is None else len(self.rows)
         self.slot[torch.from_numpy(new)] = torch.arange(held, held + len(new))
         self.rows = block if self.rows is None else torch.cat([self.rows, block])
-        self.chunk_reads += len(np.unique(new // self.reader.manifest["chunk_nodes"]))
 
     def __call__(self, nodes: torch.Tensor) -> torch.Tensor:
         if bool((self.slot[nodes] < 0).any()):
@@ -256,10 +253,8 @@ class ShardFeatures:
         return self.rows[self.slot[nodes]].float()
 
     def stats(self) -> list[float]:
-        """[rows held, chunk reads, bytes read]: a chunk holds every cached rung of chunk_nodes nodes."""
-        m = self.reader.manifest
-        chunk_bytes = m["chunk_nodes"] * len(self.reader.layers) * self.reader.hidden_size * np.dtype(m["storage_dtype"]).itemsize
-        return [0 if self.rows is None else len(self.rows), self.chunk_reads, self.chunk_reads * chunk_bytes]
+        """[rows held, bytes held] (the rungs used, in the storage dtype)."""
+        return [0, 0] if self.rows is None else [len(self.rows), self.rows.nbytes]
 
 
 def rows_needed(sampler, targets: np.ndarray) -> np.ndarray:
@@ -293,11 +288,8 @@ def load_share(group: Group, features: ShardFeatures, sampler, split: dict[str, 
     features.load(rows_needed(sampler, np.concatenate(list(mine.values()))))
     targets = sum(len(v) for v in mine.values())
     n = features.reader.num_nodes
-    for r, (t, rows, chunks, nbytes, secs) in enumerate(gather_stats(group, [targets, *features.stats(), time.perf_counter() - t0])):
-        log(
-            f"seed {seed}, rank {r}: {int(t)} targets; holds {int(rows)} of {n} cache rows ({rows / n:.0%}), "
-            f"{int(chunks)} chunk reads ({nbytes / 1e6:.1f} MB) so far; {secs:.1f}s"
-        )
+    for r, (t, rows, nbytes, secs) in enumerate(gather_stats(group, [targets, *features.stats(), time.perf_counter() - t0])):
+        log(f"seed {seed}, rank {r}: {int(t)} targets; holds {int(rows)} of {n} cache rows ({rows / n:.0%}, {nbytes / 1e6:.1f} MB); {secs:.1f}s")
 
 
 def run_rank(group: Group | None, fn):
