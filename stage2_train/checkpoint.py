@@ -167,7 +167,8 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         label_names=list(config["label_names"]),
         cache_path=Path(config["cache"]),
         graph_source=str(config["graph_source"]),
-        sampler={"mode": config["sampler"], **{k: config[k] for k in ("fanout", "num_walks", "walk_length", "restart_p")}},
+        sampler={"mode": config["sampler"], "hops": config.get("hops", 1),  # checkpoints before --hops: 1
+                 **{k: config[k] for k in ("fanout", "num_walks", "walk_length", "restart_p")}},
         summary=summary,
         path=path,
     )

@@ -31,7 +31,8 @@ def train_command(
     gnn: str = typer.Option("sage", "--gnn", help="GNN of each rung: sage, gcn, gat."),
     num_layers: Optional[int] = typer.Option(None, "--num-layers", help="GNN layers per rung for the ladder (default 1), layers in total for a baseline (default 2)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="ego (1-hop, ladder default), rwr (random walk with restart), full (whole graph; baselines' default)."),
-    fanout: Optional[int] = typer.Option(None, "--fanout", help="ego: keep at most this many neighbours per target."),
+    fanout: Optional[int] = typer.Option(None, "--fanout", help="ego: keep at most this many neighbours per node and hop."),
+    hops: int = typer.Option(1, "--hops", help="ego: neighbourhood radius in hops (1 = the reference's ego graph)."),
     num_walks: int = typer.Option(8, "--num-walks", help="rwr: walks per target."),
     walk_length: int = typer.Option(8, "--walk-length", help="rwr: steps per walk."),
     restart_p: float = typer.Option(0.5, "--restart-p", help="rwr: restart probability per step."),
@@ -65,7 +66,7 @@ def train_command(
     cfg = TrainConfig(
         cache=cache, out=out, arch=arch, split=split, seeds=parse_int_list(seeds, "--seeds") or (),
         no_cache=no_cache, rungs=parse_int_list(rungs, "--rungs"), layer=layer, hidden_channels=hidden_channels,
-        gnn=gnn, num_layers=num_layers, sampler=sampler, fanout=fanout,
+        gnn=gnn, num_layers=num_layers, sampler=sampler, fanout=fanout, hops=hops,
         num_walks=num_walks, walk_length=walk_length, restart_p=restart_p, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
         rung_weights=parse_float_list(rung_weights, "--rung-weights"), batch_size=batch_size, device=device,

@@ -37,6 +37,7 @@ class TrainConfig:
     num_layers: int | None = None  # None: 1 per rung for the ladder, 2 in total for the baselines
     sampler: str | None = None
     fanout: int | None = None
+    hops: int = 1  # ego: neighbourhood radius (1 = the reference's ego graph)
     num_walks: int = 8
     walk_length: int = 8
     restart_p: float = 0.5
@@ -92,6 +93,7 @@ class TrainConfig:
         errs.check(self.temperature > 0, f"--temperature {self.temperature}: must be > 0")
         errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
         errs.check(self.fanout is None or self.fanout > 0, f"--fanout {self.fanout}: must be > 0")
+        errs.check(1 <= self.hops <= 3, f"--hops {self.hops}: must be 1..3")
         errs.check(0 <= self.restart_p < 1, f"--restart-p {self.restart_p}: must be in [0, 1)")
         errs.check(self.num_walks > 0 and self.walk_length > 0, "--num-walks/--walk-length: must be > 0")
         errs.check(self.num_threads is None or self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")

@@ -126,7 +126,7 @@ def _run(config: TrainConfig, group=None) -> dict:
         features = CachedFeatures(data)
         log(f"loaded {len(data.layers)} rung(s) {data.layers} of {graph.num_nodes} nodes in {time.perf_counter() - t0:.1f}s")
     sampler = Sampler(
-        graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout,
+        graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout, hops=config.hops,
         num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,
     )
     spec = model_spec(config, data.reader.hidden_size, graph.num_classes, len(data.layers))

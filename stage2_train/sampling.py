@@ -3,8 +3,8 @@
 Pure torch/numpy (CSR slicing), because ``pyg-lib``/``torch-sparse`` have no wheels for
 this torch (DESIGN.md section 4). Modes:
 
-- ``ego``: the target and its 1-hop neighbours with the induced edges (the reference);
-  ``fanout`` caps the neighbours kept per target (a random subset, seeded).
+- ``ego``: the target and its neighbours up to ``hops`` hops (1: the reference) with the
+  induced edges; ``fanout`` caps the neighbours kept per node and hop (a random subset, seeded).
 - ``rwr``: nodes visited by ``num_walks`` random walks of ``walk_length`` steps with restart
   probability ``restart_p`` from the target, with the induced edges.
 - ``full``: the whole graph as one subgraph shared by every target (small graphs, and the
@@ -72,6 +72,7 @@ class Sampler:
         num_walks: int = 8,
         walk_length: int = 8,
         restart_p: float = 0.5,
+        hops: int = 1,
     ) -> None:
         if mode not in SAMPLERS:
             raise ValueError(f"unknown sampler {mode!r}; choose one of {', '.join(SAMPLERS)}")
@@ -83,6 +84,7 @@ class Sampler:
         self.deg = self.rowptr[1:] - self.rowptr[:-1]  # (N,)
         self.num_nodes, self.mode, self.fanout = num_nodes, mode, fanout
         self.num_walks, self.walk_length, self.restart_p = num_walks, walk_length, restart_p
+        self.hops = hops
         self.full_edge_index = torch.stack([self.src, self.col])
 
     def sample(self, targets: np.ndarray | torch.Tensor, gen: torch.Generator | None = None) -> SubgraphBatch:
@@ -99,10 +101,30 @@ class Sampler:
                 target_graph=torch.zeros(len(targets), dtype=torch.long),
             )
         if self.mode == "ego":
-            graph_of, node = self._ego_nodes(targets, gen)
+            graph_of, node = self._ego_hops(targets, gen)
         else:
             graph_of, node = self._rwr_nodes(targets, gen)
         return self._induce(targets, graph_of, node)
+
+    def _ego_hops(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(subgraph id, global node) pairs within ``hops`` hops of each target.
+
+        Each hop expands only the nodes first reached at the previous hop (the frontier), so
+        a 2-hop draw costs about degree^2 pairs per target, not a walk over the whole graph.
+        """
+        graph_of, node = torch.arange(len(targets)), targets
+        front_graph, front = graph_of, targets
+        for _ in range(self.hops):
+            g, v = self._ego_nodes(front, gen)
+            g, v = front_graph[g], v  # frontier-local subgraph ids -> target subgraph ids
+            key = torch.unique(g * self.num_nodes + v)
+            seen = torch.unique(graph_of * self.num_nodes + node)
+            new = key[~torch.isin(key, seen)]
+            front_graph, front = new // self.num_nodes, new % self.num_nodes
+            graph_of, node = torch.cat([graph_of, front_graph]), torch.cat([node, front])
+            if len(front) == 0:
+                break
+        return graph_of, node
 
     def _ego_nodes(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(subgraph id, global node) pairs: each target plus (up to ``fanout`` of) its neighbours."""

@@ -17,15 +17,16 @@ def cora():
     return load_graph("cora")
 
 
-def test_ego_sampler_matches_pyg_k_hop_subgraph(cora):
+@pytest.mark.parametrize("hops", [1, 2])
+def test_ego_sampler_matches_pyg_k_hop_subgraph(cora, hops):
     from torch_geometric.utils import k_hop_subgraph
 
     ei = torch.as_tensor(cora.edge_index)
     targets = np.array([0, 5, 1358, 2707])  # includes a hub and a leaf
-    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego").sample(targets)
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego", hops=hops).sample(targets)
     assert sub.nodes[sub.targets].tolist() == targets.tolist()
     for b, t in enumerate(targets):
-        subset, sub_ei, _, _ = k_hop_subgraph(int(t), 1, ei, relabel_nodes=False, num_nodes=cora.num_nodes)
+        subset, sub_ei, _, _ = k_hop_subgraph(int(t), hops, ei, relabel_nodes=False, num_nodes=cora.num_nodes)
         mine = sub.nodes[sub.batch == b]
         assert sorted(mine.tolist()) == sorted(subset.tolist())
         local = sub.edge_index[:, sub.batch[sub.edge_index[0]] == b]
