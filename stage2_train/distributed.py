@@ -258,16 +258,19 @@ class ShardFeatures:
 
 
 def rows_needed(sampler, targets: np.ndarray) -> np.ndarray:
-    """Cache rows the subgraphs of ``targets`` (B,) use: the targets and their neighbours
-    (exactly the ego subgraphs; rwr walks may go further, read on first use); every node for
-    ``--sampler full``."""
+    """Cache rows the subgraphs of ``targets`` (B,) use: the nodes within ``--hops`` of them
+    (exactly the ego subgraphs, or a superset with ``--fanout``; rwr walks may go further,
+    read on first use); every node for ``--sampler full``."""
     if sampler.mode == "full":
         return np.arange(sampler.num_nodes)
-    t = torch.as_tensor(np.asarray(targets, dtype=np.int64))
-    deg = sampler.deg[t]
-    offset = torch.arange(int(deg.sum())) - torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
-    neigh = sampler.col[torch.repeat_interleave(sampler.rowptr[t], deg) + offset]
-    return torch.unique(torch.cat([t, neigh])).numpy()
+    seen = front = torch.unique(torch.as_tensor(np.asarray(targets, dtype=np.int64)))
+    for _ in range(sampler.hops if sampler.mode == "ego" else 1):
+        deg = sampler.deg[front]
+        offset = torch.arange(int(deg.sum())) - torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
+        neigh = torch.unique(sampler.col[torch.repeat_interleave(sampler.rowptr[front], deg) + offset])
+        front = neigh[~torch.isin(neigh, seen)]  # expand only the nodes first reached at this hop
+        seen = torch.unique(torch.cat([seen, front]))
+    return seen.numpy()
 
 
 def gather_stats(group: Group, stats: list[float]) -> list[list[float]]:

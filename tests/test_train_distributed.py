@@ -141,3 +141,21 @@ def test_shares_are_disjoint_and_every_rank_steps_alike():
     one = Group()
     assert one.shares(split, 5) is split
     assert [len(b) for b in one.batches(split["train"], 101, 16, torch.Generator().manual_seed(0))] == [16] * 6 + [5]
+
+
+def test_rows_needed_are_the_nodes_of_the_ego_subgraphs(cache):
+    import numpy as np
+    import torch
+
+    from stage2_train.data import open_train_data
+    from stage2_train.distributed import rows_needed
+    from stage2_train.sampling import Sampler
+
+    graph = open_train_data(cache, None, None, "ladder").graph
+    targets = np.arange(0, NODES, 7)
+    for hops in (1, 2):
+        sampler = Sampler(graph.edge_index, graph.num_nodes, mode="ego", hops=hops)
+        rows = rows_needed(sampler, targets)
+        assert rows.tolist() == torch.unique(sampler.sample(targets).nodes).tolist()
+        assert len(rows) < NODES
+    assert rows_needed(Sampler(graph.edge_index, graph.num_nodes, mode="full"), targets).tolist() == list(range(NODES))
