@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -42,6 +44,7 @@ FORMAT = "engine-encode-cache/1"
 MAX_CHUNK_NODES = 64
 MAX_CHUNK_BYTES = 512 << 10
 DEFAULT_BLOCK_NODES = 256
+MAX_OPEN_CHUNKS = 512  # chunk files a reader keeps open for row reads
 # Manifest fields two runs must share to fill the same cache.
 IDENTITY_KEYS = (
     "format", "weights_sha256", "tokenizer", "max_length", "pooling", "layers", "compute_dtype",
@@ -270,7 +273,11 @@ class CacheReader:
         self.layers: list[int] = list(self.manifest["layers"])
         self.num_nodes: int = self.manifest["num_nodes"]
         self.hidden_size: int = self.manifest["hidden_size"]
+        self.chunk_nodes: int = int(self._states.chunks[0])
         self._all: np.ndarray | None = None
+        self._raw = _raw_chunk_files(self.path / "states")
+        self._fds: dict[int, int] = {}  # chunk -> open file (row reads), bounded by MAX_OPEN_CHUNKS
+        self._fd_lock = threading.Lock()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -320,13 +327,80 @@ class CacheReader:
         if self._all is None and self._fits_in_memory():
             # One sequential read of the whole array beats scattered chunk reads, and later
             # calls (every training epoch) are then free.
-            self._all = self._states[:]
+            self._all = self._read_all()
             self._all.flags.writeable = False
         if self._all is not None:
             x = self._all if nodes is None else self._all[np.asarray(nodes, dtype=np.int64)]
             return x if rungs is None else x[:, rsel]
-        nodes = np.arange(self.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
-        return self._read_by_chunk(nodes, rsel)
+        if nodes is None:
+            return self._read_all(rsel)
+        nodes = np.asarray(nodes, dtype=np.int64)
+        return self.read_rows(nodes, rungs) if self._raw else self._read_by_chunk(nodes, rsel)
+
+    # Fast paths. An uncompressed array on a local disk stores chunk i as the raw C-order bytes
+    # of rows [i*c, (i+1)*c) in ``states/c/i/0/0``: reading that file directly costs ~0.07 ms
+    # for a 160 KB chunk against ~1.5 ms through zarr's async machinery, and one row (S x H
+    # values, contiguous in its chunk) is one ``pread`` of ~5 us. Other layouts go through zarr.
+    def _read_all(self, rsel=slice(None)) -> np.ndarray:
+        """(N, S', H): every chunk in order, keeping only the rungs ``rsel``."""
+        if not self._raw:
+            x = self._states[:]
+            return x if isinstance(rsel, slice) else x[:, rsel]
+        s = self.shape[1] if isinstance(rsel, slice) else len(rsel)
+        out = np.empty((self.num_nodes, s, self.hidden_size), dtype=self._states.dtype)
+        c = self.chunk_nodes
+        for i in range(num_blocks(self.num_nodes, c)):
+            out[i * c : (i + 1) * c] = self.read_chunk(i)[:, rsel]
+        return out
+
+    def read_chunk(self, i: int) -> np.ndarray:
+        """Chunk ``i``: (c', S, H) rows ``[i*c, min((i+1)*c, N))``, all rungs, in one read."""
+        c = self.chunk_nodes
+        lo, hi = i * c, min((i + 1) * c, self.num_nodes)
+        if not self._raw:
+            return self._states[lo:hi]
+        try:
+            x = np.fromfile(self._chunk_file(i), dtype=self._states.dtype)
+        except FileNotFoundError:  # zarr does not store a chunk that holds only the fill value
+            return np.zeros((hi - lo, *self.shape[1:]), dtype=self._states.dtype)
+        return x.reshape(c, *self.shape[1:])[: hi - lo]  # edge chunks are stored full size
+
+    def read_rows(self, nodes: np.ndarray, rungs: list[int] | None = None) -> np.ndarray:
+        """(n, S', H) rows of scattered ``nodes``, one positional read per row (no whole chunks)."""
+        nodes = np.asarray(nodes, dtype=np.int64)
+        if not self._raw:
+            return self._read_by_chunk(nodes, slice(None) if rungs is None else np.asarray(rungs, dtype=np.int64))
+        out = np.empty((len(nodes), *self.shape[1:]), dtype=self._states.dtype)  # (n, S, H)
+        c, row_bytes = self.chunk_nodes, out[0:1].nbytes
+        for j, node in enumerate(nodes.tolist()):
+            fd = self._chunk_fd(node // c)
+            if fd is None:
+                out[j] = 0
+            elif os.preadv(fd, [out[j]], (node % c) * row_bytes) != row_bytes:
+                raise PipelineError(f"cache {self.path}: chunk file of node row {node} is truncated; re-encode")
+        return out if rungs is None else out[:, np.asarray(rungs, dtype=np.int64)]
+
+    def _chunk_file(self, i: int) -> Path:
+        return self.path / "states" / "c" / str(i) / "0" / "0"
+
+    def _chunk_fd(self, i: int) -> int | None:
+        with self._fd_lock:
+            fd = self._fds.get(i)
+            if fd is None:
+                try:
+                    fd = os.open(self._chunk_file(i), os.O_RDONLY)
+                except FileNotFoundError:
+                    return None
+                if len(self._fds) >= MAX_OPEN_CHUNKS:  # drop the oldest opened
+                    os.close(self._fds.pop(next(iter(self._fds))))
+                self._fds[i] = fd
+            return fd
+
+    def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
     def read_rows(self, nodes: np.ndarray, rungs: list[int] | None = None) -> np.ndarray:
         """(n, S', H) states of ``nodes`` read chunk by chunk, never the whole array (even when
@@ -352,6 +426,24 @@ class CacheReader:
             sel = order[(chunk_of[order] >= run[0]) & (chunk_of[order] <= run[-1])]
             out[sel] = block[nodes[sel] - lo]
         return out
+
+
+def _raw_chunk_files(array_dir: Path) -> bool:
+    """True when the array's chunk files are raw little-endian C-order bytes at ``c/i/0/0``."""
+    try:
+        meta = json.loads((array_dir / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    codecs = meta.get("codecs", [])
+    return (
+        sys.byteorder == "little"
+        and len(meta.get("shape", [])) == 3
+        and len(codecs) == 1 and codecs[0].get("name") == "bytes"
+        and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+        and meta.get("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "/"}}
+        and not meta.get("storage_transformers")
+        and meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", [0])[1:] == meta["shape"][1:]
+    )
 
 
 def open_cache(path: str | Path) -> CacheReader:
