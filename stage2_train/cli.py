@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from pipeline.config_file import ConfigOption
-from stage2_train.config import TrainConfig, parse_float_list, parse_int_list
+from stage2_train.config import TrainConfig, parse_float_list, parse_int_list, parse_size
 
 
 def train_command(
@@ -48,6 +48,12 @@ def train_command(
     num_threads: Optional[int] = typer.Option(
         None, "--num-threads", help="Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
     ),
+    memory_budget: Optional[str] = typer.Option(
+        None, "--memory-budget",
+        help="Memory for the cache's features, e.g. 512MB or 2GiB. When the used rungs (N x S x H x 2 bytes) exceed it, "
+        "train out of core: chunk-ordered batches, a chunk cache within the budget, read-ahead. "
+        "Default: 8 GiB or half the available memory, whichever is less.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
     dist_timeout: float = typer.Option(
         300.0, "--dist-timeout",
@@ -71,6 +77,7 @@ def train_command(
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
         rung_weights=parse_float_list(rung_weights, "--rung-weights"), batch_size=batch_size, device=device,
         num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout,
+        memory_budget=parse_size(memory_budget, "--memory-budget"),
     )
     run(cfg)
 

@@ -5,10 +5,11 @@ Light on purpose (no torch import): the CLI module imports it at start-up.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors
+from pipeline.errors import ConfigErrors, InputError
 
 ARCHS = ("ladder", "mlp", "gcn", "sage")
 GNNS = ("sage", "gcn", "gat")
@@ -55,6 +56,7 @@ class TrainConfig:
     overwrite: bool = False
     max_batches: int | None = None  # cap batches per epoch (timing the uncached mode)
     dist_timeout: float = 300.0  # torchrun jobs: seconds to join the group and for each collective
+    memory_budget: int | None = None  # bytes; cache rungs larger than this train out of core (None: see out_of_core)
     extra: dict = field(default_factory=dict)  # free-form notes stored with the config
 
     def __post_init__(self) -> None:
@@ -99,6 +101,8 @@ class TrainConfig:
         errs.check(self.num_threads is None or self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")
         errs.check(self.max_batches is None or self.max_batches > 0, f"--max-batches {self.max_batches}: must be > 0")
         errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
+        errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
+        errs.check(self.memory_budget is None or not self.no_cache, "--memory-budget is for training from the cache, not --no-cache")
         if self.arch != "ladder":
             errs.check(self.rungs is None, "--rungs is for --arch ladder; baselines read one state: use --layer")
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")
@@ -163,3 +167,25 @@ def parse_float_list(text: str | None, flag: str) -> tuple[float, ...] | None:
         errs.add(f"{flag} {text}: expected comma-separated numbers, e.g. 1,1,2")
         errs.raise_if_any()
         raise
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str | None, flag: str = "--memory-budget") -> int | None:
+    """``512MB`` / ``2GiB`` / ``1.5G`` / ``1000000`` -> bytes (K/M/G/T are powers of 10, KiB... of 2)."""
+    if text is None or str(text).strip() == "":
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
+        raise InputError(f"{flag} {text}: expected a size such as 512MB, 2GiB or 1.5G (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= f:
+            return f"{n / f:.1f} {unit}"
+    return f"{n} B"

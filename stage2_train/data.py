@@ -106,12 +106,12 @@ def resolve_split(graph: TextGraph, spec: str | None, seed: int) -> dict[str, np
 class CachedFeatures:
     """Rungs from the cache: ``features(nodes (n,)) -> (n, S, H)`` float32."""
 
-    def __init__(self, data: TrainData) -> None:
+    def __init__(self, data: TrainData, limit: int = IN_MEMORY_LIMIT_BYTES) -> None:
         self.data = data
         reader = data.reader
         size = reader.num_nodes * len(data.positions) * reader.hidden_size * 2
         self.states = None
-        if size <= IN_MEMORY_LIMIT_BYTES:
+        if size <= limit:
             self.states = torch.from_numpy(np.ascontiguousarray(reader.read(rungs=data.positions)))  # (N, S, H) fp16
             if not torch.isfinite(self.states).all():
                 raise InputError(f"cache {data.cache_path}: holds non-finite values; re-encode with fp32 storage")

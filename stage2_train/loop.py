@@ -9,6 +9,7 @@ Shapes: B targets, S heads, C classes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
@@ -74,12 +75,31 @@ def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) ->
     return (correct.double() / max(total, 1)).tolist()
 
 
+def epoch_batches(features: Callable, sampler: Sampler, nodes: np.ndarray, size: int, gen: torch.Generator,
+                  max_batches: int | None = None):
+    """``(targets (B,), subgraph, states (n, S, H))`` of the first ``max_batches`` batches of an epoch.
+
+    Features with an ``epoch`` method (out of core) choose the order and read ahead; close the
+    iterator (``contextlib.closing``) to stop their reader. Only the batches returned are
+    sampled, so ``gen`` ends in the same state whoever reads.
+    """
+    if hasattr(features, "epoch"):
+        return features.epoch(sampler, nodes, size, gen, max_batches)
+    parts = batches(nodes, size, gen)[:max_batches]
+    return ((b, sub, features(sub.nodes)) for b in parts for sub in (sampler.sample(b, gen),))
+
+
 def train_step(model, opt, features: Callable, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
                weights: torch.Tensor, gen: torch.Generator, device: str) -> float:
     """One optimiser step on the targets ``b`` (B,); returns the batch loss."""
     sub = sampler.sample(b, gen)
-    y = torch.as_tensor(labels[b], device=device)
-    logits = model(features(sub.nodes).to(device), sub.to(device))  # (S, B, C)
+    return optimise_step(model, opt, sub, features(sub.nodes), labels[b], weights, device)
+
+
+def optimise_step(model, opt, sub: SubgraphBatch, x: torch.Tensor, y: np.ndarray, weights: torch.Tensor, device: str) -> float:
+    """One optimiser step on a sampled batch: states ``x`` (n, S, H), labels ``y`` (B,); returns the loss."""
+    y = torch.as_tensor(y, device=device)
+    logits = model(x.to(device), sub.to(device))  # (S, B, C)
     loss = head_losses(logits, y, weights)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -156,11 +176,17 @@ def train_seed(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
-        for k, b in enumerate(group.batches(mine["train"], len(split["train"]), size, gen)):
-            if cfg.max_batches is not None and k >= cfg.max_batches:
-                break
-            loss = group.train_step(model, opt, features, sampler, b, labels, weights, gen, device)
-            loss_sum, n_seen = loss_sum + loss * len(b), n_seen + len(b)
+        if group.world_size == 1 and hasattr(features, "epoch"):  # out of core: chunk-grouped batches, read-ahead
+            with contextlib.closing(epoch_batches(features, sampler, mine["train"], size, gen, cfg.max_batches)) as epoch_iter:
+                for b, sub, x in epoch_iter:
+                    loss = optimise_step(model, opt, sub, x, labels[b], weights, device)
+                    loss_sum, n_seen = loss_sum + loss * len(b), n_seen + len(b)
+        else:
+            for k, b in enumerate(group.batches(mine["train"], len(split["train"]), size, gen)):
+                if cfg.max_batches is not None and k >= cfg.max_batches:
+                    break
+                loss = group.train_step(model, opt, features, sampler, b, labels, weights, gen, device)
+                loss_sum, n_seen = loss_sum + loss * len(b), n_seen + len(b)
         epoch_times.append(time.perf_counter() - t0)
         loss_sum, n_seen = group.sum([loss_sum, n_seen])
         val = evaluate(model, features, val_set, device, group)

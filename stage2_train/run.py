@@ -102,8 +102,9 @@ def run(config: TrainConfig) -> dict:
 
 def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.checkpoint import CheckpointWriter, build_model
-    from stage2_train.data import CachedFeatures, LiveFeatures, open_train_data, resolve_split
+    from stage2_train.data import LiveFeatures, open_train_data, resolve_split
     from stage2_train.distributed import NoWriter, ShardFeatures, load_share
+    from stage2_train.out_of_core import describe_mode, open_features
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from pipeline.progress import progress
@@ -118,13 +119,16 @@ def _run(config: TrainConfig, group=None) -> dict:
     splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}  # refuse bad splits before training
     t0 = time.perf_counter()
     if config.no_cache:
-        features = LiveFeatures(data, config.device)
+        features, feature_mode = LiveFeatures(data, config.device), {"mode": "live-llm"}
         warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
     elif group is not None:
         features = ShardFeatures(data)  # each rank reads only its share's rows, per seed below
+        feature_mode = {"mode": "rank-share", "memory_budget": config.memory_budget}
+        if config.memory_budget is not None:
+            warn("--memory-budget: not used under torchrun; each rank holds the rows of its share in memory")
     else:
-        features = CachedFeatures(data)
-        log(f"loaded {len(data.layers)} rung(s) {data.layers} of {graph.num_nodes} nodes in {time.perf_counter() - t0:.1f}s")
+        features, feature_mode = open_features(data, config.memory_budget)
+        log(describe_mode(feature_mode, len(data.layers), graph.num_nodes, time.perf_counter() - t0))
     sampler = Sampler(
         graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout, hops=config.hops,
         num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,
@@ -141,6 +145,7 @@ def _run(config: TrainConfig, group=None) -> dict:
         "label_names": list(graph.label_names),
         "model": spec,
         "world_size": group.world_size if group is not None else 1,
+        "features": feature_mode,  # in-memory, out-of-core (and its budget), rank shares or the live LLM
     }
 
     # --- loop, one model per seed
