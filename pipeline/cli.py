@@ -13,7 +13,7 @@ from pipeline.errors import plain_errors
 from pipeline.report_cli import report_command
 from pipeline.run_cli import run_command
 from stage1_encode.cli import bench_encode_command, encode_command
-from stage2_train.cli import bench_train_command, train_command
+from stage2_train.cli import bench_train_command, bench_train_memory_command, train_command
 from stage3_infer.cli import bench_infer_command, infer_command
 
 EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
@@ -48,6 +48,7 @@ def root(
 bench_app = typer.Typer(help="Side-by-side benchmarks that print measured ratios. " + EXIT_CODES_HELP, no_args_is_help=True)
 bench_app.command("encode", help=bench_encode_command.__doc__)(plain_errors(bench_encode_command))
 bench_app.command("train", help=bench_train_command.__doc__)(plain_errors(bench_train_command))
+bench_app.command("train-memory", help=bench_train_memory_command.__doc__)(plain_errors(bench_train_memory_command))
 bench_app.command("infer", help=bench_infer_command.__doc__)(bench_infer_command)
 
 app.add_typer(datasets_app, name="datasets")

@@ -323,6 +323,8 @@ class CacheReader:
 
     def read(self, nodes: np.ndarray | None = None, rungs: list[int] | None = None) -> np.ndarray:
         """(n, S', H) states of ``nodes`` (dense indices) at ``rungs``; whole-chunk reads only."""
+        if rungs is not None and list(rungs) == list(range(self.shape[1])):
+            rungs = None  # every rung in order: no copy
         rsel = slice(None) if rungs is None else np.asarray(rungs, dtype=np.int64)
         if self._all is None and self._fits_in_memory():
             # One sequential read of the whole array beats scattered chunk reads, and later

@@ -110,3 +110,26 @@ def bench_train_command(
             seeds=parse_int_list(seeds, "--seeds") or (0,), out=out, json_path=json_path, num_threads=num_threads,
         )
     )
+
+
+def bench_train_memory_command(
+    cache: Path = typer.Argument(..., metavar="CACHE_DIR", help="Cache folder written by `pipeline encode`; its rungs should exceed --memory-budget."),
+    memory_budget: str = typer.Option(..., "--memory-budget", help="Budget of the out-of-core run, e.g. 128MB or 1GiB (smaller than the cache's rungs)."),
+    epochs: int = typer.Option(1, "--epochs", help="Training epochs timed in each mode."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Target nodes per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model, split and sampling (the same in both modes)."),
+    readahead: int = typer.Option(1, "--readahead", help="Batches the out-of-core reader prepares ahead (0: none)."),
+    num_threads: int = typer.Option(1, "--num-threads", help="Torch CPU threads of each child."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Time training epochs with the cache in memory and out of core (--memory-budget); compare peak RSS.
+
+    Each mode runs in its own child process. Prints load, epoch and validation-pass times, baseline RSS (Python, torch, graph, model; before any features), peak RSS, the epoch-time ratio (target <= 1.5x) and whether the out-of-core peak RSS stays within baseline + budget + model.
+    """
+    from stage2_train.bench_memory import MemoryBenchConfig, run_bench_memory
+
+    run_bench_memory(MemoryBenchConfig(
+        cache=cache, memory_budget=parse_size(memory_budget, "--memory-budget"), epochs=epochs, batch_size=batch_size,
+        seed=seed, readahead=readahead, num_threads=num_threads, json_path=json_path,
+    ))

@@ -1,0 +1,226 @@
+"""``pipeline train --memory-budget``: out-of-core training on a real cache (120 Cora nodes, MiniLM).
+
+Covers: the cache's fast chunk/row reads equal zarr's; out-of-core rows equal in-memory rows
+exactly, within the chunk cache's bound; chunk-grouped batch order; the same losses and
+accuracies in both modes for the same batch order; the CLI writes the same files and records
+the mode; the read-ahead thread stops on errors (in the producer or in the loop); bad budgets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from cora_slice import write_cora_slice
+from pipeline.errors import InputError
+from stage2_train.checkpoint import read_metrics
+from stage2_train.config import TrainConfig, parse_size
+from stage2_train.out_of_core import OutOfCoreFeatures, ReadAhead, chunk_group_batches
+
+NODES = 120
+RUNGS = (0, 3, 6)
+BUDGET = 200_000  # bytes; the 3 rungs take 120 x 3 x 384 x 2 = 276,480
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    from stage1_encode.config import EncodeConfig
+    from stage1_encode.run import run as encode
+
+    root = tmp_path_factory.mktemp("ooc")
+    graph = write_cora_slice(root / "graph", NODES)
+    cache = root / "cache.zarr"
+    encode(EncodeConfig(graph=str(graph.source), out=cache, model="minilm-l6", max_length=16, block_size=16, device="cpu"))
+    return root, cache
+
+
+def _data(cache):
+    from stage2_train.data import open_train_data
+
+    return open_train_data(cache, RUNGS, None, "ladder")
+
+
+def _cfg(small, name, **kw):
+    root, cache = small
+    base = dict(cache=cache, out=root / name, epochs=3, patience=3, batch_size=16, hidden_channels=32, rungs=RUNGS, num_threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+class ChunkOrdered:
+    """In-memory features that batch in the out-of-core (chunk-grouped) order, without read-ahead."""
+
+    def __init__(self, features, chunk_nodes):
+        self.features, self.chunk_nodes = features, chunk_nodes
+
+    def __call__(self, nodes):
+        return self.features(nodes)
+
+    def epoch(self, sampler, nodes, size, gen, max_batches=None):
+        parts = chunk_group_batches(nodes, size, self.chunk_nodes, gen)[:max_batches]
+        return ((b, sub, self(sub.nodes)) for b in parts for sub in (sampler.sample(b, gen),))
+
+
+def test_fast_cache_reads_equal_zarr_reads(small):
+    reader = _data(small[1]).reader
+    assert reader._raw and reader.chunk_nodes == 16
+    nodes = np.random.default_rng(0).integers(0, NODES, 300)
+    assert np.array_equal(reader.read_rows(nodes, [0, 3]), reader._read_by_chunk(nodes, np.array([0, 3])))
+    for i in (0, 5, 7):  # chunk 7 is the last, cut to 8 rows
+        assert np.array_equal(reader.read_chunk(i), reader._states[i * 16 : (i + 1) * 16])
+    assert reader.read_chunk(7).shape == (8, 7, 384)
+    assert np.array_equal(reader._read_all(np.array(RUNGS)), reader._states[:][:, list(RUNGS)])
+
+
+def test_out_of_core_rows_equal_in_memory_rows(small):
+    from stage2_train.data import CachedFeatures
+
+    data = _data(small[1])
+    ooc, mem = OutOfCoreFeatures(data, BUDGET), CachedFeatures(data)
+    assert mem.states is not None and ooc.lru.capacity == 150_000
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        nodes = torch.as_tensor(rng.integers(0, NODES, rng.integers(1, 120)))
+        assert torch.equal(ooc(nodes), mem(nodes))  # exact: same fp16 values, same rows, repeats kept
+        assert ooc.lru.nbytes <= ooc.lru.capacity
+    assert ooc.chunks_read > 0 and ooc.rows_read > 0 and ooc.lru.hits > 0
+
+
+def test_chunk_grouped_order(small):
+    nodes = np.arange(0, 120, 2)
+    gen = torch.Generator().manual_seed(0)
+    parts = chunk_group_batches(nodes, 8, 16, gen)
+    flat = np.concatenate(parts)
+    assert sorted(flat.tolist()) == nodes.tolist()
+    chunks = flat // 16
+    runs = chunks[np.r_[True, np.diff(chunks) != 0]]
+    assert len(runs) == len(np.unique(chunks))  # each chunk's targets are consecutive
+    assert not np.array_equal(runs, np.sort(runs))  # chunks in a shuffled order
+    again = chunk_group_batches(nodes, 8, 16, torch.Generator().manual_seed(0))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
+def test_same_losses_in_memory_and_out_of_core_for_the_same_order(small):
+    from stage2_train.checkpoint import build_model
+    from stage2_train.data import CachedFeatures, resolve_split
+    from stage2_train.loop import seed_everything, train_seed
+    from stage2_train.run import model_spec
+    from stage2_train.sampling import Sampler
+
+    data = _data(small[1])
+    cfg = _cfg(small, "unused", epochs=2, patience=2)
+    split = resolve_split(data.graph, None, 0)
+    sampler = Sampler(data.graph.edge_index, data.graph.num_nodes, mode="ego")
+    spec = model_spec(cfg, 384, data.graph.num_classes, len(RUNGS))
+    labels = np.asarray(data.graph.labels)
+    results, lines = [], []
+    for features in (ChunkOrdered(CachedFeatures(data), 16), OutOfCoreFeatures(data, BUDGET, readahead=2)):
+        seed_everything(0)
+        rows = []
+        results.append(train_seed(build_model(spec), features, sampler, split, labels, cfg, 0, rows.append))
+        lines.append([{k: v for k, v in r.items() if k != "epoch_s"} for r in rows])
+    assert lines[0] == lines[1] and len(lines[0]) == 2
+    assert results[0].test_acc == results[1].test_acc and results[0].train_acc == results[1].train_acc
+    assert all(torch.equal(results[0].state_dict[k], results[1].state_dict[k]) for k in results[0].state_dict)
+
+
+def test_train_cli_out_of_core_writes_the_same_files(small, cli):
+    root, cache = small
+    args = ["train", cache, "--rungs", "0,3,6", "--epochs", "2", "--batch-size", "16", "--hidden-channels", "32", "--num-threads", "1"]
+    for name, extra in (("cli_mem", ["--memory-budget", "1MB"]), ("cli_ooc", ["--memory-budget", "200KB"]), ("cli_default", [])):
+        res = cli(*args, "--out", root / name, *extra)
+        assert res.exit_code == 0, res.output
+    files = {n: sorted(str(p.relative_to(root / n)) for p in (root / n).rglob("*") if p.is_file()) for n in ("cli_mem", "cli_ooc")}
+    assert files["cli_mem"] == files["cli_ooc"] == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+    summaries = {n: json.loads((root / n / "summary.json").read_text()) for n in ("cli_mem", "cli_ooc")}
+    assert sorted(summaries["cli_mem"]) == sorted(summaries["cli_ooc"])
+    assert sorted(read_metrics(root / "cli_ooc")[0]) == sorted(read_metrics(root / "cli_mem")[0])
+    modes = {n: json.loads((root / n / "config.json").read_text())["features"] for n in ("cli_mem", "cli_ooc", "cli_default")}
+    assert modes["cli_mem"] == {"mode": "in-memory", "memory_budget": 1_000_000, "limit_bytes": 1_000_000, "rungs_bytes": 276_480}
+    assert modes["cli_ooc"] == {"mode": "out-of-core", "memory_budget": 200_000, "limit_bytes": 200_000, "rungs_bytes": 276_480,
+                                "lru_capacity_bytes": 150_000, "chunk_nodes": 16, "readahead": 1}
+    assert modes["cli_default"]["mode"] == "in-memory" and modes["cli_default"]["memory_budget"] is None
+    assert json.loads((root / "cli_ooc" / "config.json").read_text())["memory_budget"] == 200_000
+
+
+def _read_ahead_threads():
+    return [t for t in threading.enumerate() if t.name == "read-ahead" and t.is_alive()]
+
+
+def test_read_ahead_stops_on_errors(small):
+    def produce(i):
+        if i == 3:
+            raise ValueError("disk gone")
+        return i
+
+    it = ReadAhead(range(10), produce, depth=2)
+    assert [next(it), next(it), next(it)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="disk gone"):
+        next(it)
+    assert not _read_ahead_threads()
+    # an error in the consumer's loop body: closing the iterator stops the producer
+    with pytest.raises(RuntimeError, match="step failed"):
+        with contextlib.closing(ReadAhead(range(1000), lambda i: i, depth=1)) as it:
+            for i in it:
+                if i == 5:
+                    raise RuntimeError("step failed")
+    assert not _read_ahead_threads()
+    # inside training: a read that fails mid-epoch ends train_seed with that error, no thread left
+    from stage2_train.run import run
+
+    data_reader_cls = type(_data(small[1]).reader)
+    calls = {"n": 0}
+    original = data_reader_cls.read_rows
+
+    def failing(self, nodes, rungs=None):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError("read failed")
+        return original(self, nodes, rungs)
+
+    data_reader_cls.read_rows = failing
+    try:
+        with pytest.raises(OSError, match="read failed"):
+            run(_cfg(small, "fails", memory_budget=BUDGET))
+    finally:
+        data_reader_cls.read_rows = original
+    assert not _read_ahead_threads()
+    assert not (small[0] / "fails").exists()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("12XB", "--memory-budget 12XB: expected a size such as 512MB, 2GiB or 1.5G (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    ("-5MB", "--memory-budget -5MB: expected a size such as 512MB, 2GiB or 1.5G (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    ("0", "--memory-budget 0: expected a size such as 512MB, 2GiB or 1.5G (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    ("50KB", "--memory-budget 48.8 KiB: too small for out-of-core training of this cache; give at least 72.0 KiB (2 chunks of 36.0 KiB)"),
+])
+def test_bad_memory_budget(small, cli, value, message):
+    root, cache = small
+    res = cli("train", cache, "--out", root / "bad", "--rungs", "0,3,6", "--epochs", "1", "--memory-budget", value)
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"Error: {message}"
+    assert not (root / "bad").exists()
+
+
+def test_parse_size():
+    assert [parse_size(s) for s in ("512MB", "2GiB", "1.5G", "1000", "64 kib", None)] == [512 * 10**6, 2 * 2**30, 1_500_000_000, 1000, 65536, None]
+    with pytest.raises(InputError, match=r"^--memory-budget 0.5: expected a size"):
+        parse_size("0.5")  # under one byte
+
+
+def test_bench_train_memory_child_and_refusal(small, cli):
+    from stage2_train.bench_memory import MemoryBenchConfig, child
+
+    root, cache = small
+    r = child("out-of-core", MemoryBenchConfig(cache=cache, memory_budget=BUDGET, batch_size=16))
+    assert r["mode"] == "out-of-core" and r["batches_per_epoch"] == 5 and len(r["loss_per_epoch"]) == 1
+    assert r["lru_capacity"] == 150_000 and r["chunks_read"] + r["rows_read"] > 0 and r["peak_rss"] >= r["baseline_rss"] > 0
+    res = cli("bench", "train-memory", cache, "--memory-budget", "1MB")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == ("Error: --memory-budget 976.6 KiB: the cache's rungs (630.0 KiB) fit in it; "
+                                  "give a smaller budget to compare out of core with in memory")
+    assert "train-memory" in cli("bench", "--help").output
