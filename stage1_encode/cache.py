@@ -343,6 +343,13 @@ class CacheReader:
     # of rows [i*c, (i+1)*c) in ``states/c/i/0/0``: reading that file directly costs ~0.07 ms
     # for a 160 KB chunk against ~1.5 ms through zarr's async machinery, and one row (S x H
     # values, contiguous in its chunk) is one ``pread`` of ~5 us. Other layouts go through zarr.
+    def read_all(self, rungs: list[int] | None = None) -> np.ndarray:
+        """(N, S', H) states of every node at ``rungs``: whole chunks in order; nothing is kept
+        (peak memory = the result plus one chunk)."""
+        if self._all is not None:
+            return self._all if rungs is None else self._all[:, np.asarray(rungs, dtype=np.int64)]
+        return self._read_all(slice(None) if rungs is None else np.asarray(rungs, dtype=np.int64))
+
     def _read_all(self, rsel=slice(None)) -> np.ndarray:
         """(N, S', H): every chunk in order, keeping only the rungs ``rsel``."""
         if not self._raw:

@@ -1,8 +1,8 @@
 """``pipeline bench train-memory``: one training epoch from an in-memory cache vs out of core.
 
 Each mode runs in its own child process, so each peak RSS is that mode's alone. A child opens
-the cache's graph, builds the sampler and the ladder, runs one warm-up step on zero states
-with a copy of the ladder, then records its RSS (the *baseline*: Python, torch, the graph,
+the cache's graph, builds the sampler and the ladder, runs a few training steps and one evaluation
+batch on zero states with a copy of the ladder (warm-up), then records its RSS (the *baseline*: Python, torch, the graph,
 the model, what any training step allocates), resets the kernel's peak-RSS mark (``clear_refs``),
 loads features (in-memory: the whole rung array; out of core: nothing up front), times
 ``--epochs`` training epochs and one validation pass, and reports its peak RSS. Both modes
@@ -26,6 +26,8 @@ from pathlib import Path
 from pipeline.errors import InputError, PipelineError
 from pipeline.progress import log
 from stage2_train.config import format_size
+
+WARM_UP_STEPS = 5
 
 
 @dataclass
@@ -69,9 +71,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def _warm_up(model, sampler, targets, labels, num_rungs: int, hidden_size: int, tc) -> None:
-    """One training step on zero states with a throwaway copy of the model, so the baseline RSS
-    includes what any training step costs (autograd buffers, allocator pools, thread pools)."""
+def _warm_up(model, sampler, train, labels, val_sub, num_rungs: int, hidden_size: int, tc) -> None:
+    """Training steps and one evaluation batch on zero states with a throwaway copy of the model,
+    so the baseline RSS holds what any run allocates (autograd buffers, allocator pools)."""
     import copy
 
     import torch
@@ -81,9 +83,15 @@ def _warm_up(model, sampler, targets, labels, num_rungs: int, hidden_size: int, 
 
     twin = copy.deepcopy(model)
     opt = torch.optim.AdamW(twin.parameters(), lr=tc.lr)
-    sub = sampler.sample(targets, generator(12345))
-    optimise_step(twin, opt, sub, torch.zeros(len(sub.nodes), num_rungs, hidden_size), labels[targets],
-                  torch.ones(num_rungs), "cpu")
+    gen = generator(12345)
+    for k in range(WARM_UP_STEPS):
+        targets = train[k * tc.batch_size : (k + 1) * tc.batch_size]
+        sub = sampler.sample(targets, gen)
+        optimise_step(twin, opt, sub, torch.zeros(len(sub.nodes), num_rungs, hidden_size), labels[targets],
+                      torch.ones(num_rungs), "cpu")
+    twin.eval()
+    with torch.no_grad():
+        twin(torch.zeros(len(val_sub.nodes), num_rungs, hidden_size), val_sub)
 
 
 def child(mode: str, cfg: MemoryBenchConfig) -> dict:
@@ -111,7 +119,7 @@ def child(mode: str, cfg: MemoryBenchConfig) -> dict:
     model = build_model(model_spec(tc, data.reader.hidden_size, graph.num_classes, len(data.layers)))
     params = sum(p.numel() for p in model.parameters())
     val_set = make_eval_set(sampler, split["val"], labels, tc.eval_batch_size)
-    _warm_up(model, sampler, split["train"][: cfg.batch_size], labels, len(data.layers), data.reader.hidden_size, tc)
+    _warm_up(model, sampler, split["train"], labels, val_set.subs[0], len(data.layers), data.reader.hidden_size, tc)
     baseline = _rss()
     reset = _reset_peak()
 

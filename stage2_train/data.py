@@ -112,8 +112,11 @@ class CachedFeatures:
         size = reader.num_nodes * len(data.positions) * reader.hidden_size * 2
         self.states = None
         if size <= limit:
-            self.states = torch.from_numpy(np.ascontiguousarray(reader.read(rungs=data.positions)))  # (N, S, H) fp16
-            if not torch.isfinite(self.states).all():
+            states = reader.read_all(rungs=data.positions)  # (N, S, H) fp16, only the used rungs
+            states = states if states.flags.writeable else states.copy()
+            self.states = torch.from_numpy(states)
+            step = 1 << 16  # check in slices: a whole-array isfinite would add half the array's size
+            if not all(torch.isfinite(self.states[i : i + step]).all() for i in range(0, len(self.states), step)):
                 raise InputError(f"cache {data.cache_path}: holds non-finite values; re-encode with fp32 storage")
 
     def __call__(self, nodes: torch.Tensor) -> torch.Tensor:
