@@ -41,6 +41,8 @@ from stage2_train.config import format_size
 
 MIN_BUDGET_CHUNKS = 2  # the chunk cache (3/4 of the budget) must hold at least one chunk
 WHOLE_CHUNK_ROWS = 8  # wanted rows from which a missing chunk is read whole (and cached)
+
+
 def chunk_group_batches(nodes: np.ndarray, size: int, chunk_nodes: int, gen: torch.Generator) -> list[np.ndarray]:
     """Batches of ``nodes`` ordered by chunk: chunks in random order, nodes in random order within."""
     nodes = nodes[torch.randperm(len(nodes), generator=gen).numpy()]  # random within each chunk
@@ -68,7 +70,7 @@ def open_features(data, budget: int | None, readahead: int = 1):
     from stage2_train.data import CachedFeatures
 
     reader = data.reader
-    need = reader.num_nodes * len(data.positions) * reader.hidden_size * 2
+    need = reader.num_nodes * len(data.positions) * reader.hidden_size * np.dtype(reader.manifest["storage_dtype"]).itemsize
     limit = default_budget() if budget is None else budget
     mode = {"mode": "in-memory", "memory_budget": budget, "limit_bytes": limit, "rungs_bytes": need}
     if need <= limit:
@@ -123,8 +125,8 @@ class OutOfCoreFeatures:
     def __init__(self, data, budget: int, readahead: int = 1) -> None:
         reader = data.reader
         self.reader, self.positions, self.readahead = reader, np.asarray(data.positions), readahead
-        self.chunk_nodes = reader.chunk_nodes
-        chunk_bytes = self.chunk_nodes * len(self.positions) * reader.hidden_size * 2  # fp16 rows of the used rungs
+        self.chunk_nodes, self.dtype = reader.chunk_nodes, np.dtype(reader.manifest["storage_dtype"])
+        chunk_bytes = self.chunk_nodes * len(self.positions) * reader.hidden_size * self.dtype.itemsize  # used rungs only
         if budget < MIN_BUDGET_CHUNKS * chunk_bytes:
             raise InputError(f"--memory-budget {format_size(budget)}: too small for out-of-core training of this cache; give at "
                              f"least {format_size(MIN_BUDGET_CHUNKS * chunk_bytes)} ({MIN_BUDGET_CHUNKS} chunks of {format_size(chunk_bytes)})")
@@ -136,7 +138,7 @@ class OutOfCoreFeatures:
         """(n, S, H) storage-dtype rows of ``nodes`` (any order, repeats allowed), gathered in chunk order."""
         uniq, inverse = np.unique(np.asarray(nodes, dtype=np.int64), return_inverse=True)  # sorted: chunk order
         c = self.chunk_nodes
-        out = np.empty((len(uniq), len(self.positions), self.reader.hidden_size), dtype=np.float16)  # (u, S, H)
+        out = np.empty((len(uniq), len(self.positions), self.reader.hidden_size), dtype=self.dtype)  # (u, S, H)
         chunk_of = uniq // c
         chunks, starts, counts = np.unique(chunk_of, return_index=True, return_counts=True)
         scattered = []
