@@ -45,6 +45,7 @@ MAX_CHUNK_NODES = 64
 MAX_CHUNK_BYTES = 512 << 10
 DEFAULT_BLOCK_NODES = 256
 MAX_OPEN_CHUNKS = 512  # chunk files a reader keeps open for row reads
+DENSE_CHUNK_ROWS = 8  # wanted rows from which read_rows reads a whole chunk rather than row by row
 # Manifest fields two runs must share to fill the same cache.
 IDENTITY_KEYS = (
     "format", "weights_sha256", "tokenizer", "max_length", "pooling", "layers", "compute_dtype",
@@ -336,8 +337,7 @@ class CacheReader:
             return x if rungs is None else x[:, rsel]
         if nodes is None:
             return self._read_all(rsel)
-        nodes = np.asarray(nodes, dtype=np.int64)
-        return self.read_rows(nodes, rungs) if self._raw else self._read_by_chunk(nodes, rsel)
+        return self.read_rows(nodes, rungs)
 
     # Fast paths. An uncompressed array on a local disk stores chunk i as the raw C-order bytes
     # of rows [i*c, (i+1)*c) in ``states/c/i/0/0``: reading that file directly costs ~0.07 ms
@@ -374,21 +374,6 @@ class CacheReader:
             return np.zeros((hi - lo, *self.shape[1:]), dtype=self._states.dtype)
         return x.reshape(c, *self.shape[1:])[: hi - lo]  # edge chunks are stored full size
 
-    def read_rows(self, nodes: np.ndarray, rungs: list[int] | None = None) -> np.ndarray:
-        """(n, S', H) rows of scattered ``nodes``, one positional read per row (no whole chunks)."""
-        nodes = np.asarray(nodes, dtype=np.int64)
-        if not self._raw:
-            return self._read_by_chunk(nodes, slice(None) if rungs is None else np.asarray(rungs, dtype=np.int64))
-        out = np.empty((len(nodes), *self.shape[1:]), dtype=self._states.dtype)  # (n, S, H)
-        c, row_bytes = self.chunk_nodes, out[0:1].nbytes
-        for j, node in enumerate(nodes.tolist()):
-            fd = self._chunk_fd(node // c)
-            if fd is None:
-                out[j] = 0
-            elif os.preadv(fd, [out[j]], (node % c) * row_bytes) != row_bytes:
-                raise PipelineError(f"cache {self.path}: chunk file of node row {node} is truncated; re-encode")
-        return out if rungs is None else out[:, np.asarray(rungs, dtype=np.int64)]
-
     def _chunk_file(self, i: int) -> Path:
         return self.path / "states" / "c" / str(i) / "0" / "0"
 
@@ -413,12 +398,36 @@ class CacheReader:
 
     def read_rows(self, nodes: np.ndarray, rungs: list[int] | None = None) -> np.ndarray:
         """(n, S', H) states of ``nodes`` read chunk by chunk, never the whole array (even when
-        it would fit): what one rank of a distributed run reads for its share of the nodes."""
+        it would fit): what one rank of a distributed run reads for its share of the nodes, and
+        what out-of-core training reads for scattered neighbours. On the raw layout a chunk
+        holding at least ``DENSE_CHUNK_ROWS`` of the rows is read whole, and each row of a
+        sparser chunk with one ``pread``; other layouts read runs of chunks through zarr."""
         rsel = slice(None) if rungs is None else np.asarray(rungs, dtype=np.int64)
         nodes = np.asarray(nodes, dtype=np.int64)
+        s = len(self.layers) if rungs is None else len(rsel)
         if len(nodes) == 0:
-            return np.empty((0, len(self.layers) if rungs is None else len(rsel), self.hidden_size), self._states.dtype)
-        return self._read_by_chunk(nodes, rsel)
+            return np.empty((0, s, self.hidden_size), self._states.dtype)
+        if not self._raw:
+            return self._read_by_chunk(nodes, rsel)
+        out = np.empty((len(nodes), s, self.hidden_size), dtype=self._states.dtype)  # (n, S', H)
+        row = np.empty(self.shape[1:], dtype=self._states.dtype)  # (S, H): one row as stored
+        c = self.chunk_nodes
+        order = np.argsort(nodes // c, kind="stable")
+        chunks, starts, counts = np.unique(nodes[order] // c, return_index=True, return_counts=True)
+        for ch, a, k in zip(chunks.tolist(), starts.tolist(), counts.tolist()):
+            sel = order[a : a + k]
+            if k >= DENSE_CHUNK_ROWS:
+                out[sel] = self.read_chunk(ch)[nodes[sel] - ch * c][:, rsel]
+                continue
+            fd = self._chunk_fd(ch)
+            for j in sel.tolist():
+                if fd is None:  # never-written chunk: fill value
+                    out[j] = 0
+                elif os.preadv(fd, [row], int(nodes[j] % c) * row.nbytes) != row.nbytes:
+                    raise PipelineError(f"cache {self.path}: chunk file of node row {nodes[j]} is truncated; re-encode")
+                else:
+                    out[j] = row[rsel]
+        return out
 
     def _read_by_chunk(self, nodes: np.ndarray, rsel) -> np.ndarray:
         """Too big for memory: read each needed chunk once, in chunk order (runs of chunks)."""

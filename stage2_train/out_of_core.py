@@ -37,10 +37,11 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError
+from stage1_encode.cache import DENSE_CHUNK_ROWS
 from stage2_train.config import format_size
 
 MIN_BUDGET_CHUNKS = 2  # the chunk cache (3/4 of the budget) must hold at least one chunk
-WHOLE_CHUNK_ROWS = 8  # wanted rows from which a missing chunk is read whole (and cached)
+WHOLE_CHUNK_ROWS = DENSE_CHUNK_ROWS  # wanted rows from which a missing chunk is read whole (and cached)
 
 
 def chunk_group_batches(nodes: np.ndarray, size: int, chunk_nodes: int, gen: torch.Generator) -> list[np.ndarray]:
