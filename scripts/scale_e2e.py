@@ -80,6 +80,13 @@ def split_sizes(graph: Path) -> dict:
     return {v["values"]: int(v["counts"]) for v in pc.value_counts(col).to_pylist() if v["values"]}
 
 
+def labelled_split(sizes: dict, spec: str) -> dict:
+    """Sizes of a ``random:a,b,c`` split of the labelled nodes (synth labels every node)."""
+    n = sum(sizes.values())
+    fractions = [float(x) for x in spec.split(":", 1)[1].split(",")]
+    return {name: int(f * n) for name, f in zip(("train", "val", "test"), fractions)}
+
+
 def write_report(out: Path, result: dict) -> None:
     (out / "scale_e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
@@ -108,8 +115,9 @@ def main() -> None:
     p.add_argument("--memory-budget", default="256MB")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=0, help="train --batch-size (0: the default)")
+    p.add_argument("--train-split", default="", help="train --split, e.g. random:0.05,0.01,0.02 for fewer targets than the split column")
     p.add_argument("--max-targets", type=int, default=0, help="infer --max-targets (0: the whole test split)")
-    p.add_argument("--stages", default="synth,load_graph,encode,train,infer", help="stages to run (the others' outputs in --work are reused)")
+    p.add_argument("--stages", default="synth,load_graph,encode,train,infer,train_in_memory", help="stages to run (the others' outputs in --work are reused)")
     p.add_argument("--clean", action="store_true", help="delete the graph, cache and run in --work at the end")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -146,6 +154,11 @@ def main() -> None:
     train = [*pipeline, "train", str(cache), "--out", str(run), "--seeds", "0", "--epochs", str(a.epochs), "--num-threads", "1", "--overwrite"]
     if a.batch_size:
         train += ["--batch-size", str(a.batch_size)]
+    if a.train_split:
+        train += ["--split", a.train_split]
+        sizes = labelled_split(sizes, a.train_split)
+        facts["train_split"] = f"{a.train_split}: {sizes}"
+    in_memory = list(train)
     if has_flag("train", "--memory-budget"):
         train += ["--memory-budget", a.memory_budget]
         facts["train_mode"] = f"out of core, --memory-budget {a.memory_budget}"
@@ -166,6 +179,14 @@ def main() -> None:
     stage("infer", [infer], targets)
     if (pred / "summary.json").is_file():
         facts["infer_summary"] = json.loads((pred / "summary.json").read_text())
+    if "--memory-budget" in train:  # the same training from memory, for comparison
+        in_memory[in_memory.index(str(run))] = str(a.work / "run_in_memory")
+        row = stage("train_in_memory", [in_memory], sizes.get("train", 0) * a.epochs)
+        path = a.work / "run_in_memory" / "metrics.jsonl"
+        if row and path.is_file():
+            epochs = [json.loads(ln)["epoch_s"] for ln in path.read_text().splitlines() if ln.strip()]
+            facts["train_in_memory_epoch_s"] = [round(x, 1) for x in epochs]
+            row["epoch_nodes_per_s"] = round(sizes.get("train", 0) / (sum(epochs) / len(epochs)), 1)
 
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     write_report(a.out, result)
