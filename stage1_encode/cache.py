@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError, PipelineError
+from pipeline.graph import FINGERPRINT_VERSION
 
 FORMAT = "engine-encode-cache/1"
 MAX_CHUNK_NODES = 64
@@ -308,11 +309,14 @@ class CacheReader:
     def check_graph(self, graph) -> None:
         """Refuse a cache built from another graph (fingerprints differ)."""
         if graph.fingerprint != self.manifest["graph_fingerprint"]:
-            raise InputError(
-                f"cache {self.path} was built from graph {self.manifest['graph_source']!r} "
-                f"(fingerprint {self.manifest['graph_fingerprint'][:12]}), not from {graph.source!r} "
-                f"({graph.fingerprint[:12]}); re-encode with `pipeline encode {graph.source} --out NEW_DIR`"
-            )
+            was = f"(fingerprint {self.manifest['graph_fingerprint'][:12]})"
+            if self.manifest["graph_source"] == graph.source:  # same name, other content (or an older fingerprint scheme)
+                why = (f"graph {graph.source!r} {was} changed since cache {self.path} was built (now "
+                       f"{graph.fingerprint[:12]}), or the cache predates graph fingerprint v{FINGERPRINT_VERSION}")
+            else:
+                why = (f"cache {self.path} was built from graph {self.manifest['graph_source']!r} {was}, "
+                       f"not from {graph.source!r} ({graph.fingerprint[:12]})")
+            raise InputError(f"{why}; re-encode with `pipeline encode {graph.source} --out NEW_DIR`")
 
     def _fits_in_memory(self) -> bool:
         need = self._states.nbytes
