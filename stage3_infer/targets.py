@@ -166,8 +166,10 @@ def select_targets(g: InferGraph, split_spec: str | None, node_ids: Path | None,
         return np.arange(graph.num_nodes)
     from stage2_train.data import resolve_split
 
-    known = replace(graph, node_ids=graph.node_ids[: g.num_known], texts=graph.texts[: g.num_known],
-                    labels=graph.labels[: g.num_known], split=graph.split[: g.num_known])
+    # the known graph's split; slicing only when new nodes were added (a slice copies the texts)
+    known = graph if g.num_known == graph.num_nodes else replace(
+        graph, node_ids=graph.node_ids[: g.num_known], texts=graph.texts[: g.num_known],
+        labels=graph.labels[: g.num_known], split=graph.split[: g.num_known])
     targets = resolve_split(known, train_split, seed)[split_spec]
     if len(targets) == 0:
         raise InputError(f"--split {split_spec}: no labelled nodes in that split of graph '{graph.name}'")
