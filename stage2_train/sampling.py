@@ -112,19 +112,18 @@ class Sampler:
         Each hop expands only the nodes first reached at the previous hop (the frontier), so
         a 2-hop draw costs about degree^2 pairs per target, not a walk over the whole graph.
         """
-        graph_of, node = torch.arange(len(targets)), targets
-        front_graph, front = graph_of, targets
+        n = self.num_nodes
+        front_graph, front = torch.arange(len(targets)), targets
+        seen = front_graph * n + front  # (subgraph, node) keys reached so far
         for _ in range(self.hops):
-            g, v = self._ego_nodes(front, gen)
-            g, v = front_graph[g], v  # frontier-local subgraph ids -> target subgraph ids
-            key = torch.unique(g * self.num_nodes + v)
-            seen = torch.unique(graph_of * self.num_nodes + node)
+            local_graph, reached = self._ego_nodes(front, gen)
+            key = torch.unique(front_graph[local_graph] * n + reached)  # frontier-local ids -> target subgraph ids
             new = key[~torch.isin(key, seen)]
-            front_graph, front = new // self.num_nodes, new % self.num_nodes
-            graph_of, node = torch.cat([graph_of, front_graph]), torch.cat([node, front])
-            if len(front) == 0:
+            if len(new) == 0:
                 break
-        return graph_of, node
+            seen = torch.cat([seen, new])
+            front_graph, front = new // n, new % n
+        return seen // n, seen % n
 
     def _ego_nodes(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(subgraph id, global node) pairs: each target plus (up to ``fanout`` of) its neighbours."""
