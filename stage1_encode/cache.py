@@ -45,7 +45,7 @@ FORMAT = "engine-encode-cache/1"
 MAX_CHUNK_NODES = 64
 MAX_CHUNK_BYTES = 512 << 10
 DEFAULT_BLOCK_NODES = 256
-MAX_OPEN_CHUNKS = 512  # chunk files a reader keeps open for row reads
+MAX_OPEN_CHUNKS = 1 << 16  # chunk files a reader keeps open for row reads (and at most half the fd limit)
 DENSE_CHUNK_ROWS = 8  # wanted rows from which read_rows reads a whole chunk rather than row by row
 # Manifest fields two runs must share to fill the same cache.
 IDENTITY_KEYS = (
@@ -257,6 +257,19 @@ def _done_blocks(path: Path) -> set[int]:
 
 
 # ---------------------------------------------------------------------------- reader
+def _open_files_allowed() -> int:
+    """Chunk files a reader may keep open: half the process's soft fd limit, within [64, MAX_OPEN_CHUNKS].
+    Out-of-core training reads neighbour rows from anywhere, so reopening files would cost more than the reads."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 512
+    soft = MAX_OPEN_CHUNKS if soft == resource.RLIM_INFINITY else soft
+    return max(64, min(MAX_OPEN_CHUNKS, soft // 2))
+
+
 class CacheReader:
     """Read access to a cache. ``layers``: LLM state index of each rung (S,).
 
@@ -278,7 +291,9 @@ class CacheReader:
         self.chunk_nodes: int = int(self._states.chunks[0])
         self._all: np.ndarray | None = None
         self._raw = _raw_chunk_files(self.path / "states")
-        self._fds: dict[int, int] = {}  # chunk -> open file (row reads), bounded by MAX_OPEN_CHUNKS
+        self._fds: dict[int, int] = {}  # chunk -> open file (row reads), bounded by _max_fds
+        self._max_fds = _open_files_allowed()
+        self._chunk_prefix = str(self.path / "states" / "c") + os.sep
         self._fd_lock = threading.Lock()
 
     @property
@@ -378,8 +393,26 @@ class CacheReader:
             return np.zeros((hi - lo, *self.shape[1:]), dtype=self._states.dtype)
         return x.reshape(c, *self.shape[1:])[: hi - lo]  # edge chunks are stored full size
 
-    def _chunk_file(self, i: int) -> Path:
-        return self.path / "states" / "c" / str(i) / "0" / "0"
+    def read_chunk_into(self, i: int, out: np.ndarray) -> int:
+        """Chunk ``i`` (all rungs) into ``out`` (c, S, H), C-contiguous, without allocating on the
+        raw layout; returns its valid row count c' (the last chunk's rows beyond it are undefined)."""
+        c = self.chunk_nodes
+        rows = min(c, self.num_nodes - i * c)
+        if not self._raw:
+            out[:rows] = self._states[i * c : i * c + rows]
+            return rows
+        try:
+            with open(self._chunk_file(i), "rb", buffering=0) as f:
+                got = f.readinto(memoryview(out).cast("B"))
+        except FileNotFoundError:  # zarr does not store a chunk that holds only the fill value
+            out[:rows] = 0
+            return rows
+        if got != out.nbytes:
+            raise PipelineError(f"cache {self.path}: chunk file {i} is truncated; re-encode")
+        return rows
+
+    def _chunk_file(self, i: int) -> str:
+        return f"{self._chunk_prefix}{i}{os.sep}0{os.sep}0"  # a string: Path joins cost more than the read
 
     def _chunk_fd(self, i: int) -> int | None:
         with self._fd_lock:
@@ -389,7 +422,7 @@ class CacheReader:
                     fd = os.open(self._chunk_file(i), os.O_RDONLY)
                 except FileNotFoundError:
                     return None
-                if len(self._fds) >= MAX_OPEN_CHUNKS:  # drop the oldest opened
+                if len(self._fds) >= self._max_fds:  # drop the oldest opened
                     os.close(self._fds.pop(next(iter(self._fds))))
                 self._fds[i] = fd
             return fd
@@ -406,6 +439,8 @@ class CacheReader:
         what out-of-core training reads for scattered neighbours. On the raw layout a chunk
         holding at least ``DENSE_CHUNK_ROWS`` of the rows is read whole, and each row of a
         sparser chunk with one ``pread``; other layouts read runs of chunks through zarr."""
+        if rungs is not None and list(rungs) == list(range(self.shape[1])):
+            rungs = None  # every rung in order: rows land straight in the output
         rsel = slice(None) if rungs is None else np.asarray(rungs, dtype=np.int64)
         nodes = np.asarray(nodes, dtype=np.int64)
         s = len(self.layers) if rungs is None else len(rsel)
@@ -415,9 +450,10 @@ class CacheReader:
             return self._read_by_chunk(nodes, rsel)
         out = np.empty((len(nodes), s, self.hidden_size), dtype=self._states.dtype)  # (n, S', H)
         row = np.empty(self.shape[1:], dtype=self._states.dtype)  # (S, H): one row as stored
-        c = self.chunk_nodes
+        c, row_bytes = self.chunk_nodes, row.nbytes
         order = np.argsort(nodes // c, kind="stable")
         chunks, starts, counts = np.unique(nodes[order] // c, return_index=True, return_counts=True)
+        offsets = (nodes % c * row_bytes).tolist()
         for ch, a, k in zip(chunks.tolist(), starts.tolist(), counts.tolist()):
             sel = order[a : a + k]
             if k >= DENSE_CHUNK_ROWS:
@@ -427,9 +463,11 @@ class CacheReader:
             for j in sel.tolist():
                 if fd is None:  # never-written chunk: fill value
                     out[j] = 0
-                elif os.preadv(fd, [row], int(nodes[j] % c) * row.nbytes) != row.nbytes:
+                    continue
+                target = out[j] if rungs is None else row
+                if os.preadv(fd, [target], offsets[j]) != row_bytes:
                     raise PipelineError(f"cache {self.path}: chunk file of node row {nodes[j]} is truncated; re-encode")
-                else:
+                if rungs is not None:
                     out[j] = row[rsel]
         return out
 
