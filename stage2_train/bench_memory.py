@@ -1,16 +1,18 @@
 """``pipeline bench train-memory``: one training epoch from an in-memory cache vs out of core.
 
 Each mode runs in its own child process, so each peak RSS is that mode's alone. A child opens
-the cache's graph, builds the sampler and the ladder, runs a few training steps and one evaluation
-batch on zero states with a copy of the ladder (warm-up), then records its RSS (the *baseline*: Python, torch, the graph,
-the model, what any training step allocates), resets the kernel's peak-RSS mark (``clear_refs``),
+the cache's graph, builds the sampler and the ladder, runs a few small training steps (8 targets)
+and a small evaluation batch on zero states with a copy of the ladder (warm-up), then records its
+RSS (the *baseline*: Python, torch, the graph, the model; not the working set of full-size steps,
+which out of core counts against the budget), resets the kernel's peak-RSS mark (``clear_refs``),
 loads features (in-memory: the whole rung array; out of core: nothing up front), times
 ``--epochs`` training epochs and one validation pass, and reports its peak RSS. Both modes
 train the same model from the same seed; batch orders differ (in-memory: a full shuffle, as
 ``pipeline train``; out of core: chunk-grouped), so losses are close, not equal.
 
 Within budget means: peak RSS <= baseline + budget + model (weights, gradients and AdamW's
-two moments, 4 x 4 bytes a parameter).
+two moments, 4 x 4 bytes a parameter). The budget covers the chunk cache and the training
+step's working set (micro-batches, :mod:`stage2_train.step_memory`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pipeline.progress import log
 from stage2_train.config import format_size
 
 WARM_UP_STEPS = 5
+WARM_UP_TARGETS = 8  # small steps: the baseline holds torch's machinery, not a full-size step's buffers
 
 
 @dataclass
@@ -37,6 +40,7 @@ class MemoryBenchConfig:
     epochs: int = 1
     batch_size: int = 64
     seed: int = 0
+    fanout: int | None = None
     readahead: int = 1
     num_threads: int = 1
     json_path: Path | None = None
@@ -48,6 +52,7 @@ class MemoryBenchConfig:
         errs.check(Path(self.cache).is_dir(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(self.fanout is None or self.fanout > 0, f"--fanout {self.fanout}: must be > 0")
         errs.check(self.readahead >= 0, f"--readahead {self.readahead}: must be >= 0")
         errs.check(self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")
         errs.raise_if_any()
@@ -71,9 +76,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def _warm_up(model, sampler, train, labels, val_sub, num_rungs: int, hidden_size: int, tc) -> None:
-    """Training steps and one evaluation batch on zero states with a throwaway copy of the model,
-    so the baseline RSS holds what any run allocates (autograd buffers, allocator pools)."""
+def _warm_up(model, sampler, train, labels, val_targets, num_rungs: int, hidden_size: int, tc) -> None:
+    """Small training steps and a small evaluation batch on zero states with a throwaway copy of
+    the model, so the baseline RSS holds what any run allocates once (torch's lazy setup)."""
     import copy
 
     import torch
@@ -85,13 +90,14 @@ def _warm_up(model, sampler, train, labels, val_sub, num_rungs: int, hidden_size
     opt = torch.optim.AdamW(twin.parameters(), lr=tc.lr)
     gen = generator(12345)
     for k in range(WARM_UP_STEPS):
-        targets = train[k * tc.batch_size : (k + 1) * tc.batch_size]
+        targets = train[k * WARM_UP_TARGETS : (k + 1) * WARM_UP_TARGETS]
         sub = sampler.sample(targets, gen)
         optimise_step(twin, opt, sub, torch.zeros(len(sub.nodes), num_rungs, hidden_size), labels[targets],
                       torch.ones(num_rungs), "cpu")
     twin.eval()
     with torch.no_grad():
-        twin(torch.zeros(len(val_sub.nodes), num_rungs, hidden_size), val_sub)
+        sub = sampler.sample(val_targets[:WARM_UP_TARGETS])
+        twin(torch.zeros(len(sub.nodes), num_rungs, hidden_size), sub)
 
 
 def child(mode: str, cfg: MemoryBenchConfig) -> dict:
@@ -104,22 +110,24 @@ def child(mode: str, cfg: MemoryBenchConfig) -> dict:
     from stage2_train.checkpoint import build_model
     from stage2_train.config import TrainConfig
     from stage2_train.data import CachedFeatures, open_train_data, resolve_split
-    from stage2_train.loop import epoch_batches, evaluate, make_eval_set, optimise_step, seed_everything
+    from stage2_train.loop import accumulate_step, epoch_batches, evaluate, make_eval_set, seed_everything
     from stage2_train.out_of_core import OutOfCoreFeatures
     from stage2_train.run import model_spec
     from stage2_train.sampling import Sampler, generator
+    from stage2_train.step_memory import step_cost
 
     torch.set_num_threads(cfg.num_threads)
     data = open_train_data(cfg.cache, None, None, "ladder")
     tc = TrainConfig(cache=cfg.cache, out=Path("unused"), batch_size=cfg.batch_size)
     graph, labels = data.graph, np.asarray(data.graph.labels)
     split = resolve_split(graph, None, cfg.seed)
-    sampler = Sampler(graph.edge_index, graph.num_nodes, mode="ego")
+    sampler = Sampler(graph.edge_index, graph.num_nodes, mode="ego", fanout=cfg.fanout)
     seed_everything(cfg.seed)
-    model = build_model(model_spec(tc, data.reader.hidden_size, graph.num_classes, len(data.layers)))
+    spec = model_spec(tc, data.reader.hidden_size, graph.num_classes, len(data.layers))
+    model = build_model(spec)
     params = sum(p.numel() for p in model.parameters())
     val_set = make_eval_set(sampler, split["val"], labels, tc.eval_batch_size)
-    _warm_up(model, sampler, split["train"], labels, val_set.subs[0], len(data.layers), data.reader.hidden_size, tc)
+    _warm_up(model, sampler, split["train"], labels, split["val"], len(data.layers), data.reader.hidden_size, tc)
     baseline = _rss()
     reset = _reset_peak()
 
@@ -127,7 +135,8 @@ def child(mode: str, cfg: MemoryBenchConfig) -> dict:
     if mode == "in-memory":
         features = CachedFeatures(data, limit=1 << 62)
     else:
-        features = OutOfCoreFeatures(data, cfg.memory_budget, cfg.readahead)
+        features = OutOfCoreFeatures(data, cfg.memory_budget, cfg.readahead, step_cost(spec))
+        features.check(sampler, np.concatenate([split["train"], split["val"]]))
     load_s = time.perf_counter() - t0
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     weights = torch.ones(len(data.layers))
@@ -137,8 +146,9 @@ def child(mode: str, cfg: MemoryBenchConfig) -> dict:
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
         with contextlib.closing(epoch_batches(features, sampler, split["train"], cfg.batch_size, gen)) as it:
-            for b, sub, x in it:
-                total, n = total + optimise_step(model, opt, sub, x, labels[b], weights, "cpu") * len(b), n + len(b)
+            for piece in it:
+                loss = accumulate_step(model, opt, piece, labels, weights, "cpu")
+                total, n = total + loss * len(piece.targets), n + len(piece.targets)
         epoch_s.append(time.perf_counter() - t0)
         losses.append(total / max(n, 1))
     t0 = time.perf_counter()
@@ -153,7 +163,7 @@ def child(mode: str, cfg: MemoryBenchConfig) -> dict:
         "model_params": params, "model_bytes": 16 * params,
     }
     if mode == "out-of-core":
-        result |= {"lru_capacity": features.lru.capacity, "lru_hits": features.lru.hits, "lru_misses": features.lru.misses,
+        result |= {"lru_capacity": features.lru.capacity, "step_limit": features.step_limit, "micro_batches": features.micro_batches, "lru_hits": features.lru.hits, "lru_misses": features.lru.misses,
                    "chunks_read": features.chunks_read, "rows_read": features.rows_read}
     return result
 
@@ -176,6 +186,8 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.num_threads)}
         payload = json.dumps({"mode": mode, "cfg": {**asdict(cfg), "cache": str(cfg.cache), "json_path": None}})
         proc = subprocess.run([sys.executable, "-m", "stage2_train.bench_memory", payload], capture_output=True, text=True, env=env)
+        if proc.returncode == InputError.exit_code:  # the child refused the input: its one-line message
+            raise InputError(proc.stderr.strip().splitlines()[-1])
         if proc.returncode != 0:
             raise PipelineError(f"bench train-memory: the {mode} child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         runs[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -183,7 +195,8 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     allowance = ooc["baseline_rss"] + cfg.memory_budget + ooc["model_bytes"]
     result = {
         "cache": str(cfg.cache), "num_nodes": n, "rungs": s, "hidden_size": h, "rungs_bytes": rungs_bytes,
-        "memory_budget": cfg.memory_budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "readahead": cfg.readahead,
+        "memory_budget": cfg.memory_budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "fanout": cfg.fanout,
+        "readahead": cfg.readahead,
         "num_threads": cfg.num_threads, "in_memory": mem, "out_of_core": ooc,
         "epoch_ratio": ooc["epoch_s"] / mem["epoch_s"], "epoch_ratio_target": 1.5,
         "ooc_peak_over_baseline": ooc["peak_rss"] - ooc["baseline_rss"],
@@ -200,7 +213,8 @@ def _print(r: dict) -> None:
     mb = lambda b: f"{b / 2**20:8.1f} MiB"  # noqa: E731
     print(f"bench train-memory {r['cache']}: {r['num_nodes']} nodes x {r['rungs']} rungs x {r['hidden_size']} fp16 = "
           f"{format_size(r['rungs_bytes'])}, budget {format_size(r['memory_budget'])}, {r['epochs']} epoch(s), "
-          f"{r['in_memory']['batches_per_epoch']} batches of {r['batch_size']}, {r['num_threads']} thread(s)")
+          f"{r['in_memory']['batches_per_epoch']} batches of {r['batch_size']}, fanout {r['fanout'] or 'all'}, "
+          f"{r['num_threads']} thread(s)")
     print(f"  {'mode':12s} {'load s':>8s} {'epoch s':>9s} {'val pass s':>10s} {'baseline RSS':>14s} {'peak RSS':>14s} {'peak - base':>14s}")
     for key in ("in_memory", "out_of_core"):
         m = r[key]
@@ -208,7 +222,8 @@ def _print(r: dict) -> None:
               f"{mb(m['peak_rss']):>14s} {mb(m['peak_rss'] - m['baseline_rss']):>14s}")
     o = r["out_of_core"]
     print(f"  out of core / in memory epoch time {r['epoch_ratio']:.2f}x (target <= 1.5x); chunk cache hits "
-          f"{o['lru_hits']}, misses {o['lru_misses']}, chunks read {o['chunks_read']}, single rows read {o['rows_read']}")
+          f"{o['lru_hits']}, misses {o['lru_misses']}, chunks read {o['chunks_read']}, single rows read {o['rows_read']}; "
+          f"{o['micro_batches']} micro-batches of at most {mb(o['step_limit']).strip()} step memory")
     print(f"  out-of-core peak RSS {mb(o['peak_rss']).strip()} <= baseline {mb(o['baseline_rss']).strip()} + budget "
           f"{mb(r['memory_budget']).strip()} + model {mb(o['model_bytes']).strip()} = {mb(r['ooc_peak_allowance']).strip()}: "
           f"{'yes' if r['ooc_within_budget'] else 'NO'}")
@@ -217,4 +232,8 @@ def _print(r: dict) -> None:
 if __name__ == "__main__":  # the child: python -m stage2_train.bench_memory '{"mode": ..., "cfg": {...}}'
     args = json.loads(sys.argv[1])
     c = args["cfg"]
-    print(json.dumps(child(args["mode"], MemoryBenchConfig(**{**c, "cache": Path(c["cache"])}))))
+    try:
+        print(json.dumps(child(args["mode"], MemoryBenchConfig(**{**c, "cache": Path(c["cache"])}))))
+    except PipelineError as err:
+        print(err.format_message(), file=sys.stderr)
+        sys.exit(err.exit_code)

@@ -51,7 +51,8 @@ def train_command(
     memory_budget: Optional[str] = typer.Option(
         None, "--memory-budget",
         help="Memory for the cache's features, e.g. 512MB or 2GiB. When the used rungs (N x S x H x 2 bytes) exceed it, "
-        "train out of core: chunk-ordered batches, a chunk cache within the budget, read-ahead. "
+        "train out of core within it: chunk-ordered batches, a chunk cache of half the budget, batches cut into "
+        "micro-batches (gradients accumulated) so the step's working set fits the other half, read-ahead. "
         "Default: 8 GiB or half the available memory, whichever is less.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
@@ -118,18 +119,19 @@ def bench_train_memory_command(
     epochs: int = typer.Option(1, "--epochs", help="Training epochs timed in each mode."),
     batch_size: int = typer.Option(64, "--batch-size", help="Target nodes per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, split and sampling (the same in both modes)."),
-    readahead: int = typer.Option(1, "--readahead", help="Batches the out-of-core reader prepares ahead (0: none)."),
+    fanout: Optional[int] = typer.Option(None, "--fanout", help="Ego sampler: keep at most this many neighbours per node (default: all)."),
+    readahead: int = typer.Option(1, "--readahead", help="Micro-batches the out-of-core reader prepares ahead (0: none)."),
     num_threads: int = typer.Option(1, "--num-threads", help="Torch CPU threads of each child."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Time training epochs with the cache in memory and out of core (--memory-budget); compare peak RSS.
 
-    Each mode runs in its own child process. Prints load, epoch and validation-pass times, baseline RSS (Python, torch, graph, model; before any features), peak RSS, the epoch-time ratio (target <= 1.5x) and whether the out-of-core peak RSS stays within baseline + budget + model.
+    Each mode runs in its own child process. Prints load, epoch and validation-pass times, baseline RSS (Python, torch, graph, model; before any features or full-size step), peak RSS, the epoch-time ratio (target <= 1.5x) and whether the out-of-core peak RSS stays within baseline + budget + model.
     """
     from stage2_train.bench_memory import MemoryBenchConfig, run_bench_memory
 
     run_bench_memory(MemoryBenchConfig(
         cache=cache, memory_budget=parse_size(memory_budget, "--memory-budget"), epochs=epochs, batch_size=batch_size,
-        seed=seed, readahead=readahead, num_threads=num_threads, json_path=json_path,
+        seed=seed, fanout=fanout, readahead=readahead, num_threads=num_threads, json_path=json_path,
     ))

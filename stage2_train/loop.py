@@ -65,8 +65,9 @@ def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) ->
     the ranks of ``group``, each holding its share of the set, when given)."""
     model.eval()
     correct, total = torch.zeros(model.num_rungs, dtype=torch.long), 0
+    pieces = getattr(features, "pieces", lambda sub: [sub])  # out of core: cut to the step memory bound
     for sub, y in zip(es.subs, es.labels):
-        logits = model(features(sub.nodes).to(device), sub.to(device))  # (S, B, C)
+        logits = torch.cat([model(features(p.nodes).to(device), p.to(device)) for p in pieces(sub)], dim=1)  # (S, B, C)
         correct += (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
         total += len(y)
     if group is not None:
@@ -77,16 +78,19 @@ def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) ->
 
 def epoch_batches(features: Callable, sampler: Sampler, nodes: np.ndarray, size: int, gen: torch.Generator,
                   max_batches: int | None = None):
-    """``(targets (B,), subgraph, states (n, S, H))`` of the first ``max_batches`` batches of an epoch.
+    """The :class:`~stage2_train.step_memory.MicroBatch` es of the first ``max_batches`` batches of an epoch.
 
-    Features with an ``epoch`` method (out of core) choose the order and read ahead; close the
-    iterator (``contextlib.closing``) to stop their reader. Only the batches returned are
+    Features with an ``epoch`` method (out of core) choose the order, cut batches to their
+    step memory bound and read ahead; close the iterator (``contextlib.closing``) to stop
+    their reader. Others give one micro-batch per batch. Only the batches returned are
     sampled, so ``gen`` ends in the same state whoever reads.
     """
+    from stage2_train.step_memory import MicroBatch
+
     if hasattr(features, "epoch"):
         return features.epoch(sampler, nodes, size, gen, max_batches)
     parts = batches(nodes, size, gen)[:max_batches]
-    return ((b, sub, features(sub.nodes)) for b in parts for sub in (sampler.sample(b, gen),))
+    return (MicroBatch(b, sub, features(sub.nodes)) for b in parts for sub in (sampler.sample(b, gen),))
 
 
 def train_step(model, opt, features: Callable, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
@@ -104,6 +108,19 @@ def optimise_step(model, opt, sub: SubgraphBatch, x: torch.Tensor, y: np.ndarray
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    return loss.item()
+
+
+def accumulate_step(model, opt, piece, labels: np.ndarray, weights: torch.Tensor, device: str) -> float:
+    """Backward of one micro-batch's loss scaled by its ``share`` of the batch; the optimiser
+    steps after the batch's ``last`` one (gradients were cleared after the previous step).
+    Returns the micro-batch's own loss (mean over its targets)."""
+    y = torch.as_tensor(labels[piece.targets], device=device)
+    loss = head_losses(model(piece.states.to(device), piece.sub.to(device)), y, weights)
+    (loss * piece.share).backward()
+    if piece.last:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return loss.item()
 
 
@@ -177,10 +194,11 @@ def train_seed(
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
         if group.world_size == 1 and hasattr(features, "epoch"):  # out of core: chunk-grouped batches, read-ahead
+            opt.zero_grad(set_to_none=True)
             with contextlib.closing(epoch_batches(features, sampler, mine["train"], size, gen, cfg.max_batches)) as epoch_iter:
-                for b, sub, x in epoch_iter:
-                    loss = optimise_step(model, opt, sub, x, labels[b], weights, device)
-                    loss_sum, n_seen = loss_sum + loss * len(b), n_seen + len(b)
+                for piece in epoch_iter:
+                    loss = accumulate_step(model, opt, piece, labels, weights, device)
+                    loss_sum, n_seen = loss_sum + loss * len(piece.targets), n_seen + len(piece.targets)
         else:
             for k, b in enumerate(group.batches(mine["train"], len(split["train"]), size, gen)):
                 if cfg.max_batches is not None and k >= cfg.max_batches:

@@ -13,17 +13,24 @@ budget (N x S x H x 2 bytes), as before; otherwise features come from
   stay mixed.
 - **Reads.** A batch needs its targets' rows and their sampled neighbours' rows, which lie
   anywhere. Rows are gathered chunk by chunk in chunk order: from an LRU of decoded chunks
-  (bounded by 3/4 of the budget); a missing chunk holding at least ``WHOLE_CHUNK_ROWS``
+  (half the budget, in the fixed slots of one preallocated slab); a missing chunk holding at least ``WHOLE_CHUNK_ROWS``
   wanted rows is read whole (one file read) and kept; a few scattered rows of a chunk are
   read one ``pread`` each (a whole 64-node chunk for one neighbour row would read 64x the
   bytes).
-- **Read-ahead.** A background thread samples and reads the next batches (queue depth
+- **Micro-batches.** The budget bounds the step too (:mod:`stage2_train.step_memory`): half
+  goes to the chunk cache, half to the batches in flight, shared by the micro-batch being
+  trained, the one being read and ``readahead`` waiting ones. A batch whose subgraphs
+  exceed that share is cut into micro-batches of whole subgraphs, their gradients
+  accumulated into one optimiser step; evaluation batches are cut the same way. A target
+  whose subgraph alone exceeds it (a hub without ``--fanout``) is refused before training,
+  with the budget it needs.
+- **Read-ahead.** A background thread samples and reads the next micro-batches (queue depth
   ``readahead``), so reads overlap the model's compute; it stops when the epoch ends, breaks
   or raises. Sampling stays in batch order on the one generator, so a run is reproducible.
 
 Evaluation reads through the same LRU (``features(nodes)``). Memory: the LRU plus the
-in-flight batches (the remaining quarter of the budget), on top of the graph, sampler and
-model. Shapes: N nodes, n batch rows, S rungs, H LLM width, c nodes per chunk.
+micro-batches in flight and the step's working set, on top of the graph, sampler and model. Shapes: N nodes, n batch
+rows, S rungs, H LLM width, c nodes per chunk.
 """
 
 from __future__ import annotations
@@ -39,8 +46,11 @@ import torch
 from pipeline.errors import InputError
 from stage1_encode.cache import DENSE_CHUNK_ROWS
 from stage2_train.config import format_size
+from stage2_train.sampling import SubgraphBatch
+from stage2_train.step_memory import MicroBatch, StepCost, select_graphs, split_batch, step_limit
 
-MIN_BUDGET_CHUNKS = 2  # the chunk cache (3/4 of the budget) must hold at least one chunk
+MIN_BUDGET_CHUNKS = 2  # the chunk cache (half the budget) must hold at least one chunk
+CHECK_HUBS = 16  # targets of highest degree whose step memory is checked before training
 WHOLE_CHUNK_ROWS = DENSE_CHUNK_ROWS  # wanted rows from which a missing chunk is read whole (and cached)
 
 
@@ -65,9 +75,10 @@ def default_budget() -> int:
     return min(IN_MEMORY_LIMIT_BYTES, avail // 2)
 
 
-def open_features(data, budget: int | None, readahead: int = 1):
+def open_features(data, budget: int | None, readahead: int = 1, cost: StepCost | None = None):
     """The cache's features for training: ``(features, mode)``; in memory when the used rungs
-    (N x S x H x 2 bytes) fit ``budget`` (None: :func:`default_budget`), else out of core."""
+    (N x S x H x 2 bytes) fit ``budget`` (None: :func:`default_budget`), else out of core,
+    with micro-batches bounded by ``cost`` (None: whole batches)."""
     from stage2_train.data import CachedFeatures
 
     reader = data.reader
@@ -76,7 +87,7 @@ def open_features(data, budget: int | None, readahead: int = 1):
     mode = {"mode": "in-memory", "memory_budget": budget, "limit_bytes": limit, "rungs_bytes": need}
     if need <= limit:
         return CachedFeatures(data, limit=limit), mode
-    features = OutOfCoreFeatures(data, limit, readahead)
+    features = OutOfCoreFeatures(data, limit, readahead, cost)
     return features, {**mode, "mode": "out-of-core", **features.describe()}
 
 
@@ -87,43 +98,62 @@ def describe_mode(mode: dict, num_rungs: int, num_nodes: int, seconds: float) ->
     if mode["mode"] == "in-memory":
         return f"in memory: loaded {num_rungs} rung(s) of {num_nodes} nodes ({size}, budget {budget}) in {seconds:.1f}s"
     return (f"out of core: {num_rungs} rung(s) of {num_nodes} nodes ({size}) exceed the budget {budget}; chunk-ordered "
-            f"batches, chunk cache {format_size(mode['lru_capacity_bytes'])}, read-ahead {mode['readahead']} batch(es)")
+            f"batches, chunk cache {format_size(mode['lru_capacity_bytes'])}, read-ahead {mode['readahead']} micro-batch(es)"
+            + (f" of at most {format_size(mode['step_limit_bytes'])} step memory each" if mode.get("step_limit_bytes") else ""))
 
 
 class ChunkLRU:
-    """Decoded chunks (c', S, H) by chunk index, least recently used dropped past ``capacity`` bytes."""
+    """Decoded chunks (c, S, H) by chunk index, in the fixed slots of one preallocated slab;
+    the least recently used chunk's slot is refilled first.
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.nbytes = capacity, 0
-        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+    Reading and evicting chunks never allocates: separate arrays freed in LRU order would
+    leave the heap fragmented (resident pages beyond the live chunks). The slab's pages
+    become resident as slots fill, ``capacity`` bytes at most.
+    """
+
+    def __init__(self, capacity: int, block_shape: tuple[int, ...], dtype) -> None:
+        self.block_bytes = int(np.prod(block_shape)) * np.dtype(dtype).itemsize
+        self.capacity, self.num_slots = capacity, capacity // self.block_bytes
+        self._slab = np.empty((self.num_slots, *block_shape), dtype=dtype)  # untouched pages cost nothing
+        self._items: OrderedDict[int, tuple[int, int]] = OrderedDict()  # chunk -> (slot, rows)
         self.hits = self.misses = 0
 
-    def get(self, i: int) -> np.ndarray | None:
-        x = self._items.get(i)
-        if x is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-            self._items.move_to_end(i)
-        return x
+    @property
+    def nbytes(self) -> int:
+        return len(self._items) * self.block_bytes
 
-    def put(self, i: int, x: np.ndarray) -> None:
-        if x.nbytes > self.capacity:
-            return
-        self._items[i] = x
-        self.nbytes += x.nbytes
-        while self.nbytes > self.capacity:
-            self.nbytes -= self._items.popitem(last=False)[1].nbytes
+    def get(self, i: int) -> np.ndarray | None:
+        """Chunk ``i``'s rows (c', S, H), a view into the slab, or None."""
+        item = self._items.get(i)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(i)
+        return self._slab[item[0], : item[1]]
+
+    def slot(self, i: int, rows: int) -> np.ndarray:
+        """A slot (c, S, H) to fill with chunk ``i`` (``rows`` valid rows), taken from the least
+        recently used chunk when all are in use; ``i`` is cached from now on."""
+        if len(self._items) < self.num_slots:
+            s = len(self._items)
+        else:
+            s = self._items.popitem(last=False)[1][0]
+        self._items[i] = (s, rows)
+        return self._slab[s]
 
 
 class OutOfCoreFeatures:
     """``features(nodes (n,)) -> (n, S, H)`` float32 read from disk through a chunk LRU.
 
-    ``epoch(sampler, nodes, size, gen)`` yields ``(targets (B,), subgraph, states (n, S, H))``
-    for one training epoch in chunk-grouped order, prepared ``readahead`` batches ahead.
+    ``epoch(sampler, nodes, size, gen)`` yields the :class:`MicroBatch` es of one training
+    epoch in chunk-grouped order, prepared ``readahead`` micro-batches ahead. With a
+    ``cost`` (:func:`stage2_train.step_memory.step_cost`), each micro-batch's estimated step
+    memory stays within ``step_limit`` (:func:`stage2_train.step_memory.step_limit` of the
+    budget's half left by the chunk cache).
     """
 
-    def __init__(self, data, budget: int, readahead: int = 1) -> None:
+    def __init__(self, data, budget: int, readahead: int = 1, cost: StepCost | None = None) -> None:
         reader = data.reader
         self.reader, self.positions, self.readahead = reader, np.asarray(data.positions), readahead
         self.chunk_nodes, self.dtype = reader.chunk_nodes, np.dtype(reader.manifest["storage_dtype"])
@@ -131,9 +161,39 @@ class OutOfCoreFeatures:
         if budget < MIN_BUDGET_CHUNKS * chunk_bytes:
             raise InputError(f"--memory-budget {format_size(budget)}: too small for out-of-core training of this cache; give at "
                              f"least {format_size(MIN_BUDGET_CHUNKS * chunk_bytes)} ({MIN_BUDGET_CHUNKS} chunks of {format_size(chunk_bytes)})")
-        self.lru = ChunkLRU(budget * 3 // 4)
-        self.rows_read = self.chunks_read = 0
+        self.budget, self.cost = budget, cost
+        self.lru = ChunkLRU(budget // 2, (self.chunk_nodes, len(self.positions), reader.hidden_size), self.dtype)
+        self._all_rungs = list(self.positions) == list(range(reader.shape[1]))
+        self._scratch = None if self._all_rungs else np.empty((self.chunk_nodes, *reader.shape[1:]), dtype=self.dtype)
+        self.step_limit = step_limit(budget - self.lru.capacity, cost, readahead) if cost is not None else None
+        self.rows_read = self.chunks_read = self.micro_batches = 0
         self._lock = threading.Lock()  # evaluation and the read-ahead thread never overlap; cheap insurance
+
+    def split(self, sub: SubgraphBatch) -> list[tuple[int, int]]:
+        """Target ranges of ``sub`` whose step memory fits ``step_limit`` (one range without a cost)."""
+        if self.cost is None:
+            return [(0, len(sub.targets))]
+        return split_batch(sub, self.cost, self.step_limit, f"--memory-budget {format_size(self.budget)}: ", self._advice)
+
+    def pieces(self, sub: SubgraphBatch) -> list[SubgraphBatch]:
+        """``sub`` cut into batches that fit ``step_limit`` (evaluation)."""
+        ranges = self.split(sub)
+        return [sub] if len(ranges) == 1 else [select_graphs(sub, g0, g1) for g0, g1 in ranges]
+
+    def check(self, sampler, nodes: np.ndarray) -> None:
+        """Refuse before training when one of the ``CHECK_HUBS`` highest-degree ``nodes`` has a
+        subgraph (evaluation draw) that alone exceeds ``step_limit``; the epoch checks every
+        subgraph as it comes."""
+        if self.cost is None or not len(nodes):
+            return
+        hubs = nodes[np.argsort(-sampler.deg[nodes].numpy(), kind="stable")[:CHECK_HUBS]]
+        self.split(sampler.sample(hubs))
+
+    def _advice(self, need: int) -> str:
+        budget = -(-need * self.budget // self.step_limit) + 1  # the budget whose step limit fits ``need``
+        return (f" (half the budget is the chunk cache, the other half holds the step, the micro-batch being read and "
+                f"{self.readahead} read ahead); give --memory-budget {format_size(budget)} or more, or cap neighbours per hop "
+                "with --fanout")
 
     def rows(self, nodes: np.ndarray) -> np.ndarray:
         """(n, S, H) storage-dtype rows of ``nodes`` (any order, repeats allowed), gathered in chunk order."""
@@ -147,8 +207,7 @@ class OutOfCoreFeatures:
             for ch, a, k in zip(chunks.tolist(), starts.tolist(), counts.tolist()):
                 block = self.lru.get(ch)
                 if block is None and k >= WHOLE_CHUNK_ROWS:
-                    block = np.ascontiguousarray(self.reader.read_chunk(ch)[:, self.positions])  # (c', S, H)
-                    self.lru.put(ch, block)
+                    block = self._read_chunk(ch)
                     self.chunks_read += 1
                 if block is None:
                     scattered.append(np.arange(a, a + k))
@@ -160,25 +219,42 @@ class OutOfCoreFeatures:
                 self.rows_read += len(idx)
         return out[inverse]
 
+    def _read_chunk(self, ch: int) -> np.ndarray:
+        """Chunk ``ch``'s used rungs (c', S, H), read into an LRU slot."""
+        rows = min(self.chunk_nodes, self.reader.num_nodes - ch * self.chunk_nodes)
+        slot = self.lru.slot(ch, rows)
+        if self._all_rungs:
+            self.reader.read_chunk_into(ch, slot)
+        else:
+            self.reader.read_chunk_into(ch, self._scratch)
+            slot[:rows] = self._scratch[:rows, self.positions]
+        return slot[:rows]
+
     def __call__(self, nodes: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.rows(nodes.numpy())).float()
 
     def epoch(self, sampler, nodes: np.ndarray, size: int, gen: torch.Generator, max_batches: int | None = None):
         parts = chunk_group_batches(nodes, size, self.chunk_nodes, gen)[:max_batches]
 
-        def produce(b):
-            sub = sampler.sample(b, gen)
-            return b, sub, self(sub.nodes)
+        def produce():  # runs in the read-ahead thread: sampling, cutting, reading, in batch order
+            for b in parts:
+                sub = sampler.sample(b, gen)
+                ranges = self.split(sub)
+                for k, (g0, g1) in enumerate(ranges):
+                    self.micro_batches += 1
+                    piece = sub if len(ranges) == 1 else select_graphs(sub, g0, g1)
+                    yield MicroBatch(b[g0:g1], piece, self(piece.nodes), (g1 - g0) / len(b), k == len(ranges) - 1)
 
-        return ReadAhead(parts, produce, self.readahead) if self.readahead > 0 else (produce(b) for b in parts)
+        return ReadAhead(produce(), lambda item: item, self.readahead) if self.readahead > 0 else produce()
 
     def describe(self) -> dict:
-        return {"lru_capacity_bytes": self.lru.capacity, "chunk_nodes": self.chunk_nodes, "readahead": self.readahead}
+        out = {"lru_capacity_bytes": self.lru.capacity, "chunk_nodes": self.chunk_nodes, "readahead": self.readahead}
+        return out | ({"step_limit_bytes": self.step_limit} if self.step_limit is not None else {})
 
 
 class ReadAhead:
-    """Iterates ``produce(item)`` over ``items`` in order, computed by a background thread at most
-    ``depth`` items ahead. An error in ``produce`` is raised in the consumer; ``close()`` (also on
+    """Iterates ``produce(item)`` over ``items`` (an iterable, consumed lazily in the thread) in
+    order, computed by a background thread at most ``depth`` items ahead. An error in ``produce`` is raised in the consumer; ``close()`` (also on
     leaving a ``with``/``contextlib.closing`` block, or breaking out) stops and joins the thread."""
 
     _DONE = object()
@@ -186,7 +262,7 @@ class ReadAhead:
     def __init__(self, items, produce, depth: int = 1) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(list(items), produce), name="read-ahead", daemon=True)
+        self._thread = threading.Thread(target=self._work, args=(items, produce), name="read-ahead", daemon=True)
         self._thread.start()
 
     def _put(self, item) -> bool:

@@ -107,6 +107,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.out_of_core import describe_mode, open_features
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
+    from stage2_train.step_memory import step_cost
     from pipeline.progress import progress
 
     # --- setup
@@ -126,14 +127,17 @@ def _run(config: TrainConfig, group=None) -> dict:
         feature_mode = {"mode": "rank-share", "memory_budget": config.memory_budget}
         if config.memory_budget is not None:
             warn("--memory-budget: not used under torchrun; each rank holds the rows of its share in memory")
-    else:
-        features, feature_mode = open_features(data, config.memory_budget)
-        log(describe_mode(feature_mode, len(data.layers), graph.num_nodes, time.perf_counter() - t0))
     sampler = Sampler(
         graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout, hops=config.hops,
         num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,
     )
     spec = model_spec(config, data.reader.hidden_size, graph.num_classes, len(data.layers))
+    if not config.no_cache and group is None:
+        t0 = time.perf_counter()
+        features, feature_mode = open_features(data, config.memory_budget, cost=step_cost(spec))
+        if feature_mode["mode"] == "out-of-core":  # refuse a hub whose step alone exceeds the budget before training
+            features.check(sampler, np.unique(np.concatenate([v for sp in splits.values() for v in sp.values()])))
+        log(describe_mode(feature_mode, len(data.layers), graph.num_nodes, time.perf_counter() - t0))
     labels = np.asarray(graph.labels)
     resolved = {
         **config.to_dict(),
