@@ -100,12 +100,14 @@ def encode_block(stepper, texts: list[str], layers: list[int], config: EncodeCon
     """Texts of one block -> ((n, S, H) float32, real tokens, padded tokens)."""
     import torch
 
-    tok = stepper.loaded.tokenizer(texts, truncation=True, max_length=config.max_length)
-    lengths = np.asarray([len(ids) for ids in tok["input_ids"]])
+    from stage1_encode.text_clip import token_ids
+
+    ids = token_ids(stepper.loaded.tokenizer, texts, config.max_length)  # once per block; batches only pad
+    lengths = np.asarray([len(row) for row in ids])
     out = np.empty((len(texts), len(layers), stepper.hidden_size), dtype=np.float32)
     real = padded = 0
     for idx in make_batches(lengths, config.batch_tokens):
-        batch = stepper.tokenize([texts[i] for i in idx], config.max_length)
+        batch = stepper.pad([ids[i] for i in idx])
         with torch.inference_mode():
             out[idx] = stepper.encode_tokens(batch, layers, config.pooling).cpu().numpy()  # (B, S, H)
         n_real, n_pad = int(batch.attention_mask.sum()), batch.input_ids.numel()

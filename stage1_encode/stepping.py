@@ -89,12 +89,22 @@ class LayerStepper:
     # -- tokens ---------------------------------------------------------------------------
     def tokenize(self, texts: list[str], max_length: int) -> TokenBatch:
         """Raw texts (no template) -> right-padded, truncated token batch on the device."""
-        enc = self.loaded.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
+        from stage1_encode.text_clip import token_ids
+
+        return self.pad(token_ids(self.loaded.tokenizer, list(texts), max_length))
+
+    def pad(self, ids: list[list[int]]) -> TokenBatch:
+        """Token ids of a batch -> right-padded batch on the device, as the tokenizer pads
+        (the loader sets right padding and a pad token); encoders get zero token types."""
+        width = max((len(r) for r in ids), default=0)
+        input_ids = torch.full((len(ids), width), int(self.loaded.tokenizer.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
         dev = self.loaded.device
-        tt = enc.get("token_type_ids") if self.family == "encoder" else None
-        return TokenBatch(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), None if tt is None else tt.to(dev))
+        types = self.family == "encoder" and "token_type_ids" in self.loaded.tokenizer.model_input_names
+        return TokenBatch(input_ids.to(dev), mask.to(dev), torch.zeros_like(input_ids).to(dev) if types else None)
 
     # -- stepping -------------------------------------------------------------------------
     @torch.inference_mode()

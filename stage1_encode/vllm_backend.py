@@ -172,7 +172,9 @@ class VllmEncoder:
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids per text, exactly as the HF path (truncation to ``max_length``, no padding)."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        from stage1_encode.text_clip import token_ids
+
+        ids = token_ids(self.tokenizer, list(texts), max_length)
         empty = [i for i, t in enumerate(ids) if not t]
         if empty:
             raise InputError(f"--backend vllm: text(s) at batch position(s) {empty[:5]} tokenize to no tokens")

@@ -98,3 +98,51 @@ def test_unknown_model_lists_builtins() -> None:
     msg = err.value.message
     assert msg.startswith("--model no-such-model: not a built-in model, a local folder or an HF hub id")
     assert "smollm2-135m (SmolLM2-135M-Instruct" in msg and "minilm-l6 (all-MiniLM-L6-v2" in msg
+
+
+ADVERSARIAL = [
+    "word " * 400,  # long, whitespace-separated
+    "a  b   c\n\nd\t e " * 200,  # runs of mixed whitespace, trailing whitespace at any cut
+    "x" * 3000,  # no whitespace to cut at: tokenized whole
+    "https://example.org/" + "path/" * 500 + " tail",  # one long word across the bound
+    "naïve café résumé Ångström " * 150,  # accents (the BERT normalizer strips them)
+    "数据图神经网络大型语言模型 " * 300,  # CJK runs split by spaces
+    "e\u0301" * 1500 + " end",  # combining marks: far fewer characters once normalized
+    ". , ; ! ?" * 400,
+    # at 32 tokens cut after one long word that is few tokens (WordPiece: [UNK]; byte BPE: long "=" runs): tokenized whole
+    "x" * 197 + " " + "z" * 400 + " y" * 100,
+    "=" * 197 + " " + "z" * 400 + " y" * 100,
+    "short text",
+    "",
+]
+
+
+@pytest.mark.parametrize("model", sorted(BUILTIN_MODELS))
+def test_token_ids_of_cut_texts_equal_whole_text_tokenization(model: str) -> None:
+    """Texts cut before tokenizing (stage1_encode/text_clip.py) give exactly the ids of the
+    whole text truncated, for real texts (long ones made by joining abstracts) and adversarial ones."""
+    from stage1_encode.text_clip import CHARS_PER_TOKEN, cut_text, token_ids
+
+    tokenizer = load_model(resolve_model(model)).tokenizer
+    real = load_graph("cora").texts[:300]
+    long_texts = [" ".join(real[i : i + 6]) for i in range(0, 120, 6)]
+    texts = real + long_texts + ADVERSARIAL
+    cut = whole_again = 0
+    for max_length in (8, 16, 32, 128, 512):
+        want = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        assert token_ids(tokenizer, texts, max_length) == want
+        short = [c for t in texts for c in [cut_text(t, CHARS_PER_TOKEN * max_length)] if len(c) < len(t)]
+        cut += len(short)
+        whole_again += sum(len(r) < max_length for r in tokenizer(short, truncation=True, max_length=max_length)["input_ids"])
+    assert cut > 500 and whole_again >= 1  # both paths ran: cut texts kept, and cut texts tokenized whole again
+
+
+def test_stepper_pads_ids_as_the_tokenizer_does(stepper: LayerStepper, cora_texts: list[str]) -> None:
+    texts = cora_texts[:7] + ["one", " ".join(cora_texts[:5])]
+    enc = stepper.loaded.tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
+    batch = stepper.tokenize(texts, 48)
+    assert torch.equal(batch.input_ids.cpu(), enc["input_ids"]) and torch.equal(batch.attention_mask.cpu(), enc["attention_mask"])
+    if stepper.family == "encoder":
+        assert torch.equal(batch.token_type_ids.cpu(), enc["token_type_ids"])
+    else:
+        assert batch.token_type_ids is None
