@@ -47,16 +47,27 @@ def head_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) ->
 
 @dataclass
 class EvalSet:
-    """Fixed batches of (subgraph, labels) for one split."""
+    """Fixed batches of targets (and labels) of one split. Their subgraphs are the sampler's
+    evaluation draw, the same on every call, so they are drawn each time the set is read
+    rather than kept: kept, they grew with the split (+0.5 GB for 1M targets at 1M nodes)."""
 
-    subs: list[SubgraphBatch]
+    sampler: Sampler
+    targets: list[np.ndarray]
     labels: list[torch.Tensor]
+
+    def __iter__(self):
+        """``(subgraph, labels (B,))`` per batch."""
+        return ((self.sampler.sample(b), y) for b, y in zip(self.targets, self.labels))
+
+    @property
+    def subs(self) -> list[SubgraphBatch]:
+        return [sub for sub, _ in self]
 
 
 def make_eval_set(sampler: Sampler, nodes: np.ndarray, labels: np.ndarray, size: int) -> EvalSet:
     size = len(nodes) if sampler.mode == "full" else size  # full graph: one pass for all targets
     parts = batches(nodes, max(size, 1))
-    return EvalSet([sampler.sample(b) for b in parts], [torch.as_tensor(labels[b]) for b in parts])
+    return EvalSet(sampler, parts, [torch.as_tensor(labels[b]) for b in parts])
 
 
 @torch.no_grad()
@@ -66,7 +77,7 @@ def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) ->
     model.eval()
     correct, total = torch.zeros(model.num_rungs, dtype=torch.long), 0
     pieces = getattr(features, "pieces", lambda sub: [sub])  # out of core: cut to the step memory bound
-    for sub, y in zip(es.subs, es.labels):
+    for sub, y in es:
         logits = torch.cat([model(features(p.nodes).to(device), p.to(device)) for p in pieces(sub)], dim=1)  # (S, B, C)
         correct += (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
         total += len(y)
