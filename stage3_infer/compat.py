@@ -8,6 +8,7 @@ count, hidden size) and with the cache that known neighbours would be read from.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,10 @@ class CacheRows:
         self.reader, self.positions = reader, positions
         self.states = None
         if reader.num_nodes * len(positions) * reader.hidden_size * 2 <= IN_MEMORY_LIMIT_BYTES:
-            self.states = torch.from_numpy(np.ascontiguousarray(reader.read(rungs=positions)))  # (N, S, H) fp16
+            states = np.ascontiguousarray(reader.read(rungs=positions))  # (N, S, H) fp16, may be the reader's read-only copy
+            with warnings.catch_warnings():  # only ever read here: sharing beats copying the whole array
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self.states = torch.from_numpy(states)
             step = 1 << 16  # check in slices: a whole-array isfinite peaked at +1.6 GB on a 1M-node cache
             if not all(torch.isfinite(self.states[i : i + step]).all() for i in range(0, len(self.states), step)):
                 warn(f"cache {path}: holds non-finite values; targets next to those nodes get unreliable answers")
