@@ -383,15 +383,11 @@ class CacheReader:
 
     def read_chunk(self, i: int) -> np.ndarray:
         """Chunk ``i``: (c', S, H) rows ``[i*c, min((i+1)*c, N))``, all rungs, in one read."""
-        c = self.chunk_nodes
-        lo, hi = i * c, min((i + 1) * c, self.num_nodes)
         if not self._raw:
-            return self._states[lo:hi]
-        try:
-            x = np.fromfile(self._chunk_file(i), dtype=self._states.dtype)
-        except FileNotFoundError:  # zarr does not store a chunk that holds only the fill value
-            return np.zeros((hi - lo, *self.shape[1:]), dtype=self._states.dtype)
-        return x.reshape(c, *self.shape[1:])[: hi - lo]  # edge chunks are stored full size
+            c = self.chunk_nodes
+            return self._states[i * c : min((i + 1) * c, self.num_nodes)]
+        out = np.empty((self.chunk_nodes, *self.shape[1:]), dtype=self._states.dtype)  # edge chunks are stored full size
+        return out[: self.read_chunk_into(i, out)]
 
     def read_chunk_into(self, i: int, out: np.ndarray) -> int:
         """Chunk ``i`` (all rungs) into ``out`` (c, S, H), C-contiguous, without allocating on the

@@ -13,10 +13,10 @@ budget (N x S x H x 2 bytes), as before; otherwise features come from
   stay mixed.
 - **Reads.** A batch needs its targets' rows and their sampled neighbours' rows, which lie
   anywhere. Rows are gathered chunk by chunk in chunk order: from an LRU of decoded chunks
-  (half the budget, in the fixed slots of one preallocated slab); a missing chunk holding at least ``WHOLE_CHUNK_ROWS``
-  wanted rows is read whole (one file read) and kept; a few scattered rows of a chunk are
-  read one ``pread`` each (a whole 64-node chunk for one neighbour row would read 64x the
-  bytes).
+  (half the budget, in the fixed slots of one preallocated slab); a missing chunk holding
+  at least ``WHOLE_CHUNK_ROWS`` wanted rows is read whole (one file read) and kept; a few
+  scattered rows of a chunk are read one ``pread`` each (a whole 64-node chunk for one
+  neighbour row would read 64x the bytes).
 - **Micro-batches.** The budget bounds the step too (:mod:`stage2_train.step_memory`): half
   goes to the chunk cache, half to the batches in flight, shared by the micro-batch being
   trained, the one being read and ``readahead`` waiting ones. A batch whose subgraphs
@@ -29,8 +29,8 @@ budget (N x S x H x 2 bytes), as before; otherwise features come from
   or raises. Sampling stays in batch order on the one generator, so a run is reproducible.
 
 Evaluation reads through the same LRU (``features(nodes)``). Memory: the LRU plus the
-micro-batches in flight and the step's working set, on top of the graph, sampler and model. Shapes: N nodes, n batch
-rows, S rungs, H LLM width, c nodes per chunk.
+micro-batches in flight and the step's working set, on top of the graph, sampler and model.
+Shapes: N nodes, n batch rows, S rungs, H LLM width, c nodes per chunk.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ class OutOfCoreFeatures:
                     piece = sub if len(ranges) == 1 else select_graphs(sub, g0, g1)
                     yield MicroBatch(b[g0:g1], piece, self(piece.nodes), (g1 - g0) / len(b), k == len(ranges) - 1)
 
-        return ReadAhead(produce(), lambda item: item, self.readahead) if self.readahead > 0 else produce()
+        return ReadAhead(produce(), depth=self.readahead) if self.readahead > 0 else produce()
 
     def describe(self) -> dict:
         out = {"lru_capacity_bytes": self.lru.capacity, "chunk_nodes": self.chunk_nodes, "readahead": self.readahead}
@@ -253,13 +253,14 @@ class OutOfCoreFeatures:
 
 
 class ReadAhead:
-    """Iterates ``produce(item)`` over ``items`` (an iterable, consumed lazily in the thread) in
-    order, computed by a background thread at most ``depth`` items ahead. An error in ``produce`` is raised in the consumer; ``close()`` (also on
-    leaving a ``with``/``contextlib.closing`` block, or breaking out) stops and joins the thread."""
+    """Iterates ``produce(item)`` (default: the item itself) over ``items``, an iterable consumed
+    lazily in a background thread at most ``depth`` items ahead, in order. An error in
+    ``produce`` or ``items`` is raised in the consumer; ``close()`` (also on leaving a
+    ``with``/``contextlib.closing`` block, or breaking out) stops and joins the thread."""
 
     _DONE = object()
 
-    def __init__(self, items, produce, depth: int = 1) -> None:
+    def __init__(self, items, produce=None, depth: int = 1) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, args=(items, produce), name="read-ahead", daemon=True)
@@ -277,7 +278,7 @@ class ReadAhead:
     def _work(self, items, produce) -> None:
         try:
             for item in items:
-                if self._stop.is_set() or not self._put(("ok", produce(item))):
+                if self._stop.is_set() or not self._put(("ok", item if produce is None else produce(item))):
                     return
             self._put(("ok", self._DONE))
         except BaseException as err:  # handed to the consumer, raised there
