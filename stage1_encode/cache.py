@@ -6,6 +6,8 @@ Layout of ``CACHE_DIR`` (a Zarr v3 group plus two JSON files and a marker folder
     states/               float16 (or float32) array (N, S, H): pooled LLM state of rung s
                           for node n; chunks (chunk_nodes, S, H), no compressor
     node_ids/             (N,) the user's node ids (int64 or string), in graph order
+    text_hashes/          (N, 16) uint8: BLAKE2b-128 of each node's UTF-8 text, in graph order
+                          (what ``pipeline encode --reuse`` compares; absent in older caches)
     manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``)
     encode_config.json    the resolved ``pipeline encode`` config that created it
     blocks/000012.done    completion mark of node block 12 (written after its data)
@@ -28,6 +30,7 @@ so ``chunk_nodes_for`` picks the largest power of two (<= 64) whose chunk stays 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -53,14 +56,25 @@ IDENTITY_KEYS = (
     "storage_dtype", "graph_fingerprint", "num_nodes", "hidden_size", "chunk_nodes", "block_nodes",
     "batch_tokens",  # batching changes the last bits of some values: resuming must batch alike
     "backend",  # hf and vllm agree to ~1e-6 relative, not bit for bit: resuming must use the same
+    "batching",  # how texts share a batch (see stage1_encode/run.py): padded batches change the last bits
 )
-IDENTITY_DEFAULTS = {"backend": "hf"}  # caches written before a key existed
+BATCHING = "by-length"  # batches of texts with equal token counts, no padding: a row depends only on its text
+IDENTITY_DEFAULTS = {"backend": "hf", "batching": "padded"}  # caches written before a key existed
+TEXT_HASH_BYTES = 16
 STORAGE_DTYPES = ("float16", "float32")
 
 
 def identity_diff(existing: dict, manifest: dict) -> list[str]:
     """Identity keys on which two manifests disagree (a missing key reads as its default)."""
     return [k for k in IDENTITY_KEYS if existing.get(k, IDENTITY_DEFAULTS.get(k)) != manifest.get(k, IDENTITY_DEFAULTS.get(k))]
+
+
+def text_hashes(texts) -> np.ndarray:
+    """(N, 16) uint8: BLAKE2b-128 of each text's UTF-8 bytes (``texts``: any sequence of str)."""
+    out = np.empty((len(texts), TEXT_HASH_BYTES), dtype=np.uint8)
+    for i, text in enumerate(texts):
+        out[i] = np.frombuffer(hashlib.blake2b(text.encode("utf-8"), digest_size=TEXT_HASH_BYTES).digest(), dtype=np.uint8)
+    return out
 
 
 def chunk_nodes_for(num_rungs: int, hidden_size: int, itemsize: int, block_nodes: int) -> int:
@@ -151,8 +165,13 @@ class CacheWriter:
         self.n_blocks = num_blocks(manifest["num_nodes"], manifest["block_nodes"])
 
     @classmethod
-    def create_or_open(cls, path: str | Path, manifest: dict, node_ids: np.ndarray, config: dict, overwrite: bool = False) -> "CacheWriter":
+    def create_or_open(
+        cls, path: str | Path, manifest: dict, node_ids: np.ndarray, config: dict, overwrite: bool = False,
+        hashes: np.ndarray | None = None,
+    ) -> "CacheWriter":
         """Open ``path`` if it holds a cache with the same identity, else create it.
+
+        ``hashes``: (N, 16) :func:`text_hashes` of the graph's texts, stored for later reuse.
 
         A cache of another model/graph/settings is refused unless ``overwrite``; a folder that
         is not a cache is never deleted.
@@ -172,7 +191,7 @@ class CacheWriter:
                     f"with other settings ({detail}). Pass --overwrite to replace it, or choose another --out"
                 )
             shutil.rmtree(path)
-        _create(path, manifest, node_ids, config)
+        _create(path, manifest, node_ids, config, hashes)
         return cls(path, read_manifest(path))
 
     def done_blocks(self) -> set[int]:
@@ -217,7 +236,7 @@ def _existing_manifest(path: Path) -> dict | None:
     return json.loads((path / "manifest.json").read_text())
 
 
-def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> None:
+def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict, hashes: np.ndarray | None = None) -> None:
     import zarr
 
     from pipeline.config_file import save_resolved_config
@@ -237,6 +256,8 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
         else:
             arr = group.create_array("node_ids", shape=(n,), dtype=str, chunks=(max(n, 1),))
             arr[:] = np.asarray([str(v) for v in ids], dtype=object)
+        if hashes is not None:
+            group.create_array("text_hashes", data=np.asarray(hashes, dtype=np.uint8), chunks=(max(min(n, 1 << 16), 1), TEXT_HASH_BYTES), compressors=None)
         (tmp / "blocks").mkdir()
         _write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
         save_resolved_config(tmp / "encode_config.json", config)
@@ -285,6 +306,7 @@ class CacheReader:
         group = zarr.open_group(str(self.path), mode="r")
         self._states = group["states"]
         self.node_ids = np.asarray(group["node_ids"][:])
+        self._group = group
         self.layers: list[int] = list(self.manifest["layers"])
         self.num_nodes: int = self.manifest["num_nodes"]
         self.hidden_size: int = self.manifest["hidden_size"]
@@ -295,6 +317,12 @@ class CacheReader:
         self._max_fds = _open_files_allowed()
         self._chunk_prefix = str(self.path / "states" / "c") + os.sep
         self._fd_lock = threading.Lock()
+
+    def text_hashes(self) -> np.ndarray | None:
+        """(N, 16) uint8 hashes of the texts the rows were encoded from; None in older caches."""
+        if "text_hashes" not in self._group:
+            return None
+        return np.asarray(self._group["text_hashes"][:])
 
     @property
     def shape(self) -> tuple[int, int, int]:

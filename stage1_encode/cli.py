@@ -36,6 +36,7 @@ def encode_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache of another model/graph/settings at --out."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm (decoder LLMs; CPU: bash scripts/setup_vllm.sh, then .venv-vllm/bin/pipeline)."),
+    reuse: Optional[Path] = typer.Option(None, "--reuse", help="An older cache of an earlier version of GRAPH (same settings): rows of nodes whose id and text are unchanged are copied, only new or edited texts run through the LLM. It is only read."),
     status: Optional[Path] = typer.Option(None, "--status", help="Only report how complete the cache CACHE_DIR is, and exit."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -45,7 +46,8 @@ def encode_command(
     (N, S, H) float16 array with a manifest. Work is committed in node blocks: a killed run
     resumes where it stopped, shards (--num-shards/--shard-id) fill one cache together, and
     re-running a finished encode is a quick no-op. `pipeline encode --status CACHE_DIR`
-    reports completion.
+    reports completion. `--reuse OLD_CACHE` updates a cache for a grown or edited graph: the
+    result is the same cache, bit for bit, as a full encode of GRAPH.
     """
     if status is not None:
         from stage1_encode.cache import status_text
@@ -62,6 +64,7 @@ def encode_command(
             graph=graph, out=out, model=model, layers=layers, max_length=max_length, batch_tokens=batch_tokens,
             pooling=pooling, num_shards=num_shards, shard_id=shard_id, dtype=dtype, storage_dtype=storage_dtype,
             device=device, block_size=block_size, overwrite=overwrite, trust_remote_code=trust_remote_code, backend=backend,
+            reuse=reuse,
         )
     )
 

@@ -24,6 +24,8 @@ class EncodeConfig:
     ``dtype``: compute dtype; "auto" = bfloat16 on GPU, float32 on CPU.
     ``batch_tokens``: token budget of a batch, B * T (padded) <= batch_tokens.
     ``block_size``: nodes per committed block (unit of resume and sharding).
+    ``reuse``: an older cache whose rows of unchanged nodes (same id and text) are copied
+    (stage1_encode/reuse.py); None encodes every node.
     """
 
     graph: str
@@ -42,6 +44,7 @@ class EncodeConfig:
     overwrite: bool = False
     trust_remote_code: bool = False
     backend: str = "hf"
+    reuse: Path | None = None
 
     def validate(self) -> None:
         """Raise one InputError listing every problem, each naming its flag."""
@@ -63,6 +66,10 @@ class EncodeConfig:
             f"--storage-dtype {self.storage_dtype}: expected one of {', '.join(STORAGE_DTYPES)}",
         )
         errors.check(self.backend in BACKENDS, f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
+        errors.check(
+            self.reuse is None or self.backend == "hf",
+            f"--reuse with --backend {self.backend}: reuse needs --backend hf (vLLM schedules texts together, so a row may depend on its batch)",
+        )
         errors.check(self.device in DEVICES, f"--device {self.device}: expected one of {', '.join(DEVICES)}")
         errors.check(
             self.block_size >= 8 and self.block_size % 8 == 0,

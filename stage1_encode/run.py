@@ -1,8 +1,11 @@
 """``run(EncodeConfig) -> cache path``: setup -> loop over this shard's node blocks -> summary.
 
-Within a block, texts are sorted by token count and cut into batches under a token budget
-(B * T <= batch_tokens), so little compute goes to padding; each block is committed as soon
-as it is done. Batches depend only on the block's texts, which keeps a resumed run bit-identical.
+Within a block, texts are grouped by token count and each group is cut into batches under a
+token budget (B * T <= batch_tokens): no batch holds padding, so no compute goes to it, and a
+node's row depends only on its own text, not on which texts share its batch (padded batches
+change the last bits of some values: measured on Cora with both built-in models). That keeps a
+resumed or sharded run bit-identical, and lets ``--reuse`` copy rows of unchanged texts from an
+older cache (stage1_encode/reuse.py). Each block is committed as soon as it is done.
 """
 
 from __future__ import annotations
@@ -78,21 +81,19 @@ def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, laye
         "num_shards": config.num_shards,
         "batch_tokens": config.batch_tokens,
         "backend": config.backend,
+        "batching": cache_format.BATCHING,
         "package_version": __version__,
     }
 
 
 def make_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
-    """Positions sorted by length, cut so that (batch size) * (longest length) <= batch_tokens."""
-    order = np.argsort(lengths, kind="stable")
-    batches, current = [], []
-    for i in order:
-        if current and (len(current) + 1) * int(lengths[i]) > batch_tokens:
-            batches.append(np.asarray(current))
-            current = []
-        current.append(i)
-    if current:
-        batches.append(np.asarray(current))
+    """Positions grouped by equal length (shortest first), each group cut into batches of at
+    most ``batch_tokens // length`` texts: no padding anywhere."""
+    batches = []
+    for length in np.unique(lengths).tolist():
+        same = np.flatnonzero(lengths == length)
+        size = max(batch_tokens // max(length, 1), 1)
+        batches.extend(same[a : a + size] for a in range(0, len(same), size))
     return batches
 
 
@@ -117,7 +118,11 @@ def encode_block(stepper, texts: list[str], layers: list[int], config: EncodeCon
 
 
 def run(config: EncodeConfig) -> Path:
-    """Encode (this shard of) a graph into a cache; returns the cache path. Quick no-op when done."""
+    """Encode (this shard of) a graph into a cache; returns the cache path. Quick no-op when done.
+
+    With ``config.reuse``, rows of unchanged nodes are copied from that older cache and only
+    new or edited texts run through the LLM (stage1_encode/reuse.py); the cache is the same.
+    """
     config.validate()
     graph = load_graph(config.graph)
     spec = resolve_model(config.model, config.trust_remote_code)
@@ -130,8 +135,15 @@ def run(config: EncodeConfig) -> Path:
     device, dtype = pick_device(config)
     out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
+    hashes = cache_format.text_hashes(graph.texts)  # (N, 16)
+    plan = None
+    if config.reuse is not None:
+        from stage1_encode.reuse import plan_reuse
+
+        plan = plan_reuse(config.reuse, out, manifest, graph.node_ids, hashes)  # refusals before anything is written
+        log(plan.describe())
     resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
-    writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
+    writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite, hashes=hashes)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
     todo = [b for b in mine if b not in writer.done_blocks()]
@@ -141,6 +153,59 @@ def run(config: EncodeConfig) -> Path:
         log(f"{out}: already {'complete' if complete else 'done for this shard'}{shard}; nothing to do")
         return out
 
+    ranges = [cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo]
+    n_todo = sum(e - s for s, e in ranges)
+    todo_rows = np.concatenate([np.arange(s, e) for s, e in ranges])
+    source = plan.source if plan is not None else np.full(graph.num_nodes, -1, dtype=np.int64)  # (N,) row of --reuse, -1 = LLM
+    n_llm = int((source[todo_rows] < 0).sum())
+    encode = _encoder(config, spec, device, dtype) if n_llm else None
+    what = f"{n_llm} of {graph.num_nodes} nodes" if plan is None else f"{n_llm} texts ({_kinds(plan, todo_rows)}) of {graph.num_nodes} nodes"
+    log(f"encoding {what}{shard} with {config.model} on {config.backend} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
+    start, real, padded, tokens_done, reused = time.perf_counter(), 0, 0, 0, 0
+    with progress(n_todo, "encode", unit="texts") as bar:
+
+        def on_batch(n: int, n_tokens: int) -> None:
+            nonlocal tokens_done
+            tokens_done += n_tokens
+            bar.advance(n, tok_s=tokens_done / max(time.perf_counter() - start, 1e-9))
+
+        for b, (lo, hi) in zip(todo, ranges):
+            src = source[lo:hi]
+            fresh, copied = np.flatnonzero(src < 0), np.flatnonzero(src >= 0)
+            values = np.empty((hi - lo, len(layers), hidden), dtype=np.float32)  # (n, S, H)
+            if len(fresh):
+                texts = graph.texts[lo:hi]
+                values[fresh], r, p = encode([texts[i] for i in fresh.tolist()], layers, config, on_batch)
+                real, padded = real + r, padded + p
+            if len(copied):
+                values[copied] = plan.reader.read(src[copied])  # storage dtype -> float32 and back: exact
+                reused += len(copied)
+                bar.advance(len(copied), reused=reused)
+            writer.write_block(b, values, graph.node_ids)
+    if encode is not None and config.backend == "vllm":
+        encode.args[0].close()  # stops vLLM's engine process and frees its shared memory
+    complete = writer.finish()
+    elapsed = time.perf_counter() - start
+    done = f"encoded {n_todo} nodes{shard} in {elapsed:.1f}s"
+    if plan is not None:
+        done += f": {n_todo - n_llm} rows reused from {config.reuse}, {n_llm} texts through the LLM ({_kinds(plan, todo_rows)}), {plan.dropped} dropped"
+    done += (
+        f"; LLM {n_llm / max(elapsed, 1e-9):.1f} texts/s, {real / max(elapsed, 1e-9):.0f} tokens/s;"
+        f" {real} LLM tokens, padding {1 - real / max(padded, 1):.1%}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
+    )
+    log(done + ("complete" if complete else f"{writer.n_blocks - len(writer.done_blocks())} block(s) left for other shards"))
+    return out
+
+
+def _kinds(plan, rows: np.ndarray) -> str:
+    """``"3 new, 2 edited"``: the LLM's share of ``rows`` by kind (stage1_encode/reuse.py)."""
+    counts = plan.counts(rows)
+    return ", ".join(f"{counts[k]} {k}" for k in ("new", "edited", "unfinished") if counts[k] or k != "unfinished")
+
+
+def _encoder(config: EncodeConfig, spec: ModelSpec, device: str, dtype: str):
+    """``encode(texts, layers, config, on_batch) -> ((n, S, H) float32, real tokens, padded tokens)``
+    on the configured backend (loads the model)."""
     import torch
 
     from stage1_encode.models import load_model
@@ -152,31 +217,5 @@ def run(config: EncodeConfig) -> Path:
         from stage1_encode import vllm_backend
 
         encoder = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
-        encode = functools.partial(vllm_backend.encode_block, encoder)
-    else:
-        encode = functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype))))
-    n_todo = sum(e - s for s, e in (cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo))
-    log(f"encoding {n_todo} of {graph.num_nodes} nodes{shard} with {config.model} on {config.backend} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
-    start, real, padded, tokens_done = time.perf_counter(), 0, 0, 0
-    with progress(n_todo, "encode", unit="texts") as bar:
-
-        def on_batch(n: int, n_tokens: int) -> None:
-            nonlocal tokens_done
-            tokens_done += n_tokens
-            bar.advance(n, tok_s=tokens_done / max(time.perf_counter() - start, 1e-9))
-
-        for b in todo:
-            lo, hi = cache_format.block_range(b, graph.num_nodes, config.block_size)
-            values, r, p = encode(graph.texts[lo:hi], layers, config, on_batch)
-            writer.write_block(b, values, graph.node_ids)
-            real, padded = real + r, padded + p
-    if config.backend == "vllm":
-        encoder.close()  # stops vLLM's engine process and frees its shared memory
-    complete = writer.finish()
-    elapsed = time.perf_counter() - start
-    log(
-        f"encoded {n_todo} nodes{shard} in {elapsed:.1f}s ({n_todo / elapsed:.1f} texts/s, {real / elapsed:.0f} tokens/s); "
-        f"{real} tokens, padding {1 - real / max(padded, 1):.1%}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
-        + ("complete" if complete else f"{writer.n_blocks - len(writer.done_blocks())} block(s) left for other shards")
-    )
-    return out
+        return functools.partial(vllm_backend.encode_block, encoder)
+    return functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype))))
