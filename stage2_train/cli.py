@@ -56,6 +56,10 @@ def train_command(
         "Default: 8 GiB or half the available memory, whichever is less.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    init: Optional[Path] = typer.Option(
+        None, "--init", help="Warm start: begin every seed from the weights of this earlier run (same --arch, --hidden-channels, "
+        "--gnn, --num-layers, rungs, classes and LLM; else refused naming what differs), e.g. last night's run on a grown graph.",
+    ),
     dist_timeout: float = typer.Option(
         300.0, "--dist-timeout",
         help="Under torchrun: seconds to wait for the other ranks, when joining and at every collective, before failing.",
@@ -77,7 +81,7 @@ def train_command(
         num_walks=num_walks, walk_length=walk_length, restart_p=restart_p, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
         rung_weights=parse_float_list(rung_weights, "--rung-weights"), batch_size=batch_size, device=device,
-        num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout,
+        num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout, init=init,
         memory_budget=parse_size(memory_budget, "--memory-budget"),
     )
     run(cfg)

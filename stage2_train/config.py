@@ -57,6 +57,7 @@ class TrainConfig:
     max_batches: int | None = None  # cap batches per epoch (timing the uncached mode)
     dist_timeout: float = 300.0  # torchrun jobs: seconds to join the group and for each collective
     memory_budget: int | None = None  # bytes; cache rungs larger than this train out of core (None: see out_of_core)
+    init: Path | None = None  # warm start: a run of the same architecture, rungs and classes (its weights seed each seed)
     extra: dict = field(default_factory=dict)  # free-form notes stored with the config
 
     def __post_init__(self) -> None:
@@ -123,6 +124,9 @@ class TrainConfig:
         errs.check(self.cache.exists(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
         if self.out.exists() and any(self.out.iterdir()) and not self.overwrite:
             errs.add(f"--out {self.out}: exists and is not empty; choose another folder or pass --overwrite")
+        if self.init is not None:
+            errs.check(Path(self.init).is_dir(), f"--init {self.init}: no such run folder; give a RUN_DIR written by `pipeline train`")
+            errs.check(not self.no_cache, "--init: not with --no-cache")
         errs.raise_if_any()
         return self
 

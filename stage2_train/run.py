@@ -132,6 +132,10 @@ def _run(config: TrainConfig, group=None) -> dict:
         num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,
     )
     spec = model_spec(config, data.reader.hidden_size, graph.num_classes, len(data.layers))
+    if config.init is not None:
+        from stage2_train.checkpoint import warm_start_weights
+
+        warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, config.seeds[0])  # refuse before training
     if not config.no_cache and group is None:
         t0 = time.perf_counter()
         features, feature_mode = open_features(data, config.memory_budget, cost=step_cost(spec))
@@ -163,6 +167,8 @@ def _run(config: TrainConfig, group=None) -> dict:
                 load_share(group, features, sampler, split, seed)
             seed_everything(seed)
             model = build_model(spec)
+            if config.init is not None:
+                model.load_state_dict(warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed))
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
                 r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group)
             writer.save_weights(seed, r.state_dict)

@@ -25,6 +25,7 @@ def infer_command(
     node_ids: Optional[Path] = typer.Option(None, "--node-ids", help="Targets: a text file of node ids, one a line."),
     nodes: Optional[Path] = typer.Option(None, "--nodes", help="New nodes (node_id, text, optional label), never cached; they become the targets."),
     edges: Optional[Path] = typer.Option(None, "--edges", help="Edges (src, dst) of the new nodes, to each other or to known nodes."),
+    new_only: Optional[Path] = typer.Option(None, "--new-only", metavar="SINCE", help="Targets: the nodes of the checkpoint's graph absent from SINCE, an earlier encode cache or training run (a batch job's new nodes)."),
     exit: str = typer.Option(DEFAULT_EXIT, "--exit", help="Exit policy: patience:P, confidence:T, layer:I or none (full depth)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per LLM forward batch."),
     cache_neighbours: bool = typer.Option(True, "--cache-neighbours/--no-cache-neighbours", help="Known neighbours read their states from the cache (default) or run through the LLM too."),
@@ -36,7 +37,8 @@ def infer_command(
 ) -> None:
     """Predict node labels with dynamic early exit: each target's text runs through the LLM only
     until its exit policy fires (default patience:1, as ENGINE). Writes predictions.parquet
-    (node_id, predicted_label, confidence, exit_rung, exit_layer, true_label) and summary.json."""
+    (node_id, predicted_label, confidence, exit_rung, exit_layer, true_label; the graph's
+    fingerprint in its metadata) and summary.json."""
     from stage3_infer.config import InferConfig
     from stage3_infer.run import run
 
@@ -44,7 +46,7 @@ def infer_command(
         InferConfig(
             checkpoint=checkpoint, out=out, exit=exit, split=split, node_ids=node_ids, nodes=nodes, edges=edges,
             batch_size=batch_size, cache_neighbours=cache_neighbours, model=model, seed=seed, device=device,
-            max_targets=max_targets,
+            max_targets=max_targets, new_only=new_only,
         )
     )
 

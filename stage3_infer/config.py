@@ -18,6 +18,7 @@ class InferConfig:
     """One inference run over a trained checkpoint.
 
     Targets: ``node_ids`` (a file of user ids, one a line; new ids allowed) if given, else
+    ``new_only`` (nodes of the checkpoint's graph absent from that earlier cache or run), else
     ``split`` if given, else the new nodes of ``nodes``/``edges`` if given, else the ``test``
     split of the checkpoint's graph (the split training used, same seed).
     ``model`` None: the model named in the checkpoint's cache manifest.
@@ -38,10 +39,11 @@ class InferConfig:
     seed: int | None = None  # which trained seed; None: the one chosen on validation
     device: str = "cpu"
     max_targets: int | None = None  # keep only the first N targets (quick looks, benchmarks)
+    new_only: Path | None = None  # targets: the graph's nodes absent from this earlier cache or run
 
     def __post_init__(self) -> None:
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
-        for name in ("node_ids", "nodes", "edges"):
+        for name in ("node_ids", "nodes", "edges", "new_only"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -63,8 +65,9 @@ class InferConfig:
         errs.check((self.nodes is None) == (self.edges is None), "--nodes and --edges go together: give both (the edges may be an empty table)")
         for flag, path in (("--nodes", self.nodes), ("--edges", self.edges), ("--node-ids", self.node_ids)):
             errs.check(path is None or path.is_file(), f"{flag} {path}: file not found")
-        chosen = [f for f, v in (("--split", self.split), ("--node-ids", self.node_ids)) if v is not None]
+        chosen = [f for f, v in (("--split", self.split), ("--node-ids", self.node_ids), ("--new-only", self.new_only), ("--nodes", self.nodes if self.new_only else None)) if v is not None]
         errs.check(len(chosen) <= 1, f"{' and '.join(chosen)}: choose the targets one way")
+        errs.check(self.new_only is None or self.new_only.is_dir(), f"--new-only {self.new_only}: no such cache or run folder")
         errs.check(not self.out.is_file(), f"--out {self.out}: is a file; give a folder")
         errs.raise_if_any()
         return self

@@ -162,7 +162,7 @@ def run(config: InferConfig) -> dict:
     session = open_session(config, exit_spec=config.exit)
     ckpt = session.checkpoint
     policy = parse_exit(config.exit, num_rungs=len(session.layers))
-    targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed)
+    targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed, config.new_only)
     if config.max_targets is not None:
         targets = targets[: config.max_targets]
     log(f"infer: {len(targets)} target(s), policy {policy}, rungs at LLM states {session.layers}")
@@ -180,6 +180,7 @@ def run(config: InferConfig) -> dict:
         exit_layer=np.asarray(session.layers)[t.exit_rung.numpy()],
         labels=np.asarray(graph.labels)[targets],
         label_names=ckpt.label_names,
+        graph_fingerprint=graph.fingerprint,
     )
     summary = summarize(
         preds, policy=str(policy), layer_evals=result.layer_evals, full_depth_evals=result.full_depth_evals,
@@ -191,6 +192,9 @@ def run(config: InferConfig) -> dict:
             "rung_layers": session.layers,
             "new_nodes": int(graph.num_nodes - session.g.num_known),
             "cache_neighbours": session.cached is not None,
+            "graph_source": graph.source,
+            "graph_fingerprint": graph.fingerprint,
+            **({"new_only_since": str(Path(config.new_only).resolve())} if config.new_only else {}),
         },
     )
     write_outputs(config.out, preds, summary, config=config.to_dict())
