@@ -54,7 +54,7 @@ DENSE_CHUNK_ROWS = 8  # wanted rows from which read_rows reads a whole chunk rat
 IDENTITY_KEYS = (
     "format", "weights_sha256", "tokenizer", "max_length", "pooling", "layers", "compute_dtype",
     "storage_dtype", "graph_fingerprint", "num_nodes", "hidden_size", "chunk_nodes", "block_nodes",
-    "batch_tokens",  # batching changes the last bits of some values: resuming must batch alike
+    "batch_tokens",  # sets the batch sizes: resumed and reused rows come from the same kernel shapes
     "backend",  # hf and vllm agree to ~1e-6 relative, not bit for bit: resuming must use the same
     "batching",  # how texts share a batch (see stage1_encode/run.py): padded batches change the last bits
 )
