@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -63,7 +62,7 @@ def test_warm_start_refusals(nights, tmp_path, cli) -> None:
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
-    root, _, _, run1, v2_cache = nights
+    _, _, _, run1, v2_cache = nights
     out = tmp_path / "run2"
     result = cli("train", v2_cache, "--out", out, "--init", run1, "--hidden-channels", "16", "--gnn", "gcn", "--epochs", "1")
     assert result.exit_code == 2, result.output
