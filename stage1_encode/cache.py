@@ -244,10 +244,10 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
             path.rmdir()
         try:
             os.rename(tmp, path)
-        except OSError:  # another shard created it first: use theirs if it is the same cache
+        except OSError as err:  # another shard created it first: use theirs if it is the same cache
             existing = _existing_manifest(path)
             if not existing or identity_diff(existing, manifest):
-                raise PipelineError(f"--out {path}: another process created a different cache there at the same time")
+                raise PipelineError(f"--out {path}: another process created a different cache there at the same time") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
