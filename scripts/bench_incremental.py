@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_graph_versions import make_versions
+from make_graph_versions import make_versions  # noqa: E402
 
 
 def encode(args: list[str], log: Path) -> tuple[float, int]:
