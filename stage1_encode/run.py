@@ -1,6 +1,7 @@
 """``run(EncodeConfig) -> cache path``: setup -> loop over this shard's node blocks -> summary.
 
-Within a block, texts are grouped by token count and each group is cut into batches under a
+The LLM's texts are taken a block at a time (an update with ``--reuse`` gathers the few texts
+of up to 64 blocks), grouped by token count, and each group is cut into batches under a
 token budget (B * T <= batch_tokens): no batch holds padding, so no compute goes to it, and a
 node's row depends only on its own text, not on which texts share its batch (padded batches
 change the last bits of some values: measured on Cora with both built-in models). That keeps a
@@ -169,19 +170,24 @@ def run(config: EncodeConfig) -> Path:
             tokens_done += n_tokens
             bar.advance(n, tok_s=tokens_done / max(time.perf_counter() - start, 1e-9))
 
-        for b, (lo, hi) in zip(todo, ranges):
-            src = source[lo:hi]
-            fresh, copied = np.flatnonzero(src < 0), np.flatnonzero(src >= 0)
-            values = np.empty((hi - lo, len(layers), hidden), dtype=np.float32)  # (n, S, H)
-            if len(fresh):
-                texts = graph.texts[lo:hi]
-                values[fresh], r, p = encode([texts[i] for i in fresh.tolist()], layers, config, on_batch)
+        for window in _windows(list(zip(todo, ranges)), source, config.block_size):
+            # the LLM texts of the whole window at once: an update's few texts a block make full batches
+            rows = np.concatenate([lo + np.flatnonzero(source[lo:hi] < 0) for _, (lo, hi) in window])  # (m,) graph rows
+            if len(rows):
+                texts = graph.texts.take(rows) if hasattr(graph.texts, "take") else [graph.texts[i] for i in rows.tolist()]
+                encoded, r, p = encode(texts, layers, config, on_batch)  # (m, S, H)
                 real, padded = real + r, padded + p
-            if len(copied):
-                values[copied] = plan.reader.read(src[copied])  # storage dtype -> float32 and back: exact
-                reused += len(copied)
-                bar.advance(len(copied), reused=reused)
-            writer.write_block(b, values, graph.node_ids)
+            for b, (lo, hi) in window:
+                src = source[lo:hi]
+                fresh, copied = np.flatnonzero(src < 0), np.flatnonzero(src >= 0)
+                values = np.empty((hi - lo, len(layers), hidden), dtype=np.float32)  # (n, S, H)
+                if len(fresh):
+                    values[fresh] = encoded[np.searchsorted(rows, lo + fresh)]
+                if len(copied):
+                    values[copied] = plan.reader.read(src[copied])  # storage dtype -> float32 and back: exact
+                    reused += len(copied)
+                    bar.advance(len(copied), reused=reused)
+                writer.write_block(b, values, graph.node_ids)
     if encode is not None and config.backend == "vllm":
         encode.args[0].close()  # stops vLLM's engine process and frees its shared memory
     complete = writer.finish()
@@ -195,6 +201,25 @@ def run(config: EncodeConfig) -> Path:
     )
     log(done + ("complete" if complete else f"{writer.n_blocks - len(writer.done_blocks())} block(s) left for other shards"))
     return out
+
+
+MAX_WINDOW_BLOCKS = 64  # blocks whose LLM texts are encoded together (what a kill can lose, at most)
+
+
+def _windows(blocks: list, source: np.ndarray, block_size: int) -> list[list]:
+    """Consecutive ``(b, (lo, hi))`` of ``blocks`` grouped so that each group holds about a block's
+    worth of texts for the LLM (``source`` (N,) < 0), at most ``MAX_WINDOW_BLOCKS`` blocks.
+    A full encode gets one block a group, as before; an update gathers its few new texts a block."""
+    windows, current, fresh = [], [], 0
+    for b, (lo, hi) in blocks:
+        current.append((b, (lo, hi)))
+        fresh += int((source[lo:hi] < 0).sum())
+        if fresh >= block_size or len(current) == MAX_WINDOW_BLOCKS:
+            windows.append(current)
+            current, fresh = [], 0
+    if current:
+        windows.append(current)
+    return windows
 
 
 def _kinds(plan, rows: np.ndarray) -> str:
