@@ -10,9 +10,9 @@ from typing import Optional
 
 import typer
 
-from pipeline.config_file import ConfigOption, save_resolved_config
-from pipeline.datasets import BUILTINS, builtin_meta
-from pipeline.errors import plain_errors
+from pipeline.core.config_file import ConfigOption, save_resolved_config
+from pipeline.core.builtin_datasets import BUILTINS, builtin_meta
+from pipeline.core.errors import plain_errors
 
 EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
 GRAPH_HELP = "A built-in dataset name (cora, citeseer) or a folder with nodes.parquet and edges.parquet."
@@ -92,7 +92,7 @@ def check_command(
     """
     from rich.console import Console
 
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from pipeline.graph_summary import summarize, summary_table
 
     summary = summarize(load_graph(graph))
@@ -134,7 +134,7 @@ def import_command(
     (this command's resolved configuration, reusable as --config).
     """
     from pipeline.graph_import import import_graph
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     graph = import_graph(
         nodes, edges, out,
@@ -164,10 +164,10 @@ def subset_command(
     component is large enough; deterministic. Labels, the split column, label order and
     named splits (restricted to the kept nodes) are kept; ids stay the user's ids.
     """
-    from pipeline.graph import load_graph
-    from pipeline.graph_format import check_output_folder, read_nodes_table
+    from pipeline.core.graph import load_graph
+    from pipeline.core.graph_format import check_output_folder, read_nodes_table
     from pipeline.graph_subset import bfs_subset, write_subset
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     check_output_folder(out, overwrite)
     full = load_graph(graph)

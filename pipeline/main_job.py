@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.config_file import save_resolved_config
-from pipeline.errors import ConfigErrors
-from pipeline.progress import log
+from pipeline.core.config_file import save_resolved_config
+from pipeline.core.errors import ConfigErrors
+from pipeline.core.progress import log
 
 BASELINES = ("mlp", "gcn", "sage")
 STATE_FILE = "run_state.json"

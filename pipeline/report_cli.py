@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.config_file import ConfigOption
-from pipeline.errors import plain_errors  # errors as plain `Error: ...` lines (paths stay unwrapped)
+from pipeline.core.config_file import ConfigOption
+from pipeline.core.errors import plain_errors  # errors as plain `Error: ...` lines (paths stay unwrapped)
 
 
 @plain_errors

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.config_file import ConfigOption
+from pipeline.core.config_file import ConfigOption
 
 
 def run_command(
@@ -34,7 +34,7 @@ def run_command(
     A second run reuses every finished step whose configuration did not change.
     """
     from pipeline.main_job import MainJobConfig, run
-    from stage2_train.config import parse_int_list
+    from pipeline.core.parsers import parse_int_list
 
     chosen = () if baselines.strip() in ("", "none") else tuple(b.strip() for b in baselines.split(","))
     report = run(

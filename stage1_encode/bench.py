@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.graph import load_graph
-from pipeline.progress import log
+from pipeline.core.graph import load_graph
+from pipeline.core.progress import log
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig
 

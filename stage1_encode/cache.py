@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import FINGERPRINT_VERSION
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import FINGERPRINT_VERSION
 
 FORMAT = "engine-encode-cache/1"
 MAX_CHUNK_NODES = 64
@@ -220,7 +220,7 @@ def _existing_manifest(path: Path) -> dict | None:
 def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> None:
     import zarr
 
-    from pipeline.config_file import save_resolved_config
+    from pipeline.core.config_file import save_resolved_config
 
     n, s, h = manifest["num_nodes"], len(manifest["layers"]), manifest["hidden_size"]
     tmp = _unique_tmp(path)

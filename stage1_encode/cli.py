@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.config_file import ConfigOption
-from pipeline.errors import InputError
+from pipeline.core.config_file import ConfigOption
+from pipeline.core.errors import InputError
 from stage1_encode.cache import DEFAULT_BLOCK_NODES
 from stage1_encode.config import EncodeConfig
 from stage1_encode.models import DEFAULT_MODEL

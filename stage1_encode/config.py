@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors
+from pipeline.core.errors import ConfigErrors
 from stage1_encode.cache import DEFAULT_BLOCK_NODES, STORAGE_DTYPES
 from stage1_encode.models import DEFAULT_MODEL
 

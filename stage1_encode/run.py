@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph, load_graph
-from pipeline.progress import log, progress, warn
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.layers import parse_layers

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError
-from pipeline.progress import log
+from pipeline.core.errors import InputError
+from pipeline.core.progress import log
 
 BASELINE_ARCHS = ("mlp", "gcn", "sage")
 

@@ -25,9 +25,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.progress import log
-from stage2_train.config import format_size
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.progress import log
+from pipeline.core.parsers import format_size
 
 WARM_UP_STEPS = 5
 WARM_UP_TARGETS = 8  # small steps: the baseline holds torch's machinery, not a full-size step's buffers
@@ -46,7 +46,7 @@ class MemoryBenchConfig:
     json_path: Path | None = None
 
     def validate(self) -> None:
-        from pipeline.errors import ConfigErrors
+        from pipeline.core.errors import ConfigErrors
 
         errs = ConfigErrors()
         errs.check(Path(self.cache).is_dir(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")

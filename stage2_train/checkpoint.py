@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 FORMAT_VERSION = 1
 CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "config.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"

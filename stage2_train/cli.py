@@ -10,8 +10,9 @@ from typing import Optional
 
 import typer
 
-from pipeline.config_file import ConfigOption
-from stage2_train.config import TrainConfig, parse_float_list, parse_int_list, parse_size
+from pipeline.core.config_file import ConfigOption
+from stage2_train.config import TrainConfig
+from pipeline.core.parsers import parse_float_list, parse_int_list, parse_size
 
 
 def train_command(

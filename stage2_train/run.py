@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.progress import log, warn
+from pipeline.core.errors import InputError
+from pipeline.core.progress import log, warn
 from stage2_train.config import TrainConfig
 
 
@@ -108,7 +108,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
-    from pipeline.progress import progress
+    from pipeline.core.progress import progress
 
     # --- setup
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)

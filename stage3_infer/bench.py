@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigErrors
-from pipeline.progress import log
+from pipeline.core.errors import ConfigErrors
+from pipeline.core.progress import log
 
 CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
 VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds: cheapest within these val drops

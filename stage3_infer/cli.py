@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.config_file import ConfigOption
-from pipeline.errors import plain_errors
+from pipeline.core.config_file import ConfigOption
+from pipeline.core.errors import plain_errors
 from stage3_infer.config import DEFAULT_EXIT
 
 

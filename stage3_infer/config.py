@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors
+from pipeline.core.errors import ConfigErrors
 DEFAULT_EXIT = "patience:1"  # ENGINE's policy; chosen as default on validation nodes (see bench)
 SPLITS = ("test", "val", "train", "all")
 
@@ -49,7 +49,7 @@ class InferConfig:
     def validate(self) -> "InferConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
         from stage3_infer.policies import parse_exit
-        from pipeline.errors import InputError
+        from pipeline.core.errors import InputError
 
         errs = ConfigErrors()
         try:

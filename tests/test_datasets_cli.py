@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 from pipeline.graph_summary import connected_components
 
 ROWS = [  # node_id, text, label, split

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import load_graph
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import load_graph
 from stage1_encode.cache import CacheWriter, open_cache, status_text
 from stage1_encode.config import EncodeConfig
 from stage1_encode.run import run

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 from pipeline.graph_synth import SynthConfig, synthesize
 from pipeline.synth_text import real_corpus
 

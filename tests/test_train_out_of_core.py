@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage2_train.checkpoint import read_metrics
-from stage2_train.config import TrainConfig, parse_size
+from stage2_train.config import TrainConfig
+from pipeline.core.parsers import parse_size
 from stage2_train.out_of_core import OutOfCoreFeatures, ReadAhead, chunk_group_batches
 
 NODES = 120

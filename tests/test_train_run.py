@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
 from stage2_train.checkpoint import load_checkpoint, read_metrics
 from stage2_train.config import TrainConfig
 from stage2_train.run import run

@@ -11,8 +11,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors, InputError, PipelineError
-from pipeline.progress import log
+from pipeline.core.errors import ConfigErrors, InputError, PipelineError
+from pipeline.core.progress import log
 
 REPORT_FILE = "report.md"
 

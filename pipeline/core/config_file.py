@@ -15,7 +15,7 @@ import click
 import typer
 import yaml
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
