@@ -221,6 +221,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
     import zarr
 
     from pipeline.core.config_file import save_resolved_config
+    from pipeline.core.options import config_file_name
 
     n, s, h = manifest["num_nodes"], len(manifest["layers"]), manifest["hidden_size"]
     tmp = _unique_tmp(path)
@@ -239,7 +240,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
             arr[:] = np.asarray([str(v) for v in ids], dtype=object)
         (tmp / "blocks").mkdir()
         _write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
-        save_resolved_config(tmp / "encode_config.json", config)
+        save_resolved_config(tmp / config_file_name("encode"), config)
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         try:

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.core.errors import InputError
 from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
@@ -130,7 +132,7 @@ def run(config: EncodeConfig) -> Path:
     device, dtype = pick_device(config)
     out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
-    resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
+    resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)

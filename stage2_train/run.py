@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
 from pipeline.core.progress import log, warn
 from stage2_train.config import TrainConfig
 
@@ -155,7 +156,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     # --- loop, one model per seed
     results, sizes = [], {}
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
-        writer.write_config(resolved, data.manifest)
+        writer.write_config(resolved, data.manifest, flag_values(config))
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress, warn
 from stage3_infer.config import InferConfig
 from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit
@@ -192,7 +193,7 @@ def run(config: InferConfig) -> dict:
             "cache_neighbours": session.cached is not None,
         },
     )
-    write_outputs(config.out, preds, summary, config=config.to_dict())
+    write_outputs(config.out, preds, summary, config=flag_values(config))
     acc = summary["accuracy"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "

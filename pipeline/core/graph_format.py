@@ -522,7 +522,7 @@ def write_graph_folder(
     ``nodes``/``edges`` are tables in the input format; ``splits`` maps a split name to
     ``{"train": [ids], "val": [...], "test": [...]}``; ``extra_files`` maps a file name to
     text, or to a function writing the file at the path it is given, written beside the
-    graph (e.g. ``pipeline_config.json``). Bad content raises
+    graph (e.g. ``datasets_subset_config.json``). Bad content raises
     :class:`InputError` before anything is written.
     """
     out = Path(out)

@@ -36,8 +36,10 @@ class Cli:
     argument: bool = False  # positional instead of a flag
     metavar: str | None = None
     parse: Callable[[Any, str], Any] | None = None  # command-line value, flag -> field value
+    unparse: Callable[[Any], Any] | None = None  # field value -> command-line value, when to_cli() is not it
     cli_type: Any = None  # what click parses when it differs from the field's type
     show_default: bool | str = True
+    required: bool = False  # on the command line, even when the dataclass has a default
 
     def flag_name(self, name: str) -> str:
         return self.flag or "--" + name.replace("_", "-")
@@ -81,7 +83,7 @@ def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = No
     params: list[inspect.Parameter] = []
     specs = cli_fields(config_cls)
     for f, cli in specs:
-        default = _default(f)
+        default = ... if cli.required else _default(f)
         cli_default = default if default is ... or cli.parse is None else to_cli(default)
         kind = typer.Argument if cli.argument else typer.Option
         decls = [] if cli.argument else ["/".join(filter(None, (cli.flag_name(f.name), cli.off_flag)))]
@@ -110,10 +112,14 @@ def flag_values(config: Any) -> dict[str, Any]:
     out = {}
     for f, cli in cli_fields(type(config)):
         value = getattr(config, f.name)
-        if value is None:
-            continue
         key = f.name if cli.argument else cli.flag_name(f.name).lstrip("-")
-        out[key] = to_cli(value) if cli.parse is not None else value
+        if cli.unparse is not None:
+            out[key] = cli.unparse(value)
+        elif value is None:
+            if _default(f) is not None:  # leaving it out would replay as the default
+                raise ValueError(f"{type(config).__name__}.{f.name} is None, which its flag cannot say: give it an unparse")
+        else:
+            out[key] = to_cli(value) if cli.parse is not None else value
     return out
 
 
