@@ -12,7 +12,6 @@ measured fp32 (or compute-dtype) matmul rate on the same device.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.bench_json import write_bench
 from pipeline.core.graph import load_graph
 from pipeline.core.progress import log
 from pipeline.core.options import argument, device_option, json_option, option
@@ -149,8 +149,7 @@ def run_bench(config: BenchConfig) -> dict:
         result.update(vllm_result, vllm_speedup_vs_hf=vllm_result["vllm_texts_per_s"] / result["texts_per_s"])
     _print(result)
     if config.json_path is not None:
-        Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        write_bench(config.json_path, "encode", result)
     return result
 
 

@@ -9,10 +9,10 @@ ladder and the mlp/gcn/sage baselines trained on the cache with the same seeds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.bench_json import write_bench
 from pipeline.core.errors import InputError
 from pipeline.core.options import argument, json_option, option, out_option, seeds_option
 from pipeline.core.progress import log
@@ -123,8 +123,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     }
     _print(result, how)
     if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        write_bench(cfg.json_path, "train", result)
     return result
 
 

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.core.bench_json import write_bench
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.options import argument, json_option, option
 from pipeline.core.parsers import format_size, parse_size
@@ -209,8 +210,7 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     }
     _print(result)
     if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        write_bench(cfg.json_path, "train-memory", result)
     return result
 
 

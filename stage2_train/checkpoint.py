@@ -157,7 +157,7 @@ def read_run(path: str | Path) -> RunFiles:
     hint = f"create it with `pipeline train CACHE_DIR --out {path}`"
     if not path.is_dir():
         raise InputError(f"checkpoint {path}: no such directory; {hint}")
-    config_file = CONFIG if (path / CONFIG).is_file() else LEGACY_CONFIG
+    config_file = LEGACY_CONFIG if not (path / CONFIG).is_file() and (path / LEGACY_CONFIG).is_file() else CONFIG
     for name in (config_file, MANIFEST, SUMMARY):
         if not (path / name).is_file():
             raise InputError(f"checkpoint {path}: missing {name} (not a finished training run); {hint}")

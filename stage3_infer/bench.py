@@ -14,12 +14,12 @@ wall(none) / wall(policy), ``layer_fraction`` = LLM layers run / layers at full 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline.core.bench_json import write_bench
 from pipeline.core.progress import log
 from stage3_infer.config import BenchConfig
 
@@ -122,8 +122,7 @@ def run_bench(config: BenchConfig) -> dict:
     # --- report
     print(format_table(table, session))
     if config.json_path is not None:
-        Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.json_path).write_text(json.dumps(table, indent=2) + "\n")
+        write_bench(config.json_path, "infer", table)
     return table
 
 

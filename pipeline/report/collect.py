@@ -21,10 +21,6 @@ from pathlib import Path
 # The files that mark each artifact; the formats themselves live in the stages' modules.
 CACHE_MARKS = ("manifest.json", "zarr.json")
 PREDICTIONS = "predictions.parquet"
-BENCH_KEYS = {
-    "encode": ("texts_per_s",),
-    "train": ("epoch_s_cached", "epoch_s_uncached"),
-}
 
 
 @dataclass
@@ -127,19 +123,6 @@ def read_infer(folder: Path) -> InferRun:
     return InferRun(folder, summary, table.column("exit_layer").to_pylist(), table.column("exit_rung").to_pylist())
 
 
-def bench_kind(data) -> str | None:
-    """Tell a bench JSON by its keys; infer's is ``{policy: {accuracy, speedup, ...}}``."""
-    if not isinstance(data, dict):
-        return None
-    for kind, keys in BENCH_KEYS.items():
-        if all(k in data for k in keys):
-            return kind
-    rows = list(data.values())
-    if rows and all(isinstance(r, dict) and {"accuracy", "layer_fraction"} <= r.keys() for r in rows):
-        return "infer"
-    return None
-
-
 def _walk(root: Path):
     """Yield (folder, file names) under ``root``; skips hidden/temporary folders and cache internals."""
     for folder, dirs, files in os.walk(root):
@@ -180,16 +163,14 @@ def collect(roots: list[Path]) -> Collected:
 
 
 def _add_bench(found: Collected, path: Path) -> None:
+    from pipeline.core.bench_json import read_bench
+
     try:
-        data = _read_json(path)
+        kind, figures = read_bench(path)
     except (OSError, ValueError) as err:
         found.problems.append(f"{path}: benchmark JSON could not be read ({_short(err)})")
         return
-    kind = bench_kind(data)
-    if kind is None:
-        found.problems.append(f"{path}: not a `pipeline bench encode|train|infer --json` file (unknown keys)")
-        return
-    found.benches.append(Bench(kind, path, data))
+    found.benches.append(Bench(kind, path, figures))
 
 
 def _short(err: Exception) -> str:
