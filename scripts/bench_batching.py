@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 from stage1_encode import run as encode_run
 from stage1_encode.config import EncodeConfig
 from stage1_encode.layers import parse_layers

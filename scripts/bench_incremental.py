@@ -64,7 +64,7 @@ def same_cache(a: Path, b: Path) -> bool:
 
 def changed_tokens(v1: Path, v2: Path, model: str, max_length: int) -> tuple[int, int, int]:
     """(tokens the new and edited texts of v2 hold, new nodes, edited texts), truncated to ``max_length``."""
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage1_encode.models import resolve_model
     from stage1_encode.text_clip import token_ids
     from transformers import AutoTokenizer
@@ -105,7 +105,7 @@ def main() -> None:
     inc_s, inc_tokens = encode([str(v2), "--out", str(work / "incremental.zarr"), "--reuse", str(work / "v1.zarr"), *flags],
                                work / "incremental.log")
     print(f"incremental update of v2: {inc_s:.1f}s, {inc_tokens} LLM tokens", flush=True)
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
 
     n1, n2 = load_graph(v1).num_nodes, load_graph(v2).num_nodes
     if a.extrapolate_full:

@@ -22,8 +22,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.graph import load_graph
-from pipeline.graph_format import write_graph_folder
+from pipeline.core.graph import load_graph
+from pipeline.core.graph_format import write_graph_folder
 
 REVISED = "Revised. "
 

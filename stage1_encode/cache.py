@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import FINGERPRINT_VERSION
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import FINGERPRINT_VERSION
 
 FORMAT = "engine-encode-cache/1"
 MAX_CHUNK_NODES = 64
@@ -239,7 +239,8 @@ def _existing_manifest(path: Path) -> dict | None:
 def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict, hashes: np.ndarray | None = None) -> None:
     import zarr
 
-    from pipeline.config_file import save_resolved_config
+    from pipeline.core.config_file import save_resolved_config
+    from pipeline.core.options import config_file_name
 
     n, s, h = manifest["num_nodes"], len(manifest["layers"]), manifest["hidden_size"]
     tmp = _unique_tmp(path)
@@ -260,7 +261,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict, hash
             group.create_array("text_hashes", data=np.asarray(hashes, dtype=np.uint8), chunks=(max(min(n, 1 << 16), 1), TEXT_HASH_BYTES), compressors=None)
         (tmp / "blocks").mkdir()
         _write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
-        save_resolved_config(tmp / "encode_config.json", config)
+        save_resolved_config(tmp / config_file_name("encode"), config)
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage1_encode import cache as cache_format
 
 # manifest key -> the flag that sets it: what OLD and the new cache must share

@@ -15,14 +15,16 @@ import functools
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph, load_graph
-from pipeline.progress import log, progress, warn
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.layers import parse_layers
@@ -143,7 +145,7 @@ def run(config: EncodeConfig) -> Path:
 
         plan = plan_reuse(config.reuse, out, manifest, graph.node_ids, hashes)  # refusals before anything is written
         log(plan.describe())
-    resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
+    resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite, hashes=hashes)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph
-from pipeline.progress import warn
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph
+from pipeline.core.progress import warn
 
 FIRST = 5  # offending values quoted per problem
 
@@ -125,7 +125,7 @@ def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_na
         warn(f"{nodes_path}: label(s) {unknown[:FIRST]} are not classes of the checkpoint ({', '.join(label_names)}); "
              "those nodes count as unlabelled")
     all_ids = np.concatenate([graph.node_ids, np.asarray(ids, dtype=graph.node_ids.dtype)])
-    from pipeline.graph import graph_fingerprint
+    from pipeline.core.graph import graph_fingerprint
 
     all_texts = list(graph.texts) + list(texts)
     all_labels = np.concatenate([np.asarray(graph.labels), new_labels])
@@ -157,14 +157,13 @@ def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
 
 def ids_of(since: Path) -> np.ndarray:
     """Node ids an earlier version covered: those of an encode cache, or of the cache a training run read."""
-    import json
-
     from stage1_encode.cache import open_cache
+    from stage2_train.checkpoint import read_run
 
     since = Path(since)
     cache = since
-    if (since / "config.json").is_file() and (since / "summary.json").is_file():
-        cache = Path(json.loads((since / "config.json").read_text())["cache"])  # a training run: the cache it read
+    if (since / "summary.json").is_file():  # a training run: the cache it read
+        cache = Path(read_run(since).config["cache"])
         if not (cache / "manifest.json").is_file():
             raise InputError(f"--new-only {since}: the run's cache {cache} is gone; give an encode cache of that version instead")
     elif not (since / "manifest.json").is_file():

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cora_slice import write_cora_slice
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {

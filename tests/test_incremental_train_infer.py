@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
 
 TRAIN = dict(epochs=2, patience=2, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3, num_threads=1)
 
@@ -55,7 +55,7 @@ def test_warm_start_begins_from_the_previous_run(nights) -> None:
     before, warm, cold = weights(run1), weights(root / "warm"), weights(root / "cold")
     assert all(torch.allclose(warm[k], before[k], atol=1e-6) for k in before)
     assert not all(torch.allclose(cold[k], before[k], atol=1e-3) for k in before)
-    assert json.loads((root / "warm" / "config.json").read_text())["init"] == str(run1)
+    assert json.loads((root / "warm" / "checkpoint.json").read_text())["init"] == str(run1)
 
 
 def test_warm_start_refusals(nights, tmp_path, cli) -> None:
@@ -76,9 +76,9 @@ def test_warm_start_refusals(nights, tmp_path, cli) -> None:
         train(TrainConfig(cache=v2_cache, out=out, init=run1, rungs=(0, 6), **TRAIN))
     other = tmp_path / "other"  # a run on other classes and another LLM: its recorded config says so
     shutil.copytree(run1, other)
-    config = json.loads((other / "config.json").read_text())
+    config = json.loads((other / "checkpoint.json").read_text())
     config["label_names"] = config["label_names"][::-1]
-    (other / "config.json").write_text(json.dumps(config))
+    (other / "checkpoint.json").write_text(json.dumps(config))
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["weights_sha256"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
