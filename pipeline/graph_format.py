@@ -61,6 +61,17 @@ def id_kind(arrow_type: pa.DataType) -> str | None:
     return None
 
 
+INT64_MAX = 2**63 - 1
+
+
+def too_big_for_int64(col: pa.Array) -> np.ndarray:
+    """(n,) bool: unsigned values that do not fit int64 (they would wrap to negative ids)."""
+    if not pa.types.is_unsigned_integer(col.type) or col.type.bit_width < 64:
+        return np.zeros(len(col), dtype=bool)
+    big = pc.greater(col, pa.scalar(INT64_MAX, col.type)).fill_null(False)
+    return np.asarray(big.to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def _is_string(arrow_type: pa.DataType) -> bool:
     return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
 
@@ -141,6 +152,14 @@ def _check_nodes(
         ids_ok = out.kind is not None
         if not ids_ok:
             problems.append(f"{f}: column '{names['node_id']}' has type {col.type}; expected int64 or string")
+        elif too_big_for_int64(col).any():
+            big = too_big_for_int64(col)
+            first = col.filter(pa.array(big)).to_pylist()[:FIRST_ROWS]
+            problems.append(
+                f"{f}: column '{names['node_id']}' has {int(big.sum())} id(s) above the int64 maximum {INT64_MAX} at "
+                f"{rows_text(big)}, first: {first}; store such ids as strings"
+            )
+            ids_ok = False
         if ids_ok:
             out.id_array = col
         null_ids = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
@@ -275,6 +294,14 @@ def _check_edges(
         if nulls.any():
             problems.append(f"{f}: column '{names[c]}' has {int(nulls.sum())} null value(s) at {rows_text(nulls)}")
             usable = False
+        big = too_big_for_int64(col)
+        if big.any():
+            problems.append(
+                f"{f}: column '{names[c]}' has {int(big.sum())} id(s) above the int64 maximum {INT64_MAX} at {rows_text(big)}, "
+                f"first: {col.filter(pa.array(big)).to_pylist()[:FIRST_ROWS]}; store such ids as strings"
+            )
+            usable = False
+            continue
         if lookup is None:
             usable = False
             continue

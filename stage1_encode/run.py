@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -18,19 +17,19 @@ import numpy as np
 from pipeline import __version__
 from pipeline.errors import InputError
 from pipeline.graph import TextGraph, load_graph
+from pipeline.graph_format import graph_folder
 from pipeline.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.layers import parse_layers
-from stage1_encode.models import ModelSpec, resolve_model, weights_hash
+from stage1_encode.models import ModelSpec, check_max_length, model_config, resolve_model, weights_hash
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "merges.txt", "vocab.json", "special_tokens_map.json", "tokenizer.model")
 
 
 def model_shape(spec: ModelSpec) -> tuple[int, int]:
     """(num_states, hidden_size) from config.json, without importing transformers (fast no-op reruns)."""
-    cfg = json.loads((Path(spec.path) / "config.json").read_text())
-    cfg = cfg.get("text_config", cfg)
+    cfg = model_config(spec)
     return int(cfg["num_hidden_layers"]) + 1, int(cfg["hidden_size"])
 
 
@@ -45,8 +44,11 @@ def tokenizer_hash(spec: ModelSpec) -> str:
 
 def pick_device(config: EncodeConfig) -> tuple[str, str]:
     """(device, compute dtype name): bf16 on GPU, fp32 on CPU unless told."""
+    from pipeline.core.devices import check_device
+
     import torch
 
+    check_device(config.device, "--device")
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,12 +130,18 @@ def run(config: EncodeConfig) -> Path:
     num_states, hidden = model_shape(spec)
     layers = parse_layers(config.layers, num_states)
     device, dtype = pick_device(config)
+    check_max_length(spec, config.max_length)
     out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
+    # every check before the first write (the weights hash memo, the cache folder)
+    cache_format.claim(out, config.overwrite, inputs=[graph_folder(graph), spec.path])
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
     resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
+    damaged = {b: why for b, why in writer.damaged_blocks().items() if b in mine}
+    for b, why in sorted(damaged.items()):
+        warn(f"block {b}: {why}; re-encoding it")
     todo = [b for b in mine if b not in writer.done_blocks()]
     shard = f" (shard {config.shard_id}/{config.num_shards})" if config.num_shards > 1 else ""
     if not todo:
