@@ -328,7 +328,7 @@ def import_graph(nodes_path: Path, edges_path: Path, out: Path, *, overwrite: bo
     """Parse, validate and write ``out`` (atomically); see :func:`parse_import` for options."""
     from pipeline.graph_format import check_output_folder
 
-    check_output_folder(out, overwrite)
+    check_output_folder(out, overwrite, inputs=[nodes_path, edges_path])
     node_table, edge_table, graph = parse_import(nodes_path, edges_path, **options)
     meta = {
         "imported_from": {

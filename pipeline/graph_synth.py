@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigErrors, InputError, PipelineError
+from pipeline.core import atomic
 from pipeline.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder
 from pipeline.progress import log, progress
 from pipeline.synth_text import build_text_model, draw_lengths, make_texts, parse_text_words
@@ -204,7 +203,7 @@ def synthesize(config: SynthConfig, extra_files: dict[str, Callable[[Path], None
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = atomic.temp_sibling(out)
     try:
         tmp.mkdir()
         schema = pa.schema([("node_id", pa.int64()), ("text", pa.string()), ("label", pa.string()), ("split", pa.string())])
@@ -236,7 +235,7 @@ def synthesize(config: SynthConfig, extra_files: dict[str, Callable[[Path], None
             raise PipelineError(f"{out}: the written files do not hold {n} nodes and {edges.shape[1]} edges (internal error)")
         if config.check:  # the full reader's validation, as for every other written graph
             summary["fingerprint"] = read_graph_folder(tmp, name=out.name, source=str(tmp)).fingerprint
-        move_into_place(tmp, out)
+        move_into_place(tmp, out, config.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

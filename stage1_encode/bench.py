@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.graph import load_graph
+from pipeline.core import ownership
 from pipeline.progress import log
+
+BENCH_COMMAND = "pipeline bench encode"
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig
 
@@ -75,6 +78,8 @@ def run_bench(config: BenchConfig) -> dict:
     enc = EncodeConfig(graph=config.graph, model=config.model, layers=config.layers, max_length=config.max_length,
                        batch_tokens=config.batch_tokens, device=config.device, backend=config.backend)
     enc.validate()
+    if config.json_path is not None:
+        ownership.claim_file(config.json_path, "--json", BENCH_COMMAND, legacy=lambda d: "texts_per_s" in d)
     if config.backend == "vllm":
         from stage1_encode.vllm_backend import check_architecture
 
@@ -148,8 +153,7 @@ def run_bench(config: BenchConfig) -> dict:
         result.update(vllm_result, vllm_speedup_vs_hf=vllm_result["vllm_texts_per_s"] / result["texts_per_s"])
     _print(result)
     if config.json_path is not None:
-        Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        ownership.write_json_output(config.json_path, result, BENCH_COMMAND)
     return result
 
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.core import ownership
 from pipeline.progress import log
+
+BENCH_COMMAND = "pipeline bench train"
 
 BASELINE_ARCHS = ("mlp", "gcn", "sage")
 
@@ -62,6 +65,16 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.epochs_uncached < 1:
         raise InputError(f"--epochs-uncached {cfg.epochs_uncached}: must be >= 1")
     out = Path(cfg.out)
+    # the bench's own folder (its cache and runs are reused or replaced); nothing else is
+    from stage1_encode.cache import is_cache
+
+    if cfg.json_path:
+        ownership.claim_file(cfg.json_path, "--json", BENCH_COMMAND, legacy=lambda d: "epoch_s_cached" in d)
+    inputs = [p for p in (cfg.cache, Path(cfg.graph)) if p is not None and Path(p).exists()]
+    if not ownership.claim_output(out, "bench", "--out", resume=True, inputs=inputs,
+                                  legacy=lambda p: (p / "runs").is_dir() or is_cache(p / "cache.zarr")):
+        out.mkdir(parents=True, exist_ok=True)
+        ownership.write_marker(out, "bench")
     cache = Path(cfg.cache) if cfg.cache else _encode(cfg.graph, cfg.model, out / "cache.zarr")
     data = open_train_data(cache, None, None, "ladder")
     if cfg.cache and data.manifest.get("graph_source") not in (cfg.graph, str(Path(cfg.graph).resolve())):
@@ -115,8 +128,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     }
     _print(result, how)
     if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        ownership.write_json_output(cfg.json_path, result, BENCH_COMMAND)
     return result
 
 

@@ -26,7 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError, PipelineError
+from pipeline.core import ownership
 from pipeline.progress import log
+
+BENCH_COMMAND = "pipeline bench train-memory"
 from stage2_train.config import format_size
 
 WARM_UP_STEPS = 5
@@ -173,6 +176,8 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     from stage1_encode.cache import open_cache
 
     cfg.validate()
+    if cfg.json_path:
+        ownership.claim_file(cfg.json_path, "--json", BENCH_COMMAND, inputs=[cfg.cache], legacy=lambda d: "epoch_ratio" in d)
     reader = open_cache(cfg.cache)
     reader.check_complete()
     n, s, h = reader.shape
@@ -204,8 +209,7 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     }
     _print(result)
     if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        ownership.write_json_output(cfg.json_path, result, BENCH_COMMAND)
     return result
 
 

@@ -22,7 +22,10 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigErrors
+from pipeline.core import ownership
 from pipeline.progress import log
+
+BENCH_COMMAND = "pipeline bench infer"
 
 CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
 VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds: cheapest within these val drops
@@ -45,6 +48,12 @@ class BenchConfig:
         errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
         errs.check(self.repeats > 0, f"--repeats {self.repeats}: must be > 0")
         errs.raise_if_any()
+        from pipeline.core.devices import check_device
+
+        check_device(self.device, "--device", allow_auto=False)
+        if self.json_path is not None:
+            ownership.claim_file(self.json_path, "--json", BENCH_COMMAND, inputs=[self.checkpoint],
+                                 legacy=lambda d: all(isinstance(r, dict) and "layer_fraction" in r for r in d.values()))
         return self
 
 
@@ -139,8 +148,7 @@ def run_bench(config: BenchConfig) -> dict:
     # --- report
     print(format_table(table, session))
     if config.json_path is not None:
-        Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.json_path).write_text(json.dumps(table, indent=2) + "\n")
+        ownership.write_json_output(config.json_path, table, BENCH_COMMAND)
     return table
 
 

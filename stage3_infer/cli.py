@@ -32,6 +32,7 @@ def infer_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Trained seed to use (default: the one chosen on validation)."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     max_targets: Optional[int] = typer.Option(None, "--max-targets", help="Predict only the first N targets (a quick look)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier `pipeline infer` output at --out (nothing else is ever replaced)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Predict node labels with dynamic early exit: each target's text runs through the LLM only
@@ -44,7 +45,7 @@ def infer_command(
         InferConfig(
             checkpoint=checkpoint, out=out, exit=exit, split=split, node_ids=node_ids, nodes=nodes, edges=edges,
             batch_size=batch_size, cache_neighbours=cache_neighbours, model=model, seed=seed, device=device,
-            max_targets=max_targets,
+            max_targets=max_targets, overwrite=overwrite,
         )
     )
 

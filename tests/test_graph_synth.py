@@ -103,11 +103,11 @@ def test_cli_writes_exact_files_and_refuses_bad_flags(cli, tmp_path: Path) -> No
     out = tmp_path / "g"
     result = cli("datasets", "synth", "--nodes", "50", "--classes", "3", "--avg-degree", "2", "--check", out)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["edges.parquet", "meta.json", "nodes.parquet", "pipeline_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".pipeline-artifact.json", "edges.parquet", "meta.json", "nodes.parquet", "pipeline_config.json"]
     assert json.loads((out / "pipeline_config.json").read_text())["nodes"] == 50
     assert load_graph(out).num_edges == 50
     again = cli("datasets", "synth", "--nodes", "50", out)
-    assert again.exit_code == 2 and f"{out}: already exists; choose a new folder or pass --overwrite" in again.output
+    assert again.exit_code == 2 and f"OUT {out}: holds an earlier graph; pass --overwrite to replace it" in again.output
 
     bad = cli("datasets", "synth", "--nodes", "5", "--classes", "1", "--homophily", "1.5", "--text-words", "9:3", tmp_path / "bad")
     assert bad.exit_code == 2

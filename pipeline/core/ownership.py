@@ -182,3 +182,41 @@ def remove_owned(path: str | Path, kind: str, legacy: Callable[[Path], bool] | N
     old = atomic.temp_sibling(path, "old")
     os.replace(path, old)
     shutil.rmtree(old, ignore_errors=True)
+
+
+WRITTEN_BY = "written_by"  # key naming the command in every JSON file output (--json)
+
+
+def claim_file(path: str | Path, flag: str, command: str, *, inputs: Iterable[str | Path] = (),
+               legacy: Callable[[dict], bool] | None = None) -> None:
+    """Check a file output (``--json PATH``) before any work: not a symlink, folder or input,
+    in a writable folder; an existing file is replaced only when it is a JSON object that
+    ``command`` wrote (its ``written_by`` key, or ``legacy(data)`` for files of earlier versions)."""
+    path = Path(path)
+    _check_place(path, flag, "file")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{flag} {path}: is a folder; give a file path {UNCHANGED}")
+    check_inputs_overlap(path, flag, inputs, inside_ok=True)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):
+            data = None
+        ours = isinstance(data, dict) and (data.get(WRITTEN_BY) == command or (legacy is not None and _safe_data(legacy, data)))
+        if not ours:
+            raise InputError(f"{flag} {path}: exists and was not written by `{command}`; choose a new file {UNCHANGED}")
+    atomic.remove_stale_temps(path)
+
+
+def _safe_data(test: Callable[[dict], bool], data: dict) -> bool:
+    try:
+        return bool(test(data))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
+def write_json_output(path: str | Path, data: dict, command: str) -> None:
+    """Write a ``--json`` output atomically, naming the command that wrote it (``written_by``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, {**data, WRITTEN_BY: command}, default=str)

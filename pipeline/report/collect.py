@@ -185,6 +185,8 @@ def _add_bench(found: Collected, path: Path) -> None:
     except (OSError, ValueError) as err:
         found.problems.append(f"{path}: benchmark JSON could not be read ({_short(err)})")
         return
+    if isinstance(data, dict):
+        data.pop("written_by", None)  # which command wrote it (pipeline/core/ownership.py), not a figure
     kind = bench_kind(data)
     if kind is None:
         found.problems.append(f"{path}: not a `pipeline bench encode|train|infer --json` file (unknown keys)")
