@@ -155,6 +155,7 @@ def test_bench_infer_json(trained, tmp_path, cli):
     result = cli("bench", "infer", "--checkpoint", run_dir, "--json", tmp_path / "bench.json", "--max-targets", 4)
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "bench.json").read_text())
+    assert table.pop("written_by") == "pipeline bench infer"  # what lets a rerun replace it (and nothing else)
     assert list(table)[:3] == ["none", "patience:1", "patience:2"] and len(table) == 5
     assert all(k.startswith("confidence:") for k in list(table)[3:])
     for spec, row in table.items():
