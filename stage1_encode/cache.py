@@ -184,6 +184,7 @@ class CacheWriter:
             existing = read_manifest(path)
             diff = identity_diff(existing, manifest)
             if not diff:
+                check_node_ids(path, existing)
                 return cls(path, existing)
             if not overwrite:
                 detail = "; ".join(f"{k}: cache has {existing.get(k)!r}, now {manifest.get(k)!r}" for k in diff[:4])
@@ -251,17 +252,18 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
     tmp = atomic.temp_sibling(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.create_array(
-            "states", shape=(n, s, h), chunks=(manifest["chunk_nodes"], s, h),
-            dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (DESIGN.md)
-        )
-        ids = np.asarray(node_ids)
-        if ids.dtype.kind in "iu":
-            group.create_array("node_ids", data=ids.astype(np.int64), chunks=(max(n, 1),), compressors=None)
-        else:
-            arr = group.create_array("node_ids", shape=(n,), dtype=str, chunks=(max(n, 1),))
-            arr[:] = np.asarray([str(v) for v in ids], dtype=object)
+        with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk, zeros included
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            group.create_array(
+                "states", shape=(n, s, h), chunks=(manifest["chunk_nodes"], s, h),
+                dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (DESIGN.md)
+            )
+            ids = np.asarray(node_ids)
+            if ids.dtype.kind in "iu":
+                group.create_array("node_ids", data=ids.astype(np.int64), chunks=(max(n, 1),), compressors=None)
+            else:
+                arr = group.create_array("node_ids", shape=(n,), dtype=str, chunks=(max(n, 1),))
+                arr[:] = np.asarray([str(v) for v in ids], dtype=object)
         (tmp / "blocks").mkdir()
         atomic.write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
         save_resolved_config(tmp / "encode_config.json", config)
@@ -288,6 +290,14 @@ def _done_blocks(path: Path) -> set[int]:
         except ValueError:
             pass  # not a mark of ours
     return out
+
+
+def check_node_ids(path: str | Path, manifest: dict) -> None:
+    """Refuse a cache whose node id chunk is gone (Zarr would read it as zeros or empty strings)."""
+    if int(manifest["num_nodes"]) > 0 and (Path(path) / "node_ids" / "zarr.json").is_file():
+        f = Path(path) / "node_ids" / "c" / "0"
+        if not f.is_file():
+            raise guarded.damaged(f, f"node id chunk of cache {path} is missing", rebuild_hint(path, manifest))
 
 
 def chunk_bytes(manifest: dict) -> int:
@@ -355,6 +365,7 @@ class CacheReader:
             self.node_ids = np.asarray(group["node_ids"][:])
         except Exception as err:  # zarr raises many types for damaged metadata or a missing array
             raise guarded.damaged(self.path, f"the Zarr arrays cannot be read ({type(err).__name__}: {err})", rebuild_hint(self.path, m)) from None
+        check_node_ids(self.path, m)
         want = (m["num_nodes"], len(m["layers"]), m["hidden_size"])
         if tuple(self._states.shape) != want or self.node_ids.shape != (m["num_nodes"],):
             raise guarded.damaged(

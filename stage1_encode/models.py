@@ -222,6 +222,25 @@ def _special_count(post: dict) -> int:
     return 0
 
 
+def check_weights(spec: ModelSpec) -> None:
+    """Refuse a truncated or garbled ``*.safetensors`` file before any work: its header must
+    parse and its tensors must end exactly at the end of the file (cheap: reads the header)."""
+    hint = rebuild_model_hint(spec)
+    for f in sorted(Path(spec.path).glob("*.safetensors")):
+        try:
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if size < 8 or n <= 0 or 8 + n > size:
+                    raise ValueError(f"header length {n} does not fit the file's {size} bytes")
+                header = json.loads(fh.read(n).decode("utf-8"))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+            raise guarded.damaged(f, f"is not a readable safetensors file ({err})", hint) from None
+        if 8 + n + max(ends, default=0) != size:
+            raise guarded.damaged(f, f"holds {size} bytes, its header describes {8 + n + max(ends, default=0)} (truncated or damaged)", hint)
+
+
 def check_max_length(spec: ModelSpec, max_length: int, flag: str = "--max-length") -> None:
     """Refuse a token budget the model cannot take: above its positions, or no room for text
     beside its special tokens."""

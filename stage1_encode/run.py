@@ -22,7 +22,7 @@ from pipeline.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.layers import parse_layers
-from stage1_encode.models import ModelSpec, check_max_length, model_config, resolve_model, weights_hash
+from stage1_encode.models import ModelSpec, check_max_length, check_weights, model_config, resolve_model, weights_hash
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "merges.txt", "vocab.json", "special_tokens_map.json", "tokenizer.model")
 
@@ -118,6 +118,30 @@ def encode_block(stepper, texts: list[str], layers: list[int], config: EncodeCon
     return out, real, padded
 
 
+class Encoder:
+    """The loaded model of one backend: ``encode(texts, layers, config, on_batch)`` and ``close()``."""
+
+    def __init__(self, encode, close=lambda: None) -> None:
+        self.encode, self.close = encode, close
+
+
+def make_encoder(config: EncodeConfig, spec: ModelSpec, device: str, dtype: str) -> Encoder:
+    """Load the model on the chosen backend (a damaged model folder is refused here)."""
+    import torch
+
+    from stage1_encode.models import load_model
+    from stage1_encode.stepping import LayerStepper
+
+    if device == "cpu" and dtype == "float32":
+        warn("no GPU: encoding on CPU in float32 (slow; fine for small graphs)")
+    if config.backend == "vllm":
+        from stage1_encode import vllm_backend
+
+        engine = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
+        return Encoder(functools.partial(vllm_backend.encode_block, engine), engine.close)
+    return Encoder(functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype)))))
+
+
 def run(config: EncodeConfig) -> Path:
     """Encode (this shard of) a graph into a cache; returns the cache path. Quick no-op when done."""
     config.validate()
@@ -131,11 +155,14 @@ def run(config: EncodeConfig) -> Path:
     layers = parse_layers(config.layers, num_states)
     device, dtype = pick_device(config)
     check_max_length(spec, config.max_length)
+    check_weights(spec)
     out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
     # every check before the first write (the weights hash memo, the cache folder)
-    cache_format.claim(out, config.overwrite, inputs=[graph_folder(graph), spec.path])
+    exists = cache_format.claim(out, config.overwrite, inputs=[graph_folder(graph), spec.path])
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
     resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
+    # a new cache is created only once the model has loaded (a damaged model leaves nothing behind)
+    encoder = None if exists else make_encoder(config, spec, device, dtype)
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
@@ -149,20 +176,8 @@ def run(config: EncodeConfig) -> Path:
         log(f"{out}: already {'complete' if complete else 'done for this shard'}{shard}; nothing to do")
         return out
 
-    import torch
-
-    from stage1_encode.models import load_model
-    from stage1_encode.stepping import LayerStepper
-
-    if device == "cpu" and dtype == "float32":
-        warn("no GPU: encoding on CPU in float32 (slow; fine for small graphs)")
-    if config.backend == "vllm":
-        from stage1_encode import vllm_backend
-
-        encoder = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
-        encode = functools.partial(vllm_backend.encode_block, encoder)
-    else:
-        encode = functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype))))
+    encoder = encoder or make_encoder(config, spec, device, dtype)
+    encode = encoder.encode
     n_todo = sum(e - s for s, e in (cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo))
     log(f"encoding {n_todo} of {graph.num_nodes} nodes{shard} with {config.model} on {config.backend} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
     start, real, padded, tokens_done = time.perf_counter(), 0, 0, 0
@@ -178,8 +193,7 @@ def run(config: EncodeConfig) -> Path:
             values, r, p = encode(graph.texts[lo:hi], layers, config, on_batch)
             writer.write_block(b, values, graph.node_ids)
             real, padded = real + r, padded + p
-    if config.backend == "vllm":
-        encoder.close()  # stops vLLM's engine process and frees its shared memory
+    encoder.close()  # vLLM: stops its engine process and frees its shared memory
     complete = writer.finish()
     elapsed = time.perf_counter() - start
     log(
