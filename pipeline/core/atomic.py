@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 TEMP_TAGS = ("tmp", "old")  # tmp: being written; old: a replaced output waiting to be deleted
+# Tests only: seconds a StagedFolder waits, complete, before its rename (so a kill can land there).
+STALL_ENV = "PIPELINE_TEST_STALL_COMMIT"
 
 
 def _host() -> str:
@@ -158,6 +160,10 @@ class StagedFolder:
 
     def commit(self, replace=None) -> Path:
         fsync_tree(self.path)
+        if os.environ.get(STALL_ENV):
+            import time
+
+            time.sleep(float(os.environ[STALL_ENV]))
         move_into_place(self.path, self.out, replace)
         self.committed = True
         return self.out
