@@ -170,7 +170,7 @@ def _type_ids(columns: list[_Column], id_type: str, problems: list[str]) -> str 
                 problems.append(f"{col.file}: column '{col.name}' has non-integer ids at {_rows(bad)}, first: {first} (--id-type int)")
             else:
                 col.values = [None if v is None else int(v) for v in col.values]
-        _check_int64(columns, problems)
+                _check_int64([col], problems)
         return None if len(problems) > before else "int"
 
     # auto: typed (JSON) columns decide; textual columns follow (digits are valid strings too)
