@@ -51,6 +51,8 @@ SPLIT_VALUES = ("train", "val", "test")
 MAX_ROUNDS = 30  # edge sampling rounds before giving up (duplicates are redrawn)
 
 
+MAX_NODES = 10**8  # beyond it the generator's arrays alone outgrow any machine: a typo, refused before allocating
+
 @dataclasses.dataclass
 class SynthConfig:
     """Settings of ``pipeline datasets synth``; ``text_words`` is "MIN:MAX" or "MEAN"."""
@@ -68,7 +70,7 @@ class SynthConfig:
     def validate(self) -> None:
         """Raise one InputError listing every problem, each naming its flag."""
         errors = ConfigErrors()
-        errors.check(self.nodes >= 10, f"--nodes {self.nodes}: must be at least 10")
+        errors.check(10 <= self.nodes <= MAX_NODES, f"--nodes {self.nodes}: must be in 10..{MAX_NODES}")
         errors.check(2 <= self.classes <= 1000, f"--classes {self.classes}: must be in 2..1000")
         errors.check(self.classes <= self.nodes, f"--classes {self.classes}: more classes than --nodes {self.nodes}")
         errors.check(0 <= self.homophily <= 1, f"--homophily {self.homophily}: must be in [0, 1] (fraction of intra-class edges)")

@@ -374,6 +374,42 @@ def cases() -> dict:
         _truncate(sb / "pred" / "predictions.parquet", 30)
         return ["report", sb / "pred", sb / "run", "--out", sb / "rep"], [sb / "pred", sb / "run"]
 
+    @case("infer --node-ids not UTF-8")
+    def _(sb):
+        (sb / "ids.txt").write_bytes(b"1\n\xff\xfe\n")
+        return ["infer", "--checkpoint", sb / "run", "--out", sb / "p2", "--node-ids", sb / "ids.txt"], []
+
+    @case("encode onto its cache with other settings, no --overwrite")
+    def _(sb):
+        return ["encode", sb / "graph", "--out", sb / "cache.zarr", "--model", "minilm-l6", "--max-length", "12", "--block-size", "8"], [sb / "cache.zarr"]
+
+    @case("encode --overwrite its own cache with other settings", expect=0,
+          check=lambda sb, out: json.loads((sb / "cache.zarr" / "manifest.json").read_text())["max_length"] == 12)
+    def _(sb):
+        return ["encode", sb / "graph", "--out", sb / "cache.zarr", "--model", "minilm-l6", "--max-length", "12", "--block-size", "8", "--overwrite"], []
+
+    @case("report with a damaged metrics.jsonl", expect=0, check=lambda sb, out: "could not read" in (sb / "rep" / "report.md").read_text())
+    def _(sb):
+        (sb / "run" / "metrics.jsonl").write_bytes(b"{oops\n")
+        return ["report", sb / "run", "--out", sb / "rep"], [sb / "run"]
+
+    @case("datasets synth --nodes 10^12", check=lambda sb, out: not (sb / "g2").exists())
+    def _(sb):
+        return ["datasets", "synth", sb / "g2", "--nodes", str(10**12)], []
+
+    @case("encode --block-size 2^40", check=lambda sb, out: not (sb / "c2.zarr").exists())
+    def _(sb):
+        return ["encode", sb / "graph", "--out", sb / "c2.zarr", "--model", "minilm-l6", "--max-length", "8", "--block-size", str(2**40)], []
+
+    @case("infer --split with a damaged split file of the graph")
+    def _(sb):
+        return ["infer", "--checkpoint", sb / "run", "--out", sb / "p2", "--split", "bogus"], []
+
+    @case("train --out in a folder named by a dangling symlink")
+    def _(sb):
+        (sb / "dangling").symlink_to(sb / "nowhere")
+        return ["train", sb / "cache.zarr", "--out", sb / "dangling", *SMALL], []
+
     @case("encode --status on a folder that is not a cache")
     def _(sb):
         return ["encode", "--status", sb / "graph"], [sb / "graph"]

@@ -394,3 +394,17 @@ def test_stale_temps_only_names_dead_writers_on_this_host(tmp_path):
         p.mkdir()
     assert atomic.remove_stale_temps(out) == sorted(mine)
     assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
+def test_an_unwritable_place_is_refused_before_any_work(cli, sb, monkeypatch):
+    """Root passes every permission test, so the folder's refusal is simulated at os.access."""
+    from pipeline.core import ownership
+
+    ro = sb / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(ownership.os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+    before = snapshot(sb)
+    refused(cli("train", sb / "cache.zarr", "--out", ro / "run", *SMALL),
+            f"--out {ro / 'run'}: cannot write in {ro} (permission denied); choose a writable --out {UNCHANGED}")
+    assert snapshot(sb) == before

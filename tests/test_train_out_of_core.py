@@ -141,7 +141,7 @@ def test_train_cli_out_of_core_writes_the_same_files(small, cli):
         res = cli(*args, "--out", root / name, *extra)
         assert res.exit_code == 0, res.output
     files = {n: sorted(str(p.relative_to(root / n)) for p in (root / n).rglob("*") if p.is_file()) for n in ("cli_mem", "cli_ooc")}
-    assert files["cli_mem"] == files["cli_ooc"] == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+    assert files["cli_mem"] == files["cli_ooc"] == [".pipeline-artifact.json", "config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
     summaries = {n: json.loads((root / n / "summary.json").read_text()) for n in ("cli_mem", "cli_ooc")}
     assert sorted(summaries["cli_mem"]) == sorted(summaries["cli_ooc"])
     assert sorted(read_metrics(root / "cli_ooc")[0]) == sorted(read_metrics(root / "cli_mem")[0])
