@@ -6,7 +6,6 @@ every value still goes through the flag's own type conversion and validation.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any

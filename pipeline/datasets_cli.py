@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json as _json
 from pathlib import Path
 from typing import Optional
 

@@ -93,7 +93,8 @@ def cases() -> dict:
     # --- outputs that are not the command's own
     @case("infer --out a user's folder")
     def _(sb):
-        (sb / "mine").mkdir(); (sb / "mine" / "summary.json").write_text("my notes")
+        (sb / "mine").mkdir()
+        (sb / "mine" / "summary.json").write_text("my notes")
         return ["infer", "--checkpoint", sb / "run", "--out", sb / "mine"], [sb / "mine"]
 
     @case("infer --out the checkpoint folder")
@@ -114,7 +115,8 @@ def cases() -> dict:
 
     @case("train --out a user's folder --overwrite")
     def _(sb):
-        (sb / "mine").mkdir(); (sb / "mine" / "thesis.tex").write_text("years of work")
+        (sb / "mine").mkdir()
+        (sb / "mine" / "thesis.tex").write_text("years of work")
         return ["train", sb / "cache.zarr", "--out", sb / "mine", "--overwrite", *SMALL], [sb / "mine"]
 
     @case("train CACHE --out CACHE --overwrite")
@@ -135,7 +137,8 @@ def cases() -> dict:
 
     @case("encode --overwrite a user's folder holding a manifest.json")
     def _(sb):
-        (sb / "mine").mkdir(); (sb / "mine" / "manifest.json").write_text('{"format": "engine-encode-cache/1"}')
+        (sb / "mine").mkdir()
+        (sb / "mine" / "manifest.json").write_text('{"format": "engine-encode-cache/1"}')
         (sb / "mine" / "data.csv").write_text("1,2,3")
         return ["encode", sb / "graph", "--out", sb / "mine", "--model", "minilm-l6", "--max-length", "8", "--overwrite"], [sb / "mine"]
 
@@ -153,7 +156,8 @@ def cases() -> dict:
 
     @case("report --out a user's folder")
     def _(sb):
-        (sb / "mine").mkdir(); (sb / "mine" / "a.txt").write_text("x")
+        (sb / "mine").mkdir()
+        (sb / "mine" / "a.txt").write_text("x")
         return ["report", sb / "run", "--out", sb / "mine"], [sb / "mine"]
 
     @case("report --out a RUN_DIR")
@@ -162,8 +166,10 @@ def cases() -> dict:
 
     @case("datasets import OUT a user's folder --overwrite")
     def _(sb):
-        (sb / "n.csv").write_text("node_id,text\na,hello\nb,world\n"); (sb / "e.csv").write_text("src,dst\na,b\n")
-        (sb / "mine").mkdir(); (sb / "mine" / "x.txt").write_text("x")
+        (sb / "n.csv").write_text("node_id,text\na,hello\nb,world\n")
+        (sb / "e.csv").write_text("src,dst\na,b\n")
+        (sb / "mine").mkdir()
+        (sb / "mine" / "x.txt").write_text("x")
         return ["datasets", "import", sb / "n.csv", sb / "e.csv", sb / "mine", "--overwrite"], [sb / "mine"]
 
     @case("datasets subset GRAPH OUT=GRAPH --overwrite")
@@ -190,7 +196,8 @@ def cases() -> dict:
 
     @case("run --out a user's folder")
     def _(sb):
-        (sb / "mine").mkdir(); (sb / "mine" / "a.txt").write_text("x")
+        (sb / "mine").mkdir()
+        (sb / "mine" / "a.txt").write_text("x")
         return ["run", "--dataset", sb / "graph", "--model", "minilm-l6", "--out", sb / "mine", "--epochs", "1"], [sb / "mine"]
 
     # --- output paths the OS would refuse
@@ -202,7 +209,8 @@ def cases() -> dict:
                 target = {"a file": sb / "f.txt", "under a file": sb / "f.txt" / "out", "a symlink": sb / "link"}[kind]
                 if kind == "a symlink":
                     (sb / "link").symlink_to(sb / "real")
-                (sb / "n.csv").write_text("node_id,text\na,hello\n"); (sb / "e.csv").write_text("src,dst\n")
+                (sb / "n.csv").write_text("node_id,text\na,hello\n")
+                (sb / "e.csv").write_text("src,dst\n")
                 args = {
                     "train": ["train", sb / "cache.zarr", "--out", target, *SMALL],
                     "infer": ["infer", "--checkpoint", sb / "run", "--out", target],
@@ -325,21 +333,24 @@ def cases() -> dict:
     # --- ids beyond int64
     @case("datasets check with uint64 ids >= 2^63")
     def _(sb):
-        g = sb / "u64"; g.mkdir()
+        g = sb / "u64"
+        g.mkdir()
         pq.write_table(pa.table({"node_id": pa.array([1, 2**63, 2**64 - 1], pa.uint64()), "text": ["a", "b", "c"]}), g / "nodes.parquet")
         pq.write_table(pa.table({"src": pa.array([1], pa.uint64()), "dst": pa.array([2**63], pa.uint64())}), g / "edges.parquet")
         return ["datasets", "check", g], []
 
     @case("encode a graph with uint64 ids >= 2^63", check=lambda sb, out: not (sb / "c2.zarr").exists())
     def _(sb):
-        g = sb / "u64"; g.mkdir()
+        g = sb / "u64"
+        g.mkdir()
         pq.write_table(pa.table({"node_id": pa.array([5, 2**63 + 1], pa.uint64()), "text": ["a b", "c d"], "label": ["x", "y"]}), g / "nodes.parquet")
         pq.write_table(pa.table({"src": pa.array([5], pa.uint64()), "dst": pa.array([2**63 + 1], pa.uint64())}), g / "edges.parquet")
         return ["encode", g, "--out", sb / "c2.zarr", "--model", "minilm-l6", "--max-length", "8"], []
 
     @case("datasets import --id-type int with ids >= 2^63", check=lambda sb, out: not (sb / "g2").exists())
     def _(sb):
-        (sb / "n.csv").write_text(f"node_id,text\n{2**63},hello\n1,world\n"); (sb / "e.csv").write_text(f"src,dst\n1,{2**63}\n")
+        (sb / "n.csv").write_text(f"node_id,text\n{2**63},hello\n1,world\n")
+        (sb / "e.csv").write_text(f"src,dst\n1,{2**63}\n")
         return ["datasets", "import", sb / "n.csv", sb / "e.csv", sb / "g2", "--id-type", "int"], []
 
     @case("datasets import with ids >= 2^64", check=lambda sb, out: not (sb / "g2").exists())

@@ -12,7 +12,6 @@ measured fp32 (or compute-dtype) matmul rate on the same device.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.graph import load_graph
 from pipeline.core import ownership
+from pipeline.graph import load_graph
 from pipeline.progress import log
-
-BENCH_COMMAND = "pipeline bench encode"
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig
+
+BENCH_COMMAND = "pipeline bench encode"  # names the --json files this bench writes (and may replace)
 
 NAIVE_BATCH = 32
 

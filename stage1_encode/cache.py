@@ -37,7 +37,6 @@ import os
 import shutil
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,6 @@ ladder and the mlp/gcn/sage baselines trained on the cache with the same seeds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from pipeline.errors import InputError
 from pipeline.core import ownership
 from pipeline.progress import log
 
-BENCH_COMMAND = "pipeline bench train"
+BENCH_COMMAND = "pipeline bench train"  # names the --json files this bench writes (and may replace)
+
 
 BASELINE_ARCHS = ("mlp", "gcn", "sage")
 

@@ -29,8 +29,9 @@ from pipeline.errors import InputError, PipelineError
 from pipeline.core import ownership
 from pipeline.progress import log
 
-BENCH_COMMAND = "pipeline bench train-memory"
 from stage2_train.config import format_size
+
+BENCH_COMMAND = "pipeline bench train-memory"  # names the --json files this bench writes (and may replace)
 
 WARM_UP_STEPS = 5
 WARM_UP_TARGETS = 8  # small steps: the baseline holds torch's machinery, not a full-size step's buffers

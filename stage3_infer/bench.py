@@ -14,7 +14,6 @@ wall(none) / wall(policy), ``layer_fraction`` = LLM layers run / layers at full 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from pipeline.errors import ConfigErrors
 from pipeline.core import ownership
 from pipeline.progress import log
 
-BENCH_COMMAND = "pipeline bench infer"
+BENCH_COMMAND = "pipeline bench infer"  # names the --json files this bench writes (and may replace)
+
 
 CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
 VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds: cheapest within these val drops

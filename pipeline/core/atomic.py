@@ -94,7 +94,7 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 
 def fsync_tree(folder: Path) -> None:
     """Flush every file and folder under ``folder`` (before it is renamed into place)."""
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         for f in files:
             _fsync_path(Path(root) / f)
         _fsync_path(Path(root), directory=True)
