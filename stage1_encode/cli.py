@@ -33,7 +33,7 @@ def encode_command(
     storage_dtype: str = typer.Option("float16", "--storage-dtype", help="Cache dtype: float16 or float32 (if float16 overflows)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     block_size: int = typer.Option(DEFAULT_BLOCK_NODES, "--block-size", help="Nodes per committed block (the unit of resume and sharding; multiple of 8)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache of another model/graph/settings at --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache of another model/graph/settings at --out (only a cache `pipeline encode` wrote)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm (decoder LLMs; CPU: bash scripts/setup_vllm.sh, then .venv-vllm/bin/pipeline)."),
     status: Optional[Path] = typer.Option(None, "--status", help="Only report how complete the cache CACHE_DIR is, and exit."),

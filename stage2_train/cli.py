@@ -55,7 +55,7 @@ def train_command(
         "micro-batches (gradients accumulated) so the step's working set fits the other half, read-ahead. "
         "Default: 8 GiB or half the available memory, whichever is less.",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier `pipeline train` run at --out (nothing else is ever replaced)."),
     dist_timeout: float = typer.Option(
         300.0, "--dist-timeout",
         help="Under torchrun: seconds to wait for the other ranks, when joining and at every collective, before failing.",
