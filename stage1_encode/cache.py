@@ -232,7 +232,8 @@ class CacheWriter:
         m["completed_ranges"] = _ranges(sorted(done), m["num_nodes"], m["block_nodes"])
         atomic.write_json(self.path / "manifest.json", m)
         self.manifest = m
-        return len(done) == self.n_blocks
+        self.blocks_left = self.n_blocks - len(done)
+        return self.blocks_left == 0
 
 
 def _existing_manifest(path: Path) -> dict | None:
@@ -278,6 +279,11 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
                 raise PipelineError(f"--out {path}: another process created a different cache there at the same time") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def marked_blocks(path: str | Path) -> set[int]:
+    """Blocks with a completion mark (complete unless ``damaged_blocks`` names them)."""
+    return _done_blocks(Path(path))
 
 
 def _done_blocks(path: Path) -> set[int]:

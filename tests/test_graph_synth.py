@@ -113,7 +113,7 @@ def test_cli_writes_exact_files_and_refuses_bad_flags(cli, tmp_path: Path) -> No
     assert bad.exit_code == 2
     lines = re.findall(r"- (.*)", bad.output)
     assert lines == [
-        "--nodes 5: must be at least 10",
+        "--nodes 5: must be in 10..100000000",
         "--classes 1: must be in 2..1000",
         "--homophily 1.5: must be in [0, 1] (fraction of intra-class edges)",
         "--avg-degree 5.0: must be > 0 and at most (nodes - 1) / 2 = 2",
