@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import atomic, guarded
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 DEFAULT_MODEL = "smollm2-135m"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -125,7 +125,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     start = time.perf_counter()
     log(f"converting {gguf_path.name} to an HF folder in {out_dir} (once; reused afterwards)")

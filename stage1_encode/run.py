@@ -10,15 +10,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph, load_graph
-from pipeline.graph_format import graph_folder
-from pipeline.progress import log, progress, warn
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.graph_format import graph_folder
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.layers import parse_layers
@@ -160,7 +162,7 @@ def run(config: EncodeConfig) -> Path:
     # every check before the first write (the weights hash memo, the cache folder)
     exists = cache_format.claim(out, config.overwrite, inputs=[graph_folder(graph), spec.path])
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
-    resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
+    resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
     # a new cache is created only once the model has loaded (a damaged model leaves nothing behind)
     encoder = None if exists else make_encoder(config, spec, device, dtype)
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)

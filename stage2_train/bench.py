@@ -12,28 +12,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError
 from pipeline.core import ownership
-from pipeline.progress import log
+from pipeline.core.bench_json import claim_bench, write_bench
+from pipeline.core.errors import InputError
+from pipeline.core.options import argument, json_option, option, out_option, seeds_option
+from pipeline.core.progress import log
+from stage1_encode.config import model_option
 
-BENCH_COMMAND = "pipeline bench train"  # names the --json files this bench writes (and may replace)
 
 
 BASELINE_ARCHS = ("mlp", "gcn", "sage")
 
 
+def _zero_is_none(value: int, flag: str) -> int | None:
+    return value or None
+
+
 @dataclass
 class BenchConfig:
-    graph: str
-    model: str | None = None
-    cache: Path | None = None
-    epochs_uncached: int = 1
-    max_batches_uncached: int | None = 8
-    epochs: int = 200
-    seeds: tuple[int, ...] = (0,)
-    out: Path = Path("artifacts/bench/train")
-    json_path: Path | None = None
-    num_threads: int | None = None
+    graph: str = argument(help="Built-in dataset name or graph folder.", metavar="GRAPH")
+    model: str | None = model_option(None, "Encoder model (built-in name, HF id or folder); default: stage 1's default.")
+    cache: Path | None = option(None, "Reuse this cache of GRAPH instead of encoding one (must match --model).")
+    epochs_uncached: int = option(1, "Uncached epochs to time.")
+    max_batches_uncached: int | None = option(
+        8, "Time only this many uncached batches and extrapolate to a full epoch (0: whole epoch).", parse=_zero_is_none, unparse=lambda v: v or 0, cli_type=int
+    )
+    epochs: int = option(200, "Maximum epochs of the accuracy runs.")
+    seeds: tuple[int, ...] = seeds_option((0,), "Seeds of the accuracy runs.")
+    out: Path = out_option("the bench's runs (replaced)", Path("artifacts/bench/train"))
+    json_path: Path | None = json_option()
+    num_threads: int | None = option(None, "Torch CPU threads (default: torch's).")
 
 
 def _encode(graph: str, model: str | None, path: Path) -> Path:
@@ -69,7 +77,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     from stage1_encode.cache import is_cache
 
     if cfg.json_path:
-        ownership.claim_file(cfg.json_path, "--json", BENCH_COMMAND, legacy=lambda d: "epoch_s_cached" in d)
+        claim_bench(cfg.json_path, "train")
     inputs = [p for p in (cfg.cache, Path(cfg.graph)) if p is not None and Path(p).exists()]
     if not ownership.claim_output(out, "bench", "--out", resume=True, inputs=inputs,
                                   legacy=lambda p: (p / "runs").is_dir() or is_cache(p / "cache.zarr")):
@@ -128,7 +136,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     }
     _print(result, how)
     if cfg.json_path:
-        ownership.write_json_output(cfg.json_path, result, BENCH_COMMAND)
+        write_bench(cfg.json_path, "train", result)
     return result
 
 

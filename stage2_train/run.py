@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.progress import log, warn
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, warn
 from stage2_train.config import TrainConfig
 
 
@@ -85,7 +86,7 @@ def train_inputs(config: TrainConfig) -> list:
         source = guarded.read_json(config.cache / "manifest.json", "").get("graph_source")
     except InputError:
         return inputs  # a damaged cache is refused, naming the file, when it is opened
-    from pipeline.datasets import builtin_path
+    from pipeline.core.builtin_datasets import builtin_path
 
     folder = builtin_path(source) if isinstance(source, str) else None
     folder = folder or (Path(source) if isinstance(source, str) and Path(source).is_dir() else None)
@@ -129,7 +130,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
-    from pipeline.progress import progress
+    from pipeline.core.progress import progress
 
     # --- setup
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
@@ -176,7 +177,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     # --- loop, one model per seed
     results, sizes = [], {}
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
-        writer.write_config(resolved, data.manifest)
+        writer.write_config(resolved, data.manifest, flag_values(config))
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}

@@ -14,47 +14,20 @@ wall(none) / wall(policy), ``layer_fraction`` = LLM layers run / layers at full 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigErrors
-from pipeline.core import ownership
-from pipeline.progress import log
+from pipeline.core.bench_json import write_bench
+from pipeline.core.progress import log
+from stage3_infer.config import BenchConfig
 
-BENCH_COMMAND = "pipeline bench infer"  # names the --json files this bench writes (and may replace)
 
 
 CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
 VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds: cheapest within these val drops
 FIXED = ("none", "patience:1", "patience:2")
-
-
-@dataclass
-class BenchConfig:
-    checkpoint: Path
-    json_path: Path | None = None
-    max_targets: int | None = None
-    batch_size: int = 32
-    device: str = "cpu"
-    repeats: int = 1  # timed runs per policy; the fastest counts (shared machines are noisy)
-
-    def validate(self) -> "BenchConfig":
-        errs = ConfigErrors()
-        errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
-        errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
-        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
-        errs.check(self.repeats > 0, f"--repeats {self.repeats}: must be > 0")
-        errs.raise_if_any()
-        from pipeline.core.devices import check_device
-
-        check_device(self.device, "--device", allow_auto=False)
-        if self.json_path is not None:
-            ownership.claim_file(self.json_path, "--json", BENCH_COMMAND, inputs=[self.checkpoint],
-                                 legacy=lambda d: all(isinstance(r, dict) and "layer_fraction" in r for r in d.values()))
-        return self
 
 
 def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
@@ -151,7 +124,7 @@ def run_bench(config: BenchConfig) -> dict:
     # --- report
     print(format_table(table, session))
     if config.json_path is not None:
-        ownership.write_json_output(config.json_path, table, BENCH_COMMAND)
+        write_bench(config.json_path, "infer", table)
     return table
 
 

@@ -181,7 +181,7 @@ def test_a_truncated_chunk_is_not_called_complete(cli, sb):
 
 
 def test_readers_refuse_a_truncated_chunk_rather_than_read_zeros(sb):
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
     from stage1_encode.cache import open_cache
 
     reader = open_cache(sb / "cache.zarr")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def check_device(device: str, flag: str = "--device", allow_auto: bool = True) -> None:
@@ -28,3 +28,13 @@ def check_device(device: str, flag: str = "--device", allow_auto: bool = True) -
     if parsed.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return
     raise InputError(f"{flag} {device}: not available here; use {flag} cpu" + (" or cuda" if torch.cuda.is_available() else ""))
+
+
+def resolve_device(device: str, flag: str = "--device") -> str:
+    """Check ``device`` and turn ``auto`` into ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    check_device(device, flag)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

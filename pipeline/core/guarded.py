@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def damaged(path: str | Path, problem: str, rebuild: str) -> InputError:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pipeline.core import atomic
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 MARKER = ".pipeline-artifact.json"
 KINDS = {

@@ -12,18 +12,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core import atomic, ownership
-from pipeline.errors import ConfigErrors, InputError, PipelineError
-from pipeline.progress import log
+from pipeline.core.errors import ConfigErrors, InputError, PipelineError
+from pipeline.core.options import Cli, config_file_name, out_option, save_flags
+from pipeline.core.progress import log
 
 REPORT_FILE = "report.md"
+FLAGS_FILE = config_file_name("report")
 
 
 @dataclass
 class ReportConfig:
     """``run_dirs``: folders searched recursively; ``out``: the report folder (None: see ``out_dir``)."""
 
-    run_dirs: list[Path] = field(default_factory=list)
-    out: Path | None = None
+    run_dirs: list[Path] = field(
+        default_factory=list, metadata={"cli": Cli("Folders written by the pipeline (searched recursively).", argument=True, metavar="RUN_DIR", required=True)}
+    )
+    out: Path | None = out_option("report.md and its PNG figures (default: RUN_DIR/report, or report/ in the common parent of several RUN_DIRs)", None)
 
     def __post_init__(self) -> None:
         self.run_dirs = [Path(p) for p in self.run_dirs]
@@ -51,8 +55,9 @@ class ReportConfig:
 
 
 def is_report_folder(path: Path) -> bool:
-    """A report written before ownership markers: report.md and PNGs only."""
-    return (path / REPORT_FILE).is_file() and all(p.is_file() and (p.name == REPORT_FILE or p.suffix == ".png") for p in path.iterdir())
+    """A report written before ownership markers: report.md (with its flags and PNGs) only."""
+    return (path / REPORT_FILE).is_file() and all(
+        p.is_file() and (p.name in (REPORT_FILE, FLAGS_FILE) or p.suffix == ".png") for p in path.iterdir())
 
 
 def _check_matplotlib() -> None:
@@ -86,6 +91,7 @@ def run(config: ReportConfig) -> Path:
     with atomic.StagedFolder(out) as staged:
         doc = build(found, staged.path, base, out_final=out)
         (staged.path / REPORT_FILE).write_text("\n".join(doc.lines).rstrip() + "\n")
+        save_flags(staged.path / FLAGS_FILE, config)
         ownership.write_marker(staged.path, "report")
         staged.commit(ownership.replacer("report", "--out", True, is_report_folder))
     log(f"report: {out / REPORT_FILE} ({len(doc.figures)} figures, {len(dict.fromkeys(doc.missing))} missing piece(s) listed)")
