@@ -247,7 +247,7 @@ def cases() -> dict:
 
     @case("infer reading a truncated chunk of a neighbour")
     def _(sb):
-        _json_edit(sb / "run" / "config.json", lambda d: d.update(cache=str(sb / "cache.zarr")))
+        _json_edit(run_description(sb), lambda d: d.update(cache=str(sb / "cache.zarr")))
         for i in range(3):
             with open(chunk(sb, i), "r+b") as f:
                 f.truncate(10)
@@ -270,8 +270,8 @@ def cases() -> dict:
     # --- damaged run
     for name, edit in (
         ("summary.json truncated", lambda sb: _truncate(sb / "run" / "summary.json", 20)),
-        ("config.json truncated", lambda sb: _truncate(sb / "run" / "config.json", 20)),
-        ("config.json without 'model'", lambda sb: _json_edit(sb / "run" / "config.json", lambda d: d.pop("model"))),
+        ("its description (checkpoint.json) truncated", lambda sb: _truncate(run_description(sb), 20)),
+        ("its description without 'model'", lambda sb: _json_edit(run_description(sb), lambda d: d.pop("model"))),
         ("manifest.json not JSON", lambda sb: (sb / "run" / "manifest.json").write_text("garbage")),
         ("model.safetensors truncated", lambda sb: _truncate(sb / "run" / "seed_0" / "model.safetensors", 50)),
         ("model.safetensors zero bytes", lambda sb: _truncate(sb / "run" / "seed_0" / "model.safetensors", 0)),
@@ -443,6 +443,12 @@ def _same_states(sb: Path) -> bool:
     r = open_cache(sb / "cache.zarr")
     r.check_complete()
     return np.array_equal(r.read(), _STATES[str(sb)])
+
+
+def run_description(sb: Path) -> Path:
+    """The run's description: checkpoint.json (config.json in versions before it was renamed)."""
+    new = sb / "run" / "checkpoint.json"
+    return new if new.is_file() else sb / "run" / "config.json"
 
 
 def _truncate(path: Path, size: int) -> None:

@@ -64,9 +64,9 @@ def sb(base, tmp_path):
     """A private copy of the sandbox whose run and cache point at each other (paths are absolute)."""
     root = tmp_path / "sb"
     shutil.copytree(base, root)
-    config = json.loads((root / "run" / "config.json").read_text())
+    config = json.loads((root / "run" / "checkpoint.json").read_text())
     config["cache"] = str(root / "cache.zarr")
-    (root / "run" / "config.json").write_text(json.dumps(config))
+    (root / "run" / "checkpoint.json").write_text(json.dumps(config))
     return root
 
 
@@ -238,9 +238,9 @@ def test_a_refused_command_writes_no_hash_memo(cli, sb, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "{cache}", "--out", "{sb}/r", "--device", "bogus"], "--device bogus: not a device; use cpu, cuda or cuda:N"),
+    (["train", "{cache}", "--out", "{sb}/r", "--device", "bogus"], "--device bogus: not a device; use auto, cpu, cuda or cuda:N"),
     (["train", "{cache}", "--out", "{sb}/r", "--device", "cuda:7"], None),
-    (["infer", "--checkpoint", "{sb}/run", "--out", "{sb}/p", "--device", "gpu"], "--device gpu: not a device; use cpu, cuda or cuda:N"),
+    (["infer", "--checkpoint", "{sb}/run", "--out", "{sb}/p", "--device", "gpu"], "--device gpu: not a device; use auto, cpu, cuda or cuda:N"),
     (["train", "{cache}", "--out", "{sb}/r", "--hidden-channels", "100000000"], "--hidden-channels 100000000: must be <= 16384"),
     (["infer", "--checkpoint", "{sb}/run", "--out", "{sb}/p", "--batch-size", "10000000000"], "--batch-size 10000000000: must be in 1..100000"),
 ])
@@ -294,7 +294,7 @@ def _truncate(path: Path, size: int) -> None:
     (lambda sb: _truncate(sb / "cache.zarr" / "states" / "zarr.json", 40), "train", "{sb}/cache.zarr: the Zarr arrays cannot be read"),
     (lambda sb: shutil.rmtree(sb / "cache.zarr" / "node_ids" / "c"), "status", "{sb}/cache.zarr/node_ids/c/0: node id chunk of cache {sb}/cache.zarr is missing; rebuild it with `pipeline encode "),
     (lambda sb: _truncate(sb / "run" / "summary.json", 20), "infer", "{sb}/run/summary.json: is not valid JSON"),
-    (lambda sb: _truncate(sb / "run" / "config.json", 20), "infer", "{sb}/run/config.json: is not valid JSON"),
+    (lambda sb: _truncate(sb / "run" / "checkpoint.json", 20), "infer", "{sb}/run/checkpoint.json: is not valid JSON"),
     (lambda sb: _truncate(sb / "run" / "seed_0" / "model.safetensors", 50), "infer", "{sb}/run/seed_0/model.safetensors: is not a readable safetensors file"),
 ])
 def test_damaged_artifacts_exit_2_naming_the_file_and_the_fix(cli, sb, damage, command, starts):

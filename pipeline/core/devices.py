@@ -5,17 +5,16 @@ from __future__ import annotations
 from pipeline.core.errors import InputError
 
 
-def check_device(device: str, flag: str = "--device", allow_auto: bool = True) -> None:
+def check_device(device: str, flag: str = "--device") -> None:
     """Refuse a device that is malformed or absent (``cuda`` without a GPU, ``cuda:3`` on two)."""
     import torch
 
-    if allow_auto and device == "auto":
+    if device == "auto":
         return
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        choices = "auto, cpu, cuda or cuda:N" if allow_auto else "cpu, cuda or cuda:N"
-        raise InputError(f"{flag} {device}: not a device; use {choices}") from None
+        raise InputError(f"{flag} {device}: not a device; use auto, cpu, cuda or cuda:N") from None
     if parsed.type == "cpu":
         return
     if parsed.type == "cuda":
