@@ -273,7 +273,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         try:
-            os.rename(tmp, path)
+            atomic.move_into_place(tmp, path)  # never over an existing cache: first creator wins
         except OSError as err:  # another shard created it first: use theirs if it is the same cache
             existing = _existing_manifest(path)
             if not existing or identity_diff(existing, manifest):

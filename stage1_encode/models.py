@@ -144,7 +144,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         atomic.fsync_tree(tmp)
         try:
-            os.rename(tmp, out_dir)
+            atomic.move_into_place(tmp, out_dir)  # never over another process's conversion
         except OSError:  # another process converted it meanwhile: keep theirs
             if not (out_dir / "config.json").is_file():
                 raise
