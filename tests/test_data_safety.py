@@ -408,3 +408,19 @@ def test_an_unwritable_place_is_refused_before_any_work(cli, sb, monkeypatch):
     refused(cli("train", sb / "cache.zarr", "--out", ro / "run", *SMALL),
             f"--out {ro / 'run'}: cannot write in {ro} (permission denied); choose a writable --out {UNCHANGED}")
     assert snapshot(sb) == before
+
+
+def test_outputs_of_earlier_versions_are_recognised_by_their_own_files(cli, sb):
+    """No marker (written before it existed): a cache with its manifest AND Zarr layout, a run
+    with its description, summary and weights, are still the pipeline's own."""
+    for folder in ("cache.zarr", "run", "pred"):
+        (sb / folder / MARKER).unlink()
+    again = cli("encode", sb / "graph", "--out", sb / "cache.zarr", *ENCODE)
+    assert again.exit_code == 0 and "already complete" in again.stderr
+    assert cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL).exit_code == 0
+    assert (sb / "run" / MARKER).is_file()  # the replacement carries the marker
+    assert cli("infer", "--checkpoint", sb / "run", "--out", sb / "pred", "--max-targets", "2", "--overwrite").exit_code == 0
+    # a damaged marker proves nothing: refused even with --overwrite
+    (sb / "run" / MARKER).write_text("{")
+    result = cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL)
+    assert result.exit_code == 2 and "exists and was not written by `pipeline train`" in result.stderr
