@@ -75,6 +75,20 @@ def chunk_nodes_for(num_rungs: int, hidden_size: int, itemsize: int, block_nodes
     return c
 
 
+MEMORY_CAP = 8 << 30  # bytes of cached states a process holds in memory at most
+
+
+def memory_budget() -> int:
+    """Bytes of cached states a process may hold in memory: ``MEMORY_CAP`` or half the memory
+    available now, whichever is less. The one rule every reader of states uses to choose
+    between reading rungs whole and reading rows (or training out of core)."""
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return MEMORY_CAP
+    return min(MEMORY_CAP, avail // 2)
+
+
 def num_blocks(num_nodes: int, block_nodes: int) -> int:
     return (num_nodes + block_nodes - 1) // block_nodes
 
@@ -396,6 +410,10 @@ class CacheReader:
         """Marked blocks whose chunk files are missing or truncated -> the first such file."""
         return damaged_blocks(self.path, self.manifest)
 
+    def rungs_nbytes(self, num_rungs: int) -> int:
+        """Bytes that ``num_rungs`` rungs of every node take in memory, in the storage dtype."""
+        return self.num_nodes * num_rungs * self.hidden_size * np.dtype(self.manifest["storage_dtype"]).itemsize
+
     def missing_blocks(self) -> list[int]:
         """Blocks not complete: without a mark, or marked with a missing or truncated chunk file."""
         done = _done_blocks(self.path) - set(self.damaged_blocks())
@@ -435,12 +453,7 @@ class CacheReader:
             raise InputError(f"{why}; re-encode with `pipeline encode {graph.source} --out NEW_DIR`")
 
     def _fits_in_memory(self) -> bool:
-        need = self._states.nbytes
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            avail = 8 << 30
-        return need < avail // 4
+        return self._states.nbytes <= memory_budget()
 
     def read(self, nodes: np.ndarray | None = None, rungs: list[int] | None = None) -> np.ndarray:
         """(n, S', H) states of ``nodes`` (dense indices) at ``rungs``; whole-chunk reads only."""

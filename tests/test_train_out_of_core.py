@@ -58,11 +58,16 @@ def _cfg(small, name, **kw):
 class ChunkOrdered:
     """In-memory features that batch in the out-of-core (chunk-grouped) order, without read-ahead."""
 
+    orders_batches = True
+
     def __init__(self, features, chunk_nodes):
         self.features, self.chunk_nodes = features, chunk_nodes
 
     def __call__(self, nodes):
         return self.features(nodes)
+
+    def pieces(self, sub):
+        return [sub]
 
     def epoch(self, sampler, nodes, size, gen, max_batches=None):
         from stage2_train.step_memory import MicroBatch
