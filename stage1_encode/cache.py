@@ -414,6 +414,10 @@ class CacheReader:
         """Bytes that ``num_rungs`` rungs of every node take in memory, in the storage dtype."""
         return self.num_nodes * num_rungs * self.hidden_size * np.dtype(self.manifest["storage_dtype"]).itemsize
 
+    @property
+    def num_blocks(self) -> int:
+        return num_blocks(self.num_nodes, self.manifest["block_nodes"])
+
     def missing_blocks(self) -> list[int]:
         """Blocks not complete: without a mark, or marked with a missing or truncated chunk file."""
         done = _done_blocks(self.path) - set(self.damaged_blocks())
