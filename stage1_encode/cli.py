@@ -30,7 +30,7 @@ def encode_command(
     num_shards: int = typer.Option(1, "--num-shards", help="Split the work into N shards run by N processes/jobs on the same --out."),
     shard_id: int = typer.Option(0, "--shard-id", help="Which shard this process fills (0..N-1)."),
     dtype: str = typer.Option("auto", "--dtype", help="Compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16."),
-    storage_dtype: str = typer.Option("float16", "--storage-dtype", help="Cache dtype: float16 or float32 (if float16 overflows)."),
+    storage_dtype: str = typer.Option("float16", "--storage-dtype", help="Cache dtype: float16, float32 (if float16 overflows) or int8 (per node and state absmax scale; read back as float32; S x H + 4 S bytes a node)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     block_size: int = typer.Option(DEFAULT_BLOCK_NODES, "--block-size", help="Nodes per committed block (the unit of resume and sharding; multiple of 8)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache of another model/graph/settings at --out."),

@@ -57,7 +57,7 @@ def pick_device(config: EncodeConfig) -> tuple[str, str]:
 
 
 def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, layers: list[int], hidden: int, dtype: str) -> dict:
-    itemsize = 2 if config.storage_dtype == "float16" else 4
+    itemsize = np.dtype(config.storage_dtype).itemsize  # of the states array (int8 scales are a separate array)
     return {
         "format": cache_format.FORMAT,
         "model": config.model,
