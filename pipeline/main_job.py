@@ -40,6 +40,7 @@ class MainJobConfig:
     baselines: tuple[str, ...] = BASELINES
     exit: str = "patience:1"
     infer_split: str = "test"
+    device: str = "auto"  # every stage: CUDA when available, else CPU
     force: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -49,7 +50,10 @@ class MainJobConfig:
         self.out = Path(self.out)
 
     def validate(self) -> "MainJobConfig":
+        from pipeline.device import device_problem
+
         errs = ConfigErrors()
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(self.max_length >= 1, f"--max-length {self.max_length}: must be >= 1")
         errs.check(len(self.seeds) > 0, "--seeds: give at least one seed, e.g. 0")
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
@@ -106,6 +110,7 @@ def run(config: MainJobConfig) -> Path:
     encode_cfg = EncodeConfig(
         graph=config.dataset, out=cache, model=config.model, layers=config.layers, max_length=config.max_length,
         overwrite=True,  # the run folder is the job's own: other settings replace its cache
+        device=config.device,
     )
     # encode is itself resumable and a no-op when complete (same settings): always call it.
     encode(encode_cfg)
@@ -113,18 +118,18 @@ def run(config: MainJobConfig) -> Path:
     checkpoint = out / "checkpoint"
     ladder_cfg = TrainConfig(
         cache=cache, out=checkpoint, arch="ladder", split=config.split, seeds=config.seeds,
-        epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS,
+        epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS, device=config.device,
     )
     ledger.run("train ladder", checkpoint, {**asdict(ladder_cfg), "cache": asdict(encode_cfg)}, lambda: train(ladder_cfg))
     for arch in config.baselines:
         base_cfg = TrainConfig(
             cache=cache, out=out / f"baseline-{arch}", arch=arch, split=config.split, seeds=config.seeds,
-            epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS,
+            epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS, device=config.device,
         )
         ledger.run(f"train {arch}", base_cfg.out, {**asdict(base_cfg), "cache": asdict(encode_cfg)}, lambda c=base_cfg: train(c))
 
     infer_out = out / "infer"
-    infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split)
+    infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split, device=config.device)
     ledger.run(
         "infer", infer_out, {**asdict(infer_cfg), "train": ledger.state.get("train ladder")}, lambda: infer(infer_cfg)
     )

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from pipeline.config_file import ConfigOption
+from pipeline.device import DEVICE_HELP
 
 
 def run_command(
@@ -25,6 +26,7 @@ def run_command(
     epochs: int = typer.Option(200, "--epochs", help="Maximum training epochs (early stopping on validation)."),
     baselines: str = typer.Option("mlp,gcn,sage", "--baselines", help="Same-encoder baselines to train beside the ladder, or 'none'."),
     exit_policy: str = typer.Option("patience:1", "--exit", help="Early-exit policy for infer: patience:P, confidence:T, layer:I or none."),
+    device: str = typer.Option("auto", "--device", help="Every stage's device: " + DEVICE_HELP),
     force: bool = typer.Option(False, "--force", help="Redo train and infer even when their outputs are up to date."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -40,7 +42,7 @@ def run_command(
     report = run(
         MainJobConfig(
             dataset=dataset, model=model, out=out, max_length=max_length, layers=layers, split=split,
-            seeds=parse_int_list(seeds, "--seeds") or (), epochs=epochs, baselines=chosen, exit=exit_policy, force=force,
+            seeds=parse_int_list(seeds, "--seeds") or (), epochs=epochs, baselines=chosen, exit=exit_policy, device=device, force=force,
         )
     )
     typer.echo(f"report: {report}")

@@ -6,13 +6,13 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.device import device_problem
 from pipeline.errors import ConfigErrors
 from stage1_encode.cache import DEFAULT_BLOCK_NODES, STORAGE_DTYPES
 from stage1_encode.models import DEFAULT_MODEL
 
 POOLINGS = ("mean", "last")  # masked mean over real tokens, or the last real token
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("hf", "vllm")  # vllm: stage1_encode/vllm_backend.py (decoders only; .venv-vllm on CPU)
 
 
@@ -63,7 +63,7 @@ class EncodeConfig:
             f"--storage-dtype {self.storage_dtype}: expected one of {', '.join(STORAGE_DTYPES)}",
         )
         errors.check(self.backend in BACKENDS, f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
-        errors.check(self.device in DEVICES, f"--device {self.device}: expected one of {', '.join(DEVICES)}")
+        errors.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errors.check(
             self.block_size >= 8 and self.block_size % 8 == 0,
             f"--block-size {self.block_size}: must be a positive multiple of 8 (blocks are chunk-aligned)",

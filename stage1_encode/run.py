@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import InputError
 from pipeline.graph import TextGraph, load_graph
 from pipeline.progress import log, progress, warn
 from stage1_encode import cache as cache_format
@@ -45,14 +44,10 @@ def tokenizer_hash(spec: ModelSpec) -> str:
 
 def pick_device(config: EncodeConfig) -> tuple[str, str]:
     """(device, compute dtype name): bf16 on GPU, fp32 on CPU unless told."""
-    import torch
+    from pipeline.device import is_cuda, resolve_device
 
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible; use --device cpu")
-    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    device = resolve_device(config.device)
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if is_cuda(device) else "float32")
     return device, dtype
 
 
@@ -155,6 +150,9 @@ def run(config: EncodeConfig) -> Path:
         encode = functools.partial(vllm_backend.encode_block, encoder)
     else:
         encode = functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype))))
+    from pipeline.device import peak_memory_text, reset_peak_memory
+
+    reset_peak_memory(device)
     n_todo = sum(e - s for s, e in (cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo))
     log(f"encoding {n_todo} of {graph.num_nodes} nodes{shard} with {config.model} on {config.backend} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
     start, real, padded, tokens_done = time.perf_counter(), 0, 0, 0
@@ -176,7 +174,7 @@ def run(config: EncodeConfig) -> Path:
     elapsed = time.perf_counter() - start
     log(
         f"encoded {n_todo} nodes{shard} in {elapsed:.1f}s ({n_todo / elapsed:.1f} texts/s, {real / elapsed:.0f} tokens/s); "
-        f"{real} tokens, padding {1 - real / max(padded, 1):.1%}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
+        f"{real} tokens, padding {1 - real / max(padded, 1):.1%}{peak_memory_text(device)}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
         + ("complete" if complete else f"{writer.n_blocks - len(writer.done_blocks())} block(s) left for other shards")
     )
     return out

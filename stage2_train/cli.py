@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 
 from pipeline.config_file import ConfigOption
+from pipeline.device import DEVICE_HELP
+from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from stage2_train.config import TrainConfig, parse_float_list, parse_int_list, parse_size
 
 
@@ -44,7 +46,9 @@ def train_command(
     temperature: float = typer.Option(0.1, "--temperature", help="Gate temperature T in sigmoid(a / T)."),
     rung_weights: Optional[str] = typer.Option(None, "--rung-weights", help="Loss weight of each rung's head, comma-separated (default all 1)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Target nodes per training batch (ignored by --sampler full: full batch)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="--no-cache: " + DTYPE_HELP),
+    allow_dtype_mismatch: bool = typer.Option(False, "--allow-dtype-mismatch", help="--no-cache: " + MISMATCH_HELP),
     num_threads: Optional[int] = typer.Option(
         None, "--num-threads", help="Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
     ),
@@ -66,7 +70,7 @@ def train_command(
 
     Writes RUN_DIR with safetensors weights per seed, the resolved config, a copy of the cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every head's accuracy, gate values). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR.
 
-    On several processes: `torchrun --nproc-per-node N -m pipeline train ...` (gloo on CPU, nccl with --device cuda); each rank trains on its share of the targets and reads only their cache rows, rank 0 writes RUN_DIR (docs/scale.md).
+    On several processes: `torchrun --nproc-per-node N -m pipeline train ...` (gloo on CPU; nccl on GPUs, each rank on its local GPU); each rank trains on its share of the targets and reads only their cache rows, rank 0 writes RUN_DIR (docs/scale.md).
     """
     from stage2_train.run import run
 
@@ -77,6 +81,7 @@ def train_command(
         num_walks=num_walks, walk_length=walk_length, restart_p=restart_p, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
         rung_weights=parse_float_list(rung_weights, "--rung-weights"), batch_size=batch_size, device=device,
+        dtype=dtype, allow_dtype_mismatch=allow_dtype_mismatch,
         num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout,
         memory_budget=parse_size(memory_budget, "--memory-budget"),
     )
@@ -95,6 +100,7 @@ def bench_train_command(
     seeds: str = typer.Option("0", "--seeds", help="Seeds of the accuracy runs."),
     out: Path = typer.Option(Path("artifacts/bench/train"), "--out", help="Folder for the bench's runs (replaced)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     num_threads: Optional[int] = typer.Option(None, "--num-threads", help="Torch CPU threads (default: torch's)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -108,7 +114,7 @@ def bench_train_command(
         BenchConfig(
             graph=graph, model=model, cache=cache, epochs_uncached=epochs_uncached,
             max_batches_uncached=max_batches_uncached or None, epochs=epochs,
-            seeds=parse_int_list(seeds, "--seeds") or (0,), out=out, json_path=json_path, num_threads=num_threads,
+            seeds=parse_int_list(seeds, "--seeds") or (0,), out=out, json_path=json_path, num_threads=num_threads, device=device,
         )
     )
 

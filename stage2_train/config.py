@@ -23,6 +23,8 @@ class TrainConfig:
     ``rungs`` are LLM state indices present in the cache (None: every cached state for the
     ladder); ``layer`` is the one state a baseline reads (None: the last cached state).
     ``sampler`` None means ``ego`` for the ladder and ``full`` for the baselines.
+    ``device`` auto: CUDA when available, else CPU (resolved by ``run``). ``dtype`` (``--no-cache``
+    only) None: the LLM runs in the compute dtype the cache was encoded in.
     """
 
     cache: Path
@@ -51,7 +53,9 @@ class TrainConfig:
     rung_weights: tuple[float, ...] | None = None  # per-rung loss weights; None: all 1
     batch_size: int = 64
     eval_batch_size: int = 512
-    device: str = "cpu"
+    device: str = "auto"
+    dtype: str | None = None  # --no-cache: the LLM's compute dtype; None: the cache's
+    allow_dtype_mismatch: bool = False
     num_threads: int | None = None  # torch CPU threads; None: torch's default
     overwrite: bool = False
     max_batches: int | None = None  # cap batches per epoch (timing the uncached mode)
@@ -77,7 +81,14 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
+        from pipeline.device import device_problem
+        from stage1_encode.precision import dtype_problem
+
         errs = ConfigErrors()
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
+        errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
+        errs.check(self.no_cache or (self.dtype is None and not self.allow_dtype_mismatch),
+                   "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)")
         errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
         errs.check(self.gnn in GNNS, f"--gnn {self.gnn}: choose one of {', '.join(GNNS)}")
         errs.check(

@@ -1,7 +1,10 @@
 """The training loop for one seed: AdamW, early stopping on the last head, best weights kept.
 
 Every architecture has the same signature, ``model(states (n, S, H), sub) -> (S, B, C)``
-(S = 1 for the baselines), so one loop serves the ladder and the baselines.
+(S = 1 for the baselines), so one loop serves the ladder and the baselines. On CUDA the
+states go to the GPU from pinned memory without blocking and the model runs under bf16
+autocast, with the loss and the metrics computed in float32 (:func:`forward`); on CPU both
+are plain float32, as before.
 Evaluation subgraphs are drawn once (deterministically) and reused every epoch.
 
 Shapes: B targets, S heads, C classes.
@@ -36,6 +39,15 @@ def batches(nodes: np.ndarray, size: int, gen: torch.Generator | None = None) ->
     if gen is not None:
         nodes = nodes[torch.randperm(len(nodes), generator=gen).numpy()]
     return [nodes[i : i + size] for i in range(0, len(nodes), size)]
+
+
+def forward(model, x: torch.Tensor, sub: SubgraphBatch, device: str) -> torch.Tensor:
+    """``model`` on states ``x`` (n, S, H) and subgraphs ``sub`` on ``device`` -> float32 logits (S, B, C)."""
+    from pipeline.device import autocast, to_device
+
+    with autocast(device):
+        logits = model(to_device(x, device), sub.to(device))
+    return logits.float()
 
 
 def head_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -78,7 +90,7 @@ def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) ->
     correct, total = torch.zeros(model.num_rungs, dtype=torch.long), 0
     pieces = getattr(features, "pieces", lambda sub: [sub])  # out of core: cut to the step memory bound
     for sub, y in es:
-        logits = torch.cat([model(features(p.nodes).to(device), p.to(device)) for p in pieces(sub)], dim=1)  # (S, B, C)
+        logits = torch.cat([forward(model, features(p.nodes), p, device) for p in pieces(sub)], dim=1)  # (S, B, C)
         correct += (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
         total += len(y)
     if group is not None:
@@ -114,7 +126,7 @@ def train_step(model, opt, features: Callable, sampler: Sampler, b: np.ndarray, 
 def optimise_step(model, opt, sub: SubgraphBatch, x: torch.Tensor, y: np.ndarray, weights: torch.Tensor, device: str) -> float:
     """One optimiser step on a sampled batch: states ``x`` (n, S, H), labels ``y`` (B,); returns the loss."""
     y = torch.as_tensor(y, device=device)
-    logits = model(x.to(device), sub.to(device))  # (S, B, C)
+    logits = forward(model, x, sub, device)  # (S, B, C)
     loss = head_losses(logits, y, weights)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -127,7 +139,7 @@ def accumulate_step(model, opt, piece, labels: np.ndarray, weights: torch.Tensor
     steps after the batch's ``last`` one (gradients were cleared after the previous step).
     Returns the micro-batch's own loss (mean over its targets)."""
     y = torch.as_tensor(labels[piece.targets], device=device)
-    loss = head_losses(model(piece.states.to(device), piece.sub.to(device)), y, weights)
+    loss = head_losses(forward(model, piece.states, piece.sub, device), y, weights)
     (loss * piece.share).backward()
     if piece.last:
         opt.step()

@@ -35,11 +35,18 @@ class BenchConfig:
     json_path: Path | None = None
     max_targets: int | None = None
     batch_size: int = 32
-    device: str = "cpu"
+    device: str = "auto"
+    dtype: str | None = None  # None: the cache's compute dtype
+    allow_dtype_mismatch: bool = False
     repeats: int = 1  # timed runs per policy; the fastest counts (shared machines are noisy)
 
     def validate(self) -> "BenchConfig":
+        from pipeline.device import device_problem
+        from stage1_encode.precision import dtype_problem
+
         errs = ConfigErrors()
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
+        errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
         errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
         errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
@@ -81,6 +88,7 @@ def choose_thresholds(logits: torch.Tensor, labels: np.ndarray, last_layer: int,
 
 
 def run_bench(config: BenchConfig) -> dict:
+    from pipeline.device import peak_memory, reset_peak_memory
     from stage3_infer.config import InferConfig
     from stage3_infer.policies import parse_exit
     from stage3_infer.run import open_session, predict
@@ -88,7 +96,8 @@ def run_bench(config: BenchConfig) -> dict:
 
     # --- setup
     config.validate()
-    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_size=config.batch_size, device=config.device))
+    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_size=config.batch_size, device=config.device,
+                                       dtype=config.dtype, allow_dtype_mismatch=config.allow_dtype_mismatch))
     ckpt, graph = session.checkpoint, session.g.graph
     pick = lambda name: select_targets(session.g, name, None, ckpt.config.get("split"), ckpt.seed)[: config.max_targets]
     val, test = pick("val"), pick("test")
@@ -113,11 +122,13 @@ def run_bench(config: BenchConfig) -> dict:
     predict(session, test[: min(len(test), 8)], parse_exit("none"), show_progress=False)  # warm-up
     rows = {}
     for spec in policies:
+        reset_peak_memory(session.device)
         runs = [predict(session, test, parse_exit(spec), show_progress=False) for _ in range(config.repeats)]
         r = min(runs, key=lambda x: x.wall_time_s)
         acc = float((r.tracker.pred.numpy() == labels[test]).mean())
         rows[spec] = {"accuracy": acc, "wall_time_s": r.wall_time_s, "layer_fraction": r.layer_evals / r.full_depth_evals,
-                      "mean_exit_layer": float(np.asarray(session.layers)[r.tracker.exit_rung.numpy()].mean())}
+                      "mean_exit_layer": float(np.asarray(session.layers)[r.tracker.exit_rung.numpy()].mean()),
+                      "texts_per_s": len(test) / r.wall_time_s, "gpu_peak_memory_bytes": peak_memory(session.device)}
         log(f"bench infer: {spec}: accuracy {100 * acc:.2f}%, {r.wall_time_s:.1f}s, layers {100 * rows[spec]['layer_fraction']:.1f}%")
     base = rows["none"]
     table = {}
@@ -134,6 +145,10 @@ def run_bench(config: BenchConfig) -> dict:
             "chosen_on_val": spec == default,
             "num_test": int(len(test)),
             "num_val": int(len(val)),
+            "texts_per_s": row["texts_per_s"],
+            "device": session.device,
+            "compute_dtype": session.compute_dtype,
+            "gpu_peak_memory_bytes": row["gpu_peak_memory_bytes"],
         }
 
     # --- report

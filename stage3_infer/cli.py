@@ -12,9 +12,10 @@ from typing import Optional
 import typer
 
 from pipeline.config_file import ConfigOption
+from pipeline.device import DEVICE_HELP
 from pipeline.errors import plain_errors
+from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from stage3_infer.config import DEFAULT_EXIT
-
 
 
 @plain_errors
@@ -30,7 +31,9 @@ def infer_command(
     cache_neighbours: bool = typer.Option(True, "--cache-neighbours/--no-cache-neighbours", help="Known neighbours read their states from the cache (default) or run through the LLM too."),
     model: Optional[str] = typer.Option(None, "--model", help="LLM to load (default: the one in the checkpoint's cache manifest); must be the same model."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Trained seed to use (default: the one chosen on validation)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    allow_dtype_mismatch: bool = typer.Option(False, "--allow-dtype-mismatch", help=MISMATCH_HELP),
     max_targets: Optional[int] = typer.Option(None, "--max-targets", help="Predict only the first N targets (a quick look)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -44,7 +47,7 @@ def infer_command(
         InferConfig(
             checkpoint=checkpoint, out=out, exit=exit, split=split, node_ids=node_ids, nodes=nodes, edges=edges,
             batch_size=batch_size, cache_neighbours=cache_neighbours, model=model, seed=seed, device=device,
-            max_targets=max_targets,
+            dtype=dtype, allow_dtype_mismatch=allow_dtype_mismatch, max_targets=max_targets,
         )
     )
 
@@ -55,7 +58,9 @@ def bench_infer_command(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON: per policy accuracy, rel_drop, speedup, layer_fraction."),
     max_targets: Optional[int] = typer.Option(None, "--max-targets", help="Use only the first N test (and validation) nodes."),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per LLM forward batch."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    allow_dtype_mismatch: bool = typer.Option(False, "--allow-dtype-mismatch", help=MISMATCH_HELP),
     repeats: int = typer.Option(1, "--repeats", help="Timed runs per policy; the fastest counts (for noisy shared machines)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
@@ -64,4 +69,5 @@ def bench_infer_command(
     for none, patience:1, patience:2 and two confidence thresholds chosen on validation nodes."""
     from stage3_infer.bench import BenchConfig, run_bench
 
-    run_bench(BenchConfig(checkpoint=checkpoint, json_path=json_path, max_targets=max_targets, batch_size=batch_size, device=device, repeats=repeats))
+    run_bench(BenchConfig(checkpoint=checkpoint, json_path=json_path, max_targets=max_targets, batch_size=batch_size, device=device,
+                          dtype=dtype, allow_dtype_mismatch=allow_dtype_mismatch, repeats=repeats))

@@ -118,7 +118,7 @@ def check_cache(ckpt, graph) -> "CacheRows | None":
     return CacheRows(reader, [cached_layers.index(x) for x in ckpt.layers], path)
 
 
-IN_MEMORY_LIMIT_BYTES = 4 * 2**30  # fp16 rungs held in RAM below this size
+IN_MEMORY_LIMIT_BYTES = 4 * 2**30  # rungs (as read) held in RAM below this size
 
 
 class CacheRows:
@@ -131,8 +131,8 @@ class CacheRows:
     def __init__(self, reader, positions: list[int], path: Path) -> None:
         self.reader, self.positions = reader, positions
         self.states = None
-        if reader.num_nodes * len(positions) * reader.hidden_size * 2 <= IN_MEMORY_LIMIT_BYTES:
-            states = np.ascontiguousarray(reader.read(rungs=positions))  # (N, S, H) fp16, may be the reader's read-only copy
+        if reader.num_nodes * len(positions) * reader.hidden_size * reader.dtype.itemsize <= IN_MEMORY_LIMIT_BYTES:
+            states = np.ascontiguousarray(reader.read(rungs=positions))  # (N, S, H) as read, may be the reader's read-only copy
             with warnings.catch_warnings():  # only ever read here: sharing beats copying the whole array
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 self.states = torch.from_numpy(states)

@@ -21,6 +21,8 @@ class InferConfig:
     ``split`` if given, else the new nodes of ``nodes``/``edges`` if given, else the ``test``
     split of the checkpoint's graph (the split training used, same seed).
     ``model`` None: the model named in the checkpoint's cache manifest.
+    ``dtype`` None: the compute dtype the cache manifest records (another one is refused
+    unless ``allow_dtype_mismatch``); ``device`` auto: CUDA when available, else CPU.
     ``batch_size`` is the number of texts per LLM forward; subgraphs are sampled in the
     training run's evaluation batches so that they are the same subgraphs training saw.
     """
@@ -36,7 +38,9 @@ class InferConfig:
     cache_neighbours: bool = True
     model: str | None = None
     seed: int | None = None  # which trained seed; None: the one chosen on validation
-    device: str = "cpu"
+    device: str = "auto"
+    dtype: str | None = None
+    allow_dtype_mismatch: bool = False
     max_targets: int | None = None  # keep only the first N targets (quick looks, benchmarks)
 
     def __post_init__(self) -> None:
@@ -48,8 +52,10 @@ class InferConfig:
 
     def validate(self) -> "InferConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
-        from stage3_infer.policies import parse_exit
+        from pipeline.device import device_problem
         from pipeline.errors import InputError
+        from stage1_encode.precision import dtype_problem
+        from stage3_infer.policies import parse_exit
 
         errs = ConfigErrors()
         try:
@@ -57,6 +63,8 @@ class InferConfig:
         except InputError as err:
             errs.add(err.message)
         errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
+        errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
         errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
         errs.check(self.checkpoint.is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
