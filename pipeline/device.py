@@ -1,7 +1,7 @@
 """Where torch work runs: ``--device`` checked, resolved and announced once per process.
 
 ``--device`` takes ``auto`` (the default of every command: CUDA when a device is visible,
-else CPU), ``cpu``, ``cuda`` or ``cuda:N``. Under ``torchrun`` (WORLD_SIZE > 1) ``auto`` and
+else CPU), ``cpu``, ``cuda`` or ``cuda:N``. Under ``torchrun`` (LOCAL_RANK set) ``auto`` and
 ``cuda`` mean the rank's own GPU, ``cuda:LOCAL_RANK``. The resolved name is what commands
 save in their resolved configuration.
 
@@ -31,13 +31,11 @@ def device_problem(value: str, flag: str = "--device") -> str | None:
 
 
 def _local_rank() -> int | None:
-    """torchrun's LOCAL_RANK when several processes run, else None."""
+    """torchrun's LOCAL_RANK (set for every rank, one process included), else None."""
     try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        pass
-    return None
+        return int(os.environ["LOCAL_RANK"])
+    except (KeyError, ValueError):
+        return None
 
 
 def resolve_device(value: str, flag: str = "--device") -> str:

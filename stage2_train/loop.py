@@ -2,9 +2,10 @@
 
 Every architecture has the same signature, ``model(states (n, S, H), sub) -> (S, B, C)``
 (S = 1 for the baselines), so one loop serves the ladder and the baselines. On CUDA the
-states go to the GPU from pinned memory without blocking and the model runs under bf16
-autocast, with the loss and the metrics computed in float32 (:func:`forward`); on CPU both
-are plain float32, as before.
+states go to the GPU from pinned memory without blocking and training steps run the model
+under bf16 autocast, the loss computed in float32 (:func:`forward`); evaluation (the metrics,
+early stopping) runs in float32, as ``pipeline infer`` runs the side network, so the accuracies
+training reports are the ones infer reproduces. On CPU everything is plain float32.
 Evaluation subgraphs are drawn once (deterministically) and reused every epoch.
 
 Shapes: B targets, S heads, C classes.
@@ -41,11 +42,12 @@ def batches(nodes: np.ndarray, size: int, gen: torch.Generator | None = None) ->
     return [nodes[i : i + size] for i in range(0, len(nodes), size)]
 
 
-def forward(model, x: torch.Tensor, sub: SubgraphBatch, device: str) -> torch.Tensor:
-    """``model`` on states ``x`` (n, S, H) and subgraphs ``sub`` on ``device`` -> float32 logits (S, B, C)."""
+def forward(model, x: torch.Tensor, sub: SubgraphBatch, device: str, mixed: bool = True) -> torch.Tensor:
+    """``model`` on states ``x`` (n, S, H) and subgraphs ``sub`` on ``device`` -> float32 logits
+    (S, B, C); ``mixed``: under bf16 autocast when ``device`` is CUDA."""
     from pipeline.device import autocast, to_device
 
-    with autocast(device):
+    with autocast(device) if mixed else contextlib.nullcontext():
         logits = model(to_device(x, device), sub.to(device))
     return logits.float()
 
@@ -90,7 +92,7 @@ def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) ->
     correct, total = torch.zeros(model.num_rungs, dtype=torch.long), 0
     pieces = getattr(features, "pieces", lambda sub: [sub])  # out of core: cut to the step memory bound
     for sub, y in es:
-        logits = torch.cat([forward(model, features(p.nodes), p, device) for p in pieces(sub)], dim=1)  # (S, B, C)
+        logits = torch.cat([forward(model, features(p.nodes), p, device, mixed=False) for p in pieces(sub)], dim=1)  # (S, B, C)
         correct += (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
         total += len(y)
     if group is not None:

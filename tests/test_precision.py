@@ -115,3 +115,39 @@ def test_train_saves_the_resolved_device_and_no_cache_uses_the_cache_dtype(bf16_
     result = cli("train", root / "cache.zarr", "--out", tmp_path / "r", "--no-cache", "--dtype", "float16")
     assert result.exit_code == 2 and "Error: --dtype float16: cache" in result.output and "was encoded in bfloat16" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_device_values():
+    from pipeline.device import device_problem, resolve_device, to_device
+
+    assert [device_problem(v) for v in ("auto", "cpu", "cuda", "cuda:3")] == [None] * 4
+    assert device_problem("cuda:x") == "--device cuda:x: expected auto, cpu, cuda or cuda:N"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+        x = torch.ones(2)
+        assert to_device(x, "cpu") is x  # the CUDA path (pinned, non-blocking) is never taken on CPU
+
+
+def test_ladder_trains_under_bf16_autocast():
+    """The GPU path's mixed precision, with CPU autocast standing in for CUDA's: every GNN
+    kind runs, and the float32 loss backpropagates."""
+    from stage2_train.ladder import GLadder
+    from stage2_train.loop import head_losses
+    from stage2_train.sampling import Sampler
+
+    sampler = Sampler(torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]]), 4, mode="ego", hops=1)
+    sub = sampler.sample(np.array([0, 2]))
+    x, y = torch.randn(len(sub.nodes), 2, 16), torch.tensor([0, 1])
+    for gnn in ("sage", "gcn", "gat"):
+        grads = {}
+        for mixed in (False, True):
+            torch.manual_seed(0)
+            model = GLadder(16, 8, 3, 2, gnn=gnn)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+                logits = model(x, sub)
+            assert logits.dtype == (torch.bfloat16 if mixed else torch.float32) and logits.shape == (2, 2, 3)
+            head_losses(logits.float(), y, torch.ones(2)).backward()
+            grads[mixed] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 0
+        for n, g in grads[True].items():  # bf16 carries ~3 digits: the same gradients, roughly
+            assert torch.isfinite(g).all() and torch.allclose(g.float(), grads[False][n], rtol=0.1, atol=0.05), n
