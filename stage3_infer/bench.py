@@ -34,7 +34,8 @@ class BenchConfig:
     checkpoint: Path
     json_path: Path | None = None
     max_targets: int | None = None
-    batch_size: int = 32
+    batch_tokens: int = 4096
+    batch_size: int | None = None
     device: str = "auto"
     dtype: str | None = None  # None: the cache's compute dtype
     allow_dtype_mismatch: bool = False
@@ -49,7 +50,8 @@ class BenchConfig:
         errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
         errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
-        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(self.batch_tokens > 0, f"--batch-tokens {self.batch_tokens}: must be > 0")
+        errs.check(self.batch_size is None or self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
         errs.check(self.repeats > 0, f"--repeats {self.repeats}: must be > 0")
         errs.raise_if_any()
         return self
@@ -96,7 +98,8 @@ def run_bench(config: BenchConfig) -> dict:
 
     # --- setup
     config.validate()
-    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_size=config.batch_size, device=config.device,
+    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_tokens=config.batch_tokens, batch_size=config.batch_size,
+                                       device=config.device,
                                        dtype=config.dtype, allow_dtype_mismatch=config.allow_dtype_mismatch))
     ckpt, graph = session.checkpoint, session.g.graph
     pick = lambda name: select_targets(session.g, name, None, ckpt.config.get("split"), ckpt.seed)[: config.max_targets]

@@ -17,6 +17,9 @@ from pipeline.errors import plain_errors
 from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from stage3_infer.config import DEFAULT_EXIT
 
+BATCH_TOKENS_HELP = "Token budget of an LLM batch: texts x padded length, length-sorted as `pipeline encode` batches."
+BATCH_SIZE_HELP = "At most this many texts per LLM batch (default: the token budget alone)."
+
 
 @plain_errors
 def infer_command(
@@ -27,7 +30,8 @@ def infer_command(
     nodes: Optional[Path] = typer.Option(None, "--nodes", help="New nodes (node_id, text, optional label), never cached; they become the targets."),
     edges: Optional[Path] = typer.Option(None, "--edges", help="Edges (src, dst) of the new nodes, to each other or to known nodes."),
     exit: str = typer.Option(DEFAULT_EXIT, "--exit", help="Exit policy: patience:P, confidence:T, layer:I or none (full depth)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per LLM forward batch."),
+    batch_tokens: int = typer.Option(4096, "--batch-tokens", help=BATCH_TOKENS_HELP),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=BATCH_SIZE_HELP),
     cache_neighbours: bool = typer.Option(True, "--cache-neighbours/--no-cache-neighbours", help="Known neighbours read their states from the cache (default) or run through the LLM too."),
     model: Optional[str] = typer.Option(None, "--model", help="LLM to load (default: the one in the checkpoint's cache manifest); must be the same model."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Trained seed to use (default: the one chosen on validation)."),
@@ -46,7 +50,7 @@ def infer_command(
     run(
         InferConfig(
             checkpoint=checkpoint, out=out, exit=exit, split=split, node_ids=node_ids, nodes=nodes, edges=edges,
-            batch_size=batch_size, cache_neighbours=cache_neighbours, model=model, seed=seed, device=device,
+            batch_tokens=batch_tokens, batch_size=batch_size, cache_neighbours=cache_neighbours, model=model, seed=seed, device=device,
             dtype=dtype, allow_dtype_mismatch=allow_dtype_mismatch, max_targets=max_targets,
         )
     )
@@ -57,7 +61,8 @@ def bench_infer_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Training run folder written by `pipeline train`."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON: per policy accuracy, rel_drop, speedup, layer_fraction."),
     max_targets: Optional[int] = typer.Option(None, "--max-targets", help="Use only the first N test (and validation) nodes."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per LLM forward batch."),
+    batch_tokens: int = typer.Option(4096, "--batch-tokens", help=BATCH_TOKENS_HELP),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=BATCH_SIZE_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
     allow_dtype_mismatch: bool = typer.Option(False, "--allow-dtype-mismatch", help=MISMATCH_HELP),
@@ -69,5 +74,5 @@ def bench_infer_command(
     for none, patience:1, patience:2 and two confidence thresholds chosen on validation nodes."""
     from stage3_infer.bench import BenchConfig, run_bench
 
-    run_bench(BenchConfig(checkpoint=checkpoint, json_path=json_path, max_targets=max_targets, batch_size=batch_size, device=device,
+    run_bench(BenchConfig(checkpoint=checkpoint, json_path=json_path, max_targets=max_targets, batch_tokens=batch_tokens, batch_size=batch_size, device=device,
                           dtype=dtype, allow_dtype_mismatch=allow_dtype_mismatch, repeats=repeats))

@@ -23,8 +23,9 @@ class InferConfig:
     ``model`` None: the model named in the checkpoint's cache manifest.
     ``dtype`` None: the compute dtype the cache manifest records (another one is refused
     unless ``allow_dtype_mismatch``); ``device`` auto: CUDA when available, else CPU.
-    ``batch_size`` is the number of texts per LLM forward; subgraphs are sampled in the
-    training run's evaluation batches so that they are the same subgraphs training saw.
+    LLM batches hold length-sorted texts under ``batch_tokens`` (texts x padded length), as
+    ``pipeline encode`` batches, and at most ``batch_size`` texts when given; subgraphs are
+    sampled in the training run's evaluation batches so that they are the same subgraphs training saw.
     """
 
     checkpoint: Path
@@ -34,7 +35,8 @@ class InferConfig:
     node_ids: Path | None = None
     nodes: Path | None = None
     edges: Path | None = None
-    batch_size: int = 32
+    batch_tokens: int = 4096
+    batch_size: int | None = None  # at most this many texts per LLM batch (None: the budget alone)
     cache_neighbours: bool = True
     model: str | None = None
     seed: int | None = None  # which trained seed; None: the one chosen on validation
@@ -65,7 +67,8 @@ class InferConfig:
         errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")
         errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
-        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(self.batch_tokens > 0, f"--batch-tokens {self.batch_tokens}: must be > 0")
+        errs.check(self.batch_size is None or self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
         errs.check(self.checkpoint.is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check((self.nodes is None) == (self.edges is None), "--nodes and --edges go together: give both (the edges may be an empty table)")

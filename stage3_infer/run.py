@@ -38,7 +38,8 @@ class Session:
     layers: list[int]  # LLM state of each rung (S,)
     pooling: str
     max_length: int
-    batch_size: int  # texts per LLM micro-batch
+    batch_tokens: int  # token budget of an LLM micro-batch (texts x padded length)
+    batch_size: int | None  # at most this many texts per LLM micro-batch
     storage_dtype: str  # how the cache stores states: fresh states are rounded the same way
     device: str  # where the LLM runs (resolved --device)
     compute_dtype: str  # the LLM's dtype: the cache's unless a mismatch was allowed
@@ -99,7 +100,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     return Session(
         checkpoint=ckpt, g=g, stepper=stepper, sampler=sampler, cached=cached, layers=list(ckpt.layers),
         pooling=manifest.get("pooling", "mean"), max_length=int(manifest.get("max_length", 256)),
-        batch_size=config.batch_size, storage_dtype=manifest.get("storage_dtype", "float16"), device=device, compute_dtype=dtype,
+        batch_tokens=config.batch_tokens, batch_size=config.batch_size, storage_dtype=manifest.get("storage_dtype", "float16"), device=device, compute_dtype=dtype,
         sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
     )
 
@@ -141,7 +142,7 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
             if s.cached is not None:
                 known = sub.nodes.clamp(max=s.g.num_known - 1)  # new nodes' rows are never read
                 cached = s.cached(known)  # (n, S, H)
-            runner = TextRunner(s.stepper, [texts[u] for u in uniq.tolist()], s.batch_size, s.max_length, s.pooling)
+            runner = TextRunner(s.stepper, [texts[u] for u in uniq.tolist()], s.batch_tokens, s.max_length, s.pooling, s.batch_size)
             logits = climb(ladder, sub, BatchSources(fresh_slot, cached), runner, s.layers, tracker,
                   torch.as_tensor(rows), round_states=round_like_cache)
             if collect is not None:
