@@ -2,8 +2,8 @@
 
 ``pipeline infer``, ``pipeline train --no-cache`` and the benchmarks run the frozen LLM
 again on texts whose cached states the side network was trained on. States computed in
-another dtype differ from the cached ones (float32 against a bfloat16 cache: confidences
-off by up to 3.7e-3 on a 200-node Cora slice), so the manifest's ``compute_dtype`` is used;
+another dtype differ from the cached ones (float32 against a bfloat16 cache moved infer's
+confidences by up to 3.7e-3 on a 200-node Cora slice), so the manifest's ``compute_dtype`` is used;
 an explicit ``--dtype`` that differs is refused unless ``--allow-dtype-mismatch``.
 """
 
