@@ -155,16 +155,19 @@ def time_epoch(model, features: Callable, sampler: Sampler, train: np.ndarray, l
 
     Both bench modes call this with the same seed, so they see the same batches and subgraphs.
     """
+    from pipeline.device import resolve_device
+
     seed_everything(seed)
-    model.to(cfg.device).train()
+    device = resolve_device(cfg.device)  # "auto" when called outside ``run``
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = torch.ones(model.num_rungs, device=cfg.device)
+    weights = torch.ones(model.num_rungs, device=device)
     gen = generator(seed)
     parts = batches(train, len(train) if sampler.mode == "full" else cfg.batch_size, gen)
     timed = parts if max_batches is None else parts[:max_batches]
     t0, losses = time.perf_counter(), []
     for b in timed:
-        losses.append(train_step(model, opt, features, sampler, b, labels, weights, gen, cfg.device))
+        losses.append(train_step(model, opt, features, sampler, b, labels, weights, gen, device))
     seconds = time.perf_counter() - t0
     return {"batches_timed": len(timed), "batches_per_epoch": len(parts), "seconds_timed": seconds,
             "epoch_s": seconds * len(parts) / max(len(timed), 1), "extrapolated": len(timed) < len(parts), "losses": losses}
@@ -201,10 +204,11 @@ def train_seed(
     this process alone). Each rank trains and evaluates on its share of ``split``, gradients
     and counts are summed over ranks, so every rank returns the same result.
     """
+    from pipeline.device import resolve_device
     from stage2_train.distributed import Group
 
     group = group or Group()
-    device = cfg.device
+    device = resolve_device(cfg.device)  # run() resolved it already; "auto" when called directly
     model.to(device)
     group.broadcast_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
