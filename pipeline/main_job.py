@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,7 +99,10 @@ def run(config: MainJobConfig) -> Path:
     from stage3_infer.config import InferConfig
     from stage3_infer.run import run as infer
 
+    from pipeline.device import resolve_device
+
     config.validate()
+    config = replace(config, device=resolve_device(config.device))  # saved resolved; the stages get it as given
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_config(out / "run_config.json", asdict(config))

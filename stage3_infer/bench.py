@@ -165,7 +165,7 @@ def run_bench(config: BenchConfig) -> dict:
 def format_table(table: dict, session) -> str:
     name = session.stepper.loaded.spec.name
     lines = [
-        f"pipeline bench infer: {session.checkpoint.path} ({name}, rungs {session.layers}), "
+        f"pipeline bench infer: {session.checkpoint.path} ({name} on {session.device} {session.compute_dtype}, rungs {session.layers}), "
         f"{next(iter(table.values()))['num_test']} test nodes re-encoded; thresholds chosen on validation",
         f"{'policy':<18}{'accuracy':>10}{'rel. drop':>11}{'speed-up':>10}{'layers run':>12}{'wall s':>9}",
     ]
