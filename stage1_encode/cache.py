@@ -357,7 +357,15 @@ class CacheReader:
         self._states = group["states"]
         self.storage_dtype: str = self.manifest["storage_dtype"]
         self.dtype = value_dtype(self.storage_dtype)  # what reads return
-        self._scales_array = group["scales"] if self.storage_dtype == "int8" else None
+        self._scales_array = None
+        if self.storage_dtype == "int8":
+            try:
+                self._scales_array = group["scales"]
+            except KeyError:
+                raise InputError(f"cache {self.path}: an int8 cache without its scales array (damaged); re-encode it") from None
+            if tuple(self._scales_array.shape) != tuple(self._states.shape[:2]):
+                raise InputError(f"cache {self.path}: scales {tuple(self._scales_array.shape)} do not match states "
+                                 f"{tuple(self._states.shape)} (damaged); re-encode it")
         self._scales: np.ndarray | None = None  # (N, S) float32, read whole on first use
         self.node_ids = np.asarray(group["node_ids"][:])
         self.layers: list[int] = list(self.manifest["layers"])

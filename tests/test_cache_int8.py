@@ -135,3 +135,16 @@ def test_int8_cache_infer_none_equals_training(caches):
     assert t["predicted_label"] == [ck.label_names[i] for i in logits.argmax(-1).tolist()]
     assert np.abs(np.asarray(t["confidence"]) - torch.softmax(logits, -1).max(-1).values.numpy()).max() <= 1e-5
     assert json.loads((i8 / "manifest.json").read_text())["storage_dtype"] == "int8"
+
+
+def test_int8_cache_without_scales_refused(caches, tmp_path, cli):
+    import shutil
+
+    _, _, i8 = caches
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(i8, broken)
+    shutil.rmtree(broken / "scales")
+    result = cli("train", broken, "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert f"Error: cache {broken}: an int8 cache without its scales array (damaged); re-encode it" in result.output
+    assert not (tmp_path / "run").exists()
