@@ -1,6 +1,6 @@
 """The whole pipeline on one CUDA GPU, as a table of PASS/FAIL checks (run by scripts/gpu_check.sh).
 
-Steps (Cora, the built-in SmolLM2-135M, 32 tokens per text, no network; a few minutes):
+Steps (default: Cora, the built-in SmolLM2-135M, 32 tokens per text; no network; a few minutes):
 
   1. ``pipeline encode`` with the HF backend in bfloat16 (``--device auto`` picks the GPU);
   2. the same encode with ``--backend vllm`` when vLLM is importable (by ``$VLLM_PYTHON``, else
@@ -131,6 +131,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="artifacts/gpu_check", help="folder for caches, runs and logs (replaced if a previous check's)")
     ap.add_argument("--json", default=None, help="also write the checks as JSON here")
+    ap.add_argument("--graph", default="cora", help="graph to run on (built-in name or folder)")
+    ap.add_argument("--model", default="smollm2-135m", help="encoder LLM (built-in name or local folder; no network)")
     args = ap.parse_args()
     import torch
 
@@ -151,7 +153,7 @@ def main() -> int:
 
     # 1. HF encode, bf16 on the GPU
     hf = out / "cora-hf-bf16.zarr"
-    code, log, secs = run([*py, "encode", "cora", "--out", str(hf), *ENCODE_FLAGS], out / "encode_hf.log")
+    code, log, secs = run([*py, "encode", args.graph, "--model", args.model, "--out", str(hf), *ENCODE_FLAGS], out / "encode_hf.log")
     manifest = json.loads((hf / "manifest.json").read_text()) if (hf / "manifest.json").is_file() else {}
     ok = code == 0 and manifest.get("compute_dtype") == "bfloat16" and json.loads((hf / "encode_config.json").read_text())["device"] == "cuda"
     checks.append(Check("encode hf bf16 (cuda)", ok, f"{secs:.0f}s; {encode_figures(log)}" if code == 0 else f"exit {code}, see {out}/encode_hf.log"))
@@ -162,7 +164,7 @@ def main() -> int:
         checks.append(Check("encode vllm bf16 = hf", None, "vllm not importable (set VLLM_PYTHON to a Python with vllm)"))
     elif checks[-1].ok:
         vl = out / "cora-vllm-bf16.zarr"
-        code, log, secs = run([vpy, "-m", "pipeline", "encode", "cora", "--out", str(vl), "--backend", "vllm", *ENCODE_FLAGS], out / "encode_vllm.log")
+        code, log, secs = run([vpy, "-m", "pipeline", "encode", args.graph, "--model", args.model, "--out", str(vl), "--backend", "vllm", *ENCODE_FLAGS], out / "encode_vllm.log")
         if code == 0:
             err = cache_rel_error(hf, vl)
             checks.append(Check("encode vllm bf16 = hf", err <= VLLM_TOL, f"max rel err {err:.1e} (tol {VLLM_TOL:g}); {secs:.0f}s; {encode_figures(log)}"))
