@@ -102,7 +102,10 @@ def run_bench(config: BenchConfig) -> dict:
                                        device=config.device,
                                        dtype=config.dtype, allow_dtype_mismatch=config.allow_dtype_mismatch))
     ckpt, graph = session.checkpoint, session.g.graph
-    pick = lambda name: select_targets(session.g, name, None, ckpt.config.get("split"), ckpt.seed)[: config.max_targets]
+
+    def pick(name: str) -> np.ndarray:
+        return select_targets(session.g, name, None, ckpt.config.get("split"), ckpt.seed)[: config.max_targets]
+
     val, test = pick("val"), pick("test")
     labels = np.asarray(graph.labels)
 
