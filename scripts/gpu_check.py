@@ -177,7 +177,7 @@ def main() -> int:
                         out / "train.log")
     if code == 0:
         summary = json.loads((run_dir / "summary.json").read_text())
-        config = json.loads((run_dir / "config.json").read_text())
+        config = json.loads((run_dir / "checkpoint.json").read_text())
         train_n = summary["per_seed"][0]["split_sizes"]["train"]
         ok = config["device"].startswith("cuda") and summary["gpu_peak_memory_bytes"] is not None
         checks.append(Check("train ladder (cuda, bf16 autocast)", ok,
@@ -194,7 +194,7 @@ def main() -> int:
     nccl_ok = code == 0 and "nccl ok" in log
     code, _, secs = run([*tr, "-m", "pipeline", "train", str(hf), "--out", str(out / "ladder-torchrun"), "--seeds", "0", "--epochs", "5"],
                         out / "torchrun.log")
-    device = json.loads((out / "ladder-torchrun" / "config.json").read_text())["device"] if code == 0 else None
+    device = json.loads((out / "ladder-torchrun" / "checkpoint.json").read_text())["device"] if code == 0 else None
     checks.append(Check("torchrun 1 process (nccl)", nccl_ok and device == "cuda:0",
                         f"nccl all-reduce {'ok' if nccl_ok else 'FAILED'}; train device {device}; {secs:.0f}s"))
 
@@ -221,7 +221,9 @@ def main() -> int:
         code, _, secs = run([*py, "bench", "infer", "--checkpoint", str(run_dir), "--max-targets", "300", "--json", str(bench)],
                             out / "bench_infer.log")
         if code == 0:
-            b = json.loads(bench.read_text())
+            from pipeline.core.bench_json import read_bench
+
+            b = read_bench(bench)[1]
             p1, none = b["patience:1"], b["none"]
             checks.append(Check("bench infer early exit", p1["layer_fraction"] < 1 and p1["speedup"] > 1,
                                 f"patience:1 {p1['speedup']:.2f}x faster, {100 * p1['layer_fraction']:.0f}% of layers, rel drop "

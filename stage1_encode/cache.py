@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import FINGERPRINT_VERSION
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import FINGERPRINT_VERSION
 
 FORMAT = "engine-encode-cache/1"
 MAX_CHUNK_NODES = 64
@@ -286,7 +286,8 @@ def _existing_manifest(path: Path) -> dict | None:
 def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> None:
     import zarr
 
-    from pipeline.config_file import save_resolved_config
+    from pipeline.core.config_file import save_resolved_config
+    from pipeline.core.options import config_file_name
 
     n, s, h = manifest["num_nodes"], len(manifest["layers"]), manifest["hidden_size"]
     tmp = _unique_tmp(path)
@@ -309,7 +310,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
             arr[:] = np.asarray([str(v) for v in ids], dtype=object)
         (tmp / "blocks").mkdir()
         _write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
-        save_resolved_config(tmp / "encode_config.json", config)
+        save_resolved_config(tmp / config_file_name("encode"), config)
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         try:

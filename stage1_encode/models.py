@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, PipelineError
+from pipeline.core.errors import InputError, PipelineError
 
 DEFAULT_MODEL = "smollm2-135m"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -124,7 +124,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     start = time.perf_counter()
     log(f"converting {gguf_path.name} to an HF folder in {out_dir} (once; reused afterwards)")

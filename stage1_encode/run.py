@@ -11,13 +11,15 @@ import functools
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import __version__
-from pipeline.graph import TextGraph, load_graph
-from pipeline.progress import log, progress, warn
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.layers import parse_layers
@@ -44,7 +46,7 @@ def tokenizer_hash(spec: ModelSpec) -> str:
 
 def pick_device(config: EncodeConfig) -> tuple[str, str]:
     """(device, compute dtype name): bf16 on GPU, fp32 on CPU unless told."""
-    from pipeline.device import is_cuda, resolve_device
+    from pipeline.core.device import is_cuda, resolve_device
 
     device = resolve_device(config.device)
     dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if is_cuda(device) else "float32")
@@ -125,7 +127,7 @@ def run(config: EncodeConfig) -> Path:
     device, dtype = pick_device(config)
     out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
-    resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
+    resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
@@ -150,7 +152,7 @@ def run(config: EncodeConfig) -> Path:
         encode = functools.partial(vllm_backend.encode_block, encoder)
     else:
         encode = functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype))))
-    from pipeline.device import peak_memory_text, reset_peak_memory
+    from pipeline.core.device import peak_memory_text, reset_peak_memory
 
     reset_peak_memory(device)
     n_todo = sum(e - s for s, e in (cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo))

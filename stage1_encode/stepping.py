@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage1_encode.config import POOLINGS
 from stage1_encode.models import LoadedModel
 
@@ -102,7 +102,7 @@ class LayerStepper:
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
-        from pipeline.device import to_device
+        from pipeline.core.device import to_device
 
         dev = self.loaded.device
         types = self.family == "encoder" and "token_type_ids" in self.loaded.tokenizer.model_input_names

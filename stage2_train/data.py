@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph, load_graph
-from stage2_train.config import parse_random_split
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.parsers import parse_random_split
 
 IN_MEMORY_LIMIT_BYTES = 8 * 2**30  # rungs (as read) held in RAM below this size
 

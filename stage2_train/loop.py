@@ -45,7 +45,7 @@ def batches(nodes: np.ndarray, size: int, gen: torch.Generator | None = None) ->
 def forward(model, x: torch.Tensor, sub: SubgraphBatch, device: str, mixed: bool = True) -> torch.Tensor:
     """``model`` on states ``x`` (n, S, H) and subgraphs ``sub`` on ``device`` -> float32 logits
     (S, B, C); ``mixed``: under bf16 autocast when ``device`` is CUDA."""
-    from pipeline.device import autocast, to_device
+    from pipeline.core.device import autocast, to_device
 
     with autocast(device) if mixed else contextlib.nullcontext():
         logits = model(to_device(x, device), sub.to(device))
@@ -155,7 +155,7 @@ def time_epoch(model, features: Callable, sampler: Sampler, train: np.ndarray, l
 
     Both bench modes call this with the same seed, so they see the same batches and subgraphs.
     """
-    from pipeline.device import resolve_device
+    from pipeline.core.device import resolve_device
 
     seed_everything(seed)
     device = resolve_device(cfg.device)  # "auto" when called outside ``run``
@@ -204,7 +204,7 @@ def train_seed(
     this process alone). Each rank trains and evaluates on its share of ``split``, gradients
     and counts are summed over ranks, so every rank returns the same result.
     """
-    from pipeline.device import resolve_device
+    from pipeline.core.device import resolve_device
     from stage2_train.distributed import Group
 
     group = group or Group()

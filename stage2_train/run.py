@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.progress import log, warn
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, warn
 from stage2_train.config import TrainConfig
 
 
@@ -82,7 +83,7 @@ def run(config: TrainConfig) -> dict:
     """
     import torch
 
-    from pipeline.device import resolve_device
+    from pipeline.core.device import resolve_device
     from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()
@@ -110,8 +111,8 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
-    from pipeline.device import peak_memory, peak_memory_text, reset_peak_memory
-    from pipeline.progress import progress
+    from pipeline.core.device import peak_memory, peak_memory_text, reset_peak_memory
+    from pipeline.core.progress import progress
 
     # --- setup
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
@@ -162,7 +163,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     reset_peak_memory(config.device)
     results, sizes = [], {}
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
-        writer.write_config(resolved, data.manifest)
+        writer.write_config(resolved, data.manifest, flag_values(config))
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}

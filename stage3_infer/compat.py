@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from pipeline.progress import warn
+from pipeline.core.errors import InputError
+from pipeline.core.progress import warn
 
 MODEL_KEYS = ("model", "model_name", "model_id")
 HASH_KEYS = ("weights_sha256", "weights_hash", "model_sha256")

@@ -11,14 +11,15 @@ Shapes: M targets, S rungs, H LLM width, C classes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from pipeline.progress import log, progress, warn
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress, warn
 from stage3_infer.config import InferConfig
 from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit
 from stage3_infer.predictions import Predictions, summarize, write_outputs
@@ -58,7 +59,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
 
     ``exit_spec`` is checked against the checkpoint's rungs before the LLM is loaded.
     """
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage2_train.checkpoint import load_checkpoint
     from stage2_train.sampling import Sampler
     from stage3_infer.compat import check_cache, check_model, manifest_model
@@ -76,7 +77,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     if config.nodes is not None:
         g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)
 
-    from pipeline.device import resolve_device
+    from pipeline.core.device import resolve_device
     from stage1_encode.models import load_model, resolve_model
     from stage1_encode.precision import cache_compute_dtype
     from stage1_encode.stepping import LayerStepper
@@ -163,7 +164,7 @@ class _null:
 
 def run(config: InferConfig) -> dict:
     """Predict the chosen targets with early exit and write ``config.out``; returns the summary."""
-    from pipeline.device import peak_memory, peak_memory_text, reset_peak_memory
+    from pipeline.core.device import peak_memory, peak_memory_text, reset_peak_memory
     from stage3_infer.targets import select_targets
 
     # --- setup
@@ -208,8 +209,8 @@ def run(config: InferConfig) -> dict:
             "gpu_peak_memory_bytes": peak_memory(session.device),
         },
     )
-    resolved = {**config.to_dict(), "device": session.device, "dtype": session.compute_dtype}
-    write_outputs(config.out, preds, summary, config=resolved)
+    resolved = replace(config, device=session.device, dtype=session.compute_dtype)  # what ran, replayable
+    write_outputs(config.out, preds, summary, config=flag_values(resolved))
     acc = summary["accuracy"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph
-from pipeline.progress import warn
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph
+from pipeline.core.progress import warn
 
 FIRST = 5  # offending values quoted per problem
 

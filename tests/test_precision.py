@@ -75,7 +75,7 @@ def test_other_dtype_refused_naming_both_unless_allowed(bf16_run, cli, tmp_path)
                  "--dtype", "float32", "--allow-dtype-mismatch")
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "allowed" / "infer_config.json").read_text())
-    assert saved["dtype"] == "float32" and saved["allow_dtype_mismatch"] is True
+    assert saved["dtype"] == "float32" and saved["allow-dtype-mismatch"] is True
     summary = json.loads((tmp_path / "allowed" / "summary.json").read_text())
     assert summary["compute_dtype"] == "float32" and summary["cache_compute_dtype"] == "bfloat16" and summary["dtype_mismatch_allowed"]
     # what the rule prevents: float32 states against the bfloat16 cache move the confidences
@@ -108,8 +108,8 @@ def test_cuda_without_a_gpu_refused(bf16_run, cli, tmp_path):
 
 def test_train_saves_the_resolved_device_and_no_cache_uses_the_cache_dtype(bf16_run, cli, tmp_path):
     root, run_dir, _ = bf16_run
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["device"] == "cpu"  # auto, resolved
+    assert json.loads((run_dir / "checkpoint.json").read_text())["device"] == "cpu"  # auto, resolved
+    assert json.loads((run_dir / "train_config.json").read_text())["device"] == "cpu"  # the replayable flags too
     result = cli("train", root / "cache.zarr", "--out", tmp_path / "r", "--dtype", "bfloat16")
     assert result.exit_code == 2 and "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)" in result.output
     result = cli("train", root / "cache.zarr", "--out", tmp_path / "r", "--no-cache", "--dtype", "float16")
@@ -118,7 +118,7 @@ def test_train_saves_the_resolved_device_and_no_cache_uses_the_cache_dtype(bf16_
 
 
 def test_device_values():
-    from pipeline.device import device_problem, resolve_device, to_device
+    from pipeline.core.device import device_problem, resolve_device, to_device
 
     assert [device_problem(v) for v in ("auto", "cpu", "cuda", "cuda:3")] == [None] * 4
     assert device_problem("cuda:x") == "--device cuda:x: expected auto, cpu, cuda or cuda:N"

@@ -16,9 +16,8 @@ import contextlib
 import os
 import re
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
-DEVICE_HELP = "auto (CUDA when available, else CPU; under torchrun the rank's local GPU), cpu, cuda or cuda:N."
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _announced: set[str] = set()
 
@@ -69,7 +68,7 @@ def _announce(device: str, requested: str) -> None:
     if device in _announced:
         return
     _announced.add(device)
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     if device.startswith("cuda"):
         import torch
