@@ -9,7 +9,7 @@ an explicit ``--dtype`` that differs is refused unless ``--allow-dtype-mismatch`
 
 from __future__ import annotations
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 LEGACY_COMPUTE_DTYPE = "float32"  # manifests without the key were all encoded in float32
@@ -39,7 +39,7 @@ def cache_compute_dtype(manifest: dict, requested: str | None, allow_mismatch: b
             f"reproduce the states training read. Drop --dtype (uses {recorded}), or pass --allow-dtype-mismatch "
             f"to run in {requested} anyway (recorded in the outputs)"
         )
-    from pipeline.progress import warn
+    from pipeline.core.progress import warn
 
     warn(f"--allow-dtype-mismatch: the LLM runs in {requested}, cache {cache} was encoded in {recorded}; "
          "fresh states will differ slightly from the cached ones")

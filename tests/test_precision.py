@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 from stage3_infer.config import InferConfig
 from stage3_infer.predictions import read_predictions
 from stage3_infer.run import run
