@@ -102,7 +102,7 @@ class LayerStepper:
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
-        from pipeline.core.device import to_device
+        from pipeline.core.devices import to_device
 
         dev = self.loaded.device
         types = self.family == "encoder" and "token_type_ids" in self.loaded.tokenizer.model_input_names

@@ -14,6 +14,8 @@ from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from pipeline.core.parsers import parse_float_list, parse_int_list, parse_random_split, parse_size
 
 ARCHS = ("ladder", "mlp", "gcn", "sage")
+# Sane upper bounds: beyond them a flag is a typo, and would reach the allocator or run for ever.
+MAX_HIDDEN, MAX_BATCH, MAX_EPOCHS, MAX_FANOUT, MAX_WALK, MAX_THREADS, MAX_SEEDS = 16384, 10**7, 10**6, 10**5, 1024, 4096, 1000
 GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
 
@@ -108,7 +110,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
-        from pipeline.core.device import device_problem
+        from pipeline.core.devices import device_problem
         from stage1_encode.precision import dtype_problem
 
         errs = ConfigErrors()
@@ -159,9 +161,16 @@ class TrainConfig:
                 errs.add(f"--split {self.split}: {err}")
         errs.check(not self.cache.exists() or self.cache.is_dir(), f"CACHE_DIR {self.cache}: not a directory")
         errs.check(self.cache.exists(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
-        if self.out.exists() and any(self.out.iterdir()) and not self.overwrite:
-            errs.add(f"--out {self.out}: exists and is not empty; choose another folder or pass --overwrite")
+        for flag, value, most in (("--hidden-channels", self.hidden_channels, MAX_HIDDEN), ("--batch-size", self.batch_size, MAX_BATCH),
+                                  ("--epochs", self.epochs, MAX_EPOCHS), ("--fanout", self.fanout or 0, MAX_FANOUT),
+                                  ("--num-walks", self.num_walks, MAX_WALK), ("--walk-length", self.walk_length, MAX_WALK),
+                                  ("--num-threads", self.num_threads or 0, MAX_THREADS), ("--patience", self.patience, MAX_EPOCHS)):
+            errs.check(value <= most, f"{flag} {value}: must be <= {most}")
+        errs.check(len(self.seeds) <= MAX_SEEDS, f"--seeds: {len(self.seeds)} seeds, at most {MAX_SEEDS}")
         errs.raise_if_any()
+        from pipeline.core.devices import resolve_device
+
+        self.device = resolve_device(self.device)
         return self
 
     def to_dict(self) -> dict:

@@ -24,8 +24,8 @@ import torch
 from pipeline.core.errors import InputError
 from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.parsers import parse_random_split
+from stage1_encode.cache import memory_budget
 
-IN_MEMORY_LIMIT_BYTES = 8 * 2**30  # rungs (as read) held in RAM below this size
 
 
 @dataclass
@@ -107,12 +107,14 @@ def resolve_split(graph: TextGraph, spec: str | None, seed: int) -> dict[str, np
 class CachedFeatures:
     """Rungs from the cache: ``features(nodes (n,)) -> (n, S, H)`` float32."""
 
-    def __init__(self, data: TrainData, limit: int = IN_MEMORY_LIMIT_BYTES) -> None:
+    orders_batches = False
+
+    def __init__(self, data: TrainData, limit: int | None = None) -> None:
+        """``limit``: bytes of rungs held in memory (None: :func:`memory_budget`); above it, rows are read per call."""
         self.data = data
         reader = data.reader
-        size = reader.num_nodes * len(data.positions) * reader.hidden_size * reader.dtype.itemsize
         self.states = None
-        if size <= limit:
+        if reader.rungs_nbytes(len(data.positions)) <= (memory_budget() if limit is None else limit):
             states = reader.read_all(rungs=data.positions)  # (N, S, H) as read (fp16; int8 dequantized), used rungs only
             states = states if states.flags.writeable else states.copy()
             self.states = torch.from_numpy(states)
@@ -137,17 +139,17 @@ class LiveFeatures:
     padding stays low, as ``pipeline encode`` does.
     """
 
+    orders_batches = False
+
     def __init__(self, data: TrainData, device: str = "cpu", dtype: str = "float32", group_size: int = 32) -> None:
         from stage1_encode.models import load_model, resolve_model
         from stage1_encode.stepping import LayerStepper
 
         m = data.manifest
         self.data, self.group_size = data, group_size
-        self.pooling, self.max_length = m.get("pooling", "mean"), int(m.get("max_length", 256))
-        model = m.get("model") or m.get("model_id") or m.get("model_name")
-        if isinstance(model, dict):  # tolerate a nested manifest entry
-            model = model.get("name") or model.get("id")
-        self.storage_dtype = m.get("storage_dtype", "float16")
+        self.pooling, self.max_length = m["pooling"], int(m["max_length"])
+        model = m["model"]
+        self.storage_dtype = m["storage_dtype"]
         self.stepper = LayerStepper(load_model(resolve_model(str(model)), device=device, dtype=getattr(torch, dtype)))
 
     def __call__(self, nodes: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from stage2_train.features import NodeFeatures
 from stage2_train.sampling import Sampler, SubgraphBatch, generator
 
 
@@ -45,7 +46,7 @@ def batches(nodes: np.ndarray, size: int, gen: torch.Generator | None = None) ->
 def forward(model, x: torch.Tensor, sub: SubgraphBatch, device: str, mixed: bool = True) -> torch.Tensor:
     """``model`` on states ``x`` (n, S, H) and subgraphs ``sub`` on ``device`` -> float32 logits
     (S, B, C); ``mixed``: under bf16 autocast when ``device`` is CUDA."""
-    from pipeline.core.device import autocast, to_device
+    from pipeline.core.devices import autocast, to_device
 
     with autocast(device) if mixed else contextlib.nullcontext():
         logits = model(to_device(x, device), sub.to(device))
@@ -85,12 +86,12 @@ def make_eval_set(sampler: Sampler, nodes: np.ndarray, labels: np.ndarray, size:
 
 
 @torch.no_grad()
-def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) -> list[float]:
+def evaluate(model, features: NodeFeatures, es: EvalSet, device: str, group=None) -> list[float]:
     """Accuracy of every head on an evaluation set: a list of S floats (counts summed over
     the ranks of ``group``, each holding its share of the set, when given)."""
     model.eval()
     correct, total = torch.zeros(model.num_rungs, dtype=torch.long), 0
-    pieces = getattr(features, "pieces", lambda sub: [sub])  # out of core: cut to the step memory bound
+    pieces = features.pieces if features.orders_batches else (lambda sub: [sub])  # out of core: cut to the step memory bound
     for sub, y in es:
         logits = torch.cat([forward(model, features(p.nodes), p, device, mixed=False) for p in pieces(sub)], dim=1)  # (S, B, C)
         correct += (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
@@ -101,24 +102,24 @@ def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) ->
     return (correct.double() / max(total, 1)).tolist()
 
 
-def epoch_batches(features: Callable, sampler: Sampler, nodes: np.ndarray, size: int, gen: torch.Generator,
+def epoch_batches(features: NodeFeatures, sampler: Sampler, nodes: np.ndarray, size: int, gen: torch.Generator,
                   max_batches: int | None = None):
     """The :class:`~stage2_train.step_memory.MicroBatch` es of the first ``max_batches`` batches of an epoch.
 
-    Features with an ``epoch`` method (out of core) choose the order, cut batches to their
-    step memory bound and read ahead; close the iterator (``contextlib.closing``) to stop
-    their reader. Others give one micro-batch per batch. Only the batches returned are
+    Features that order batches (``orders_batches``: out of core) choose the order, cut
+    batches to their step memory bound and read ahead; close the iterator
+    (``contextlib.closing``) to stop their reader. Others give one micro-batch per batch. Only the batches returned are
     sampled, so ``gen`` ends in the same state whoever reads.
     """
     from stage2_train.step_memory import MicroBatch
 
-    if hasattr(features, "epoch"):
+    if features.orders_batches:
         return features.epoch(sampler, nodes, size, gen, max_batches)
     parts = batches(nodes, size, gen)[:max_batches]
     return (MicroBatch(b, sub, features(sub.nodes)) for b in parts for sub in (sampler.sample(b, gen),))
 
 
-def train_step(model, opt, features: Callable, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
+def train_step(model, opt, features: NodeFeatures, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
                weights: torch.Tensor, gen: torch.Generator, device: str) -> float:
     """One optimiser step on the targets ``b`` (B,); returns the batch loss."""
     sub = sampler.sample(b, gen)
@@ -149,13 +150,13 @@ def accumulate_step(model, opt, piece, labels: np.ndarray, weights: torch.Tensor
     return loss.item()
 
 
-def time_epoch(model, features: Callable, sampler: Sampler, train: np.ndarray, labels: np.ndarray, cfg, seed: int,
+def time_epoch(model, features: NodeFeatures, sampler: Sampler, train: np.ndarray, labels: np.ndarray, cfg, seed: int,
                max_batches: int | None = None) -> dict:
     """Time one training epoch (no evaluation); with ``max_batches``, time that many and extrapolate.
 
     Both bench modes call this with the same seed, so they see the same batches and subgraphs.
     """
-    from pipeline.core.device import resolve_device
+    from pipeline.core.devices import resolve_device
 
     seed_everything(seed)
     device = resolve_device(cfg.device)  # "auto" when called outside ``run``
@@ -188,7 +189,7 @@ class SeedResult:
 
 def train_seed(
     model: torch.nn.Module,
-    features: Callable,
+    features: NodeFeatures,
     sampler: Sampler,
     split: dict[str, np.ndarray],
     labels: np.ndarray,
@@ -204,7 +205,7 @@ def train_seed(
     this process alone). Each rank trains and evaluates on its share of ``split``, gradients
     and counts are summed over ranks, so every rank returns the same result.
     """
-    from pipeline.core.device import resolve_device
+    from pipeline.core.devices import resolve_device
     from stage2_train.distributed import Group
 
     group = group or Group()
@@ -222,7 +223,7 @@ def train_seed(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
-        if group.world_size == 1 and hasattr(features, "epoch"):  # out of core: chunk-grouped batches, read-ahead
+        if group.world_size == 1 and features.orders_batches:  # out of core: chunk-grouped batches, read-ahead
             opt.zero_grad(set_to_none=True)
             with contextlib.closing(epoch_batches(features, sampler, mine["train"], size, gen, cfg.max_batches)) as epoch_iter:
                 for piece in epoch_iter:

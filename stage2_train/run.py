@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -75,6 +76,23 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
     }
 
 
+def train_inputs(config: TrainConfig) -> list:
+    """What training reads, which ``--out`` must not be, contain or lie inside: the cache and,
+    when its manifest names a graph folder, that folder."""
+    from pipeline.core import guarded
+
+    inputs = [config.cache]
+    try:
+        source = guarded.read_json(config.cache / "manifest.json", "").get("graph_source")
+    except InputError:
+        return inputs  # a damaged cache is refused, naming the file, when it is opened
+    from pipeline.core.builtin_datasets import builtin_path
+
+    folder = builtin_path(source) if isinstance(source, str) else None
+    folder = folder or (Path(source) if isinstance(source, str) and Path(source).is_dir() else None)
+    return inputs + ([folder] if folder is not None else [])
+
+
 def run(config: TrainConfig) -> dict:
     """Train one model per seed from the cache (or the live LLM) and write ``config.out``.
 
@@ -83,11 +101,12 @@ def run(config: TrainConfig) -> dict:
     """
     import torch
 
-    from pipeline.core.device import resolve_device
     from stage2_train.distributed import close_group, init_group, run_rank
 
-    config.validate()
-    config = replace(config, device=resolve_device(config.device))  # saved resolved: cpu, cuda or cuda:LOCAL_RANK
+    config.validate()  # resolves --device: cpu, cuda or, under torchrun, cuda:LOCAL_RANK (saved so)
+    from stage2_train.checkpoint import claim
+
+    claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -111,7 +130,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
-    from pipeline.core.device import peak_memory, peak_memory_text, reset_peak_memory
+    from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from pipeline.core.progress import progress
 
     # --- setup

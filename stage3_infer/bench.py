@@ -23,6 +23,8 @@ from pipeline.core.bench_json import write_bench
 from pipeline.core.progress import log
 from stage3_infer.config import BenchConfig
 
+
+
 CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
 VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds: cheapest within these val drops
 FIXED = ("none", "patience:1", "patience:2")
@@ -61,7 +63,7 @@ def choose_thresholds(logits: torch.Tensor, labels: np.ndarray, last_layer: int,
 
 
 def run_bench(config: BenchConfig) -> dict:
-    from pipeline.core.device import peak_memory, reset_peak_memory
+    from pipeline.core.devices import peak_memory, reset_peak_memory
     from stage3_infer.config import InferConfig
     from stage3_infer.policies import parse_exit
     from stage3_infer.run import open_session, predict

@@ -77,8 +77,8 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     if config.nodes is not None:
         g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)
 
-    from pipeline.core.device import resolve_device
-    from stage1_encode.models import load_model, resolve_model
+    from pipeline.core.devices import resolve_device
+    from stage1_encode.models import check_weights, load_model, resolve_model
     from stage1_encode.precision import cache_compute_dtype
     from stage1_encode.stepping import LayerStepper
 
@@ -88,6 +88,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     model_name = config.model or manifest_model(manifest)
     spec = resolve_model(model_name)
     check_model(spec, manifest, ckpt.layers, config.checkpoint)  # cheap checks before loading
+    check_weights(spec)
     stepper = LayerStepper(load_model(spec, device=device, dtype=getattr(torch, dtype)))
     check_model(spec, manifest, ckpt.layers, config.checkpoint, stepper=stepper)
 
@@ -164,7 +165,7 @@ class _null:
 
 def run(config: InferConfig) -> dict:
     """Predict the chosen targets with early exit and write ``config.out``; returns the summary."""
-    from pipeline.core.device import peak_memory, peak_memory_text, reset_peak_memory
+    from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from stage3_infer.targets import select_targets
 
     # --- setup
@@ -210,7 +211,7 @@ def run(config: InferConfig) -> dict:
         },
     )
     resolved = replace(config, device=session.device, dtype=session.compute_dtype)  # what ran, replayable
-    write_outputs(config.out, preds, summary, config=flag_values(resolved))
+    write_outputs(config.out, preds, summary, config=flag_values(resolved), overwrite=config.overwrite)
     acc = summary["accuracy"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "

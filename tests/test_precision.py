@@ -118,7 +118,7 @@ def test_train_saves_the_resolved_device_and_no_cache_uses_the_cache_dtype(bf16_
 
 
 def test_device_values():
-    from pipeline.core.device import device_problem, resolve_device, to_device
+    from pipeline.core.devices import device_problem, resolve_device, to_device
 
     assert [device_problem(v) for v in ("auto", "cpu", "cuda", "cuda:3")] == [None] * 4
     assert device_problem("cuda:x") == "--device cuda:x: expected auto, cpu, cuda or cuda:N"

@@ -1,4 +1,4 @@
-"""Where torch work runs: ``--device`` checked, resolved and announced once per process.
+"""Where torch work runs: ``--device`` checked before any work, resolved and announced once.
 
 ``--device`` takes ``auto`` (the default of every command: CUDA when a device is visible,
 else CPU), ``cpu``, ``cuda`` or ``cuda:N``. Under ``torchrun`` (LOCAL_RANK set) ``auto`` and
@@ -14,19 +14,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 from pipeline.core.errors import InputError
 
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _announced: set[str] = set()
 
 
-def device_problem(value: str, flag: str = "--device") -> str | None:
-    """The message for a malformed ``--device`` value, or None (for ``ConfigErrors.check``)."""
-    if _DEVICE_RE.fullmatch(str(value)):
-        return None
-    return f"{flag} {value}: expected auto, cpu, cuda or cuda:N"
+def check_device(device: str, flag: str = "--device") -> None:
+    """Refuse a device that is malformed or absent (``cuda`` without a GPU, ``cuda:3`` on two)."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"{flag} {device}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{flag} {device}: no CUDA device is visible; use {flag} cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(f"{flag} {device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        return
+    if parsed.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return
+    raise InputError(f"{flag} {device}: not available here; use {flag} cpu" + (" or cuda" if torch.cuda.is_available() else ""))
 
 
 def _local_rank() -> int | None:
@@ -37,31 +52,30 @@ def _local_rank() -> int | None:
         return None
 
 
-def resolve_device(value: str, flag: str = "--device") -> str:
-    """``auto``/``cpu``/``cuda``/``cuda:N`` -> the torch device name to use (announced once).
+def device_problem(device: str, flag: str = "--device") -> str | None:
+    """The message :func:`check_device` would raise, or None (for ``ConfigErrors.check``)."""
+    try:
+        check_device(device, flag)
+    except InputError as err:
+        return err.message
+    return None
 
-    Refuses (exit 2) a malformed value, CUDA when none is visible, and an index beyond the
-    visible devices.
-    """
+
+def resolve_device(device: str, flag: str = "--device") -> str:
+    """Check ``device`` and resolve it: ``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``;
+    under torchrun ``cuda`` -> ``cuda:LOCAL_RANK``. Announced once per device and process."""
     import torch
 
-    problem = device_problem(value, flag)
-    if problem:
-        raise InputError(problem)
-    requested, local = value, _local_rank()
-    if value == "auto":
-        value = "cuda" if torch.cuda.is_available() else "cpu"
-    if value.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"{flag} {requested}: no CUDA device is visible; use --device cpu (or auto)")
-        if value == "cuda" and local is not None:
-            value = f"cuda:{local}"
-        count = torch.cuda.device_count()
-        index = int(value.split(":")[1]) if ":" in value else 0
-        if index >= count:
-            raise InputError(f"{flag} {requested}: {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
-    _announce(value, requested)
-    return value
+    check_device(device, flag)
+    requested = device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    local = _local_rank()
+    if device == "cuda" and local is not None:
+        device = f"cuda:{local}"
+        check_device(device, f"{flag} {requested} (LOCAL_RANK {local}):")
+    _announce(device, requested)
+    return device
 
 
 def _announce(device: str, requested: str) -> None:
