@@ -392,12 +392,17 @@ def check_node_ids(path: str | Path, manifest: dict) -> None:
 
 def chunk_bytes(manifest: dict) -> int:
     """Size of every chunk file (edge chunks are stored full size): chunk_nodes x S x H x itemsize."""
-    itemsize = 2 if manifest["storage_dtype"] == "float16" else 4
+    itemsize = np.dtype(manifest["storage_dtype"]).itemsize
     return int(manifest["chunk_nodes"]) * len(manifest["layers"]) * int(manifest["hidden_size"]) * itemsize
 
 
 def chunk_file(path: str | Path, i: int) -> Path:
     return Path(path) / "states" / "c" / str(i) / "0" / "0"
+
+
+def scales_chunk_file(path: str | Path, i: int) -> Path:
+    """int8 caches: the float32 scales (chunk_nodes, S) of chunk ``i``, raw bytes."""
+    return Path(path) / "scales" / "c" / str(i) / "0"
 
 
 def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = None) -> dict[int, str]:
@@ -407,18 +412,24 @@ def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = N
     if not _raw_chunk_files(path / "states"):
         return {}
     n, bn, c = int(manifest["num_nodes"]), int(manifest["block_nodes"]), int(manifest["chunk_nodes"])
-    size, out = chunk_bytes(manifest), {}
+    files = [(chunk_file, chunk_bytes(manifest))]
+    if manifest["storage_dtype"] == "int8":
+        files.append((scales_chunk_file, c * len(manifest["layers"]) * 4))
+    out = {}
     for b in sorted(_done_blocks(path) if blocks is None else blocks):
         start, end = block_range(b, n, bn)
         for i in range(start // c, (end - 1) // c + 1 if end > start else start // c):
-            f = chunk_file(path, i)
-            try:
-                got = f.stat().st_size
-            except OSError:
-                out[b] = f"chunk file {f} is missing"
-                break
-            if got != size:
-                out[b] = f"chunk file {f} has {got} bytes, expected {size} (truncated)"
+            for name, size in files:
+                f = name(path, i)
+                try:
+                    got = f.stat().st_size
+                except OSError:
+                    out[b] = f"chunk file {f} is missing"
+                    break
+                if got != size:
+                    out[b] = f"chunk file {f} has {got} bytes, expected {size} (truncated)"
+                    break
+            if b in out:
                 break
     return out
 

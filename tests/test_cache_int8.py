@@ -146,5 +146,20 @@ def test_int8_cache_without_scales_refused(caches, tmp_path, cli):
     shutil.rmtree(broken / "scales")
     result = cli("train", broken, "--out", tmp_path / "run")
     assert result.exit_code == 2, result.output
-    assert f"Error: cache {broken}: an int8 cache without its scales array (damaged); re-encode it" in result.output
+    assert f"Error: {broken}: an int8 cache without its scales array; " in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_truncated_scales_chunk_is_a_damaged_block(caches, tmp_path):
+    import shutil
+
+    from pipeline.core.errors import InputError
+
+    _, _, i8 = caches
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(i8, broken)
+    f = broken / "scales" / "c" / "2" / "0"
+    f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(InputError) as err:
+        open_cache(broken).check_complete()
+    assert f"chunk file {f} has 10 bytes, expected {16 * 7 * 4} (truncated)" in err.value.message
