@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
-from pipeline.core.errors import InputError
 from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.graph_format import graph_folder
 from pipeline.core.options import flag_values
@@ -50,22 +49,15 @@ def tokenizer_hash(spec: ModelSpec) -> str:
 
 def pick_device(config: EncodeConfig) -> tuple[str, str]:
     """(device, compute dtype name): bf16 on GPU, fp32 on CPU unless told."""
-    from pipeline.core.devices import check_device
+    from pipeline.core.devices import is_cuda, resolve_device
 
-    import torch
-
-    check_device(config.device, "--device")
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible; use --device cpu")
-    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    device = resolve_device(config.device)
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if is_cuda(device) else "float32")
     return device, dtype
 
 
 def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, layers: list[int], hidden: int, dtype: str) -> dict:
-    itemsize = 2 if config.storage_dtype == "float16" else 4
+    itemsize = np.dtype(config.storage_dtype).itemsize  # of the states array (int8 scales are a separate array)
     return {
         "format": cache_format.FORMAT,
         "model": config.model,
@@ -200,6 +192,9 @@ def run(config: EncodeConfig) -> Path:
     n_llm = int((source[todo_rows] < 0).sum())
     encoder = encoder or make_encoder(config, spec, device, dtype)
     encode = encoder.encode
+    from pipeline.core.devices import peak_memory_text, reset_peak_memory
+
+    reset_peak_memory(device)
     what = f"{n_llm} of {graph.num_nodes} nodes" if plan is None else f"{n_llm} texts ({_kinds(plan, todo_rows)}) of {graph.num_nodes} nodes"
     log(f"encoding {what}{shard} with {config.model} on {config.backend} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
     start, real, padded, tokens_done, reused = time.perf_counter(), 0, 0, 0, 0
@@ -236,7 +231,7 @@ def run(config: EncodeConfig) -> Path:
         done += f": {n_todo - n_llm} rows reused from {config.reuse}, {n_llm} texts through the LLM ({_kinds(plan, todo_rows)}), {plan.dropped} dropped"
     done += (
         f"; LLM {n_llm / max(elapsed, 1e-9):.1f} texts/s, {real / max(elapsed, 1e-9):.0f} tokens/s;"
-        f" {real} LLM tokens, padding {1 - real / max(padded, 1):.1%}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
+        f" {real} LLM tokens, padding {1 - real / max(padded, 1):.1%}{peak_memory_text(device)}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
     )
     log(done + ("complete" if complete else f"{writer.blocks_left} block(s) left for other shards"))
     return out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors
 from pipeline.core.options import argument, device_option, option, out_option, overwrite_option, seeds_option
+from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from pipeline.core.parsers import parse_float_list, parse_int_list, parse_random_split, parse_size
 
 ARCHS = ("ladder", "mlp", "gcn", "sage")
@@ -26,6 +27,8 @@ class TrainConfig:
     ``rungs`` are LLM state indices present in the cache (None: every cached state for the
     ladder); ``layer`` is the one state a baseline reads (None: the last cached state).
     ``sampler`` None means ``ego`` for the ladder and ``full`` for the baselines.
+    ``device`` auto: CUDA when available, else CPU (resolved by ``run``). ``dtype`` (``--no-cache``
+    only) None: the LLM runs in the compute dtype the cache was encoded in.
     """
 
     cache: Path = argument(help="Cache folder written by `pipeline encode` (it names its graph).", metavar="CACHE_DIR")
@@ -68,7 +71,9 @@ class TrainConfig:
     )
     batch_size: int = option(64, "Target nodes per training batch (ignored by --sampler full: full batch).")
     eval_batch_size: int = 512
-    device: str = device_option("cpu")
+    device: str = device_option()
+    dtype: str | None = option(None, "--no-cache: " + DTYPE_HELP)  # None: the cache's compute dtype
+    allow_dtype_mismatch: bool = option(False, "--no-cache: " + MISMATCH_HELP)
     num_threads: int | None = option(
         None, "Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
     )
@@ -110,7 +115,14 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
+        from pipeline.core.devices import device_problem
+        from stage1_encode.precision import dtype_problem
+
         errs = ConfigErrors()
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
+        errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
+        errs.check(self.no_cache or (self.dtype is None and not self.allow_dtype_mismatch),
+                   "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)")
         errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
         errs.check(self.gnn in GNNS, f"--gnn {self.gnn}: choose one of {', '.join(GNNS)}")
         errs.check(

@@ -103,7 +103,7 @@ def run(config: TrainConfig) -> dict:
 
     from stage2_train.distributed import close_group, init_group, run_rank
 
-    config.validate()
+    config.validate()  # resolves --device: cpu, cuda or, under torchrun, cuda:LOCAL_RANK (saved so)
     from stage2_train.checkpoint import claim
 
     claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
@@ -130,6 +130,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
+    from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from pipeline.core.progress import progress
 
     # --- setup
@@ -142,7 +143,10 @@ def _run(config: TrainConfig, group=None) -> dict:
     splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}  # refuse bad splits before training
     t0 = time.perf_counter()
     if config.no_cache:
-        features, feature_mode = LiveFeatures(data, config.device), {"mode": "live-llm"}
+        from stage1_encode.precision import cache_compute_dtype
+
+        dtype = cache_compute_dtype(data.manifest, config.dtype, config.allow_dtype_mismatch, str(config.cache))
+        features, feature_mode = LiveFeatures(data, config.device, dtype), {"mode": "live-llm", "compute_dtype": dtype}
         warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
     elif group is not None:
         features = ShardFeatures(data)  # each rank reads only its share's rows, per seed below
@@ -179,6 +183,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     }
 
     # --- loop, one model per seed
+    reset_peak_memory(config.device)
     results, sizes = [], {}
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
         writer.write_config(resolved, data.manifest, flag_values(config))
@@ -197,11 +202,12 @@ def _run(config: TrainConfig, group=None) -> dict:
             results.append(r)
             log(
                 f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, "
-                f"test {r.test_acc[-1]:.4f}, {r.epoch_s:.2f}s/epoch"
+                f"test {r.test_acc[-1]:.4f}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
             )
 
         # --- save
         summary = summarize(results, data.layers, config, sizes)
+        summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         writer.write_summary(summary)
         writer.commit()
     log(
