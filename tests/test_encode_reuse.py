@@ -106,6 +106,16 @@ def test_reuse_equals_full_encode_and_reads_old_only(versions, caches, tmp_path,
     assert f" {sum(map(len, token_ids(tokenizer, changed, 16)))} LLM tokens," in log
 
 
+def test_reuse_of_an_int8_cache_equals_its_full_encode(versions, tmp_path) -> None:
+    """Copied int8 rows are read back as float32 and quantized again: the same bytes, scales included."""
+    old, new = versions
+    old_cache = encode_here(old, tmp_path / "old.zarr", storage_dtype="int8")
+    full = encode_here(new, tmp_path / "full.zarr", storage_dtype="int8")
+    out = encode_here(new, tmp_path / "new.zarr", storage_dtype="int8", reuse=old_cache)
+    got, want = tree(out), tree(full)
+    assert any(name.startswith("scales/") for name in got) and got == want
+
+
 def test_reuse_with_shards(versions, caches, tmp_path) -> None:
     _, new = versions
     old_cache, full = caches
