@@ -31,7 +31,7 @@ def check_fails(cli, folder) -> list[str]:
 
 @pytest.mark.parametrize(
     "name, nodes, edges, classes",
-    [("cora", 2708, 5278, 7), ("citeseer", 3186, 4225, 6)],  # ../shared/data/README.md
+    [("cora", 2708, 5278, 7), ("citeseer", 3186, 4225, 6)],  # the counts the source datasets state
 )
 def test_builtin_counts(name, nodes, edges, classes):
     g = load_graph(name)
