@@ -8,7 +8,8 @@ Layout of ``CACHE_DIR`` (a Zarr v3 group plus two JSON files and a marker folder
     node_ids/             (N,) the user's node ids (int64 or string), in graph order
     manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``)
     encode_config.json    the resolved ``pipeline encode`` config that created it
-    blocks/000012.done    completion mark of node block 12 (written after its data)
+    blocks/000012.done    completion mark of node block 12 (written after its data): its node
+                          range and the seconds its encode took
 
 Work is split into chunk-aligned node blocks of ``block_nodes`` nodes. A block's data is
 written first and its mark after, so a block with a mark is complete; a run killed at any
@@ -178,8 +179,11 @@ class CacheWriter:
     def done_blocks(self) -> set[int]:
         return _done_blocks(self.path)
 
-    def write_block(self, b: int, values: np.ndarray, node_ids: np.ndarray) -> None:
+    def write_block(self, b: int, values: np.ndarray, node_ids: np.ndarray, seconds: float | None = None) -> None:
         """Commit block ``b``: ``values`` (n, S, H) float32 -> storage dtype; data, then mark.
+
+        ``seconds``: wall time of the block's encode, kept in its mark so that the one-off
+        encode cost adds up across resumes and shards (``finish`` sums it into ``encode_s``).
 
         Non-finite values (fp16 overflow) stop the run naming the node; nothing is marked.
         """
@@ -199,13 +203,19 @@ class CacheWriter:
                 f"as {self.manifest['storage_dtype']}; {hint}"
             )
         self.states[start:end] = stored
-        (self.path / "blocks" / f"{b:06d}.done").write_text(json.dumps({"nodes": [start, end]}) + "\n")
+        mark = {"nodes": [start, end], **({"seconds": float(seconds)} if seconds is not None else {})}
+        (self.path / "blocks" / f"{b:06d}.done").write_text(json.dumps(mark) + "\n")
 
     def finish(self) -> bool:
-        """Record the completed ranges in the manifest; True when every block is done."""
+        """Record the completed ranges (and, once complete, the encode time) in the manifest;
+        True when every block is done."""
         done = self.done_blocks()
         m = read_manifest(self.path)
         m["completed_ranges"] = _ranges(sorted(done), m["num_nodes"], m["block_nodes"])
+        if len(done) == self.n_blocks:
+            seconds = encode_seconds(self.path)
+            if seconds is not None:
+                m["encode_s"] = seconds
         _write_json(self.path / "manifest.json", m)
         self.manifest = m
         return len(done) == self.n_blocks
@@ -254,6 +264,22 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
 
 def _done_blocks(path: Path) -> set[int]:
     return {int(p.stem) for p in (path / "blocks").glob("*.done")}
+
+
+def encode_seconds(path: str | Path) -> float | None:
+    """Total encode wall time of a cache: the sum of its block marks' seconds (all shards and
+    resumes; model loading excluded). None when a mark lacks them (caches written before
+    encode time was recorded): unknown, never 0."""
+    total = 0.0
+    for mark in (Path(path) / "blocks").glob("*.done"):
+        try:
+            seconds = json.loads(mark.read_text()).get("seconds")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(seconds, (int, float)):
+            return None
+        total += float(seconds)
+    return total
 
 
 # ---------------------------------------------------------------------------- reader

@@ -79,7 +79,16 @@ def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, laye
         "batch_tokens": config.batch_tokens,
         "backend": config.backend,
         "package_version": __version__,
+        **({"model_tuning": tuning} if (tuning := tuning_record(spec)) else {}),
     }
+
+
+def tuning_record(spec: ModelSpec) -> dict | None:
+    """What ``pipeline export`` recorded about how a tuned model was trained (run, arch, seed,
+    training wall time), so that a cache of it carries the fine-tuning cost; None otherwise."""
+    from stage2_train.export_format import read_export_record
+
+    return read_export_record(spec.path)
 
 
 def make_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
@@ -167,8 +176,9 @@ def run(config: EncodeConfig) -> Path:
 
         for b in todo:
             lo, hi = cache_format.block_range(b, graph.num_nodes, config.block_size)
+            t_block = time.perf_counter()
             values, r, p = encode(graph.texts[lo:hi], layers, config, on_batch)
-            writer.write_block(b, values, graph.node_ids)
+            writer.write_block(b, values, graph.node_ids, seconds=time.perf_counter() - t_block)
             real, padded = real + r, padded + p
     if config.backend == "vllm":
         encoder.close()  # stops vLLM's engine process and frees its shared memory

@@ -9,7 +9,9 @@ failed run leaves nothing behind)::
     manifest.json            copy of the cache manifest (model, pooling, max length, ...)
     metrics.jsonl            one line per epoch and seed: loss, val accuracy of every head
     summary.json             test/val mean and std, per-seed results, every head, gates
-    seed_{s}/model.safetensors   weights of seed s (safetensors only, never pickle)
+    seed_{s}/model.safetensors   weights of seed s (safetensors only, never pickle); for the
+                             fine-tuning archs the adapter (or every LLM weight for
+                             ``finetune``) and the head, never the frozen base weights
 
 ``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
 (``summary["default_seed"]``), or of ``seed=``; ``pipeline infer`` needs nothing else.
@@ -32,10 +34,17 @@ FORMAT_VERSION = 1
 CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "config.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
 
 
-def build_model(spec: dict) -> nn.Module:
-    """The network described by ``config["model"]`` (arch, channels, rungs, gnn, ...)."""
+def build_model(spec: dict, device: str = "cpu") -> nn.Module:
+    """The network described by ``config["model"]`` (arch, channels, rungs, gnn, ...); for a
+    fine-tuning arch, the LLM it names with a fresh adapter (or its base weights) and head."""
     from stage2_train.baselines import NodeBaseline
+    from stage2_train.config import FINETUNE_ARCHS
     from stage2_train.ladder import GLadder
+
+    if spec["arch"] in FINETUNE_ARCHS:
+        from stage2_train.finetune_model import build_classifier
+
+        return build_classifier(spec, device)
 
     if spec["arch"] == "ladder":
         return GLadder(
@@ -151,10 +160,16 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
     if not weights.is_file():
         have = sorted(p.name for p in path.glob("seed_*"))
         raise InputError(f"checkpoint {path}: no weights for seed {seed} ({weights.name}; have {have}); train it with `pipeline train ... --seeds {seed}`")
-    model = build_model(config["model"])
-    state = load_file(str(weights), device="cpu")
+    model = build_model(config["model"], device)
     try:
-        model.load_state_dict(state)
+        state = load_file(str(weights), device="cpu")
+    except Exception as err:  # truncated or not a safetensors file: refused, never read as zeros
+        raise InputError(f"checkpoint {path}: {weights.relative_to(path)} is damaged ({type(err).__name__}: {err}); retrain with `pipeline train`") from err
+    try:
+        if hasattr(model, "load_trained_state"):  # fine-tuning archs: adapter (or LLM) and head
+            model.load_trained_state(state)
+        else:
+            model.load_state_dict(state)
     except RuntimeError as err:
         raise InputError(f"checkpoint {path}: weights do not match config.json: {err}") from err
     model.to(device).eval()
@@ -172,6 +187,15 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         summary=summary,
         path=path,
     )
+
+
+def run_arch(path: str | Path) -> str | None:
+    """The arch of a run folder (``config.json``), read without loading any weights; None when
+    the folder holds no readable config (``load_checkpoint`` then says what is missing)."""
+    try:
+        return json.loads((Path(path) / CONFIG).read_text())["model"]["arch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

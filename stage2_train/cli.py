@@ -17,7 +17,12 @@ from stage2_train.config import TrainConfig, parse_float_list, parse_int_list, p
 def train_command(
     cache: Path = typer.Argument(..., metavar="CACHE_DIR", help="Cache folder written by `pipeline encode` (it names its graph)."),
     out: Path = typer.Option(..., "--out", help="Run folder to create: weights, config, metrics, summary."),
-    arch: str = typer.Option("ladder", "--arch", help="ladder (G-Ladder over the cached rungs) or a baseline on one state: mlp, gcn, sage."),
+    arch: str = typer.Option(
+        "ladder", "--arch",
+        help="ladder (G-Ladder over the cached rungs), a baseline on one cached state (mlp, gcn, sage), or the LLM itself "
+        "fine-tuned on each node's text (the cache names model, max length and pooling; its states are not read): "
+        "lora, ia3, prefix (peft adapters on the frozen LLM) or finetune (every LLM weight trained: small models only).",
+    ),
     split: Optional[str] = typer.Option(
         None, "--split",
         help="column (the graph's split column; default when present), a split name (e.g. random_60_20_20, "
@@ -36,14 +41,20 @@ def train_command(
     num_walks: int = typer.Option(8, "--num-walks", help="rwr: walks per target."),
     walk_length: int = typer.Option(8, "--walk-length", help="rwr: steps per walk."),
     restart_p: float = typer.Option(0.5, "--restart-p", help="rwr: restart probability per step."),
-    epochs: int = typer.Option(200, "--epochs", help="Maximum epochs."),
-    patience: int = typer.Option(30, "--patience", help="Stop after this many epochs without a better validation accuracy (last head)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 3e-4 for the ladder, 1e-2 for the baselines)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default 200; 3 for the fine-tuning archs)."),
+    patience: Optional[int] = typer.Option(
+        None, "--patience", help="Stop after this many epochs without a better validation accuracy (last head); default 30, 1 for the fine-tuning archs."
+    ),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="AdamW learning rate (default 3e-4 for the ladder, 1e-2 for the baselines; lora 1e-3, ia3 3e-3, prefix 1e-2, finetune 5e-5)."
+    ),
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="AdamW weight decay."),
-    dropout: float = typer.Option(0.5, "--dropout", help="Dropout probability."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout probability (default 0.5; 0.1 before the fine-tuning archs' head)."),
     temperature: float = typer.Option(0.1, "--temperature", help="Gate temperature T in sigmoid(a / T)."),
     rung_weights: Optional[str] = typer.Option(None, "--rung-weights", help="Loss weight of each rung's head, comma-separated (default all 1)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Target nodes per training batch (ignored by --sampler full: full batch)."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Target nodes per training batch (default 64, 16 for the fine-tuning archs; ignored by --sampler full: full batch)."
+    ),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     num_threads: Optional[int] = typer.Option(
         None, "--num-threads", help="Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
@@ -64,7 +75,7 @@ def train_command(
 ) -> None:
     """Train the G-Ladder (or a baseline) from an encode cache; one model per seed.
 
-    Writes RUN_DIR with safetensors weights per seed, the resolved config, a copy of the cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every head's accuracy, gate values). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR.
+    Writes RUN_DIR with safetensors weights per seed (for lora/ia3/prefix the adapter and head only; the base weights are never changed), the resolved config, a copy of the cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every head's accuracy, gate values, and the cost ledger: trainable and backward-touched parameters, peak training memory, seconds per epoch, epochs, training and encode wall time). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR; `pipeline export RUN_DIR --out MODEL_DIR` writes a tuned LLM for `pipeline encode --model MODEL_DIR`.
 
     On several processes: `torchrun --nproc-per-node N -m pipeline train ...` (gloo on CPU, nccl with --device cuda); each rank trains on its share of the targets and reads only their cache rows, rank 0 writes RUN_DIR (docs/scale.md).
     """
@@ -81,6 +92,19 @@ def train_command(
         memory_budget=parse_size(memory_budget, "--memory-budget"),
     )
     run(cfg)
+
+
+def export_command(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A fine-tuning run (`pipeline train --arch lora|ia3|finetune`)."),
+    out: Path = typer.Option(..., "--out", help="Hugging Face model folder to create (weights, config, tokenizer)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Trained seed to export (default: the one chosen on validation)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Write a fine-tuning run's tuned LLM (LoRA/IA3 merged into the base weights) as an HF folder that `pipeline encode --model MODEL_DIR` accepts: export -> encode -> train --arch sage is the SimTeG/GLEM cascade. Only training nodes' labels reached the tuned weights; validation labels chose the epoch. Prefix runs have no weights to merge and are refused."""
+    from stage2_train.export import ExportConfig, run_export
+
+    run_export(ExportConfig(run=run_dir, out=out, seed=seed, overwrite=overwrite))
 
 
 def bench_train_command(

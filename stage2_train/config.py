@@ -11,7 +11,15 @@ from pathlib import Path
 
 from pipeline.errors import ConfigErrors, InputError
 
-ARCHS = ("ladder", "mlp", "gcn", "sage")
+CACHE_ARCHS = ("ladder", "mlp", "gcn", "sage")  # trained on the cached states
+PEFT_ARCHS = ("lora", "ia3", "prefix")  # peft adapters on the frozen LLM
+FINETUNE_ARCHS = (*PEFT_ARCHS, "finetune")  # the LLM in the loop, trained on the node's own text
+ARCHS = (*CACHE_ARCHS, *FINETUNE_ARCHS)
+# Fine-tuning defaults: learning rates of peft's examples for each method (not tuned here),
+# batch 16, the head's dropout 0.1 (LoRA's own), and few epochs (an LLM epoch is costly).
+FINETUNE_LR = {"lora": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "finetune": 5e-5}
+FINETUNE_DEFAULTS = {"epochs": 3, "patience": 1, "batch_size": 16, "dropout": 0.1}
+CACHE_DEFAULTS = {"epochs": 200, "patience": 30, "batch_size": 64, "dropout": 0.5}
 GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
 
@@ -42,14 +50,14 @@ class TrainConfig:
     num_walks: int = 8
     walk_length: int = 8
     restart_p: float = 0.5
-    epochs: int = 200
-    patience: int = 30
-    lr: float | None = None  # None: 3e-4 for the ladder, 1e-2 for the full-batch baselines
+    epochs: int | None = None  # None: CACHE_DEFAULTS or FINETUNE_DEFAULTS (also patience, batch_size, dropout)
+    patience: int | None = None
+    lr: float | None = None  # None: 3e-4 for the ladder, 1e-2 for the full-batch baselines, FINETUNE_LR
     weight_decay: float = 5e-4
-    dropout: float = 0.5
+    dropout: float | None = None
     temperature: float = 0.1
     rung_weights: tuple[float, ...] | None = None  # per-rung loss weights; None: all 1
-    batch_size: int = 64
+    batch_size: int | None = None
     eval_batch_size: int = 512
     device: str = "cpu"
     num_threads: int | None = None  # torch CPU threads; None: torch's default
@@ -62,6 +70,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.num_layers is None:
             self.num_layers = 1 if self.arch == "ladder" else 2
+        defaults = FINETUNE_DEFAULTS if self.arch in FINETUNE_ARCHS else CACHE_DEFAULTS
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.lr is None and self.arch in FINETUNE_LR:
+            self.lr = FINETUNE_LR[self.arch]
         if self.lr is None:
             # chosen on Cora validation accuracy (MiniLM cache, random_60_20_20 seeds 0-4):
             # ladder val 89.89 at 3e-4 against 89.11 at 1e-3 (last head peaks by epoch 5) and 89.59 with rwr;
@@ -103,6 +117,9 @@ class TrainConfig:
         errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
         errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
         errs.check(self.memory_budget is None or not self.no_cache, "--memory-budget is for training from the cache, not --no-cache")
+        if self.arch in FINETUNE_ARCHS:
+            errs.check(self.layer is None, f"--layer is for the cache baselines; --arch {self.arch} reads the LLM's last state")
+            errs.check(self.memory_budget is None, f"--memory-budget is for training from the cache, not --arch {self.arch}")
         if self.arch != "ladder":
             errs.check(self.rungs is None, "--rungs is for --arch ladder; baselines read one state: use --layer")
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")

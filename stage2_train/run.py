@@ -74,6 +74,27 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
     }
 
 
+def measure_backward(model, features, sampler, targets: np.ndarray, labels: np.ndarray, config: TrainConfig) -> int:
+    """Parameters the backward pass of one training batch touches (the ledger's
+    ``backward_params``): a forward on ``targets`` with the random state left as it was."""
+    import torch
+
+    from stage2_train.ledger import count_backward_params
+    from stage2_train.loop import head_losses
+
+    with torch.random.fork_rng(devices=[]):
+        model.train()
+        sub = sampler.sample(targets)
+        pieces = getattr(features, "pieces", lambda s: [s])(sub)[:1]  # out of core: the first micro-batch
+        p = pieces[0]
+        logits = model(features(p.nodes).to(config.device), p.to(config.device))
+        y = torch.as_tensor(labels[p.nodes[p.targets].numpy()], device=config.device)  # (B,)
+        loss = head_losses(logits, y, torch.ones(model.num_rungs, device=config.device))
+        n = count_backward_params(model, loss)
+    model.eval()
+    return n
+
+
 def run(config: TrainConfig) -> dict:
     """Train one model per seed from the cache (or the live LLM) and write ``config.out``.
 
@@ -82,12 +103,20 @@ def run(config: TrainConfig) -> dict:
     """
     import torch
 
+    from stage2_train.config import FINETUNE_ARCHS
     from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    if config.arch in FINETUNE_ARCHS:
+        from stage2_train.finetune_run import run_finetune
+
+        try:
+            return run_finetune(config)
+        finally:
+            torch.set_num_threads(threads)
     group, failed = init_group(config.device, config.dist_timeout), True
     if group is not None and group.device != "cpu":
         config = replace(config, device=group.device)  # this rank's GPU, cuda:LOCAL_RANK
@@ -108,9 +137,11 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
+    from stage2_train.ledger import PeakMemory, count_trainable, ledger
     from pipeline.progress import progress
 
     # --- setup
+    memory = PeakMemory(config.device).__enter__()
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
     graph = data.graph
     if config.rung_weights is not None and len(config.rung_weights) != len(data.layers):
@@ -153,7 +184,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     }
 
     # --- loop, one model per seed
-    results, sizes = [], {}
+    results, sizes, costs, backward = [], {}, [], 0
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
         writer.write_config(resolved, data.manifest)
         for seed in config.seeds:
@@ -163,8 +194,12 @@ def _run(config: TrainConfig, group=None) -> dict:
                 load_share(group, features, sampler, split, seed)
             seed_everything(seed)
             model = build_model(spec)
+            t_seed = time.perf_counter()
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
                 r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group)
+            costs.append({"train_s": time.perf_counter() - t_seed, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run})
+            if not backward:
+                backward = measure_backward(model, features, sampler, split["train"][: config.batch_size], labels, config)
             writer.save_weights(seed, r.state_dict)
             results.append(r)
             log(
@@ -174,6 +209,9 @@ def _run(config: TrainConfig, group=None) -> dict:
 
         # --- save
         summary = summarize(results, data.layers, config, sizes)
+        for entry, cost in zip(summary["per_seed"], costs):
+            entry["train_s"] = cost["train_s"]
+        summary["cost"] = ledger(costs, count_trainable(model), backward, memory, data.manifest, reads_cache=not config.no_cache)
         writer.write_summary(summary)
         writer.commit()
     log(

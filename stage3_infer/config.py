@@ -27,7 +27,7 @@ class InferConfig:
 
     checkpoint: Path
     out: Path
-    exit: str = DEFAULT_EXIT
+    exit: str | None = None  # None: DEFAULT_EXIT for a ladder, none (full depth) for a fine-tuning run
     split: str | None = None  # None: "test", or the new nodes when --nodes is given
     node_ids: Path | None = None
     nodes: Path | None = None
@@ -53,7 +53,8 @@ class InferConfig:
 
         errs = ConfigErrors()
         try:
-            parse_exit(self.exit)
+            if self.exit is not None:
+                parse_exit(self.exit)
         except InputError as err:
             errs.add(err.message)
         errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")
