@@ -66,6 +66,9 @@ def train_command(
         "micro-batches (gradients accumulated) so the step's working set fits the other half, read-ahead. "
         "Default: 8 GiB or half the available memory, whichever is less.",
     ),
+    max_batches: Optional[int] = typer.Option(
+        None, "--max-batches", help="Cap the training batches of every epoch (a partial epoch, e.g. to fit a fine-tuning run into CPU time); recorded in summary.json."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
     dist_timeout: float = typer.Option(
         300.0, "--dist-timeout",
@@ -88,7 +91,7 @@ def train_command(
         num_walks=num_walks, walk_length=walk_length, restart_p=restart_p, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
         rung_weights=parse_float_list(rung_weights, "--rung-weights"), batch_size=batch_size, device=device,
-        num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout,
+        num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout, max_batches=max_batches,
         memory_budget=parse_size(memory_budget, "--memory-budget"),
     )
     run(cfg)

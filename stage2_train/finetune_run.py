@@ -93,7 +93,8 @@ def run_finetune(config: TrainConfig) -> dict:
         summary = summarize(results, [layer], config, sizes)
         for entry, cost in zip(summary["per_seed"], costs):
             entry["train_s"] = cost["train_s"]
-        summary["cost"] = ledger(costs, counted["trainable"], counted.get("backward", counted["trainable"]), memory, manifest, reads_cache=False)
+        summary["cost"] = ledger(costs, counted["trainable"], counted.get("backward", counted["trainable"]), memory, manifest, reads_cache=False,
+                                 max_batches=config.max_batches)
         writer.write_summary(summary)
         writer.commit()
     log(

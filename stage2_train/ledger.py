@@ -115,9 +115,11 @@ def count_backward_params(model: nn.Module, loss: torch.Tensor) -> int:
     return int(sum(spans[i][2] for i in touched))
 
 
-def ledger(per_seed: list[dict], trainable: int, backward: int, memory: PeakMemory, manifest: dict, reads_cache: bool) -> dict:
+def ledger(per_seed: list[dict], trainable: int, backward: int, memory: PeakMemory, manifest: dict, reads_cache: bool,
+           max_batches: int | None = None) -> dict:
     """The ``cost`` entry of summary.json. ``per_seed``: dicts with ``train_s``, ``epoch_s``,
-    ``epochs_run`` of each seed; ``manifest``: the cache manifest the run read."""
+    ``epochs_run`` of each seed; ``manifest``: the cache manifest the run read; ``max_batches``:
+    the cap on batches per epoch (``--max-batches``; None: whole epochs)."""
     train_s = [float(r["train_s"]) for r in per_seed]
     train_mean = sum(train_s) / len(train_s)
     encode_s = manifest.get("encode_s") if reads_cache else None
@@ -131,6 +133,7 @@ def ledger(per_seed: list[dict], trainable: int, backward: int, memory: PeakMemo
         "peak_memory_kind": memory.kind,
         "epoch_s_mean": sum(float(r["epoch_s"]) for r in per_seed) / len(per_seed),
         "epochs_run": [int(r["epochs_run"]) for r in per_seed],
+        "max_batches_per_epoch": max_batches,
         "train_s": train_s,
         "train_s_mean": train_mean,
         "encode_used": bool(reads_cache),

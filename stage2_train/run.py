@@ -211,7 +211,8 @@ def _run(config: TrainConfig, group=None) -> dict:
         summary = summarize(results, data.layers, config, sizes)
         for entry, cost in zip(summary["per_seed"], costs):
             entry["train_s"] = cost["train_s"]
-        summary["cost"] = ledger(costs, count_trainable(model), backward, memory, data.manifest, reads_cache=not config.no_cache)
+        summary["cost"] = ledger(costs, count_trainable(model), backward, memory, data.manifest, reads_cache=not config.no_cache,
+                                 max_batches=config.max_batches)
         writer.write_summary(summary)
         writer.commit()
     log(
