@@ -6,8 +6,9 @@
   reads (saved for it), e.g. every frozen LLM weight above the first adapter for LoRA, none of
   the LLM for a model trained on cached states;
 - ``peak_memory_bytes``: on CPU the process's peak RSS during the run above its RSS at the
-  start (after imports, before data and model are loaded; the kernel's peak is reset through
-  ``/proc/self/clear_refs``), on GPU ``torch.cuda.max_memory_allocated``;
+  start (after imports, before data and model are loaded; freed heap memory is first returned
+  to the OS and the kernel's peak reset through ``/proc/self/clear_refs``), on GPU
+  ``torch.cuda.max_memory_allocated``;
 - ``epoch_s_mean``, ``epochs_run`` (per seed), ``train_s`` (per seed: wall time of the seed's
   training, evaluation included, model loading excluded) and its mean;
 - ``encode_s``: the one-off encode time of the cache the run read (cache archs), from the
@@ -42,6 +43,16 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def _release_freed_memory() -> None:
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory of a stretch of work; see the module docstring for CPU and GPU."""
 
@@ -55,6 +66,7 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
             return self
+        _release_freed_memory()  # so that memory freed by earlier work, reused here, shows as this run's growth
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM (peak RSS) to the current RSS

@@ -7,8 +7,6 @@ Real parts on a small slice: the built-in MiniLM-L6 (22M parameters) on 40 Cora 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -242,14 +240,11 @@ def test_export_refusals(slice_cache, tmp_path):
 
 @pytest.mark.parametrize("arch", ["ladder", "mlp", "gcn", "sage"])
 def test_cache_arch_ledger(slice_cache, tmp_path, arch):
-    """A fresh process per arch: the peak RSS above start is the run's own."""
+    from stage2_train.run import run
+
     _, cache = slice_cache
     out = tmp_path / arch
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "train", str(cache), "--out", str(out), "--arch", arch, "--epochs", "3", "--num-threads", "1"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    run(_config_cache(cache, out, arch))
     cost = json.loads((out / "summary.json").read_text())["cost"]
     assert all(cost[k] > 0 for k in (*COST_FIELDS, "encode_s")), cost
     assert cost["encode_used"] is True and cost["epochs_run"] == [3]
@@ -257,6 +252,12 @@ def test_cache_arch_ledger(slice_cache, tmp_path, arch):
     assert cost["encode_s"] == manifest["encode_s"]
     assert cost["total_s"] == pytest.approx(cost["encode_s"] + cost["train_s_mean"])
     assert cost["backward_params"] <= cost["trainable_params"]  # the LLM is not in the backward
+
+
+def _config_cache(cache: Path, out: Path, arch: str):
+    from stage2_train.config import TrainConfig
+
+    return TrainConfig(cache, out, arch=arch, epochs=3, num_threads=1)
 
 
 def test_encode_time_recorded_and_unknown_for_old_caches(slice_cache, tmp_path):
