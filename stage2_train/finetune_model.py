@@ -66,9 +66,6 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.stepper.hidden_size, num_classes)
 
-    def gates(self) -> torch.Tensor:
-        return torch.ones(0)  # no gates: the loop's result format asks for them
-
     def pooled(self, batch) -> torch.Tensor:
         """Pooled last LLM state of a token batch: (B, H) float32."""
         from stage1_encode.stepping import pool_states
@@ -132,7 +129,7 @@ class TextClassifier(nn.Module):
         import copy
 
         if self.arch == "prefix":
-            raise ValueError("prefix")
+            raise ValueError("prefix tuning adds virtual tokens, not weights: nothing to merge")
         llm = copy.deepcopy(self.llm)
         return llm.merge_and_unload() if self.arch in PEFT_ARCHS else llm
 

@@ -208,7 +208,7 @@ def run(config: InferConfig) -> dict:
             "cache_neighbours": session.cached is not None,
         },
     )
-    write_outputs(config.out, preds, summary, config=config.to_dict())
+    write_outputs(config.out, preds, summary, config={**config.to_dict(), "exit": exit_spec})
     acc = summary["accuracy"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "
