@@ -43,7 +43,7 @@ def run_finetune(config: TrainConfig) -> dict:
     from stage2_train.loop import seed_everything
     from stage2_train.run import summarize
 
-    memory = PeakMemory(config.device).__enter__()
+    memory = PeakMemory(config.device)
     reader = open_cache(config.cache)  # the manifest only: the LLM changes, so the states are not used
     manifest = dict(reader.manifest)
     graph = load_graph(manifest["graph_source"])

@@ -54,18 +54,16 @@ def _release_freed_memory() -> None:
 
 
 class PeakMemory:
-    """Peak memory of a stretch of work; see the module docstring for CPU and GPU."""
+    """Peak memory from construction on (``peak_bytes``); see the module docstring for CPU and GPU."""
 
     def __init__(self, device: str = "cpu") -> None:
         self.cuda = str(device).startswith("cuda") and torch.cuda.is_available()
         self.kind = "cuda_max_allocated" if self.cuda else "cpu_peak_rss_above_start"
         self.start = 0
         self._reset_ok = False
-
-    def __enter__(self) -> "PeakMemory":
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
-            return self
+            return
         _release_freed_memory()  # so that memory freed by earlier work, reused here, shows as this run's growth
         try:
             with open("/proc/self/clear_refs", "w") as f:
@@ -74,10 +72,6 @@ class PeakMemory:
         except OSError:
             self._reset_ok = False
         self.start = (_status_kib("VmRSS") or 0) * 1024
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
 
     def peak_bytes(self) -> int:
         if self.cuda:
@@ -127,10 +121,11 @@ def count_backward_params(model: nn.Module, loss: torch.Tensor) -> int:
     return int(sum(spans[i][2] for i in touched))
 
 
-def ledger(per_seed: list[dict], trainable: int, backward: int, memory: PeakMemory, manifest: dict, reads_cache: bool,
+def ledger(per_seed: list[dict], trainable: int, backward: int | None, memory: PeakMemory, manifest: dict, reads_cache: bool,
            max_batches: int | None = None) -> dict:
     """The ``cost`` entry of summary.json. ``per_seed``: dicts with ``train_s``, ``epoch_s``,
-    ``epochs_run`` of each seed; ``manifest``: the cache manifest the run read; ``max_batches``:
+    ``epochs_run`` of each seed; ``backward``: None when not measured (torchrun ranks);
+    ``manifest``: the cache manifest the run read; ``max_batches``:
     the cap on batches per epoch (``--max-batches``; None: whole epochs)."""
     train_s = [float(r["train_s"]) for r in per_seed]
     train_mean = sum(train_s) / len(train_s)
@@ -140,7 +135,7 @@ def ledger(per_seed: list[dict], trainable: int, backward: int, memory: PeakMemo
     known = (not reads_cache or encode_s is not None) and tuning_s is not None
     return {
         "trainable_params": int(trainable),
-        "backward_params": int(backward),
+        "backward_params": None if backward is None else int(backward),
         "peak_memory_bytes": int(memory.peak_bytes()),
         "peak_memory_kind": memory.kind,
         "epoch_s_mean": sum(float(r["epoch_s"]) for r in per_seed) / len(per_seed),

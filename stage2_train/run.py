@@ -141,7 +141,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from pipeline.progress import progress
 
     # --- setup
-    memory = PeakMemory(config.device).__enter__()
+    memory = PeakMemory(config.device)
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
     graph = data.graph
     if config.rung_weights is not None and len(config.rung_weights) != len(data.layers):
@@ -184,7 +184,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     }
 
     # --- loop, one model per seed
-    results, sizes, costs, backward = [], {}, [], 0
+    results, sizes, costs, backward = [], {}, [], None
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
         writer.write_config(resolved, data.manifest)
         for seed in config.seeds:
@@ -198,7 +198,7 @@ def _run(config: TrainConfig, group=None) -> dict:
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
                 r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group)
             costs.append({"train_s": time.perf_counter() - t_seed, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run})
-            if not backward:
+            if backward is None and group is None:  # ranks hold only their share of the features
                 backward = measure_backward(model, features, sampler, split["train"][: config.batch_size], labels, config)
             writer.save_weights(seed, r.state_dict)
             results.append(r)
