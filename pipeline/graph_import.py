@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph
-from pipeline.graph_format import FIRST_ROWS, build_graph, graph_edges_table, write_graph_folder
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph
+from pipeline.core.graph_format import FIRST_ROWS, build_graph, graph_edges_table, write_graph_folder
 
 FORMATS = ("auto", "csv", "tsv", "jsonl")
 ID_TYPES = ("auto", "int", "string")
@@ -326,7 +326,7 @@ def parse_import(
 def import_graph(nodes_path: Path, edges_path: Path, out: Path, *, overwrite: bool = False,
                  extra_files: dict[str, str] | None = None, **options) -> TextGraph:
     """Parse, validate and write ``out`` (atomically); see :func:`parse_import` for options."""
-    from pipeline.graph_format import check_output_folder
+    from pipeline.core.graph_format import check_output_folder
 
     check_output_folder(out, overwrite)
     node_table, edge_table, graph = parse_import(nodes_path, edges_path, **options)

@@ -39,9 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import ConfigErrors, InputError, PipelineError
-from pipeline.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder
-from pipeline.progress import log, progress
+from pipeline.core.errors import ConfigErrors, InputError, PipelineError
+from pipeline.core.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder
+from pipeline.core.progress import log, progress
 from pipeline.synth_text import build_text_model, draw_lengths, make_texts, parse_text_words
 
 GENERATOR = "engine-synth/1"  # bump when the same flags would produce other files

@@ -14,11 +14,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.config_file import save_resolved_config
-from pipeline.errors import ConfigErrors
-from pipeline.progress import log
+from pipeline.core.builtin_datasets import DEFAULT_DATASET
+from pipeline.core.errors import ConfigErrors
+from pipeline.core.options import config_file_name, option, out_option, save_flags, seeds_option
+from pipeline.core.progress import log
+from stage1_encode.config import model_option
+from stage1_encode.models import DEFAULT_MODEL
+from stage3_infer.config import DEFAULT_EXIT
 
 BASELINES = ("mlp", "gcn", "sage")
+
+
+def parse_baselines(text: str, flag: str) -> tuple[str, ...]:
+    """``"mlp,gcn"`` -> ("mlp", "gcn"); ``"none"`` or empty -> ()."""
+    return () if text.strip() in ("", "none") else tuple(b.strip() for b in text.split(","))
+
 STATE_FILE = "run_state.json"
 # The side network's tensors are small: a second torch thread only adds synchronisation
 # (measured on Cora, 2 cores: 2.5 s per ladder epoch with 1 thread, ~20 s with 2 under load).
@@ -29,18 +39,24 @@ TRAIN_THREADS = 1
 class MainJobConfig:
     """One end-to-end run. ``out`` None: ``artifacts/runs/<dataset>-<model>``."""
 
-    dataset: str = "cora"
-    model: str = "smollm2-135m"
-    out: Path | None = None
-    max_length: int = 32  # keeps the CPU main job near ten minutes; full text: 256
-    layers: str | None = None
-    split: str = "random_60_20_20"
-    seeds: tuple[int, ...] = (0,)
-    epochs: int = 200
-    baselines: tuple[str, ...] = BASELINES
-    exit: str = "patience:1"
+    dataset: str = option(DEFAULT_DATASET, "Built-in dataset name or graph folder.")
+    model: str = model_option(DEFAULT_MODEL, "Encoder LLM: built-in name, HF id or local folder.")
+    out: Path | None = out_option("the main job's cache, runs, predictions and report (default artifacts/runs/<dataset>-<model>)", None)
+    max_length: int = option(  # keeps the CPU main job near ten minutes; full text: 256
+        32,
+        "Tokens kept per text: 32 (title and first sentence) keeps the CPU job near ten minutes on 2 cores; "
+        "`pipeline encode` defaults to 256 (full abstracts).",
+    )
+    layers: str | None = option(None, "Rungs to cache: all, 0,5,10,... or every:K (default: ~7 spread evenly).")
+    split: str = option("random_60_20_20", "Split name (seed i uses NAME_seed{i}), column, or random:0.6,0.2,0.2.")
+    seeds: tuple[int, ...] = seeds_option((0,), "Comma-separated seeds; one model per seed.")
+    epochs: int = option(200, "Maximum training epochs (early stopping on validation).")
+    baselines: tuple[str, ...] = option(
+        BASELINES, "Same-encoder baselines to train beside the ladder, or 'none'.", parse=parse_baselines
+    )
+    exit: str = option(DEFAULT_EXIT, "Early-exit policy for infer: patience:P, confidence:T, layer:I or none.")
     infer_split: str = "test"
-    force: bool = False
+    force: bool = option(False, "Redo train and infer even when their outputs are up to date.")
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,7 +114,7 @@ def run(config: MainJobConfig) -> Path:
     config.validate()
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(out / "run_config.json", asdict(config))
+    save_flags(out / config_file_name("run"), config)
     ledger = StepLedger(out, config.force)
     started = time.perf_counter()
 

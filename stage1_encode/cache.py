@@ -18,8 +18,8 @@ texts, ends with the same bytes as an uninterrupted run. Shard I of N owns block
 ``b % N == I``; disjoint blocks touch disjoint chunks, so writers need no locks. The cache
 folder is created in a temp folder and renamed, so concurrent shards agree on one creator.
 
-Chunk size: DESIGN.md measured (8, S, H) fastest for random node reads at S = 32, H = 1024
-(524 KB chunks). Re-measured here (N = 20,000, S = 7, H = 576, fp16, 2 shared cores, warm
+Chunk size: (8, S, H) was fastest for random node reads at S = 32, H = 1024 (524 KB
+chunks, 20k nodes, fp16). Re-measured here (N = 20,000, S = 7, H = 576, fp16, 2 shared cores, warm
 page cache), chunk nodes -> write all / read 1,024 random nodes / read all:
 4: 12.8 / 0.96 / 5.3 s;  8: 8.7 / 1.02 / 2.4 s;  16: 7.6 / 1.03 / 1.9 s;  32: 5.0 / 0.88 / 1.6 s;
 64: 4.7 / 0.72 / 1.6 s. Per-chunk overhead dominates until chunks reach a few hundred KB,
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import FINGERPRINT_VERSION
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import FINGERPRINT_VERSION
 
 FORMAT = "engine-encode-cache/1"
 MAX_CHUNK_NODES = 64
@@ -230,7 +230,8 @@ def _existing_manifest(path: Path) -> dict | None:
 def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> None:
     import zarr
 
-    from pipeline.config_file import save_resolved_config
+    from pipeline.core.config_file import save_resolved_config
+    from pipeline.core.options import config_file_name
 
     n, s, h = manifest["num_nodes"], len(manifest["layers"]), manifest["hidden_size"]
     tmp = _unique_tmp(path)
@@ -239,7 +240,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array(
             "states", shape=(n, s, h), chunks=(manifest["chunk_nodes"], s, h),
-            dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (DESIGN.md)
+            dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (docs/design.md)
         )
         ids = np.asarray(node_ids)
         if ids.dtype.kind in "iu":
@@ -249,15 +250,15 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
             arr[:] = np.asarray([str(v) for v in ids], dtype=object)
         (tmp / "blocks").mkdir()
         _write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
-        save_resolved_config(tmp / "encode_config.json", config)
+        save_resolved_config(tmp / config_file_name("encode"), config)
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         try:
             os.rename(tmp, path)
-        except OSError:  # another shard created it first: use theirs if it is the same cache
+        except OSError as err:  # another shard created it first: use theirs if it is the same cache
             existing = _existing_manifest(path)
             if not existing or identity_diff(existing, manifest):
-                raise PipelineError(f"--out {path}: another process created a different cache there at the same time")
+                raise PipelineError(f"--out {path}: another process created a different cache there at the same time") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

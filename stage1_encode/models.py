@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, PipelineError
+from pipeline.core.errors import InputError, PipelineError
 
 DEFAULT_MODEL = "smollm2-135m"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -124,7 +124,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     start = time.perf_counter()
     log(f"converting {gguf_path.name} to an HF folder in {out_dir} (once; reused afterwards)")
@@ -182,6 +182,22 @@ def weights_hash(folder: str | Path) -> str:
     except OSError:
         pass  # a read-only artifacts dir only costs a re-hash next time
     return digest
+
+
+EXPORT_RECORD = "pipeline_export.json"  # left in a tuned model's folder by `pipeline export`
+
+
+def read_export_record(model_dir: str | Path) -> dict | None:
+    """What ``pipeline export`` recorded in a tuned model's folder (source run, arch, seed,
+    training wall time), so that a cache encoded with it carries the cost of the whole
+    cascade (tune -> encode -> train); None for a model that ``pipeline export`` did not write."""
+    path = Path(model_dir) / EXPORT_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
 
 
 def load_model(spec: ModelSpec, device: Any = "cpu", dtype: Any = None) -> LoadedModel:

@@ -11,14 +11,16 @@ import functools
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph, load_graph
-from pipeline.progress import log, progress, warn
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.layers import parse_layers
@@ -86,7 +88,7 @@ def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, laye
 def tuning_record(spec: ModelSpec) -> dict | None:
     """What ``pipeline export`` recorded about how a tuned model was trained (run, arch, seed,
     training wall time), so that a cache of it carries the fine-tuning cost; None otherwise."""
-    from stage2_train.export_format import read_export_record
+    from stage1_encode.models import read_export_record
 
     return read_export_record(spec.path)
 
@@ -139,7 +141,7 @@ def run(config: EncodeConfig) -> Path:
     device, dtype = pick_device(config)
     out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
-    resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
+    resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)

@@ -9,28 +9,36 @@ ladder and the mlp/gcn/sage baselines trained on the cache with the same seeds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError
-from pipeline.progress import log
+from pipeline.core.bench_json import write_bench
+from pipeline.core.errors import InputError
+from pipeline.core.options import argument, json_option, option, out_option, seeds_option
+from pipeline.core.progress import log
+from stage1_encode.config import model_option
 
 BASELINE_ARCHS = ("mlp", "gcn", "sage")
 
 
+def _zero_is_none(value: int, flag: str) -> int | None:
+    return value or None
+
+
 @dataclass
 class BenchConfig:
-    graph: str
-    model: str | None = None
-    cache: Path | None = None
-    epochs_uncached: int = 1
-    max_batches_uncached: int | None = 8
-    epochs: int = 200
-    seeds: tuple[int, ...] = (0,)
-    out: Path = Path("artifacts/bench/train")
-    json_path: Path | None = None
-    num_threads: int | None = None
+    graph: str = argument(help="Built-in dataset name or graph folder.", metavar="GRAPH")
+    model: str | None = model_option(None, "Encoder model (built-in name, HF id or folder); default: stage 1's default.")
+    cache: Path | None = option(None, "Reuse this cache of GRAPH instead of encoding one (must match --model).")
+    epochs_uncached: int = option(1, "Uncached epochs to time.")
+    max_batches_uncached: int | None = option(
+        8, "Time only this many uncached batches and extrapolate to a full epoch (0: whole epoch).", parse=_zero_is_none, unparse=lambda v: v or 0, cli_type=int
+    )
+    epochs: int = option(200, "Maximum epochs of the accuracy runs.")
+    seeds: tuple[int, ...] = seeds_option((0,), "Seeds of the accuracy runs.")
+    out: Path = out_option("the bench's runs (replaced)", Path("artifacts/bench/train"))
+    json_path: Path | None = json_option()
+    num_threads: int | None = option(None, "Torch CPU threads (default: torch's).")
 
 
 def _encode(graph: str, model: str | None, path: Path) -> Path:
@@ -115,8 +123,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     }
     _print(result, how)
     if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        write_bench(cfg.json_path, "train", result)
     return result
 
 

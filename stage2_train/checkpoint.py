@@ -3,9 +3,11 @@
 Layout of ``RUN_DIR`` (written into a temporary sibling and renamed at the end, so a
 failed run leaves nothing behind)::
 
-    config.json              resolved TrainConfig + "model" (what rebuilds the network),
+    train_config.json        the flags of the `pipeline train` run (replay: --config FILE)
+    checkpoint.json          resolved TrainConfig + "model" (what rebuilds the network),
                              "layers" (LLM state of each rung), "label_names", cache path,
-                             graph source, "format_version"
+                             graph source, "format_version" (runs written before this
+                             name have it as config.json, still read)
     manifest.json            copy of the cache manifest (model, pooling, max length, ...)
     metrics.jsonl            one line per epoch and seed: loss, val accuracy of every head
     summary.json             test/val mean and std, per-seed results, every head, gates
@@ -13,7 +15,7 @@ failed run leaves nothing behind)::
                              fine-tuning archs the adapter (or every LLM weight for
                              ``finetune``) and the head, never the frozen base weights
 
-``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
+``read_run(RUN_DIR)`` reads the JSON files (the report uses it); ``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
 (``summary["default_seed"]``), or of ``seed=``; ``pipeline infer`` needs nothing else.
 """
 
@@ -28,10 +30,14 @@ from pathlib import Path
 
 from torch import nn
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
+from pipeline.core.options import config_file_name
 
 FORMAT_VERSION = 1
-CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "config.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
+CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "checkpoint.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
+LEGACY_CONFIG = "config.json"  # the name of CONFIG in runs written before train_config.json existed
+FLAGS = config_file_name("train")
+RUN_MARKS = (SUMMARY, METRICS)  # the files by which a folder is recognised as a run
 
 
 def build_model(spec: dict, device: str = "cpu") -> nn.Module:
@@ -89,8 +95,10 @@ class CheckpointWriter:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def write_config(self, config: dict, manifest: dict) -> None:
+    def write_config(self, config: dict, manifest: dict, flags: dict) -> None:
+        """``config``: the resolved run description; ``flags``: the command's flags (replayable)."""
         _json(self.tmp / CONFIG, {**config, "format_version": FORMAT_VERSION})
+        _json(self.tmp / FLAGS, flags)
         _json(self.tmp / MANIFEST, manifest)
 
     def append_metrics(self, line: dict) -> None:
@@ -140,21 +148,43 @@ class Checkpoint:
     path: Path
 
 
-def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cpu") -> Checkpoint:
-    """Load and validate a run directory; what is missing is named with the command that creates it."""
-    from safetensors.torch import load_file
+@dataclass
+class RunFiles:
+    """The JSON files of a finished run (no weights loaded)."""
 
+    path: Path
+    config: dict  # CONFIG (or LEGACY_CONFIG)
+    config_file: str  # which of the two it was read from
+    manifest: dict
+    summary: dict
+    metrics: list[dict]
+
+
+def read_run(path: str | Path) -> RunFiles:
+    """Read a run folder's JSON files; what is missing is named with the command that creates it."""
     path = Path(path)
     hint = f"create it with `pipeline train CACHE_DIR --out {path}`"
     if not path.is_dir():
         raise InputError(f"checkpoint {path}: no such directory; {hint}")
-    for name in (CONFIG, MANIFEST, SUMMARY):
+    config_file = LEGACY_CONFIG if not (path / CONFIG).is_file() and (path / LEGACY_CONFIG).is_file() else CONFIG
+    for name in (config_file, MANIFEST, SUMMARY):
         if not (path / name).is_file():
             raise InputError(f"checkpoint {path}: missing {name} (not a finished training run); {hint}")
-    config = json.loads((path / CONFIG).read_text())
+    metrics = read_metrics(path) if (path / METRICS).is_file() else []
+    return RunFiles(
+        path, json.loads((path / config_file).read_text()), config_file,
+        json.loads((path / MANIFEST).read_text()), json.loads((path / SUMMARY).read_text()), metrics,
+    )
+
+
+def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cpu") -> Checkpoint:
+    """Load and validate a run directory; what is missing is named with the command that creates it."""
+    from safetensors.torch import load_file
+
+    run = read_run(path)
+    path, config, summary = run.path, run.config, run.summary
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"checkpoint {path}: format version {config.get('format_version')}, expected {FORMAT_VERSION}; retrain with `pipeline train`")
-    summary = json.loads((path / SUMMARY).read_text())
     seed = int(summary["default_seed"] if seed is None else seed)
     weights = path / f"seed_{seed}" / WEIGHTS
     if not weights.is_file():
@@ -171,12 +201,12 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         else:
             model.load_state_dict(state)
     except RuntimeError as err:
-        raise InputError(f"checkpoint {path}: weights do not match config.json: {err}") from err
+        raise InputError(f"checkpoint {path}: weights do not match {run.config_file}: {err}") from err
     model.to(device).eval()
     return Checkpoint(
         model=model,
         config=config,
-        manifest=json.loads((path / MANIFEST).read_text()),
+        manifest=run.manifest,
         seed=seed,
         layers=list(config["layers"]),
         label_names=list(config["label_names"]),
@@ -190,12 +220,14 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
 
 
 def run_arch(path: str | Path) -> str | None:
-    """The arch of a run folder (``config.json``), read without loading any weights; None when
-    the folder holds no readable config (``load_checkpoint`` then says what is missing)."""
-    try:
-        return json.loads((Path(path) / CONFIG).read_text())["model"]["arch"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The arch of a run folder, read without loading any weights; None when the folder holds
+    no readable run description (``load_checkpoint`` then says what is missing)."""
+    for name in (CONFIG, LEGACY_CONFIG):
+        try:
+            return json.loads((Path(path) / name).read_text())["model"]["arch"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

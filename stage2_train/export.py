@@ -19,25 +19,30 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors, InputError
-from pipeline.progress import log
-from stage2_train.export_format import EXPORT_RECORD
+from pipeline.core.errors import ConfigErrors, InputError
+from pipeline.core.options import argument, option, out_option, overwrite_option
+from pipeline.core.progress import log
+from stage1_encode.models import EXPORT_RECORD
 
 
 @dataclass
 class ExportConfig:
-    run: Path
-    out: Path
-    seed: int | None = None  # None: the seed chosen on validation
-    overwrite: bool = False
+    """One export: the tuned LLM of one seed of a fine-tuning run."""
+
+    run: Path = argument(help="A fine-tuning run (`pipeline train --arch lora|ia3|finetune`).", metavar="RUN_DIR")
+    out: Path = out_option("the Hugging Face model folder (weights, config, tokenizer)")
+    seed: int | None = option(None, "Trained seed to export (default: the one chosen on validation).")
+    overwrite: bool = overwrite_option("a model folder")
 
     def validate(self) -> "ExportConfig":
         self.run, self.out = Path(self.run), Path(self.out)
         errs = ConfigErrors()
         errs.check(self.run.is_dir(), f"RUN {self.run}: no such directory; create it with `pipeline train CACHE --arch lora --out {self.run}`")
-        if self.out.exists() and not self.overwrite:
-            errs.check(not any(self.out.iterdir()) if self.out.is_dir() else False,
-                       f"--out {self.out}: exists and is not empty; choose another folder or pass --overwrite")
+        if self.out.exists() and not (self.out.is_dir() and not any(self.out.iterdir())):
+            if not self.overwrite:
+                errs.add(f"--out {self.out}: exists and is not empty; choose another folder or pass --overwrite")
+            elif not (self.out / EXPORT_RECORD).is_file():  # replace only what an export wrote
+                errs.add(f"--out {self.out}: is not a folder `pipeline export` wrote (no {EXPORT_RECORD}); choose another folder (nothing was deleted)")
         errs.check(self.out.resolve() != self.run.resolve(), f"--out {self.out}: is the run folder itself; choose another folder")
         errs.raise_if_any()
         return self
@@ -45,11 +50,11 @@ class ExportConfig:
 
 def run_export(config: ExportConfig) -> Path:
     """Write the tuned LLM of ``config.run`` to ``config.out``; returns ``config.out``."""
-    from stage2_train.checkpoint import load_checkpoint
+    from stage2_train.checkpoint import load_checkpoint, run_arch
     from stage2_train.config import FINETUNE_ARCHS
 
     config.validate()
-    arch = json.loads((config.run / "config.json").read_text()).get("arch") if (config.run / "config.json").is_file() else None
+    arch = run_arch(config.run)
     if arch is not None and arch not in FINETUNE_ARCHS:
         raise InputError(f"RUN {config.run}: an '{arch}' run trains no LLM weights; export needs a fine-tuning run (--arch lora, ia3 or finetune)")
     if arch == "prefix":

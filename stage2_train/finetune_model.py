@@ -137,7 +137,7 @@ class TextClassifier(nn.Module):
 def build_classifier(spec: dict, device: str = "cpu") -> TextClassifier:
     """The network of ``config["model"]`` for a fine-tuning arch: the LLM named by the cache
     manifest (weights checked against its hash), adapted as ``spec["arch"]`` says."""
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
     from stage1_encode.models import load_model, resolve_model, weights_hash
 
     model_spec = resolve_model(spec["llm"])

@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.progress import log, progress
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress
 from stage2_train.config import TrainConfig
 
 
@@ -33,7 +34,7 @@ def finetune_spec(config: TrainConfig, manifest: dict, num_classes: int) -> dict
 
 def run_finetune(config: TrainConfig) -> dict:
     """Train ``config.arch`` on the cache's graph and write ``config.out``; returns the summary."""
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage1_encode.cache import open_cache
     from stage2_train.checkpoint import CheckpointWriter
     from stage2_train.data import resolve_split
@@ -68,7 +69,7 @@ def run_finetune(config: TrainConfig) -> dict:
     }
     results, sizes, costs, counted = [], {}, [], {}
     with CheckpointWriter(config.out, config.overwrite) as writer:
-        writer.write_config(resolved, manifest)
+        writer.write_config(resolved, manifest, flag_values(config))
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}
@@ -77,7 +78,7 @@ def run_finetune(config: TrainConfig) -> dict:
             texts = TextBatches(model.stepper, graph.texts, spec["max_length"])
             counted["trainable"] = count_trainable(model)
 
-            def on_first_loss(loss) -> None:
+            def on_first_loss(loss, model=model) -> None:
                 counted["backward"] = count_backward_params(model, loss)
 
             steps = config.epochs * math.ceil(len(split["train"]) / config.batch_size)

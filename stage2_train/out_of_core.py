@@ -43,9 +43,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage1_encode.cache import DENSE_CHUNK_ROWS
-from stage2_train.config import format_size
+from pipeline.core.parsers import format_size
 from stage2_train.sampling import SubgraphBatch
 from stage2_train.step_memory import MicroBatch, StepCost, select_graphs, split_batch, step_limit
 

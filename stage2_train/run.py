@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.progress import log, warn
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, warn
 from stage2_train.config import TrainConfig
 
 
@@ -138,7 +139,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
     from stage2_train.ledger import PeakMemory, count_trainable, ledger
-    from pipeline.progress import progress
+    from pipeline.core.progress import progress
 
     # --- setup
     memory = PeakMemory(config.device)
@@ -186,7 +187,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     # --- loop, one model per seed
     results, sizes, costs, backward = [], {}, [], None
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
-        writer.write_config(resolved, data.manifest)
+        writer.write_config(resolved, data.manifest, flag_values(config))
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from pipeline.progress import warn
+from pipeline.core.errors import InputError
+from pipeline.core.progress import warn
 
 MODEL_KEYS = ("model", "model_name", "model_id")
 HASH_KEYS = ("weights_sha256", "weights_hash", "model_sha256")
@@ -125,7 +125,7 @@ class CacheRows:
     """``rows(nodes (n,)) -> (n, S, H)`` float32 rungs of known nodes from the cache.
 
     Read whole into memory when small (sequential reads are what Zarr is fast at), else per
-    call with the unique rows in index order (chunk order), DESIGN.md section 3.
+    call with the unique rows in index order (chunk order), docs/design.md section 3.
     """
 
     def __init__(self, reader, positions: list[int], path: Path) -> None:

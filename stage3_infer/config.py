@@ -5,12 +5,23 @@ Light on purpose (no torch import): the CLI module imports it at start-up.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors
+from pipeline.core.errors import ConfigErrors
+from pipeline.core.options import device_option, json_option, option, out_option
+from stage1_encode.config import model_option
+
 DEFAULT_EXIT = "patience:1"  # ENGINE's policy; chosen as default on validation nodes (see bench)
 SPLITS = ("test", "val", "train", "all")
+
+
+def checkpoint_option() -> Path:
+    return option(help="Training run folder written by `pipeline train`.", metavar="RUN_DIR")
+
+
+def batch_size_option() -> int:
+    return option(32, "Texts per LLM forward batch.")
 
 
 @dataclass
@@ -25,19 +36,28 @@ class InferConfig:
     training run's evaluation batches so that they are the same subgraphs training saw.
     """
 
-    checkpoint: Path
-    out: Path
-    exit: str | None = None  # None: DEFAULT_EXIT for a ladder, none (full depth) for a fine-tuning run
-    split: str | None = None  # None: "test", or the new nodes when --nodes is given
-    node_ids: Path | None = None
-    nodes: Path | None = None
-    edges: Path | None = None
-    batch_size: int = 32
-    cache_neighbours: bool = True
-    model: str | None = None
-    seed: int | None = None  # which trained seed; None: the one chosen on validation
-    device: str = "cpu"
-    max_targets: int | None = None  # keep only the first N targets (quick looks, benchmarks)
+    checkpoint: Path = checkpoint_option()
+    out: Path = out_option("predictions.parquet, summary.json and infer_config.json")
+    exit: str | None = option(  # None: DEFAULT_EXIT for a ladder, none (full depth) for a fine-tuning run
+        None,
+        f"Exit policy: patience:P, confidence:T, layer:I or none (full depth); default {DEFAULT_EXIT} for a ladder run. "
+        "A fine-tuning run (lora, ia3, prefix, finetune) predicts at full depth only: none.",
+    )
+    split: str | None = option(None, "Targets: test (default), val, train or all nodes of the checkpoint's graph.")
+    node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line.")
+    nodes: Path | None = option(None, "New nodes (node_id, text, optional label), never cached; they become the targets.")
+    edges: Path | None = option(None, "Edges (src, dst) of the new nodes, to each other or to known nodes.")
+    batch_size: int = batch_size_option()
+    cache_neighbours: bool = option(
+        True, "Known neighbours read their states from the cache (default) or run through the LLM too.",
+        flag="--cache-neighbours", off_flag="--no-cache-neighbours",
+    )
+    model: str | None = model_option(
+        None, "LLM to load (default: the one in the checkpoint's cache manifest); must be the same model."
+    )
+    seed: int | None = option(None, "Trained seed to use (default: the one chosen on validation).")
+    device: str = device_option("cpu")
+    max_targets: int | None = option(None, "Predict only the first N targets (a quick look).")
 
     def __post_init__(self) -> None:
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
@@ -49,7 +69,7 @@ class InferConfig:
     def validate(self) -> "InferConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
         from stage3_infer.policies import parse_exit
-        from pipeline.errors import InputError
+        from pipeline.core.errors import InputError
 
         errs = ConfigErrors()
         try:
@@ -70,5 +90,23 @@ class InferConfig:
         errs.raise_if_any()
         return self
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+@dataclass
+class BenchConfig:
+    """``pipeline bench infer``: early exit against full depth on the test nodes."""
+
+    checkpoint: Path = checkpoint_option()
+    json_path: Path | None = json_option("the table (per policy accuracy, rel_drop, speedup, layer_fraction)")
+    max_targets: int | None = option(None, "Use only the first N test (and validation) nodes.")
+    batch_size: int = batch_size_option()
+    device: str = device_option("cpu")
+    repeats: int = option(1, "Timed runs per policy; the fastest counts (for noisy shared machines).")
+
+    def validate(self) -> "BenchConfig":
+        errs = ConfigErrors()
+        errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
+        errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
+        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(self.repeats > 0, f"--repeats {self.repeats}: must be > 0")
+        errs.raise_if_any()
+        return self

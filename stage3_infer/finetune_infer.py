@@ -10,19 +10,21 @@ Shapes: M targets, C classes.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.progress import log, progress
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress
 from stage3_infer.config import InferConfig
 from stage3_infer.predictions import Predictions, summarize, write_outputs
 
 
 def run_finetune_infer(config: InferConfig) -> dict:
     """Predict the chosen targets with a fine-tuning run's model and write ``config.out``."""
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage2_train.checkpoint import load_checkpoint
     from stage2_train.finetune_loop import TextBatches
     from stage3_infer.targets import InferGraph, add_new_nodes, select_targets
@@ -63,7 +65,7 @@ def run_finetune_infer(config: InferConfig) -> dict:
             "new_nodes": int(g.graph.num_nodes - g.num_known), "cache_neighbours": False,
         },
     )
-    write_outputs(config.out, preds, summary, config={**config.to_dict(), "exit": "none"})
+    write_outputs(config.out, preds, summary, config=flag_values(replace(config, exit="none")))
     acc = summary["accuracy"]
     log(f"infer: {len(targets)} node(s) in {wall:.1f}s" + (f", accuracy {100 * acc:.2f}%" if acc is not None else "") + f" -> {config.out}")
     return summary

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage3_infer.config import DEFAULT_EXIT  # noqa: F401  (one definition, light for the CLI)
 
 EXIT_FLAG = "--exit"

@@ -29,10 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config_file import save_resolved_config
-from pipeline.errors import InputError
+from pipeline.core.config_file import save_resolved_config
+from pipeline.core.options import config_file_name
+from pipeline.core.errors import InputError
 
-PREDICTIONS_FILE, SUMMARY_FILE, CONFIG_FILE = "predictions.parquet", "summary.json", "infer_config.json"
+PREDICTIONS_FILE, SUMMARY_FILE, CONFIG_FILE = "predictions.parquet", "summary.json", config_file_name("infer")
 COLUMNS = ("node_id", "predicted_label", "confidence", "exit_rung", "exit_layer", "true_label")
 
 

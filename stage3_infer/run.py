@@ -11,15 +11,15 @@ Shapes: M targets, S rungs, H LLM width, C classes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.graph import FINGERPRINT_VERSION
-from pipeline.errors import InputError
-from pipeline.progress import log, progress, warn
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress, warn
 from stage3_infer.config import InferConfig
 from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit
 from stage3_infer.predictions import Predictions, summarize, write_outputs
@@ -56,7 +56,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
 
     ``exit_spec`` is checked against the checkpoint's rungs before the LLM is loaded.
     """
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage2_train.checkpoint import load_checkpoint
     from stage2_train.sampling import Sampler
     from stage3_infer.compat import check_cache, check_model, manifest_model
@@ -208,7 +208,7 @@ def run(config: InferConfig) -> dict:
             "cache_neighbours": session.cached is not None,
         },
     )
-    write_outputs(config.out, preds, summary, config={**config.to_dict(), "exit": exit_spec})
+    write_outputs(config.out, preds, summary, config=flag_values(replace(config, exit=exit_spec)))  # the policy used
     acc = summary["accuracy"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "

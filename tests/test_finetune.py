@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from tests.cora_slice import write_cora_slice
 
 MODEL, MAX_LEN = "minilm-l6", 16
@@ -41,7 +41,7 @@ def _config(cache: Path, out: Path, arch: str, **kw):
 
 
 def _classifier_and_texts(cache: Path, arch: str, cfg):
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage1_encode.cache import read_manifest
     from stage2_train.finetune_loop import TextBatches
     from stage2_train.finetune_model import build_classifier
@@ -98,7 +98,7 @@ def test_trained_state_round_trip_gives_identical_predictions(slice_cache, tmp_p
     torch.manual_seed(0)
     model, texts, graph = _classifier_and_texts(cache, "lora", cfg)
     with torch.no_grad():  # move the adapter away from its zero init so the check means something
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     nodes = np.arange(graph.num_nodes)
@@ -151,7 +151,7 @@ COST_FIELDS = ("trainable_params", "backward_params", "peak_memory_bytes", "epoc
 def test_run_writes_adapters_ledger_and_reloads(lora_run, slice_cache):
     from safetensors.torch import load_file
 
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage2_train.checkpoint import load_checkpoint
     from stage2_train.data import resolve_split
     from stage2_train.finetune_loop import TextBatches, accuracy
@@ -219,7 +219,7 @@ def test_export_encode_equals_adapted_forward(lora_run, slice_cache, tmp_path):
 
 
 def reader_graph_texts(reader) -> list[str]:
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
 
     return load_graph(reader.manifest["graph_source"]).texts
 

@@ -8,9 +8,9 @@ import sys
 import pyarrow as pa
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
-from pipeline.graph_format import graph_edges_table, read_graph_folder, write_graph_folder
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
+from pipeline.core.graph_format import graph_edges_table, read_graph_folder, write_graph_folder
 
 NODES = {"node_id": [10, 20, 30], "text": ["a", "b", "c"]}
 EDGES = {"src": [10, 20], "dst": [20, 30]}

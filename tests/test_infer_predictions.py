@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage3_infer.predictions import Predictions, read_predictions, read_summary, summarize, write_outputs
 
 

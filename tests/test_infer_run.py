@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.graph import load_graph
+from pipeline.core.bench_json import read_bench
+from pipeline.core.graph import load_graph
 from stage3_infer.config import InferConfig
 from stage3_infer.policies import decide, parse_exit
 from stage3_infer.predictions import read_predictions
@@ -154,10 +155,11 @@ def test_bench_infer_json(trained, tmp_path, cli):
     root, run_dir, graph = trained
     result = cli("bench", "infer", "--checkpoint", run_dir, "--json", tmp_path / "bench.json", "--max-targets", 4)
     assert result.exit_code == 0, result.output
-    table = json.loads((tmp_path / "bench.json").read_text())
+    kind, table = read_bench(tmp_path / "bench.json")
+    assert kind == "infer"
     assert list(table)[:3] == ["none", "patience:1", "patience:2"] and len(table) == 5
     assert all(k.startswith("confidence:") for k in list(table)[3:])
-    for spec, row in table.items():
+    for row in table.values():
         assert {"accuracy", "rel_drop", "speedup", "layer_fraction"} <= set(row)
         assert row["num_test"] == 4 and row["num_val"] == 4
         assert 0 < row["layer_fraction"] <= 1

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.core.bench_json import write_bench
 from pipeline.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -136,7 +137,7 @@ def full_run(tmp_path_factory) -> Path:
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, (args, result.output)
     for kind, data in (("encode", bench_encode()), ("train", bench_train()), ("infer", bench_infer())):
-        (root / f"bench_{kind}.json").write_text(json.dumps(data, indent=2) + "\n")
+        write_bench(root / f"bench_{kind}.json", kind, data)
     return root
 
 
@@ -147,7 +148,7 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     out = full_run / "report"
     md = (out / "report.md").read_text()
     assert [line for line in md.splitlines() if line.startswith("## ")] == SECTIONS
-    assert {p.name for p in out.iterdir()} == ALL_FIGURES | {"report.md"}
+    assert {p.name for p in out.iterdir()} == ALL_FIGURES | {"report.md", "report_config.json"}
     assert figures_linked(md) == ALL_FIGURES
     for name in sorted(ALL_FIGURES):
         assert_valid_png(out / name)
@@ -159,8 +160,9 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     # the numbers of the real run come through exactly
     ladder = json.loads((full_run / "checkpoint" / "summary.json").read_text())
     mlp = json.loads((full_run / "baselines" / "mlp" / "summary.json").read_text())
-    row = lambda s, states: (f"| graph | minilm-l6 | {states} | {100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_std']:.2f} | "
-                             f"{100 * s['val_acc_mean']:.2f} ± {100 * s['val_acc_std']:.2f} | 2 |")
+    def row(s, states):
+        return (f"| graph | minilm-l6 | {states} | {100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_std']:.2f} | "
+                f"{100 * s['val_acc_mean']:.2f} ± {100 * s['val_acc_std']:.2f} | 2 |")
     assert row(ladder, "**ladder** | [0, 3, 6]") in md and row(mlp, "mlp | [6]") in md
     assert "| cora | minilm-l6 | sage | [6] | 83.00 ± 1.50 | 84.00 | 2 | `bench_train.json` |" in md  # only bench train has sage
     for i, (head, gate) in enumerate(zip(ladder["heads"], ladder["gates_mean"])):
@@ -192,10 +194,11 @@ def test_rerun_replaces_the_report_and_several_run_dirs(full_run, tmp_path):
     assert "| infer output | `infer` | policy patience:1, 8 nodes," in md  # relative to the common parent
     assert "| training run | `baselines/mlp` | mlp on graph (minilm-l6), seeds [0, 1]," in md
     assert sorted(p.name for p in out.iterdir()) == [
-        "accuracy.png", "cost_accuracy.png", "early_exit_tradeoff.png", "exit_layers.png", "report.md", "training_baselines-mlp.png"]
+        "accuracy.png", "cost_accuracy.png", "early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json",
+        "training_baselines-mlp.png"]
     (out / "stale.png").write_bytes(PNG_MAGIC)
     assert invoke(full_run / "infer", "--out", out).exit_code == 0  # a second report replaces the first
-    assert sorted(p.name for p in out.iterdir()) == ["early_exit_tradeoff.png", "exit_layers.png", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json"]
     md = (out / "report.md").read_text()
     assert "| infer output | `.` | policy patience:1, 8 nodes," in md and "`baselines/mlp`" not in md
     assert not list(tmp_path.glob(".rep.tmp-*"))
@@ -216,7 +219,7 @@ def test_cache_alone_says_what_is_missing(tmp_path):
         "- bench encode figures: `pipeline bench encode GRAPH --json RUN_DIR/bench_encode.json`",
     ):
         assert line in md, line
-    assert sorted(p.name for p in path.parent.iterdir()) == ["report.md"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.md", "report_config.json"]
     assert md.rstrip().splitlines()[-1] == f"Files in `{run / 'report'}`: `report.md` and 0 figure(s): none."
 
 
@@ -225,7 +228,7 @@ def test_checkpoint_without_infer(full_run, tmp_path):
     shutil.copytree(full_run / "checkpoint", run / "checkpoint")
     path = write_report([run])
     names = sorted(p.name for p in path.parent.iterdir())
-    assert names == ["accuracy.png", "cost_accuracy.png", "heads_checkpoint.png", "report.md", "training_checkpoint.png"]
+    assert names == ["accuracy.png", "cost_accuracy.png", "heads_checkpoint.png", "report.md", "report_config.json", "training_checkpoint.png"]
     md = path.read_text()
     assert "_Missing: no infer output or infer benchmark; `pipeline infer --checkpoint RUN_DIR --out INFER_DIR` or" in md
     assert "- encode cache: none under the given folder(s); `pipeline encode GRAPH --out CACHE_DIR`" in md
@@ -245,10 +248,10 @@ def test_broken_pieces_are_listed_not_fatal(tmp_path):
     md = (run / "report" / "report.md").read_text()
     assert "INCOMPLETE: 1/3 blocks" in md
     assert "is incomplete (2 blocks missing): complete it with `pipeline encode cora --out " in md
-    assert f"- could not read {run / 'half'}: training run could not be read (Expecting property name" in md
-    assert f"- could not read {run / 'bench_other.json'}: not a `pipeline bench encode|train|infer --json` file (unknown keys)" in md
+    assert f"- could not read {run / 'half'}: training run could not be read (checkpoint {run / 'half'}: missing checkpoint.json" in md
+    assert f"- could not read {run / 'bench_other.json'}: benchmark JSON could not be read (not a `pipeline bench encode|train|train-memory|infer --json` file (no known \"kind\" with \"figures\"))" in md
     assert "_No labelled targets among the infer outputs: no accuracy to plot._" in md
-    assert sorted(p.name for p in (run / "report").iterdir()) == ["exit_layers.png", "report.md"]
+    assert sorted(p.name for p in (run / "report").iterdir()) == ["exit_layers.png", "report.md", "report_config.json"]
 
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path):

@@ -3,7 +3,7 @@
 One real cache (a 160-node Cora slice encoded with MiniLM). Three jobs run at the same time,
 to pay the process start-ups (torch imports, ~10 s of CPU each) once: the 2-rank job and a
 2-rank job whose rank 1 dies after its first epoch (the ``PIPELINE_TEST_KILL_RANK`` test
-hook of ``stage2_train/distributed.py``) as subprocesses, and the 1-process reference
+hook of ``stage2_train/distributed.py``) as subprocesses, and the 1-process run
 in this process (plain ``pipeline train`` through the CLI runner).
 
 Accuracy: training is full batch (one step an epoch on all 96 training targets) without
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 NODES = 160
 FLAGS = ["--seeds", "0", "--epochs", "10", "--patience", "10", "--batch-size", "512", "--dropout", "0", "--lr", "1e-3",
          "--hidden-channels", "32", "--rungs", "0,3,6", "--num-threads", "1"]
-FILES = ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+FILES = ["checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
 
 
 def free_port() -> int:
@@ -73,7 +73,7 @@ def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_pa
     jobs = {"two": torchrun(cache, two), "dead": torchrun(cache, dead, "--dist-timeout", "20", PIPELINE_TEST_KILL_RANK="1")}
     t0 = time.monotonic()
     one = tmp_path / "one"
-    res = cli("train", cache, "--out", one, *FLAGS)  # the 1-process reference, meanwhile
+    res = cli("train", cache, "--out", one, *FLAGS)  # the 1-process run, meanwhile
     assert res.exit_code == 0, res.output
     logs, ended = {}, {}
     for name, job in jobs.items():
@@ -89,7 +89,7 @@ def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_pa
     assert [m["loss"] for m in m2] == pytest.approx([m["loss"] for m in m1], abs=1e-4)
     assert sorted(s2) == sorted(s1) and sorted(s2["per_seed"][0]) == sorted(s1["per_seed"][0])
     assert sorted(m2[0]) == sorted(m1[0])
-    c1, c2 = (json.loads((d / "config.json").read_text()) for d in (one, two))
+    c1, c2 = (json.loads((d / "checkpoint.json").read_text()) for d in (one, two))
     assert (c1["world_size"], c2["world_size"]) == (1, 2) and sorted(c1) == sorted(c2)
     assert sorted(str(p.relative_to(two)) for p in two.rglob("*") if p.is_file()) == FILES
     assert sorted(p.name for p in two.parent.iterdir()) == ["run"]  # no rank left a temporary folder

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
 from stage2_train.checkpoint import load_checkpoint, read_metrics
 from stage2_train.config import TrainConfig
 from stage2_train.run import run
@@ -92,7 +92,7 @@ def test_baselines_and_ladder_write_the_same_format(small):
     assert keys["mlp"] == keys["ladder"] == keys["gcn"] == keys["sage"]
     for arch, s in summaries.items():
         files = sorted(str(p.relative_to(root / f"fmt_{arch}")) for p in (root / f"fmt_{arch}").rglob("*") if p.is_file())
-        assert files == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+        assert files == ["checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
         assert sorted(s["per_seed"][0]) == sorted(summaries["ladder"]["per_seed"][0])
     assert summaries["gcn"]["layers"] == [6] and summaries["mlp"]["gates_mean"] == []
     assert load_checkpoint(root / "fmt_sage").config["model"]["arch"] == "sage"
@@ -153,11 +153,11 @@ def test_cli_end_to_end_exact_files(small, cli):
               "--rungs", "0,6", "--num-threads", "1")
     assert res.exit_code == 0, res.output
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json"]
+    assert files == ["checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json", "train_config.json"]
     s = json.loads((out / "summary.json").read_text())
     assert s["seeds"] == [0, 1] and len(read_metrics(out)) == sum(p["epochs_run"] for p in s["per_seed"])
     assert [h["layer"] for h in s["heads"]] == [0, 6]
-    assert json.loads((out / "config.json").read_text())["sampler"] == "rwr"
+    assert json.loads((out / "checkpoint.json").read_text())["sampler"] == "rwr"
     res = cli("train", cache, "--out", out, "--epochs", "0", "--gnn", "gin")
     assert res.exit_code == 2
     text = " ".join(res.output.replace("│", " ").split())  # undo the error panel's line wrapping

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.progress import warn
+from pipeline.core.progress import warn
 from pipeline.report.collect import Collected, dataset_name
 from pipeline.report.cost import cost_section
 from pipeline.report.document import CREATE, Document, pct

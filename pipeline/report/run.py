@@ -11,18 +11,22 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors, InputError, PipelineError
-from pipeline.progress import log
+from pipeline.core.errors import ConfigErrors, InputError, PipelineError
+from pipeline.core.options import Cli, config_file_name, out_option, save_flags
+from pipeline.core.progress import log
 
 REPORT_FILE = "report.md"
+FLAGS_FILE = config_file_name("report")
 
 
 @dataclass
 class ReportConfig:
     """``run_dirs``: folders searched recursively; ``out``: the report folder (None: see ``out_dir``)."""
 
-    run_dirs: list[Path] = field(default_factory=list)
-    out: Path | None = None
+    run_dirs: list[Path] = field(
+        default_factory=list, metadata={"cli": Cli("Folders written by the pipeline (searched recursively).", argument=True, metavar="RUN_DIR", required=True)}
+    )
+    out: Path | None = out_option("report.md and its PNG figures (default: RUN_DIR/report, or report/ in the common parent of several RUN_DIRs)", None)
 
     def __post_init__(self) -> None:
         self.run_dirs = [Path(p) for p in self.run_dirs]
@@ -54,8 +58,8 @@ class ReportConfig:
 
 
 def is_report_folder(path: Path) -> bool:
-    """Empty, or only an earlier report (report.md and PNGs): safe to replace."""
-    return all(p.is_file() and (p.name == REPORT_FILE or p.suffix == ".png") for p in path.iterdir())
+    """Empty, or only an earlier report (report.md, its flags and PNGs): safe to replace."""
+    return all(p.is_file() and (p.name in (REPORT_FILE, FLAGS_FILE) or p.suffix == ".png") for p in path.iterdir())
 
 
 def _check_matplotlib() -> None:
@@ -93,6 +97,7 @@ def run(config: ReportConfig) -> Path:
     try:
         doc = build(found, tmp, base, out_final=out)
         (tmp / REPORT_FILE).write_text("\n".join(doc.lines).rstrip() + "\n")
+        save_flags(tmp / FLAGS_FILE, config)
         # --- move into place (an earlier report there is replaced)
         if out.exists():
             shutil.rmtree(out)

@@ -4,7 +4,7 @@ Every problem is collected and reported together, each naming file, column and t
 offending rows (0-based data rows); nothing is written by a command whose input fails here
 (exit status 2). Self-loops and duplicate edges are dropped with a warning.
 
-Folder layout (DESIGN.md section 3)::
+Folder layout (docs/design.md section 3)::
 
     nodes.parquet   node_id (int64 or string, unique), text (non-empty string),
                     optional label (string or int; null = unlabeled),
@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import SPLIT_NAMES, TextGraph, graph_fingerprint
-from pipeline.progress import warn
-from pipeline.text_column import TextColumn
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import SPLIT_NAMES, TextGraph, graph_fingerprint
+from pipeline.core.progress import warn
+from pipeline.core.text_column import TextColumn
 
 NODES_FILE, EDGES_FILE, META_FILE, SPLITS_DIR = "nodes.parquet", "edges.parquet", "meta.json", "splits"
 FIRST_ROWS = 5  # offending rows (and values) quoted per problem
@@ -522,7 +522,7 @@ def write_graph_folder(
     ``nodes``/``edges`` are tables in the input format; ``splits`` maps a split name to
     ``{"train": [ids], "val": [...], "test": [...]}``; ``extra_files`` maps a file name to
     text, or to a function writing the file at the path it is given, written beside the
-    graph (e.g. ``pipeline_config.json``). Bad content raises
+    graph (e.g. ``datasets_subset_config.json``). Bad content raises
     :class:`InputError` before anything is written.
     """
     out = Path(out)
@@ -578,7 +578,7 @@ def write_graph_folder(
 
 def graph_folder(graph: TextGraph) -> Path:
     """The folder a loaded graph was read from (built-in or user folder)."""
-    from pipeline.datasets import builtin_path
+    from pipeline.core.builtin_datasets import builtin_path
 
     return builtin_path(graph.source) or Path(graph.source)
 

@@ -15,7 +15,7 @@ import click
 import typer
 import yaml
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -41,18 +41,22 @@ def _load_into_context(ctx: click.Context, param: click.Parameter, value: Path |
     if value is None:
         return value
     data = read_config_file(value)
-    known = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
+    params = [p for p in ctx.command.params if p.name and p.name != "config"]
+    known = {p.name: p for p in params}  # a key may be the parameter's name or any of its flags
+    aliases = {o.lstrip("-").replace("-", "_"): p.name for p in params for o in getattr(p, "opts", ()) if o.startswith("--")}
     defaults, unknown = {}, []
     for key, val in data.items():
         name = str(key).lstrip("-").replace("-", "_")
+        name = aliases.get(name, name)
         if name not in known:
             unknown.append(str(key))
             continue
-        if isinstance(val, list) and not getattr(known[name], "multiple", False):
+        takes_many = getattr(known[name], "multiple", False) or getattr(known[name], "nargs", 1) != 1
+        if isinstance(val, list) and not takes_many:
             val = ",".join(str(v) for v in val)  # e.g. `seeds: [0, 1, 2]` for a "0,1,2" flag
         defaults[name] = val
     if unknown:
-        flags = ", ".join(sorted("--" + n.replace("_", "-") for n in known))
+        flags = ", ".join(sorted(p.opts[0] if p.opts[0].startswith("--") else p.name for p in params))
         raise InputError(f"--config {value}: unknown key(s) {', '.join(unknown)}; known keys: {flags}")
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
