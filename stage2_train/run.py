@@ -150,6 +150,10 @@ def _run(config: TrainConfig, group=None) -> dict:
     if graph.num_classes < 2:
         raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
     splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}  # refuse bad splits before training
+    tuning = data.manifest.get("model_tuning")
+    if tuning and any(s != tuning.get("seed") or config.split != tuning.get("split") for s in config.seeds):
+        warn(f"cache {config.cache}: its LLM was tuned on the training labels of seed {tuning.get('seed')}'s split "
+             f"({tuning.get('run')}); other seeds' or splits' validation and test nodes may include those nodes")
     t0 = time.perf_counter()
     if config.no_cache:
         features, feature_mode = LiveFeatures(data, config.device), {"mode": "live-llm"}

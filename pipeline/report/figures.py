@@ -85,7 +85,7 @@ def cost_accuracy(points: list[tuple[str, str, float, float, int]], path: Path) 
             size = 20 + 25 * max(math.log10(max(params, 1)) - 2, 0) ** 1.5  # 100 params -> 20, 100M -> ~390
             color = "C1" if label.startswith("ladder") else f"C{(k % 8) + 2}"
             ax.scatter([total], [100 * acc], s=size, color=color, alpha=0.75, edgecolor="black", lw=0.5, zorder=3)
-            ax.annotate(f"{label} ({params / 1e6:.2g}M)" if params >= 1e5 else f"{label} ({params / 1e3:.3g}k)",
+            ax.annotate(f"{label} ({params / 1e6:.3g}M)" if params >= 1e5 else f"{label} ({params / 1e3:.3g}k)",
                         (total, 100 * acc), textcoords="offset points", xytext=(7, 4 - 13 * (k % 2)), fontsize=8.5)
         ax.set_xscale("log")
         ax.set_xlabel("total cost per seed (s, log scale): encode + tuning + training")
