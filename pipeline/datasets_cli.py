@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json as _json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -92,17 +90,18 @@ def check_command(
     """
     from rich.console import Console
 
+    from pipeline.core import ownership
+    from pipeline.core.builtin_datasets import builtin_path
     from pipeline.core.graph import load_graph
     from pipeline.graph_summary import summarize, summary_table
 
+    if json is not None:
+        ownership.claim_file(json, "--json", "pipeline datasets check", inputs=[builtin_path(graph) or Path(graph)],
+                             legacy=lambda d: "config" in d and "num_nodes" in d)
     summary = summarize(load_graph(graph))
     Console().print(summary_table(summary))
     if json is not None:
-        data = {**summary, "config": _resolved(ctx)}
-        json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json.with_name(f".{json.name}.tmp-{os.getpid()}")
-        tmp.write_text(_json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, json)
+        ownership.write_json_output(json, {**summary, "config": _resolved(ctx)}, "pipeline datasets check")
 
 
 @datasets_app.command("import")
@@ -169,7 +168,9 @@ def subset_command(
     from pipeline.graph_subset import bfs_subset, write_subset
     from pipeline.core.progress import log
 
-    check_output_folder(out, overwrite)
+    from pipeline.core.builtin_datasets import builtin_path
+
+    check_output_folder(out, overwrite, inputs=[builtin_path(graph) or Path(graph)])
     full = load_graph(graph)
     keep, start = bfs_subset(full, nodes, seed)
     start_id = full.node_ids[start].item() if hasattr(full.node_ids[start], "item") else full.node_ids[start]

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.core import atomic, ownership
 from pipeline.core.builtin_datasets import DEFAULT_DATASET
-from pipeline.core.errors import ConfigErrors
+from pipeline.core.errors import ConfigErrors, InputError
 from pipeline.core.options import config_file_name, option, out_option, save_flags, seeds_option
 from pipeline.core.progress import log
 from stage1_encode.config import model_option
@@ -71,8 +72,21 @@ class MainJobConfig:
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         unknown = [b for b in self.baselines if b not in BASELINES]
         errs.check(not unknown, f"--baselines {','.join(unknown)}: choose from {', '.join(BASELINES)} (or 'none')")
+        from stage3_infer.policies import parse_exit
+
+        try:
+            parse_exit(self.exit)
+        except InputError as err:
+            errs.add(err.message)
         errs.raise_if_any()
         return self
+
+
+def is_job(path: Path) -> bool:
+    """A main-job folder written before ownership markers: its state or config file and its cache."""
+    from stage1_encode.cache import is_cache
+
+    return ((path / STATE_FILE).is_file() or (path / "run_config.json").is_file()) and is_cache(path / "cache.zarr")
 
 
 def _digest(values: dict[str, Any]) -> str:
@@ -85,7 +99,11 @@ class StepLedger:
     def __init__(self, out: Path, force: bool) -> None:
         self.path = out / STATE_FILE
         self.force = force
-        self.state: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        try:
+            state = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, ValueError):
+            state = {}  # a damaged ledger only means every step is redone
+        self.state: dict[str, str] = state if isinstance(state, dict) else {}
 
     def run(self, name: str, output: Path, values: dict[str, Any], step: Callable[[], Any]) -> bool:
         """Run ``step`` unless ``output`` exists from the same ``values``; returns True if it ran."""
@@ -97,7 +115,7 @@ class StepLedger:
         log(f"{name} -> {output}")
         step()
         self.state[name] = digest
-        self.path.write_text(json.dumps(self.state, indent=2) + "\n")
+        atomic.write_json(self.path, self.state)
         log(f"{name}: done in {time.perf_counter() - start:.1f}s")
         return True
 
@@ -113,16 +131,25 @@ def run(config: MainJobConfig) -> Path:
 
     config.validate()
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    save_flags(out / config_file_name("run"), config)
-    ledger = StepLedger(out, config.force)
-    started = time.perf_counter()
-
     cache = out / "cache.zarr"
     encode_cfg = EncodeConfig(
         graph=config.dataset, out=cache, model=config.model, layers=config.layers, max_length=config.max_length,
         overwrite=True,  # the run folder is the job's own: other settings replace its cache
     )
+    # every check that needs no earlier step's output, before the first write
+    encode_cfg.validate()
+    from stage1_encode.models import check_max_length, resolve_model
+
+    spec = resolve_model(config.model)
+    check_max_length(spec, config.max_length)
+    inputs = [p for p in (Path(config.dataset), Path(spec.path)) if p.is_dir()]
+    if not ownership.claim_output(out, "job", "--out", resume=True, inputs=inputs, legacy=is_job):
+        out.mkdir(parents=True, exist_ok=True)
+        ownership.write_marker(out, "job")
+    save_flags(out / config_file_name("run"), config)
+    ledger = StepLedger(out, config.force)
+    started = time.perf_counter()
+
     # encode is itself resumable and a no-op when complete (same settings): always call it.
     encode(encode_cfg)
 
@@ -140,7 +167,7 @@ def run(config: MainJobConfig) -> Path:
         ledger.run(f"train {arch}", base_cfg.out, {**asdict(base_cfg), "cache": asdict(encode_cfg)}, lambda c=base_cfg: train(c))
 
     infer_out = out / "infer"
-    infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split)
+    infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split, overwrite=True)
     ledger.run(
         "infer", infer_out, {**asdict(infer_cfg), "train": ledger.state.get("train ladder")}, lambda: infer(infer_cfg)
     )

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.bench_json import write_bench
+from pipeline.core.bench_json import claim_bench, write_bench
 from pipeline.core.graph import load_graph
-from pipeline.core.progress import log
 from pipeline.core.options import argument, device_option, json_option, option
+from pipeline.core.progress import log
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, model_option
 
@@ -76,6 +76,8 @@ def run_bench(config: BenchConfig) -> dict:
     enc = EncodeConfig(graph=config.graph, model=config.model, layers=config.layers, max_length=config.max_length,
                        batch_tokens=config.batch_tokens, device=config.device, backend=config.backend)
     enc.validate()
+    if config.json_path is not None:
+        claim_bench(config.json_path, "encode")
     if config.backend == "vllm":
         from stage1_encode.vllm_backend import check_architecture
 

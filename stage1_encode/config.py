@@ -20,6 +20,8 @@ POOLINGS = ("mean", "last")  # masked mean over real tokens, or the last real to
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("hf", "vllm")  # vllm: stage1_encode/vllm_backend.py (decoders only; .venv-vllm on CPU)
+# Sane upper bounds: beyond them a flag is a typo that would reach the allocator.
+MAX_BLOCK, MAX_BATCH_TOKENS, MAX_SHARDS = 1 << 20, 1 << 24, 100_000
 
 
 def model_option(default: str | None = DEFAULT_MODEL, help: str = MODEL_HELP) -> str:
@@ -84,6 +86,9 @@ class EncodeConfig:
             self.block_size >= 8 and self.block_size % 8 == 0,
             f"--block-size {self.block_size}: must be a positive multiple of 8 (blocks are chunk-aligned)",
         )
+        for flag, value, most in (("--block-size", self.block_size, MAX_BLOCK), ("--batch-tokens", self.batch_tokens, MAX_BATCH_TOKENS),
+                                  ("--num-shards", self.num_shards, MAX_SHARDS)):
+            errors.check(value <= most, f"{flag} {value}: must be <= {most}")
         errors.raise_if_any()
 
 

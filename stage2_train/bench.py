@@ -12,11 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.bench_json import write_bench
+from pipeline.core import ownership
+from pipeline.core.bench_json import claim_bench, write_bench
 from pipeline.core.errors import InputError
 from pipeline.core.options import argument, json_option, option, out_option, seeds_option
 from pipeline.core.progress import log
 from stage1_encode.config import model_option
+
+
 
 BASELINE_ARCHS = ("mlp", "gcn", "sage")
 
@@ -70,6 +73,16 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.epochs_uncached < 1:
         raise InputError(f"--epochs-uncached {cfg.epochs_uncached}: must be >= 1")
     out = Path(cfg.out)
+    # the bench's own folder (its cache and runs are reused or replaced); nothing else is
+    from stage1_encode.cache import is_cache
+
+    if cfg.json_path:
+        claim_bench(cfg.json_path, "train")
+    inputs = [p for p in (cfg.cache, Path(cfg.graph)) if p is not None and Path(p).exists()]
+    if not ownership.claim_output(out, "bench", "--out", resume=True, inputs=inputs,
+                                  legacy=lambda p: (p / "runs").is_dir() or is_cache(p / "cache.zarr")):
+        out.mkdir(parents=True, exist_ok=True)
+        ownership.write_marker(out, "bench")
     cache = Path(cfg.cache) if cfg.cache else _encode(cfg.graph, cfg.model, out / "cache.zarr")
     data = open_train_data(cache, None, None, "ladder")
     if cfg.cache and data.manifest.get("graph_source") not in (cfg.graph, str(Path(cfg.graph).resolve())):

@@ -25,11 +25,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.core.bench_json import write_bench
+from pipeline.core.bench_json import claim_bench, write_bench
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.options import argument, json_option, option
 from pipeline.core.parsers import format_size, parse_size
 from pipeline.core.progress import log
+
 
 WARM_UP_STEPS = 5
 WARM_UP_TARGETS = 8  # small steps: the baseline holds torch's machinery, not a full-size step's buffers
@@ -179,6 +180,8 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     from stage1_encode.cache import open_cache
 
     cfg.validate()
+    if cfg.json_path:
+        claim_bench(cfg.json_path, "train-memory", inputs=[cfg.cache])
     reader = open_cache(cfg.cache)
     reader.check_complete()
     n, s, h = reader.shape

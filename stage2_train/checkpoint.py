@@ -1,7 +1,8 @@
 """The training-run checkpoint: the only module that knows its format (writer and reader).
 
 Layout of ``RUN_DIR`` (written into a temporary sibling and renamed at the end, so a
-failed run leaves nothing behind)::
+failed run leaves nothing behind, and a killed one only a temporary folder that the next run
+on the same ``--out`` removes)::
 
     train_config.json        the flags of the `pipeline train` run (replay: --config FILE)
     checkpoint.json          resolved TrainConfig + "model" (what rebuilds the network),
@@ -14,6 +15,7 @@ failed run leaves nothing behind)::
     seed_{s}/model.safetensors   weights of seed s (safetensors only, never pickle); for the
                              fine-tuning archs the adapter (or every LLM weight for
                              ``finetune``) and the head, never the frozen base weights
+    .pipeline-artifact.json  the ownership marker (kind "run"; pipeline/core/ownership.py)
 
 ``read_run(RUN_DIR)`` reads the JSON files (the report uses it); ``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
 (``summary["default_seed"]``), or of ``seed=``; ``pipeline infer`` needs nothing else.
@@ -23,13 +25,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
+from pipeline.core import atomic, guarded, ownership
 from pipeline.core.errors import InputError
 from pipeline.core.options import config_file_name
 
@@ -78,22 +79,34 @@ def _json(path: Path, data) -> None:
     path.write_text(json.dumps(clean(data), indent=2, sort_keys=True) + "\n")
 
 
+def is_run(path: Path) -> bool:
+    """A run written before ownership markers: its description, summary and one seed's weights."""
+    name = CONFIG if (path / CONFIG).is_file() else LEGACY_CONFIG
+    config = json.loads((path / name).read_text())
+    return (isinstance(config, dict) and config.get("format_version") == FORMAT_VERSION and (path / SUMMARY).is_file()
+            and any(path.glob(f"seed_*/{WEIGHTS}")))
+
+
+def claim(out: Path, overwrite: bool, inputs=()) -> bool:
+    """Check ``--out`` before training (see :func:`pipeline.core.ownership.claim_output`)."""
+    return ownership.claim_output(out, "run", "--out", overwrite=overwrite, inputs=inputs, legacy=is_run)
+
+
 class CheckpointWriter:
-    """Writes a run into ``RUN_DIR.tmp-PID`` and renames it to ``RUN_DIR`` on :meth:`commit`."""
+    """Writes a run into a temporary sibling of ``RUN_DIR`` and renames it on :meth:`commit`."""
 
     def __init__(self, out: Path, overwrite: bool = False) -> None:
         self.out, self.overwrite = Path(out), overwrite
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        claim(self.out, overwrite)
+        self.staged = atomic.StagedFolder(self.out)
+        self.tmp = self.staged.path
+        ownership.write_marker(self.tmp, "run")
 
     def __enter__(self) -> "CheckpointWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.staged.abort()
 
     def write_config(self, config: dict, manifest: dict, flags: dict) -> None:
         """``config``: the resolved run description; ``flags``: the command's flags (replayable)."""
@@ -117,13 +130,16 @@ class CheckpointWriter:
         _json(self.tmp / SUMMARY, summary)
 
     def commit(self) -> Path:
-        if self.out.exists():
-            if not self.overwrite:
-                raise InputError(f"--out {self.out}: appeared while training; choose another folder or pass --overwrite")
-            shutil.rmtree(self.out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp, self.out)
-        return self.out
+        return self.staged.commit(ownership.replacer("run", "--out", self.overwrite, is_run))
+
+
+CONFIG_KEYS = ("model", "layers", "label_names", "cache", "graph_source", "sampler", "fanout", "num_walks", "walk_length", "restart_p")
+
+
+def retrain_hint(path: Path, config: dict | None = None) -> str:
+    """The command that rebuilds a damaged run (its cache when the run's description names it)."""
+    cache = config.get("cache") if isinstance(config, dict) and isinstance(config.get("cache"), str) else "CACHE_DIR"
+    return f"retrain it with `pipeline train {cache} --out {path} --overwrite`"
 
 
 @dataclass
@@ -170,31 +186,35 @@ def read_run(path: str | Path) -> RunFiles:
     for name in (config_file, MANIFEST, SUMMARY):
         if not (path / name).is_file():
             raise InputError(f"checkpoint {path}: missing {name} (not a finished training run); {hint}")
+    config = guarded.read_json(path / config_file, retrain_hint(path))
+    hint = retrain_hint(path, config)
+    summary, manifest = guarded.read_json(path / SUMMARY, hint), guarded.read_json(path / MANIFEST, hint)
     metrics = read_metrics(path) if (path / METRICS).is_file() else []
-    return RunFiles(
-        path, json.loads((path / config_file).read_text()), config_file,
-        json.loads((path / MANIFEST).read_text()), json.loads((path / SUMMARY).read_text()), metrics,
-    )
+    return RunFiles(path, config, config_file, manifest, summary, metrics)
 
 
 def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cpu") -> Checkpoint:
     """Load and validate a run directory; what is missing is named with the command that creates it."""
-    from safetensors.torch import load_file
-
     run = read_run(path)
     path, config, summary = run.path, run.config, run.summary
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"checkpoint {path}: format version {config.get('format_version')}, expected {FORMAT_VERSION}; retrain with `pipeline train`")
-    seed = int(summary["default_seed"] if seed is None else seed)
+    hint = retrain_hint(path, config)
+    guarded.require(config, CONFIG_KEYS, path / run.config_file, hint)
+    guarded.require(summary, ("default_seed",), path / SUMMARY, hint)
+    try:
+        seed = int(summary["default_seed"] if seed is None else seed)
+    except (TypeError, ValueError):
+        raise guarded.damaged(path / SUMMARY, f"default_seed {summary['default_seed']!r} is not a seed", hint) from None
     weights = path / f"seed_{seed}" / WEIGHTS
     if not weights.is_file():
         have = sorted(p.name for p in path.glob("seed_*"))
         raise InputError(f"checkpoint {path}: no weights for seed {seed} ({weights.name}; have {have}); train it with `pipeline train ... --seeds {seed}`")
-    model = build_model(config["model"], device)
     try:
-        state = load_file(str(weights), device="cpu")
-    except Exception as err:  # truncated or not a safetensors file: refused, never read as zeros
-        raise InputError(f"checkpoint {path}: {weights.relative_to(path)} is damaged ({type(err).__name__}: {err}); retrain with `pipeline train`") from err
+        model = build_model(config["model"], device)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise guarded.damaged(path / run.config_file, f"its \"model\" entry cannot build a network ({type(err).__name__}: {err})", hint) from None
+    state = guarded.load_safetensors(weights, hint)
     try:
         if hasattr(model, "load_trained_state"):  # fine-tuning archs: adapter (or LLM) and head
             model.load_trained_state(state)
@@ -232,4 +252,4 @@ def run_arch(path: str | Path) -> str | None:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The per-epoch metric lines of a run."""
-    return [json.loads(x) for x in (Path(path) / METRICS).read_text().splitlines() if x.strip()]
+    return guarded.read_jsonl(Path(path) / METRICS, retrain_hint(Path(path)))

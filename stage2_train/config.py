@@ -21,6 +21,8 @@ ARCHS = (*CACHE_ARCHS, *FINETUNE_ARCHS)
 FINETUNE_LR = {"lora": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "finetune": 5e-5}
 FINETUNE_DEFAULTS = {"epochs": 3, "patience": 1, "batch_size": 16, "dropout": 0.1}
 CACHE_DEFAULTS = {"epochs": 200, "patience": 30, "batch_size": 64, "dropout": 0.5}
+# Sane upper bounds: beyond them a flag is a typo, and would reach the allocator or run for ever.
+MAX_HIDDEN, MAX_BATCH, MAX_EPOCHS, MAX_FANOUT, MAX_WALK, MAX_THREADS, MAX_SEEDS = 16384, 10**7, 10**6, 10**5, 1024, 4096, 1000
 GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
 
@@ -178,9 +180,16 @@ class TrainConfig:
                 errs.add(f"--split {self.split}: {err}")
         errs.check(not self.cache.exists() or self.cache.is_dir(), f"CACHE_DIR {self.cache}: not a directory")
         errs.check(self.cache.exists(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
-        if self.out.exists() and any(self.out.iterdir()) and not self.overwrite:
-            errs.add(f"--out {self.out}: exists and is not empty; choose another folder or pass --overwrite")
+        for flag, value, most in (("--hidden-channels", self.hidden_channels, MAX_HIDDEN), ("--batch-size", self.batch_size, MAX_BATCH),
+                                  ("--epochs", self.epochs, MAX_EPOCHS), ("--fanout", self.fanout or 0, MAX_FANOUT),
+                                  ("--num-walks", self.num_walks, MAX_WALK), ("--walk-length", self.walk_length, MAX_WALK),
+                                  ("--num-threads", self.num_threads or 0, MAX_THREADS), ("--patience", self.patience, MAX_EPOCHS)):
+            errs.check(value <= most, f"{flag} {value}: must be <= {most}")
+        errs.check(len(self.seeds) <= MAX_SEEDS, f"--seeds: {len(self.seeds)} seeds, at most {MAX_SEEDS}")
         errs.raise_if_any()
+        from pipeline.core.devices import resolve_device
+
+        self.device = resolve_device(self.device)
         return self
 
     def to_dict(self) -> dict:

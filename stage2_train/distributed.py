@@ -230,6 +230,8 @@ class ShardFeatures:
     and keeps them; a call asking for rows not loaded yet reads them first.
     """
 
+    orders_batches = False
+
     def __init__(self, data) -> None:
         self.data, self.reader, self.positions = data, data.reader, data.positions
         self.slot = torch.full((self.reader.num_nodes,), -1, dtype=torch.long)  # (N,) row of each held node

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -96,6 +97,23 @@ def measure_backward(model, features, sampler, targets: np.ndarray, labels: np.n
     return n
 
 
+def train_inputs(config: TrainConfig) -> list:
+    """What training reads, which ``--out`` must not be, contain or lie inside: the cache and,
+    when its manifest names a graph folder, that folder."""
+    from pipeline.core import guarded
+
+    inputs = [config.cache]
+    try:
+        source = guarded.read_json(config.cache / "manifest.json", "").get("graph_source")
+    except InputError:
+        return inputs  # a damaged cache is refused, naming the file, when it is opened
+    from pipeline.core.builtin_datasets import builtin_path
+
+    folder = builtin_path(source) if isinstance(source, str) else None
+    folder = folder or (Path(source) if isinstance(source, str) and Path(source).is_dir() else None)
+    return inputs + ([folder] if folder is not None else [])
+
+
 def run(config: TrainConfig) -> dict:
     """Train one model per seed from the cache (or the live LLM) and write ``config.out``.
 
@@ -108,6 +126,9 @@ def run(config: TrainConfig) -> dict:
     from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()
+    from stage2_train.checkpoint import claim
+
+    claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

@@ -23,6 +23,8 @@ from pipeline.core.bench_json import write_bench
 from pipeline.core.progress import log
 from stage3_infer.config import BenchConfig
 
+
+
 CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
 VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds: cheapest within these val drops
 FIXED = ("none", "patience:1", "patience:2")

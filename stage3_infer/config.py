@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors
-from pipeline.core.options import device_option, json_option, option, out_option
+from pipeline.core.options import device_option, json_option, option, out_option, overwrite_option
 from stage1_encode.config import model_option
 
 DEFAULT_EXIT = "patience:1"  # ENGINE's policy; chosen as default on validation nodes (see bench)
+MAX_BATCH = 100_000  # texts per LLM forward: beyond it a typo that would reach the allocator
 SPLITS = ("test", "val", "train", "all")
 
 
@@ -58,6 +59,7 @@ class InferConfig:
     seed: int | None = option(None, "Trained seed to use (default: the one chosen on validation).")
     device: str = device_option("cpu")
     max_targets: int | None = option(None, "Predict only the first N targets (a quick look).")
+    overwrite: bool = overwrite_option("predictions")
 
     def __post_init__(self) -> None:
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
@@ -78,7 +80,7 @@ class InferConfig:
         except InputError as err:
             errs.add(err.message)
         errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")
-        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(0 < self.batch_size <= MAX_BATCH, f"--batch-size {self.batch_size}: must be in 1..{MAX_BATCH}")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
         errs.check(self.checkpoint.is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check((self.nodes is None) == (self.edges is None), "--nodes and --edges go together: give both (the edges may be an empty table)")
@@ -86,10 +88,32 @@ class InferConfig:
             errs.check(path is None or path.is_file(), f"{flag} {path}: file not found")
         chosen = [f for f, v in (("--split", self.split), ("--node-ids", self.node_ids)) if v is not None]
         errs.check(len(chosen) <= 1, f"{' and '.join(chosen)}: choose the targets one way")
-        errs.check(not self.out.is_file(), f"--out {self.out}: is a file; give a folder")
         errs.raise_if_any()
+        from pipeline.core.devices import resolve_device
+        from stage3_infer.predictions import claim
+
+        self.device = resolve_device(self.device)
+        claim(self.out, self.overwrite, inputs=self.inputs())
         return self
 
+    def inputs(self) -> list[Path]:
+        """What infer reads, which ``--out`` must not be, contain or lie inside: the checkpoint,
+        the files given, and the cache and graph folder the checkpoint names."""
+        from pipeline.core import guarded
+        from pipeline.core.errors import InputError
+
+        found = [self.checkpoint, self.nodes, self.edges, self.node_ids]
+        for name in ("checkpoint.json", "config.json"):  # the run's description (config.json before it was renamed)
+            try:
+                recorded = guarded.read_json(self.checkpoint / name, "")
+                break
+            except InputError:
+                recorded = {}  # a damaged checkpoint is refused, naming the file, when it is loaded
+        for key in ("cache", "graph_source"):
+            value = recorded.get(key)
+            if isinstance(value, str) and Path(value).is_dir():
+                found.append(Path(value))
+        return [p for p in found if p is not None]
 
 @dataclass
 class BenchConfig:
@@ -109,4 +133,10 @@ class BenchConfig:
         errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
         errs.check(self.repeats > 0, f"--repeats {self.repeats}: must be > 0")
         errs.raise_if_any()
+        from pipeline.core.bench_json import claim_bench
+        from pipeline.core.devices import resolve_device
+
+        self.device = resolve_device(self.device)
+        if self.json_path is not None:
+            claim_bench(self.json_path, "infer", inputs=[self.checkpoint])
         return self

@@ -65,7 +65,7 @@ def run_finetune_infer(config: InferConfig) -> dict:
             "new_nodes": int(g.graph.num_nodes - g.num_known), "cache_neighbours": False,
         },
     )
-    write_outputs(config.out, preds, summary, config=flag_values(replace(config, exit="none")))
+    write_outputs(config.out, preds, summary, config=flag_values(replace(config, exit="none")), overwrite=config.overwrite)
     acc = summary["accuracy"]
     log(f"infer: {len(targets)} node(s) in {wall:.1f}s" + (f", accuracy {100 * acc:.2f}%" if acc is not None else "") + f" -> {config.out}")
     return summary

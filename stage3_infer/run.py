@@ -74,13 +74,14 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     if config.nodes is not None:
         g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)
 
-    from stage1_encode.models import load_model, resolve_model
+    from stage1_encode.models import check_weights, load_model, resolve_model
     from stage1_encode.stepping import LayerStepper
 
     manifest = ckpt.manifest
     model_name = config.model or manifest_model(manifest)
     spec = resolve_model(model_name)
     check_model(spec, manifest, ckpt.layers, config.checkpoint)  # cheap checks before loading
+    check_weights(spec)
     stepper = LayerStepper(load_model(spec, device=config.device))
     check_model(spec, manifest, ckpt.layers, config.checkpoint, stepper=stepper)
 
@@ -208,7 +209,7 @@ def run(config: InferConfig) -> dict:
             "cache_neighbours": session.cached is not None,
         },
     )
-    write_outputs(config.out, preds, summary, config=flag_values(replace(config, exit=exit_spec)))  # the policy used
+    write_outputs(config.out, preds, summary, config=flag_values(replace(config, exit=exit_spec)), overwrite=config.overwrite)  # the policy used
     acc = summary["accuracy"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "

@@ -199,10 +199,12 @@ def test_import_errors_write_nothing(cli, tmp_path):
     assert not out.exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
-    # an existing OUT is refused unless --overwrite
+    # an empty OUT is used; an earlier graph there is refused unless --overwrite
     out.mkdir()
+    assert cli("datasets", "import", n, e, out).exit_code == 0
     result = cli("datasets", "import", n, e, out)
-    assert result.exit_code == 2 and result.stderr == f"Error: {out}: already exists; choose a new folder or pass --overwrite\n"
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: OUT {out}: holds an earlier graph; pass --overwrite to replace it, or choose another OUT (nothing was changed)\n")
     assert cli("datasets", "import", n, e, out, "--overwrite").exit_code == 0
     assert load_graph(out).num_nodes == 5
 

@@ -71,7 +71,7 @@ def test_none_reproduces_training_predictions(trained):
     assert t["exit_rung"] == [6] * len(test) and t["exit_layer"] == [6] * len(test)
     assert summary["accuracy"] == ck.summary["per_seed"][0]["test_acc"]  # the test accuracy training reported
     assert summary["llm_layer_evals"] == summary["llm_layer_evals_full_depth"] == len(test) * 6
-    assert sorted(p.name for p in (root / "pred_none").iterdir()) == ["infer_config.json", "predictions.parquet", "summary.json"]
+    assert sorted(p.name for p in (root / "pred_none").iterdir()) == [".pipeline-artifact.json", "infer_config.json", "predictions.parquet", "summary.json"]
     # without the cache every subgraph node runs through the LLM: same answers, more layers
     fresh = run(InferConfig(run_dir, root / "pred_fresh", exit="none", cache_neighbours=False))
     assert read_predictions(root / "pred_fresh").column("predicted_label").to_pylist() == want

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 NODES = 160
 FLAGS = ["--seeds", "0", "--epochs", "10", "--patience", "10", "--batch-size", "512", "--dropout", "0", "--lr", "1e-3",
          "--hidden-channels", "32", "--rungs", "0,3,6", "--num-threads", "1"]
-FILES = ["checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
+FILES = [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
 
 
 def free_port() -> int:

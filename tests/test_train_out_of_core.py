@@ -58,11 +58,16 @@ def _cfg(small, name, **kw):
 class ChunkOrdered:
     """In-memory features that batch in the out-of-core (chunk-grouped) order, without read-ahead."""
 
+    orders_batches = True
+
     def __init__(self, features, chunk_nodes):
         self.features, self.chunk_nodes = features, chunk_nodes
 
     def __call__(self, nodes):
         return self.features(nodes)
+
+    def pieces(self, sub):
+        return [sub]
 
     def epoch(self, sampler, nodes, size, gen, max_batches=None):
         from stage2_train.step_memory import MicroBatch
@@ -142,7 +147,7 @@ def test_train_cli_out_of_core_writes_the_same_files(small, cli):
         res = cli(*args, "--out", root / name, *extra)
         assert res.exit_code == 0, res.output
     files = {n: sorted(str(p.relative_to(root / n)) for p in (root / n).rglob("*") if p.is_file()) for n in ("cli_mem", "cli_ooc")}
-    assert files["cli_mem"] == files["cli_ooc"] == ["checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
+    assert files["cli_mem"] == files["cli_ooc"] == [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
     summaries = {n: json.loads((root / n / "summary.json").read_text()) for n in ("cli_mem", "cli_ooc")}
     assert sorted(summaries["cli_mem"]) == sorted(summaries["cli_ooc"])
     assert sorted(read_metrics(root / "cli_ooc")[0]) == sorted(read_metrics(root / "cli_mem")[0])

@@ -92,7 +92,7 @@ def test_baselines_and_ladder_write_the_same_format(small):
     assert keys["mlp"] == keys["ladder"] == keys["gcn"] == keys["sage"]
     for arch, s in summaries.items():
         files = sorted(str(p.relative_to(root / f"fmt_{arch}")) for p in (root / f"fmt_{arch}").rglob("*") if p.is_file())
-        assert files == ["checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
+        assert files == [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
         assert sorted(s["per_seed"][0]) == sorted(summaries["ladder"]["per_seed"][0])
     assert summaries["gcn"]["layers"] == [6] and summaries["mlp"]["gates_mean"] == []
     assert load_checkpoint(root / "fmt_sage").config["model"]["arch"] == "sage"
@@ -153,7 +153,7 @@ def test_cli_end_to_end_exact_files(small, cli):
               "--rungs", "0,6", "--num-threads", "1")
     assert res.exit_code == 0, res.output
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json", "train_config.json"]
+    assert files == [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json", "train_config.json"]
     s = json.loads((out / "summary.json").read_text())
     assert s["seeds"] == [0, 1] and len(read_metrics(out)) == sum(p["epochs_run"] for p in s["per_seed"])
     assert [h["layer"] for h in s["heads"]] == [0, 6]
@@ -161,5 +161,8 @@ def test_cli_end_to_end_exact_files(small, cli):
     res = cli("train", cache, "--out", out, "--epochs", "0", "--gnn", "gin")
     assert res.exit_code == 2
     text = " ".join(res.output.replace("│", " ").split())  # undo the error panel's line wrapping
-    for part in ("--epochs 0: must be > 0", "--gnn gin: choose one of sage, gcn, gat", f"--out {out}: exists and is not empty"):
+    for part in ("--epochs 0: must be > 0", "--gnn gin: choose one of sage, gcn, gat"):
         assert part in text
+    res = cli("train", cache, "--out", out, "--epochs", "2")
+    assert res.exit_code == 2 and res.stderr == (
+        f"Error: --out {out}: holds an earlier run; pass --overwrite to replace it, or choose another --out (nothing was changed)\n")

@@ -13,13 +13,24 @@ from pathlib import Path
 KINDS = ("encode", "train", "train-memory", "infer")
 
 
+def claim_bench(path: str | Path, kind: str, inputs=()) -> None:
+    """Check ``--json PATH`` before the bench runs: an existing file is replaced only when it is
+    this bench's own JSON (:func:`pipeline.core.ownership.claim_file`)."""
+    from pipeline.core import ownership
+
+    ownership.claim_file(path, "--json", f"pipeline bench {kind}", inputs=inputs,
+                         legacy=lambda d: d.get("kind") == kind and isinstance(d.get("figures"), dict))
+
+
 def write_bench(path: str | Path, kind: str, figures: dict) -> Path:
-    """Write the figures of bench ``kind`` to ``path`` (its folder created if needed)."""
+    """Write the figures of bench ``kind`` to ``path`` atomically (its folder created if needed)."""
+    from pipeline.core import atomic
+
     if kind not in KINDS:
         raise ValueError(f"unknown bench kind {kind!r}; one of {', '.join(KINDS)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"kind": kind, "figures": figures}, indent=2) + "\n")
+    atomic.write_json(path, {"kind": kind, "figures": figures})
     return path
 
 

@@ -6,7 +6,6 @@ every value still goes through the flag's own type conversion and validation.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Parse a YAML (.yaml/.yml) or TOML (.toml) file into a flat dict of flag values."""
     if not path.is_file():
         raise InputError(f"--config {path}: file not found")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise InputError(f"--config {path}: cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"--config {path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -38,8 +42,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _load_into_context(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Fill the command's defaults from ``--config``; a bad file prints as a plain ``Error:``
+    line (like every other error, no panel) and exits with status 2."""
     if value is None:
         return value
+    try:
+        return _apply(ctx, value)
+    except InputError as err:
+        typer.echo(f"Error: {err.format_message()}", err=True)
+        raise typer.Exit(err.exit_code) from None
+
+
+def _apply(ctx: click.Context, value: Path) -> Path:
     data = read_config_file(value)
     params = [p for p in ctx.command.params if p.name and p.name != "config"]
     known = {p.name: p for p in params}  # a key may be the parameter's name or any of its flags
@@ -85,4 +99,6 @@ def save_resolved_config(path: Path, values: dict[str, Any]) -> None:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    path.write_text(json.dumps(plain(values), indent=2, sort_keys=True) + "\n")
+    from pipeline.core import atomic
+
+    atomic.write_json(path, plain(values), sort_keys=True)

@@ -98,11 +98,11 @@ def _read_json(path: Path):
 
 
 def read_cache(folder: Path) -> CacheInfo:
-    from stage1_encode.cache import disk_bytes, num_blocks, read_manifest
+    from stage1_encode.cache import disk_bytes, open_cache
 
-    m = read_manifest(folder)
-    done = len(list((folder / "blocks").glob("*.done")))
-    return CacheInfo(folder, m, done, num_blocks(m["num_nodes"], m["block_nodes"]), disk_bytes(folder))
+    reader = open_cache(folder)
+    total = reader.num_blocks
+    return CacheInfo(folder, reader.manifest, total - len(reader.missing_blocks()), total, disk_bytes(folder))
 
 
 def read_train_run(folder: Path) -> TrainRun:
