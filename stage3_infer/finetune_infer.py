@@ -41,12 +41,13 @@ def run_finetune_infer(config: InferConfig) -> dict:
     last = int(ckpt.layers[-1])
     log(f"infer: {len(targets)} target(s) with the {model.arch} run at full depth (LLM state {last})")
     texts = TextBatches(model.stepper, [g.graph.texts[i] for i in targets.tolist()], int(ckpt.config["model"]["max_length"]))
+    batch = config.batch_size or 32  # texts per forward (None: 32)
     start = time.perf_counter()
     probs = torch.empty(len(targets), len(ckpt.label_names))
     model.eval()
     with progress(len(targets), f"infer {model.arch}", unit="nodes") as bar, torch.no_grad():
-        for a in range(0, len(targets), config.batch_size):
-            rows = np.arange(a, min(a + config.batch_size, len(targets)))
+        for a in range(0, len(targets), batch):
+            rows = np.arange(a, min(a + batch, len(targets)))
             probs[rows] = model(texts(rows))[0].float().softmax(-1).cpu()  # (B, C)
             bar.advance(len(rows))
     wall = time.perf_counter() - start

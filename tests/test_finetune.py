@@ -37,7 +37,7 @@ def slice_cache(tmp_path_factory) -> tuple[Path, Path]:
 def _config(cache: Path, out: Path, arch: str, **kw):
     from stage2_train.config import TrainConfig
 
-    return TrainConfig(cache, out, arch=arch, lr=LRS[arch], **kw)
+    return TrainConfig(cache, out, arch=arch, lr=LRS[arch], device="cpu", **kw)
 
 
 def _classifier_and_texts(cache: Path, arch: str, cfg):
