@@ -13,7 +13,8 @@ Layout of ``CACHE_DIR`` (a Zarr v3 group plus two JSON files and a marker folder
                           (what ``pipeline encode --reuse`` compares; absent in older caches)
     manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``)
     encode_config.json    the resolved ``pipeline encode`` config that created it
-    blocks/000012.done    completion mark of node block 12 (written after its data)
+    blocks/000012.done    completion mark of node block 12 (written after its data): its node
+                          range and the seconds its encode took
     .pipeline-artifact.json  the ownership marker (kind "cache"; pipeline/core/ownership.py)
 
 Work is split into chunk-aligned node blocks of ``block_nodes`` nodes. A block's data is
@@ -293,8 +294,11 @@ class CacheWriter:
     def damaged_blocks(self) -> dict[int, str]:
         return damaged_blocks(self.path, self.manifest)
 
-    def write_block(self, b: int, values: np.ndarray, node_ids: np.ndarray) -> None:
+    def write_block(self, b: int, values: np.ndarray, node_ids: np.ndarray, seconds: float | None = None) -> None:
         """Commit block ``b``: ``values`` (n, S, H) float32 -> storage dtype; data, then mark.
+
+        ``seconds``: wall time of the block's encode, kept in its mark so that the one-off
+        encode cost adds up across resumes and shards (``finish`` sums it into ``encode_s``).
 
         Non-finite values (fp16 overflow, or the model's own) stop the run naming the node;
         nothing is marked. int8: rows and their scales are written before the mark.
@@ -321,13 +325,19 @@ class CacheWriter:
             self.scales[start:end] = scale
         else:
             self.states[start:end] = stored
-        (self.path / "blocks" / f"{b:06d}.done").write_text(json.dumps({"nodes": [start, end]}) + "\n")
+        mark = {"nodes": [start, end], **({"seconds": float(seconds)} if seconds is not None else {})}
+        (self.path / "blocks" / f"{b:06d}.done").write_text(json.dumps(mark) + "\n")
 
     def finish(self) -> bool:
-        """Record the completed ranges in the manifest; True when every block is done."""
+        """Record the completed ranges (and, once complete, the encode time) in the manifest;
+        True when every block is done."""
         done = self.done_blocks()
         m = read_manifest(self.path)
         m["completed_ranges"] = _ranges(sorted(done), m["num_nodes"], m["block_nodes"])
+        if len(done) == self.n_blocks:
+            seconds = encode_seconds(self.path)
+            if seconds is not None:
+                m["encode_s"] = seconds
         atomic.write_json(self.path / "manifest.json", m)
         self.manifest = m
         self.blocks_left = self.n_blocks - len(done)
@@ -454,6 +464,22 @@ def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = N
             if b in out:
                 break
     return out
+
+
+def encode_seconds(path: str | Path) -> float | None:
+    """Total encode wall time of a cache: the sum of its block marks' seconds (all shards and
+    resumes; model loading excluded). None when a mark lacks them (caches written before
+    encode time was recorded): unknown, never 0."""
+    total = 0.0
+    for mark in (Path(path) / "blocks").glob("*.done"):
+        try:
+            seconds = json.loads(mark.read_text()).get("seconds")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(seconds, (int, float)):
+            return None
+        total += float(seconds)
+    return total
 
 
 # ---------------------------------------------------------------------------- reader

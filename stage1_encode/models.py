@@ -184,6 +184,22 @@ def weights_hash(folder: str | Path) -> str:
     return digest
 
 
+EXPORT_RECORD = "pipeline_export.json"  # left in a tuned model's folder by `pipeline export`
+
+
+def read_export_record(model_dir: str | Path) -> dict | None:
+    """What ``pipeline export`` recorded in a tuned model's folder (source run, arch, seed,
+    training wall time), so that a cache encoded with it carries the cost of the whole
+    cascade (tune -> encode -> train); None for a model that ``pipeline export`` did not write."""
+    path = Path(model_dir) / EXPORT_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
 def rebuild_model_hint(spec: ModelSpec) -> str:
     """What fixes a damaged model folder: a built-in is converted again once its folder is gone."""
     if spec.source == "builtin" and BUILTIN_MODELS[spec.name].fmt == "gguf":

@@ -80,7 +80,16 @@ def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, laye
         "backend": config.backend,
         "batching": cache_format.BATCHING,
         "package_version": __version__,
+        **({"model_tuning": tuning} if (tuning := tuning_record(spec)) else {}),
     }
+
+
+def tuning_record(spec: ModelSpec) -> dict | None:
+    """What ``pipeline export`` recorded about how a tuned model was trained (run, arch, seed,
+    training wall time), so that a cache of it carries the fine-tuning cost; None otherwise."""
+    from stage1_encode.models import read_export_record
+
+    return read_export_record(spec.path)
 
 
 def make_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
@@ -208,10 +217,12 @@ def run(config: EncodeConfig) -> Path:
         for window in _windows(list(zip(todo, ranges)), source, config.block_size):
             # the LLM texts of the whole window at once: an update's few texts a block make full batches
             rows = np.concatenate([lo + np.flatnonzero(source[lo:hi] < 0) for _, (lo, hi) in window])  # (m,) graph rows
+            t_window = time.perf_counter()
             if len(rows):
                 texts = graph.texts.take(rows) if hasattr(graph.texts, "take") else [graph.texts[i] for i in rows.tolist()]
                 encoded, r, p = encode(texts, layers, config, on_batch)  # (m, S, H)
                 real, padded = real + r, padded + p
+            per_row = (time.perf_counter() - t_window) / max(len(rows), 1)  # a block's seconds: its share of the window's encode
             for b, (lo, hi) in window:
                 src = source[lo:hi]
                 fresh, copied = np.flatnonzero(src < 0), np.flatnonzero(src >= 0)
@@ -222,7 +233,7 @@ def run(config: EncodeConfig) -> Path:
                     values[copied] = plan.reader.read(src[copied])  # storage dtype -> float32 and back: exact
                     reused += len(copied)
                     bar.advance(len(copied), reused=reused)
-                writer.write_block(b, values, graph.node_ids)
+                writer.write_block(b, values, graph.node_ids, seconds=per_row * len(fresh))
     encoder.close()  # vLLM: stops its engine process and frees its shared memory
     complete = writer.finish()
     elapsed = time.perf_counter() - start

@@ -60,6 +60,20 @@ class StepState:
     position_embeddings: Any = None  # RoPE (cos, sin), decoders only
 
 
+def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """``hidden`` (B, T, H), ``attention_mask`` (B, T) -> (B, H) float32: masked mean over real
+    tokens, or the last real token. Differentiable: fine-tuning pools the same way."""
+    h = hidden.float()
+    m = attention_mask
+    if pooling == "mean":
+        w = m.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+        return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+    if pooling == "last":
+        last = (m.sum(1) - 1).clamp_min(0)  # right padding: index of the last real token
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    raise InputError(f"--pooling {pooling}: expected one of {', '.join(POOLINGS)}")
+
+
 class LayerStepper:
     """Runs a loaded model state by state. See the module docstring for the state numbering."""
 
@@ -176,15 +190,7 @@ class LayerStepper:
     @torch.inference_mode()
     def pool(self, state: StepState, pooling: str = "mean") -> torch.Tensor:
         """(B, T, H) -> (B, H) float32: masked mean over real tokens, or the last real token."""
-        h = state.hidden.float()
-        m = state.attention_mask
-        if pooling == "mean":
-            w = m.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-            return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
-        if pooling == "last":
-            last = (m.sum(1) - 1).clamp_min(0)  # right padding: index of the last real token
-            return h[torch.arange(h.shape[0], device=h.device), last]
-        raise InputError(f"--pooling {pooling}: expected one of {', '.join(POOLINGS)}")
+        return pool_states(state.hidden, state.attention_mask, pooling)
 
     @torch.inference_mode()
     def select(self, state: StepState, rows: torch.Tensor | list[int]) -> StepState:

@@ -12,7 +12,9 @@ on the same ``--out`` removes)::
     manifest.json            copy of the cache manifest (model, pooling, max length, ...)
     metrics.jsonl            one line per epoch and seed: loss, val accuracy of every head
     summary.json             test/val mean and std, per-seed results, every head, gates
-    seed_{s}/model.safetensors   weights of seed s (safetensors only, never pickle)
+    seed_{s}/model.safetensors   weights of seed s (safetensors only, never pickle); for the
+                             fine-tuning archs the adapter (or every LLM weight for
+                             ``finetune``) and the head, never the frozen base weights
     .pipeline-artifact.json  the ownership marker (kind "run"; pipeline/core/ownership.py)
 
 ``read_run(RUN_DIR)`` reads the JSON files (the report uses it); ``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
@@ -40,10 +42,17 @@ FLAGS = config_file_name("train")
 RUN_MARKS = (SUMMARY, METRICS)  # the files by which a folder is recognised as a run
 
 
-def build_model(spec: dict) -> nn.Module:
-    """The network described by ``config["model"]`` (arch, channels, rungs, gnn, ...)."""
+def build_model(spec: dict, device: str = "cpu") -> nn.Module:
+    """The network described by ``config["model"]`` (arch, channels, rungs, gnn, ...); for a
+    fine-tuning arch, the LLM it names with a fresh adapter (or its base weights) and head."""
     from stage2_train.baselines import NodeBaseline
+    from stage2_train.config import FINETUNE_ARCHS
     from stage2_train.ladder import GLadder
+
+    if spec["arch"] in FINETUNE_ARCHS:
+        from stage2_train.finetune_model import build_classifier
+
+        return build_classifier(spec, device)
 
     if spec["arch"] == "ladder":
         return GLadder(
@@ -203,12 +212,15 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         have = sorted(p.name for p in path.glob("seed_*"))
         raise InputError(f"checkpoint {path}: no weights for seed {seed} ({weights.name}; have {have}); train it with `pipeline train ... --seeds {seed}`")
     try:
-        model = build_model(config["model"])
+        model = build_model(config["model"], device)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise guarded.damaged(path / run.config_file, f"its \"model\" entry cannot build a network ({type(err).__name__}: {err})", hint) from None
     state = guarded.load_safetensors(weights, hint)
     try:
-        model.load_state_dict(state)
+        if hasattr(model, "load_trained_state"):  # fine-tuning archs: adapter (or LLM) and head
+            model.load_trained_state(state)
+        else:
+            model.load_state_dict(state)
     except RuntimeError as err:
         raise InputError(f"checkpoint {path}: weights do not match {run.config_file}: {err}") from err
     model.to(device).eval()
@@ -226,6 +238,17 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         summary=summary,
         path=path,
     )
+
+
+def run_arch(path: str | Path) -> str | None:
+    """The arch of a run folder, read without loading any weights; None when the folder holds
+    no readable run description (``load_checkpoint`` then says what is missing)."""
+    for name in (CONFIG, LEGACY_CONFIG):
+        try:
+            return json.loads((Path(path) / name).read_text())["model"]["arch"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 # what a warm start needs to match: key of config["model"] -> the flag (or input) that sets it

@@ -10,12 +10,19 @@ from pipeline.core.options import command
 from stage2_train.bench import BenchConfig
 from stage2_train.bench_memory import MemoryBenchConfig
 from stage2_train.config import TrainConfig
+from stage2_train.export import ExportConfig
 
 
 def _train(config: TrainConfig) -> None:
     from stage2_train.run import run
 
     run(config)
+
+
+def _export(config: ExportConfig) -> None:
+    from stage2_train.export import run_export
+
+    run_export(config)
 
 
 def _bench(config: BenchConfig) -> None:
@@ -30,12 +37,14 @@ def _bench_memory(config: MemoryBenchConfig) -> None:
     run_bench_memory(config)
 
 
-train_command = command(TrainConfig, _train, """Train the G-Ladder (or a baseline) from an encode cache; one model per seed.
+train_command = command(TrainConfig, _train, """Train the G-Ladder (or a baseline, or a fine-tuning baseline) from an encode cache; one model per seed.
 
-    Writes RUN_DIR with safetensors weights per seed, the resolved config, a copy of the cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every head's accuracy, gate values). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR.
+    Writes RUN_DIR with safetensors weights per seed (for lora/ia3/prefix the adapter and head only; the base weights are never changed), the resolved config, a copy of the cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every head's accuracy, gate values, and the cost ledger: trainable and backward-touched parameters, peak training memory, seconds per epoch, epochs, training and encode wall time). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR; `pipeline export RUN_DIR --out MODEL_DIR` writes a fine-tuning run's tuned LLM for `pipeline encode --model MODEL_DIR`.
 
     On several processes: `torchrun --nproc-per-node N -m pipeline train ...` (gloo on CPU, nccl with --device cuda); each rank trains on its share of the targets and reads only their cache rows, rank 0 writes RUN_DIR (docs/scale.md).
     """)
+
+export_command = command(ExportConfig, _export, """Write a fine-tuning run's tuned LLM (LoRA/IA3 merged into the base weights) as an HF folder that `pipeline encode --model MODEL_DIR` accepts: export -> encode -> train --arch sage is the SimTeG/GLEM cascade. Only training nodes' labels reached the tuned weights; validation labels chose the epoch. Prefix runs have no weights to merge and are refused.""")
 
 bench_train_command = command(BenchConfig, _bench, """Time a training epoch from the cache against one with the LLM in the loop; report accuracies.
 

@@ -13,7 +13,15 @@ from pipeline.core.options import argument, device_option, option, out_option, o
 from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from pipeline.core.parsers import parse_float_list, parse_int_list, parse_random_split, parse_size
 
-ARCHS = ("ladder", "mlp", "gcn", "sage")
+CACHE_ARCHS = ("ladder", "mlp", "gcn", "sage")  # trained on the cached states
+PEFT_ARCHS = ("lora", "ia3", "prefix")  # peft adapters on the frozen LLM
+FINETUNE_ARCHS = (*PEFT_ARCHS, "finetune")  # the LLM in the loop, trained on the node's own text
+ARCHS = (*CACHE_ARCHS, *FINETUNE_ARCHS)
+# Fine-tuning defaults: learning rates of peft's examples for each method (not tuned here),
+# batch 16, the head's dropout 0.1 (LoRA's own), and few epochs (an LLM epoch is costly).
+FINETUNE_LR = {"lora": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "finetune": 5e-5}
+FINETUNE_DEFAULTS = {"epochs": 3, "patience": 1, "batch_size": 16, "dropout": 0.1}
+CACHE_DEFAULTS = {"epochs": 200, "patience": 30, "batch_size": 64, "dropout": 0.5}
 # Sane upper bounds: beyond them a flag is a typo, and would reach the allocator or run for ever.
 MAX_HIDDEN, MAX_BATCH, MAX_EPOCHS, MAX_FANOUT, MAX_WALK, MAX_THREADS, MAX_SEEDS = 16384, 10**7, 10**6, 10**5, 1024, 4096, 1000
 GNNS = ("sage", "gcn", "gat")
@@ -33,7 +41,12 @@ class TrainConfig:
 
     cache: Path = argument(help="Cache folder written by `pipeline encode` (it names its graph).", metavar="CACHE_DIR")
     out: Path = out_option("the run: weights, config, metrics, summary")
-    arch: str = option("ladder", "ladder (G-Ladder over the cached rungs) or a baseline on one state: mlp, gcn, sage.")
+    arch: str = option(
+        "ladder",
+        "ladder (G-Ladder over the cached rungs), a baseline on one cached state (mlp, gcn, sage), or the LLM itself "
+        "fine-tuned on each node's text (the cache names model, max length and pooling; its states are not read): "
+        "lora, ia3, prefix (peft adapters on the frozen LLM) or finetune (every LLM weight trained: small models only).",
+    )
     split: str | None = option(  # None: the split column, else the graph's random_60_20_20 files
         None,
         "column (the graph's split column; default when present), a split name (e.g. random_60_20_20, planetoid_public; "
@@ -60,16 +73,23 @@ class TrainConfig:
     num_walks: int = option(8, "rwr: walks per target.")
     walk_length: int = option(8, "rwr: steps per walk.")
     restart_p: float = option(0.5, "rwr: restart probability per step.")
-    epochs: int = option(200, "Maximum epochs.")
-    patience: int = option(30, "Stop after this many epochs without a better validation accuracy (last head).")
-    lr: float | None = option(None, "AdamW learning rate (default 3e-4 for the ladder, 1e-2 for the baselines).")
+    # None: CACHE_DEFAULTS or FINETUNE_DEFAULTS (epochs, patience, batch_size, dropout)
+    epochs: int | None = option(None, "Maximum epochs (default 200; 3 for the fine-tuning archs).")
+    patience: int | None = option(
+        None, "Stop after this many epochs without a better validation accuracy (last head); default 30, 1 for the fine-tuning archs."
+    )
+    lr: float | None = option(
+        None, "AdamW learning rate (default 3e-4 for the ladder, 1e-2 for the baselines; lora 1e-3, ia3 3e-3, prefix 1e-2, finetune 5e-5)."
+    )
     weight_decay: float = option(5e-4, "AdamW weight decay.")
-    dropout: float = option(0.5, "Dropout probability.")
+    dropout: float | None = option(None, "Dropout probability (default 0.5; 0.1 before the fine-tuning archs' head).")
     temperature: float = option(0.1, "Gate temperature T in sigmoid(a / T).")
     rung_weights: tuple[float, ...] | None = option(
         None, "Loss weight of each rung's head, comma-separated (default all 1).", parse=parse_float_list
     )
-    batch_size: int = option(64, "Target nodes per training batch (ignored by --sampler full: full batch).")
+    batch_size: int | None = option(
+        None, "Target nodes per training batch (default 64, 16 for the fine-tuning archs; ignored by --sampler full: full batch)."
+    )
     eval_batch_size: int = 512
     device: str = device_option()
     dtype: str | None = option(None, "--no-cache: " + DTYPE_HELP)  # None: the cache's compute dtype
@@ -78,7 +98,9 @@ class TrainConfig:
         None, "Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
     )
     overwrite: bool = overwrite_option("a run")
-    max_batches: int | None = None  # cap batches per epoch (timing the uncached mode)
+    max_batches: int | None = option(
+        None, "Cap the training batches of every epoch (a partial epoch, e.g. to fit a fine-tuning run into CPU time); recorded in summary.json."
+    )
     dist_timeout: float = option(
         300.0, "Under torchrun: seconds to wait for the other ranks, when joining and at every collective, before failing."
     )
@@ -100,6 +122,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.num_layers is None:
             self.num_layers = 1 if self.arch == "ladder" else 2
+        defaults = FINETUNE_DEFAULTS if self.arch in FINETUNE_ARCHS else CACHE_DEFAULTS
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.lr is None and self.arch in FINETUNE_LR:
+            self.lr = FINETUNE_LR[self.arch]
         if self.lr is None:
             # chosen on Cora validation accuracy (MiniLM cache, random_60_20_20 seeds 0-4):
             # ladder val 89.89 at 3e-4 against 89.11 at 1e-3 (last head peaks by epoch 5) and 89.59 with rwr;
@@ -148,6 +176,9 @@ class TrainConfig:
         errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
         errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
         errs.check(self.memory_budget is None or not self.no_cache, "--memory-budget is for training from the cache, not --no-cache")
+        if self.arch in FINETUNE_ARCHS:
+            errs.check(self.layer is None, f"--layer is for the cache baselines; --arch {self.arch} reads the LLM's last state")
+            errs.check(self.memory_budget is None, f"--memory-budget is for training from the cache, not --arch {self.arch}")
         if self.arch != "ladder":
             errs.check(self.rungs is None, "--rungs is for --arch ladder; baselines read one state: use --layer")
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")

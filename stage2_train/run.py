@@ -76,6 +76,27 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
     }
 
 
+def measure_backward(model, features, sampler, targets: np.ndarray, labels: np.ndarray, config: TrainConfig) -> int:
+    """Parameters the backward pass of one training batch touches (the ledger's
+    ``backward_params``): a forward on ``targets`` with the random state left as it was."""
+    import torch
+
+    from stage2_train.ledger import count_backward_params
+    from stage2_train.loop import head_losses
+
+    with torch.random.fork_rng(devices=[]):
+        model.train()
+        sub = sampler.sample(targets)
+        pieces = getattr(features, "pieces", lambda s: [s])(sub)[:1]  # out of core: the first micro-batch
+        p = pieces[0]
+        logits = model(features(p.nodes).to(config.device), p.to(config.device))
+        y = torch.as_tensor(labels[p.nodes[p.targets].numpy()], device=config.device)  # (B,)
+        loss = head_losses(logits, y, torch.ones(model.num_rungs, device=config.device))
+        n = count_backward_params(model, loss)
+    model.eval()
+    return n
+
+
 def train_inputs(config: TrainConfig) -> list:
     """What training reads, which ``--out`` must not be, contain or lie inside: the cache and,
     when its manifest names a graph folder, that folder."""
@@ -101,6 +122,7 @@ def run(config: TrainConfig) -> dict:
     """
     import torch
 
+    from stage2_train.config import FINETUNE_ARCHS
     from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()  # resolves --device: cpu, cuda or, under torchrun, cuda:LOCAL_RANK (saved so)
@@ -110,6 +132,13 @@ def run(config: TrainConfig) -> dict:
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    if config.arch in FINETUNE_ARCHS:
+        from stage2_train.finetune_run import run_finetune
+
+        try:
+            return run_finetune(config)
+        finally:
+            torch.set_num_threads(threads)
     group, failed = init_group(config.device, config.dist_timeout), True
     if group is not None and group.device != "cpu":
         config = replace(config, device=group.device)  # this rank's GPU, cuda:LOCAL_RANK
@@ -130,10 +159,12 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
+    from stage2_train.ledger import PeakMemory, count_trainable, ledger
     from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from pipeline.core.progress import progress
 
     # --- setup
+    memory = PeakMemory(config.device)
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
     graph = data.graph
     if config.rung_weights is not None and len(config.rung_weights) != len(data.layers):
@@ -141,6 +172,10 @@ def _run(config: TrainConfig, group=None) -> dict:
     if graph.num_classes < 2:
         raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
     splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}  # refuse bad splits before training
+    tuning = data.manifest.get("model_tuning")
+    if tuning and any(s != tuning.get("seed") or config.split != tuning.get("split") for s in config.seeds):
+        warn(f"cache {config.cache}: its LLM was tuned on the training labels of seed {tuning.get('seed')}'s split "
+             f"({tuning.get('run')}); other seeds' or splits' validation and test nodes may include those nodes")
     t0 = time.perf_counter()
     if config.no_cache:
         from stage1_encode.precision import cache_compute_dtype
@@ -184,7 +219,7 @@ def _run(config: TrainConfig, group=None) -> dict:
 
     # --- loop, one model per seed
     reset_peak_memory(config.device)
-    results, sizes = [], {}
+    results, sizes, costs, backward = [], {}, [], None
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
         writer.write_config(resolved, data.manifest, flag_values(config))
         for seed in config.seeds:
@@ -196,8 +231,12 @@ def _run(config: TrainConfig, group=None) -> dict:
             model = build_model(spec)
             if config.init is not None:
                 model.load_state_dict(warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed))
+            t_seed = time.perf_counter()
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
                 r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group)
+            costs.append({"train_s": time.perf_counter() - t_seed, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run})
+            if backward is None and group is None:  # ranks hold only their share of the features
+                backward = measure_backward(model, features, sampler, split["train"][: config.batch_size], labels, config)
             writer.save_weights(seed, r.state_dict)
             results.append(r)
             log(
@@ -207,6 +246,10 @@ def _run(config: TrainConfig, group=None) -> dict:
 
         # --- save
         summary = summarize(results, data.layers, config, sizes)
+        for entry, cost in zip(summary["per_seed"], costs):
+            entry["train_s"] = cost["train_s"]
+        summary["cost"] = ledger(costs, count_trainable(model), backward, memory, data.manifest, reads_cache=not config.no_cache,
+                                 max_batches=config.max_batches)
         summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         writer.write_summary(summary)
         writer.commit()

@@ -56,7 +56,11 @@ class InferConfig:
 
     checkpoint: Path = checkpoint_option()
     out: Path = out_option("predictions.parquet, summary.json and infer_config.json")
-    exit: str = option(DEFAULT_EXIT, "Exit policy: patience:P, confidence:T, layer:I or none (full depth).")
+    exit: str | None = option(  # None: DEFAULT_EXIT for a ladder, none (full depth) for a fine-tuning run
+        None,
+        f"Exit policy: patience:P, confidence:T, layer:I or none (full depth); default {DEFAULT_EXIT} for a ladder run. "
+        "A fine-tuning run (lora, ia3, prefix, finetune) predicts at full depth only: none.",
+    )
     split: str | None = option(None, "Targets: test (default), val, train or all nodes of the checkpoint's graph.")
     node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line.")
     nodes: Path | None = option(None, "New nodes (node_id, text, optional label), never cached; they become the targets.")
@@ -97,7 +101,8 @@ class InferConfig:
 
         errs = ConfigErrors()
         try:
-            parse_exit(self.exit)
+            if self.exit is not None:
+                parse_exit(self.exit)
         except InputError as err:
             errs.add(err.message)
         errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")

@@ -164,15 +164,31 @@ class _null:
 
 
 def run(config: InferConfig) -> dict:
+    """Predict the chosen targets with early exit and write ``config.out``; returns the summary.
+    A fine-tuning run predicts at full depth (:mod:`stage3_infer.finetune_infer`)."""
+    from stage2_train.checkpoint import run_arch
+    from stage2_train.config import FINETUNE_ARCHS
+    from stage3_infer.config import DEFAULT_EXIT
     """Predict the chosen targets with early exit and write ``config.out``; returns the summary."""
     from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from stage3_infer.targets import select_targets
 
     # --- setup
     config.validate()
-    session = open_session(config, exit_spec=config.exit)
+    arch = run_arch(config.checkpoint)
+    if arch in FINETUNE_ARCHS:
+        if config.exit not in (None, "none"):
+            raise InputError(
+                f"--exit {config.exit}: {config.checkpoint} is a fine-tuning run (--arch {arch}), which has no exit rungs "
+                "and predicts at full depth only; pass --exit none or leave --exit out"
+            )
+        from stage3_infer.finetune_infer import run_finetune_infer
+
+        return run_finetune_infer(config)
+    exit_spec = config.exit or DEFAULT_EXIT
+    session = open_session(config, exit_spec=exit_spec)
     ckpt = session.checkpoint
-    policy = parse_exit(config.exit, num_rungs=len(session.layers))
+    policy = parse_exit(exit_spec, num_rungs=len(session.layers))
     targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed, config.new_only)
     if config.max_targets is not None:
         targets = targets[: config.max_targets]
@@ -214,7 +230,7 @@ def run(config: InferConfig) -> dict:
             "gpu_peak_memory_bytes": peak_memory(session.device),
         },
     )
-    resolved = replace(config, device=session.device, dtype=session.compute_dtype)  # what ran, replayable
+    resolved = replace(config, device=session.device, dtype=session.compute_dtype, exit=exit_spec)  # what ran, replayable
     write_outputs(config.out, preds, summary, config=flag_values(resolved), overwrite=config.overwrite)
     acc = summary["accuracy"]
     log(

@@ -25,6 +25,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = [
     "## What was found",
     "## Accuracy: G-Ladder vs same-encoder baselines",
+    "## Cost against accuracy",
     "## Exit heads over depth, with gates",
     "## Training curves",
     "## Early exit: accuracy against LLM layers run",
@@ -32,7 +33,7 @@ SECTIONS = [
     "## Missing or unreadable",
 ]
 ALL_FIGURES = {
-    "accuracy.png", "heads_checkpoint.png", "training_checkpoint.png", "training_baselines-mlp.png",
+    "accuracy.png", "cost_accuracy.png", "heads_checkpoint.png", "training_checkpoint.png", "training_baselines-mlp.png",
     "early_exit_tradeoff.png", "exit_layers.png", "bench-encode.png", "bench-train.png", "bench-infer.png",
 }
 
@@ -155,7 +156,7 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     assert "Nothing: every stage and benchmark is present." in md
     # the command prints where everything is, and the closing note names the files
     assert result.stdout.splitlines() == [f"report: {out / 'report.md'}"] + [f"figure: {out / n}" for n in sorted(ALL_FIGURES)]
-    assert md.rstrip().splitlines()[-1].startswith(f"Files in `{out}`: `report.md` and 9 figure(s): `accuracy.png`, ")
+    assert md.rstrip().splitlines()[-1].startswith(f"Files in `{out}`: `report.md` and 10 figure(s): `accuracy.png`, `cost_accuracy.png`, ")
 
     # the numbers of the real run come through exactly
     ladder = json.loads((full_run / "checkpoint" / "summary.json").read_text())
@@ -175,6 +176,16 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     assert "| `bench_infer.json` | patience:1 (chosen on val) | 84.50 | 0.59 | 2.90x | 38.00 | – | 1000 |" in md
     assert "| 0.42 | 31.70 (extrapolated from 8 of 26 batches) | 75.5x |" in md
     assert "| 81.3 | 20.4 | 3.99x | 42.00 | 5,376 | 10,752 |" in md
+    # the cost ledger: the cache's recorded encode time plus training, per seed
+    from pipeline.report.cost import _count, _seconds
+
+    c = ladder["cost"]
+    manifest = json.loads((full_run / "cache.zarr" / "manifest.json").read_text())
+    assert c["encode_s"] == manifest["encode_s"] > 0 and c["total_s"] == c["encode_s"] + c["train_s_mean"]
+    assert (f"| graph | **ladder** | {100 * ladder['test_acc_mean']:.2f} ± {100 * ladder['test_acc_std']:.2f} | 2 | "
+            f"{_count(c['trainable_params'])} | {_count(c['backward_params'])} | {c['peak_memory_bytes'] / 2**20:.0f} | 3,3 | "
+            f"{_seconds(c['epoch_s_mean'])} | {_seconds(c['train_s_mean'])} | {_seconds(c['encode_s'])} | – | "
+            f"{_seconds(c['total_s'])} | `checkpoint` |") in md
 
 
 def test_rerun_replaces_the_report_and_several_run_dirs(full_run, tmp_path):
@@ -184,7 +195,7 @@ def test_rerun_replaces_the_report_and_several_run_dirs(full_run, tmp_path):
     assert "| infer output | `infer` | policy patience:1, 8 nodes," in md  # relative to the common parent
     assert "| training run | `baselines/mlp` | mlp on graph (minilm-l6), seeds [0, 1]," in md
     assert sorted(p.name for p in out.iterdir()) == [MARKER,
-        "accuracy.png", "early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json", "training_baselines-mlp.png"]
+        "accuracy.png", "cost_accuracy.png", "early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json", "training_baselines-mlp.png"]
     (out / "stale.png").write_bytes(PNG_MAGIC)
     assert invoke(full_run / "infer", "--out", out).exit_code == 0  # a second report replaces the first
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json"]
@@ -217,7 +228,7 @@ def test_checkpoint_without_infer(full_run, tmp_path):
     shutil.copytree(full_run / "checkpoint", run / "checkpoint")
     path = write_report([run])
     names = sorted(p.name for p in path.parent.iterdir())
-    assert names == [MARKER, "accuracy.png", "heads_checkpoint.png", "report.md", "report_config.json", "training_checkpoint.png"]
+    assert names == [MARKER, "accuracy.png", "cost_accuracy.png", "heads_checkpoint.png", "report.md", "report_config.json", "training_checkpoint.png"]
     md = path.read_text()
     assert "_Missing: no infer output or infer benchmark; `pipeline infer --checkpoint RUN_DIR --out INFER_DIR` or" in md
     assert "- encode cache: none under the given folder(s); `pipeline encode GRAPH --out CACHE_DIR`" in md

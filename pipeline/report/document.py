@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 
-ARCH_ORDER = {"ladder": 0, "mlp": 1, "gcn": 2, "sage": 3}
+ARCH_ORDER = {"ladder": 0, "mlp": 1, "gcn": 2, "sage": 3, "lora": 4, "ia3": 5, "prefix": 6, "finetune": 7}
 CREATE = {
     "cache": "`pipeline encode GRAPH --out CACHE_DIR`",
     "run": "`pipeline train CACHE_DIR --out RUN_DIR` (add `--arch mlp|gcn|sage` for baselines)",

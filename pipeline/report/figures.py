@@ -71,6 +71,30 @@ def accuracy_bars(groups: dict[str, list[tuple[str, float, float]]], path: Path)
     return _save(fig, path)
 
 
+def cost_accuracy(points: list[tuple[str, str, float, float, int]], path: Path) -> Path:
+    """Test accuracy against total cost (seconds, log scale), one point per run, its area
+    growing with the trainable parameters. points: [(dataset, label, total_s, acc, trainable)]."""
+    import math
+
+    plt = _plt()
+    datasets = list(dict.fromkeys(p[0] for p in points))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(9 if len(datasets) == 1 else 12, 5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        mine = [p for p in points if p[0] == dataset]
+        for k, (_, label, total, acc, params) in enumerate(mine):
+            size = 20 + 25 * max(math.log10(max(params, 1)) - 2, 0) ** 1.5  # 100 params -> 20, 100M -> ~390
+            color = "C1" if label.startswith("ladder") else f"C{(k % 8) + 2}"
+            ax.scatter([total], [100 * acc], s=size, color=color, alpha=0.75, edgecolor="black", lw=0.5, zorder=3)
+            ax.annotate(f"{label} ({params / 1e6:.3g}M)" if params >= 1e5 else f"{label} ({params / 1e3:.3g}k)",
+                        (total, 100 * acc), textcoords="offset points", xytext=(7, 4 - 13 * (k % 2)), fontsize=8.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("total cost per seed (s, log scale): encode + tuning + training")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset}: cost against accuracy (point area: trainable parameters)")
+        ax.margins(x=0.3, y=0.15)
+    return _save(fig, path)
+
+
 def rung_heads(layers: list[int], heads: list[dict], gates_per_seed: list[list[float]], title: str, path: Path) -> Path:
     """Top: val/test accuracy of every rung's exit head over LLM depth; bottom: gate values g_i.
 

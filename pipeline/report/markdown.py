@@ -1,6 +1,7 @@
 """``report.md``: one section per question a reader asks, each with its table and figure.
 
-Sections: what was found; accuracy (ladder vs same-encoder baselines); exit heads over
+Sections: what was found; accuracy (ladder vs same-encoder baselines); cost against
+accuracy (every run's ledger, fine-tuning baselines included); exit heads over
 depth with gates; training curves; early exit (trade-off and where nodes exit); benchmarks;
 what is missing and the command that creates it. A section without its artifacts says so.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from pipeline.core.progress import warn
 from pipeline.report.collect import Collected, dataset_name
+from pipeline.report.cost import cost_section
 from pipeline.report.document import CREATE, Document, pct
 from pipeline.report.quality import accuracy_section, heads_section, training_section
 from pipeline.report.speed import benchmarks_section, early_exit_section
@@ -22,7 +24,7 @@ def build(found: Collected, out: Path, base: Path, out_final: Path | None = None
     doc = Document(out, base, out_final)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc.add("# ENGINE pipeline report", "", f"Generated {when} from {', '.join(f'`{r}`' for r in found.roots)}.", "")
-    for section in (_found, accuracy_section, heads_section, training_section, early_exit_section, benchmarks_section):
+    for section in (_found, accuracy_section, cost_section, heads_section, training_section, early_exit_section, benchmarks_section):
         try:
             section(found, doc)
         except Exception as err:  # an artifact with unexpected values costs one section, not the report

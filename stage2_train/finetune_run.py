@@ -1,0 +1,105 @@
+"""``pipeline train --arch lora|ia3|prefix|finetune``: the LLM itself trained, one model per seed.
+
+The cache names the graph, model, max length and pooling (its manifest); its states are not
+read, since the LLM changes, so an incomplete cache is fine. Splits, seeds, early stopping,
+progress, summary and checkpoint are those of the other archs (``stage2_train.run``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress
+from stage2_train.config import TrainConfig
+
+
+def finetune_spec(config: TrainConfig, manifest: dict, num_classes: int) -> dict:
+    """``config["model"]`` of a fine-tuning run: what :func:`build_classifier` rebuilds."""
+    return {
+        "arch": config.arch,
+        "llm": manifest["model"],
+        "weights_sha256": manifest.get("weights_sha256"),
+        "out_channels": num_classes,
+        "pooling": manifest.get("pooling", "mean"),
+        "max_length": int(manifest.get("max_length", 256)),
+        "dropout": config.dropout,
+        "num_rungs": 1,
+    }
+
+
+def run_finetune(config: TrainConfig) -> dict:
+    """Train ``config.arch`` on the cache's graph and write ``config.out``; returns the summary."""
+    from pipeline.core.graph import load_graph
+    from stage1_encode.cache import open_cache
+    from stage2_train.checkpoint import CheckpointWriter
+    from stage2_train.data import resolve_split
+    from stage2_train.finetune_loop import TextBatches, train_finetune_seed
+    from stage2_train.finetune_model import build_classifier
+    from stage2_train.ledger import PeakMemory, count_backward_params, count_trainable, ledger
+    from stage2_train.loop import seed_everything
+    from stage2_train.run import summarize
+
+    memory = PeakMemory(config.device)
+    reader = open_cache(config.cache)  # the manifest only: the LLM changes, so the states are not used
+    manifest = dict(reader.manifest)
+    graph = load_graph(manifest["graph_source"])
+    reader.check_graph(graph)
+    if graph.num_classes < 2:
+        raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
+    splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}
+    spec = finetune_spec(config, manifest, graph.num_classes)
+    layer = int(manifest["layers"][-1]) if manifest.get("layers") else None
+    labels = np.asarray(graph.labels)
+    resolved = {
+        **config.to_dict(),
+        "cache": str(config.cache.resolve()),
+        "graph_source": manifest["graph_source"],
+        "graph_fingerprint": graph.fingerprint,
+        "num_nodes": graph.num_nodes,
+        "layers": [layer],
+        "label_names": list(graph.label_names),
+        "model": spec,
+        "world_size": 1,
+        "features": {"mode": "llm-in-the-loop", "max_length": spec["max_length"], "pooling": spec["pooling"]},
+    }
+    results, sizes, costs, counted = [], {}, [], {}
+    with CheckpointWriter(config.out, config.overwrite) as writer:
+        writer.write_config(resolved, manifest, flag_values(config))
+        for seed in config.seeds:
+            split = splits[seed]
+            sizes[seed] = {k: int(len(v)) for k, v in split.items()}
+            seed_everything(seed)
+            model = build_classifier(spec, config.device)
+            texts = TextBatches(model.stepper, graph.texts, spec["max_length"])
+            counted["trainable"] = count_trainable(model)
+
+            def on_first_loss(loss, model=model) -> None:
+                counted["backward"] = count_backward_params(model, loss)
+
+            steps = config.epochs * math.ceil(len(split["train"]) / config.batch_size)
+            t0 = time.perf_counter()
+            with progress(steps, f"{config.arch} seed {seed}", unit="batches") as tracker:
+                r = train_finetune_seed(model, texts, split, labels, config, seed, writer.append_metrics, tracker, on_first_loss)
+            costs.append({"train_s": time.perf_counter() - t0, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run})
+            writer.save_weights(seed, r.state_dict)
+            results.append(r)
+            log(f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, test {r.test_acc[-1]:.4f}, "
+                f"{r.epoch_s:.1f}s/epoch")
+            del model, texts
+        summary = summarize(results, [layer], config, sizes)
+        for entry, cost in zip(summary["per_seed"], costs):
+            entry["train_s"] = cost["train_s"]
+        summary["cost"] = ledger(costs, counted["trainable"], counted.get("backward", counted["trainable"]), memory, manifest, reads_cache=False,
+                                 max_batches=config.max_batches)
+        writer.write_summary(summary)
+        writer.commit()
+    log(
+        f"{config.arch}: test {100 * summary['test_acc_mean']:.2f} ± {100 * summary['test_acc_std']:.2f}, "
+        f"val {100 * summary['val_acc_mean']:.2f} over seeds {list(config.seeds)} -> {config.out}"
+    )
+    return summary
