@@ -38,7 +38,7 @@ class MainJobConfig:
     seeds: tuple[int, ...] = (0,)
     epochs: int = 200
     baselines: tuple[str, ...] = BASELINES
-    exit: str = "patience:1"
+    exit: str | None = None  # None: the policy the training run chose on validation
     infer_split: str = "test"
     force: bool = False
     extra: dict = field(default_factory=dict)

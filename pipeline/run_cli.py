@@ -24,7 +24,9 @@ def run_command(
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds; one model per seed."),
     epochs: int = typer.Option(200, "--epochs", help="Maximum training epochs (early stopping on validation)."),
     baselines: str = typer.Option("mlp,gcn,sage", "--baselines", help="Same-encoder baselines to train beside the ladder, or 'none'."),
-    exit_policy: str = typer.Option("patience:1", "--exit", help="Early-exit policy for infer: patience:P, confidence:T, layer:I or none."),
+    exit_policy: Optional[str] = typer.Option(
+        None, "--exit", help="Early-exit policy for infer: patience:P, confidence:T, layer:I or none (default: the one training chose on validation)."
+    ),
     force: bool = typer.Option(False, "--force", help="Redo train and infer even when their outputs are up to date."),
     config: Optional[Path] = ConfigOption,
 ) -> None:

@@ -42,7 +42,16 @@ def train_command(
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="AdamW weight decay."),
     dropout: float = typer.Option(0.5, "--dropout", help="Dropout probability."),
     temperature: float = typer.Option(0.1, "--temperature", help="Gate temperature T in sigmoid(a / T)."),
-    rung_weights: Optional[str] = typer.Option(None, "--rung-weights", help="Loss weight of each rung's head, comma-separated (default all 1)."),
+    loss: str = typer.Option(
+        "multi-exit", "--loss",
+        help="multi-exit: every rung's exit head is trained (ENGINE-Early; what early exit needs); last-head: only the "
+        "last head's loss (plain ENGINE; the earlier heads stay untrained, so infer then runs full depth).",
+    ),
+    rung_weights: Optional[str] = typer.Option(None, "--rung-weights", help="--loss multi-exit: weight of each rung's head, comma-separated (default all 1)."),
+    standardize: bool = typer.Option(
+        False, "--standardize/--no-standardize",
+        help="Z-score each LLM state with the mean and std of the training nodes (stored with the weights, applied by infer too).",
+    ),
     batch_size: int = typer.Option(64, "--batch-size", help="Target nodes per training batch (ignored by --sampler full: full batch)."),
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     num_threads: Optional[int] = typer.Option(
@@ -76,7 +85,8 @@ def train_command(
         gnn=gnn, num_layers=num_layers, sampler=sampler, fanout=fanout, hops=hops,
         num_walks=num_walks, walk_length=walk_length, restart_p=restart_p, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
-        rung_weights=parse_float_list(rung_weights, "--rung-weights"), batch_size=batch_size, device=device,
+        rung_weights=parse_float_list(rung_weights, "--rung-weights"), loss=loss, standardize=standardize,
+        batch_size=batch_size, device=device,
         num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout,
         memory_budget=parse_size(memory_budget, "--memory-budget"),
     )

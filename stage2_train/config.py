@@ -14,6 +14,7 @@ from pipeline.errors import ConfigErrors, InputError
 ARCHS = ("ladder", "mlp", "gcn", "sage")
 GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
+LOSSES = ("multi-exit", "last-head")  # ENGINE-Early (every head trained) / plain ENGINE (last head only)
 
 
 @dataclass
@@ -48,7 +49,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     dropout: float = 0.5
     temperature: float = 0.1
-    rung_weights: tuple[float, ...] | None = None  # per-rung loss weights; None: all 1
+    rung_weights: tuple[float, ...] | None = None  # per-rung loss weights of the multi-exit loss; None: all 1
+    loss: str = "multi-exit"  # multi-exit (ENGINE-Early) or last-head (plain ENGINE): see LOSSES
+    standardize: bool = False  # z-score every state with its training-node mean and std
     batch_size: int = 64
     eval_batch_size: int = 512
     device: str = "cpu"
@@ -79,6 +82,7 @@ class TrainConfig:
         """Collect every problem, naming the flag, and raise them together (InputError)."""
         errs = ConfigErrors()
         errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
+        errs.check(self.loss in LOSSES, f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
         errs.check(self.gnn in GNNS, f"--gnn {self.gnn}: choose one of {', '.join(GNNS)}")
         errs.check(
             self.sampler is None or self.sampler in SAMPLERS, f"--sampler {self.sampler}: choose one of {', '.join(SAMPLERS)}"
@@ -106,6 +110,7 @@ class TrainConfig:
         if self.arch != "ladder":
             errs.check(self.rungs is None, "--rungs is for --arch ladder; baselines read one state: use --layer")
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")
+            errs.check(self.loss == "multi-exit", "--loss is for --arch ladder; a baseline has one head")
         else:
             errs.check(self.layer is None, "--layer is for the baselines; the ladder reads --rungs")
         if self.rungs is not None:
@@ -114,6 +119,7 @@ class TrainConfig:
             errs.check(list(self.rungs) == sorted(self.rungs), f"--rungs {self.rungs}: give them in increasing order")
         if self.rung_weights is not None:
             errs.check(all(w >= 0 for w in self.rung_weights), "--rung-weights: weights must be >= 0")
+            errs.check(self.loss == "multi-exit", "--rung-weights weighs the multi-exit loss; --loss last-head trains the last head alone")
         if self.split is not None and self.split.startswith("random:"):
             try:
                 parse_random_split(self.split)

@@ -2,6 +2,7 @@
 
 For rung i with pooled LLM state h_i (n, H):
 
+    h_i    <- (h_i - mean_i) / std_i               with --standardize (training-set statistics)
     P_i(h) = Linear(H, K) -> LayerNorm(K) -> ReLU -> Linear(K, K)
     g_i    = sigmoid(a_i / T)                      a_i learned, init 0; T = 0.1
     z_0    = GNN_0(P_0(h_0))
@@ -26,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stage2_train.sampling import SubgraphBatch
+from stage2_train.standardize import StateScaler
 
 GNNS = ("sage", "gcn", "gat")
 
@@ -82,6 +84,7 @@ class GLadder(nn.Module):
         num_layers: convolutions per rung (1 or 2).
         dropout: after each hidden activation and on the readout.
         temperature: T of the gates.
+        standardize: z-score each state with statistics set before training (``scaler``).
     """
 
     def __init__(
@@ -94,9 +97,11 @@ class GLadder(nn.Module):
         num_layers: int = 1,
         dropout: float = 0.5,
         temperature: float = 0.1,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         K = hidden_channels
+        self.scaler = StateScaler(num_rungs, in_channels) if standardize else None
         self.num_rungs, self.temperature, self.dropout = num_rungs, temperature, dropout
         self.proj = nn.ModuleList(
             nn.Sequential(nn.Linear(in_channels, K), nn.LayerNorm(K), nn.ReLU(), nn.Linear(K, K)) for _ in range(num_rungs)
@@ -119,6 +124,8 @@ class GLadder(nn.Module):
         h_i: (n, H) pooled state i of the subgraph nodes; z_prev: (n, K) or None for i = 0.
         Returns z_i (n, K) and logits_i (B, C) for the targets.
         """
+        if self.scaler is not None:
+            h_i = self.scaler(i, h_i)
         x = self.proj[i](h_i)  # (n, K)
         if i > 0:
             g = torch.sigmoid(self.gate_logits[i] / self.temperature)

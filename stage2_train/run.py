@@ -24,6 +24,7 @@ def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rung
         "num_layers": config.num_layers,
         "dropout": config.dropout,
         "temperature": config.temperature,
+        "standardize": config.standardize,
     }
 
 
@@ -53,6 +54,7 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
         "gates_mean": np.mean([r.gates for r in results], axis=0).tolist() if results[0].gates else [],
         "epoch_s_mean": float(np.mean([r.epoch_s for r in results])),
         "default_seed": best.seed,  # chosen on validation accuracy of the last head
+        "exit_policy": best.exit_policy,  # the default seed's, chosen on its validation nodes (ladder only)
         "per_seed": [
             {
                 "seed": r.seed,
@@ -67,6 +69,7 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
                 "gates": r.gates,
                 "epoch_s": r.epoch_s,
                 "split_sizes": split_sizes[r.seed],
+                "exit_policy": r.exit_policy,
             }
             for r in results
         ],
@@ -108,6 +111,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
+    from stage3_infer.policies import describe_choice
     from pipeline.progress import progress
 
     # --- setup
@@ -164,12 +168,14 @@ def _run(config: TrainConfig, group=None) -> dict:
             seed_everything(seed)
             model = build_model(spec)
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
-                r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group)
+                r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group,
+                               layers=data.layers if config.arch == "ladder" else None)
             writer.save_weights(seed, r.state_dict)
             results.append(r)
             log(
                 f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, "
                 f"test {r.test_acc[-1]:.4f}, {r.epoch_s:.2f}s/epoch"
+                + (f", exit policy {describe_choice(r.exit_policy)}" if r.exit_policy else "")
             )
 
         # --- save

@@ -13,8 +13,6 @@ import typer
 
 from pipeline.config_file import ConfigOption
 from pipeline.errors import plain_errors
-from stage3_infer.config import DEFAULT_EXIT
-
 
 
 @plain_errors
@@ -25,7 +23,11 @@ def infer_command(
     node_ids: Optional[Path] = typer.Option(None, "--node-ids", help="Targets: a text file of node ids, one a line."),
     nodes: Optional[Path] = typer.Option(None, "--nodes", help="New nodes (node_id, text, optional label), never cached; they become the targets."),
     edges: Optional[Path] = typer.Option(None, "--edges", help="Edges (src, dst) of the new nodes, to each other or to known nodes."),
-    exit: str = typer.Option(DEFAULT_EXIT, "--exit", help="Exit policy: patience:P, confidence:T, layer:I or none (full depth)."),
+    exit: Optional[str] = typer.Option(
+        None, "--exit",
+        help="Exit policy: patience:P, confidence:T, layer:I or none (full depth). Default: the policy the run chose on its "
+        "validation nodes when trained (the cheapest within 1% relative of full-depth accuracy).",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per LLM forward batch."),
     cache_neighbours: bool = typer.Option(True, "--cache-neighbours/--no-cache-neighbours", help="Known neighbours read their states from the cache (default) or run through the LLM too."),
     model: Optional[str] = typer.Option(None, "--model", help="LLM to load (default: the one in the checkpoint's cache manifest); must be the same model."),
@@ -35,7 +37,7 @@ def infer_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Predict node labels with dynamic early exit: each target's text runs through the LLM only
-    until its exit policy fires (default patience:1, as ENGINE). Writes predictions.parquet
+    until its exit policy fires (default: the one the training run chose on its validation nodes; the output says which). Writes predictions.parquet
     (node_id, predicted_label, confidence, exit_rung, exit_layer, true_label) and summary.json."""
     from stage3_infer.config import InferConfig
     from stage3_infer.run import run

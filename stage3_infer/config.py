@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import ConfigErrors
-DEFAULT_EXIT = "patience:1"  # ENGINE's policy; chosen as default on validation nodes (see bench)
+FALLBACK_EXIT = "none"  # runs trained before `pipeline train` chose an exit policy on validation: full depth, no surprise drop
 SPLITS = ("test", "val", "train", "all")
 
 
@@ -27,7 +27,7 @@ class InferConfig:
 
     checkpoint: Path
     out: Path
-    exit: str = DEFAULT_EXIT
+    exit: str | None = None  # None: the policy the run chose on its validation nodes (stage3_infer.policies.choose_policy)
     split: str | None = None  # None: "test", or the new nodes when --nodes is given
     node_ids: Path | None = None
     nodes: Path | None = None
@@ -53,7 +53,8 @@ class InferConfig:
 
         errs = ConfigErrors()
         try:
-            parse_exit(self.exit)
+            if self.exit is not None:
+                parse_exit(self.exit)
         except InputError as err:
             errs.add(err.message)
         errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")

@@ -21,7 +21,7 @@ from pipeline.graph import FINGERPRINT_VERSION
 from pipeline.errors import InputError
 from pipeline.progress import log, progress, warn
 from stage3_infer.config import InferConfig
-from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit
+from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit, resolve_exit
 from stage3_infer.predictions import Predictions, summarize, write_outputs
 from stage3_infer.targets import InferGraph
 
@@ -161,11 +161,12 @@ def run(config: InferConfig) -> dict:
     config.validate()
     session = open_session(config, exit_spec=config.exit)
     ckpt = session.checkpoint
-    policy = parse_exit(config.exit, num_rungs=len(session.layers))
+    spec, why = resolve_exit(config.exit, ckpt)
+    policy = parse_exit(spec, num_rungs=len(session.layers))
     targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed)
     if config.max_targets is not None:
         targets = targets[: config.max_targets]
-    log(f"infer: {len(targets)} target(s), policy {policy}, rungs at LLM states {session.layers}")
+    log(f"infer: {len(targets)} target(s), rungs at LLM states {session.layers}, exit policy {policy}: {why}")
 
     # --- loop
     result = predict(session, targets, policy)
@@ -191,6 +192,7 @@ def run(config: InferConfig) -> dict:
             "rung_layers": session.layers,
             "new_nodes": int(graph.num_nodes - session.g.num_known),
             "cache_neighbours": session.cached is not None,
+            "policy_source": why,
         },
     )
     write_outputs(config.out, preds, summary, config=config.to_dict())
