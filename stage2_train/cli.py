@@ -48,6 +48,11 @@ def train_command(
         "last head's loss (plain ENGINE; the earlier heads stay untrained, so infer then runs full depth).",
     ),
     rung_weights: Optional[str] = typer.Option(None, "--rung-weights", help="--loss multi-exit: weight of each rung's head, comma-separated (default all 1)."),
+    readout: str = typer.Option(
+        "target-mean", "--readout",
+        help="Ladder head input: target-mean ([z_v || mean of z over v's subgraph], the reference) or ego (also v's own "
+        "projected LLM state, untouched by neighbours: for heterophilous graphs).",
+    ),
     standardize: bool = typer.Option(
         False, "--standardize/--no-standardize",
         help="Z-score each LLM state with the mean and std of the training nodes (stored with the weights, applied by infer too).",
@@ -85,7 +90,7 @@ def train_command(
         gnn=gnn, num_layers=num_layers, sampler=sampler, fanout=fanout, hops=hops,
         num_walks=num_walks, walk_length=walk_length, restart_p=restart_p, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, dropout=dropout, temperature=temperature,
-        rung_weights=parse_float_list(rung_weights, "--rung-weights"), loss=loss, standardize=standardize,
+        rung_weights=parse_float_list(rung_weights, "--rung-weights"), loss=loss, standardize=standardize, readout=readout,
         batch_size=batch_size, device=device,
         num_threads=num_threads, overwrite=overwrite, dist_timeout=dist_timeout,
         memory_budget=parse_size(memory_budget, "--memory-budget"),

@@ -14,6 +14,7 @@ from pipeline.errors import ConfigErrors, InputError
 ARCHS = ("ladder", "mlp", "gcn", "sage")
 GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
+READOUTS = ("target-mean", "ego")  # the ladder's head input: see stage2_train.ladder
 LOSSES = ("multi-exit", "last-head")  # ENGINE-Early (every head trained) / plain ENGINE (last head only)
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     rung_weights: tuple[float, ...] | None = None  # per-rung loss weights of the multi-exit loss; None: all 1
     loss: str = "multi-exit"  # multi-exit (ENGINE-Early) or last-head (plain ENGINE): see LOSSES
     standardize: bool = False  # z-score every state with its training-node mean and std
+    readout: str = "target-mean"  # ladder head input: [z_v || subgraph mean], or "ego": also v's own projected state
     batch_size: int = 64
     eval_batch_size: int = 512
     device: str = "cpu"
@@ -82,6 +84,7 @@ class TrainConfig:
         """Collect every problem, naming the flag, and raise them together (InputError)."""
         errs = ConfigErrors()
         errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
+        errs.check(self.readout in READOUTS, f"--readout {self.readout}: choose one of {', '.join(READOUTS)}")
         errs.check(self.loss in LOSSES, f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
         errs.check(self.gnn in GNNS, f"--gnn {self.gnn}: choose one of {', '.join(GNNS)}")
         errs.check(
@@ -111,6 +114,7 @@ class TrainConfig:
             errs.check(self.rungs is None, "--rungs is for --arch ladder; baselines read one state: use --layer")
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")
             errs.check(self.loss == "multi-exit", "--loss is for --arch ladder; a baseline has one head")
+            errs.check(self.readout == "target-mean", "--readout is for --arch ladder")
         else:
             errs.check(self.layer is None, "--layer is for the baselines; the ladder reads --rungs")
         if self.rungs is not None:

@@ -25,6 +25,7 @@ def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rung
         "dropout": config.dropout,
         "temperature": config.temperature,
         "standardize": config.standardize,
+        "readout": config.readout,
     }
 
 

@@ -72,3 +72,8 @@ def test_loss_and_standardize_refusals(tmp_path):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="mlp", loss="last-head").validate()
     cfg = TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="gcn", standardize=True).validate()
     assert cfg.to_dict()["standardize"] is True and cfg.to_dict()["loss"] == "multi-exit"
+    with pytest.raises(InputError) as err:
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", readout="max").validate()
+    assert "--readout max: choose one of target-mean, ego" in err.value.message
+    with pytest.raises(InputError, match="--readout is for --arch ladder"):
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="sage", readout="ego").validate()
