@@ -1,7 +1,7 @@
 """The in-memory text graph every stage works on, and how to load one.
 
 A graph is given as a built-in name (``cora``, ``citeseer``) or a folder holding
-``nodes.parquet`` and ``edges.parquet`` (DESIGN.md section 3). Optional files in the same
+``nodes.parquet`` and ``edges.parquet`` (docs/design.md section 3). Optional files in the same
 folder: ``meta.json`` (``label_names`` order, provenance) and ``splits/NAME.json``
 (``{"train": [node_id, ...], "val": [...], "test": [...]}``, user ids).
 

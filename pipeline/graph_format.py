@@ -4,7 +4,7 @@ Every problem is collected and reported together, each naming file, column and t
 offending rows (0-based data rows); nothing is written by a command whose input fails here
 (exit status 2). Self-loops and duplicate edges are dropped with a warning.
 
-Folder layout (DESIGN.md section 3)::
+Folder layout (docs/design.md section 3)::
 
     nodes.parquet   node_id (int64 or string, unique), text (non-empty string),
                     optional label (string or int; null = unlabeled),

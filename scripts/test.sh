@@ -9,6 +9,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # One torch thread per process: several tests run 2-4 processes at once on 2 cores, and
 # oversubscribed threads made them many times slower.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+.venv/bin/ruff check --quiet .
 .venv/bin/python -m pytest -m "not slow and not gpu and not vllm" "$@"
 if [ "$#" -eq 0 ]; then
   bash scripts/setup_vllm.sh

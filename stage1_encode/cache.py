@@ -17,8 +17,8 @@ texts, ends with the same bytes as an uninterrupted run. Shard I of N owns block
 ``b % N == I``; disjoint blocks touch disjoint chunks, so writers need no locks. The cache
 folder is created in a temp folder and renamed, so concurrent shards agree on one creator.
 
-Chunk size: DESIGN.md measured (8, S, H) fastest for random node reads at S = 32, H = 1024
-(524 KB chunks). Re-measured here (N = 20,000, S = 7, H = 576, fp16, 2 shared cores, warm
+Chunk size: (8, S, H) was fastest for random node reads at S = 32, H = 1024 (524 KB
+chunks, 20k nodes, fp16). Re-measured here (N = 20,000, S = 7, H = 576, fp16, 2 shared cores, warm
 page cache), chunk nodes -> write all / read 1,024 random nodes / read all:
 4: 12.8 / 0.96 / 5.3 s;  8: 8.7 / 1.02 / 2.4 s;  16: 7.6 / 1.03 / 1.9 s;  32: 5.0 / 0.88 / 1.6 s;
 64: 4.7 / 0.72 / 1.6 s. Per-chunk overhead dominates until chunks reach a few hundred KB,
@@ -229,7 +229,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array(
             "states", shape=(n, s, h), chunks=(manifest["chunk_nodes"], s, h),
-            dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (DESIGN.md)
+            dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (docs/design.md)
         )
         ids = np.asarray(node_ids)
         if ids.dtype.kind in "iu":
@@ -244,10 +244,10 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
             path.rmdir()
         try:
             os.rename(tmp, path)
-        except OSError:  # another shard created it first: use theirs if it is the same cache
+        except OSError as err:  # another shard created it first: use theirs if it is the same cache
             existing = _existing_manifest(path)
             if not existing or identity_diff(existing, manifest):
-                raise PipelineError(f"--out {path}: another process created a different cache there at the same time")
+                raise PipelineError(f"--out {path}: another process created a different cache there at the same time") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

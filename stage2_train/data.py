@@ -3,7 +3,7 @@
 Features come from one of two sources with the same call, ``features(nodes) -> (n, S, H)``:
 
 - :class:`CachedFeatures`: the cache's rungs, read whole into memory when they fit
-  (sequential reads are what Zarr is fast at, DESIGN.md section 3), else per batch with the
+  (sequential reads are what Zarr is fast at, docs/design.md section 3), else per batch with the
   node rows sorted so reads follow the chunk order;
 - :class:`LiveFeatures` (``--no-cache``): the frozen LLM encodes the batch's node texts
   inside the loop, through stage 1's encoder, with the cache's model, pooling and max

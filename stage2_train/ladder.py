@@ -1,4 +1,4 @@
-"""G-Ladder: the side network that reads the frozen LLM's rungs (DESIGN.md section 1.2).
+"""G-Ladder: the side network that reads the frozen LLM's rungs (docs/design.md section 1.2).
 
 For rung i with pooled LLM state h_i (n, H):
 

@@ -1,7 +1,7 @@
 """Subgraph sampling for the ladder: one small subgraph per target node, batched.
 
 Pure torch/numpy (CSR slicing), because ``pyg-lib``/``torch-sparse`` have no wheels for
-this torch (DESIGN.md section 4). Modes:
+this torch. Modes:
 
 - ``ego``: the target and its neighbours up to ``hops`` hops (1: the reference) with the
   induced edges; ``fanout`` caps the neighbours kept per node and hop (a random subset, seeded).

@@ -75,7 +75,10 @@ def run_bench(config: BenchConfig) -> dict:
     config.validate()
     session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_size=config.batch_size, device=config.device))
     ckpt, graph = session.checkpoint, session.g.graph
-    pick = lambda name: select_targets(session.g, name, None, ckpt.config.get("split"), ckpt.seed)[: config.max_targets]
+
+    def pick(name: str) -> np.ndarray:
+        return select_targets(session.g, name, None, ckpt.config.get("split"), ckpt.seed)[: config.max_targets]
+
     val, test = pick("val"), pick("test")
     labels = np.asarray(graph.labels)
 

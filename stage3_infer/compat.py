@@ -125,7 +125,7 @@ class CacheRows:
     """``rows(nodes (n,)) -> (n, S, H)`` float32 rungs of known nodes from the cache.
 
     Read whole into memory when small (sequential reads are what Zarr is fast at), else per
-    call with the unique rows in index order (chunk order), DESIGN.md section 3.
+    call with the unique rows in index order (chunk order), docs/design.md section 3.
     """
 
     def __init__(self, reader, positions: list[int], path: Path) -> None:

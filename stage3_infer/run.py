@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.graph import FINGERPRINT_VERSION
 from pipeline.errors import InputError
 from pipeline.progress import log, progress, warn
 from stage3_infer.config import InferConfig

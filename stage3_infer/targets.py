@@ -1,7 +1,7 @@
 """Which nodes to predict, on which graph: the training graph, optionally grown by new nodes.
 
 New nodes (``--nodes new.parquet --edges new_edges.parquet``) use the input format of
-DESIGN.md section 3; their edges may join new nodes to each other and to nodes of the
+docs/design.md section 3; their edges may join new nodes to each other and to nodes of the
 training graph. They are appended after the N known nodes (indices N..N+M-1), so the cache,
 which covers 0..N-1, still answers for every known node. Refused with exit status 2: new ids
 that collide with known ones, edges to ids that are neither, ids of another type.

@@ -42,7 +42,7 @@ def tiny_graph(tmp_path_factory) -> Path:
 
 
 def encode(*args: str) -> subprocess.Popen:
-    # One thread everywhere: the same float reduction order as the in-process reference run.
+    # One thread everywhere: the same float reduction order as the in-process run.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline", "encode", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

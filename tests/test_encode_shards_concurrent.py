@@ -4,7 +4,7 @@ killed (SIGKILL) mid-run and restarted, and the cache equals a single-process on
 This is what a SLURM array (``scripts/slurm/encode_array.sh``) does, on one machine. Every
 encode runs single-threaded (OMP_NUM_THREADS=1 / ``torch.set_num_threads(1)``), as array
 tasks on equal nodes run with equal settings: float results may differ in the last bit
-between thread counts. The single-process reference runs in this process, in a thread while
+between thread counts. The single-process run runs in this process, in a thread while
 the shards run, which saves one process start (imports dominate: ~6 s of CPU each).
 """
 
@@ -54,7 +54,7 @@ def marks(cache: Path, shard: int) -> list[int]:
 
 
 def encode_here(graph: Path, out: Path) -> threading.Thread:
-    """The single-process reference, ``pipeline encode GRAPH --out OUT FLAGS`` in a thread."""
+    """The single-process run, ``pipeline encode GRAPH --out OUT FLAGS`` in a thread."""
     import torch
 
     from stage1_encode.config import EncodeConfig

@@ -183,7 +183,7 @@ def test_bench_infer_json(trained, tmp_path, cli):
     table = json.loads((tmp_path / "bench.json").read_text())
     assert list(table)[:3] == ["none", "patience:1", "patience:2"] and len(table) == 5
     assert all(k.startswith("confidence:") for k in list(table)[3:])
-    for spec, row in table.items():
+    for row in table.values():
         assert {"accuracy", "rel_drop", "speedup", "layer_fraction"} <= set(row)
         assert row["num_test"] == 4 and row["num_val"] == 4
         assert 0 < row["layer_fraction"] <= 1

@@ -158,8 +158,9 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     # the numbers of the real run come through exactly
     ladder = json.loads((full_run / "checkpoint" / "summary.json").read_text())
     mlp = json.loads((full_run / "baselines" / "mlp" / "summary.json").read_text())
-    row = lambda s, states: (f"| graph | minilm-l6 | {states} | {100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_std']:.2f} | "
-                             f"{100 * s['val_acc_mean']:.2f} ± {100 * s['val_acc_std']:.2f} | 2 |")
+    def row(s, states):
+        return (f"| graph | minilm-l6 | {states} | {100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_std']:.2f} | "
+                f"{100 * s['val_acc_mean']:.2f} ± {100 * s['val_acc_std']:.2f} | 2 |")
     assert row(ladder, "**ladder** | [0, 3, 6]") in md and row(mlp, "mlp | [6]") in md
     assert "| cora | minilm-l6 | sage | [6] | 83.00 ± 1.50 | 84.00 | 2 | `bench_train.json` |" in md  # only bench train has sage
     for i, (head, gate) in enumerate(zip(ladder["heads"], ladder["gates_mean"])):

@@ -3,7 +3,7 @@
 One real cache (a 160-node Cora slice encoded with MiniLM). Three jobs run at the same time,
 to pay the process start-ups (torch imports, ~10 s of CPU each) once: the 2-rank job and a
 2-rank job whose rank 1 dies after its first epoch (the ``PIPELINE_TEST_KILL_RANK`` test
-hook of ``stage2_train/distributed.py``) as subprocesses, and the 1-process reference
+hook of ``stage2_train/distributed.py``) as subprocesses, and the 1-process run
 in this process (plain ``pipeline train`` through the CLI runner).
 
 Accuracy: training is full batch (one step an epoch on all 96 training targets) without
@@ -73,7 +73,7 @@ def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_pa
     jobs = {"two": torchrun(cache, two), "dead": torchrun(cache, dead, "--dist-timeout", "20", PIPELINE_TEST_KILL_RANK="1")}
     t0 = time.monotonic()
     one = tmp_path / "one"
-    res = cli("train", cache, "--out", one, *FLAGS)  # the 1-process reference, meanwhile
+    res = cli("train", cache, "--out", one, *FLAGS)  # the 1-process run, meanwhile
     assert res.exit_code == 0, res.output
     logs, ended = {}, {}
     for name, job in jobs.items():
