@@ -9,7 +9,7 @@ import typer
 
 from pipeline import __version__
 from pipeline.datasets_cli import datasets_app
-from pipeline.errors import plain_errors
+from pipeline.core.errors import plain_errors
 from pipeline.report_cli import report_command
 from pipeline.run_cli import run_command
 from stage1_encode.cli import bench_encode_command, encode_command

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import enum
-import json as _json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from pipeline.config_file import ConfigOption, save_resolved_config
-from pipeline.datasets import BUILTINS, builtin_meta
-from pipeline.errors import plain_errors
+from pipeline.core.config_file import ConfigOption, save_resolved_config
+from pipeline.core.options import config_file_name
+from pipeline.core.builtin_datasets import BUILTINS, builtin_meta
+from pipeline.core.errors import plain_errors
 
 EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
 GRAPH_HELP = "A built-in dataset name (cora, citeseer) or a folder with nodes.parquet and edges.parquet."
-CONFIG_FILE_NAME = "pipeline_config.json"  # the resolved configuration, saved next to an output
 
 datasets_app = typer.Typer(
     help="Built-in datasets and tools for your own graphs. " + EXIT_CODES_HELP,
@@ -92,17 +90,18 @@ def check_command(
     """
     from rich.console import Console
 
-    from pipeline.graph import load_graph
+    from pipeline.core import ownership
+    from pipeline.core.builtin_datasets import builtin_path
+    from pipeline.core.graph import load_graph
     from pipeline.graph_summary import summarize, summary_table
 
+    if json is not None:
+        ownership.claim_file(json, "--json", "pipeline datasets check", inputs=[builtin_path(graph) or Path(graph)],
+                             legacy=lambda d: "config" in d and "num_nodes" in d)
     summary = summarize(load_graph(graph))
     Console().print(summary_table(summary))
     if json is not None:
-        data = {**summary, "config": _resolved(ctx)}
-        json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json.with_name(f".{json.name}.tmp-{os.getpid()}")
-        tmp.write_text(_json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, json)
+        ownership.write_json_output(json, {**summary, "config": _resolved(ctx)}, "pipeline datasets check")
 
 
 @datasets_app.command("import")
@@ -130,16 +129,16 @@ def import_command(
     The result is validated with the same checks as every other command (all problems at
     once, exit status 2, nothing written; rows count from 0, header and blank lines
     excluded), self-loops and duplicate edges are dropped with a warning, and OUT is
-    written atomically with meta.json (provenance, label order) and pipeline_config.json
+    written atomically with meta.json (provenance, label order) and datasets_import_config.json
     (this command's resolved configuration, reusable as --config).
     """
     from pipeline.graph_import import import_graph
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     graph = import_graph(
         nodes, edges, out,
         overwrite=overwrite,
-        extra_files={CONFIG_FILE_NAME: _config_writer(_resolved(ctx))},
+        extra_files={config_file_name("datasets_import"): _config_writer(_resolved(ctx))},
         id_col=id_col, text_col=text_col, label_col=label_col, split_col=split_col,
         src_col=src_col, dst_col=dst_col, id_type=id_type.value,
         nodes_format=nodes_format.value, edges_format=edges_format.value, edges_header=edges_header,
@@ -164,12 +163,14 @@ def subset_command(
     component is large enough; deterministic. Labels, the split column, label order and
     named splits (restricted to the kept nodes) are kept; ids stay the user's ids.
     """
-    from pipeline.graph import load_graph
-    from pipeline.graph_format import check_output_folder, read_nodes_table
+    from pipeline.core.graph import load_graph
+    from pipeline.core.graph_format import check_output_folder, read_nodes_table
     from pipeline.graph_subset import bfs_subset, write_subset
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
-    check_output_folder(out, overwrite)
+    from pipeline.core.builtin_datasets import builtin_path
+
+    check_output_folder(out, overwrite, inputs=[builtin_path(graph) or Path(graph)])
     full = load_graph(graph)
     keep, start = bfs_subset(full, nodes, seed)
     start_id = full.node_ids[start].item() if hasattr(full.node_ids[start], "item") else full.node_ids[start]
@@ -177,7 +178,7 @@ def subset_command(
     sub = write_subset(
         full, read_nodes_table(full), keep, out,
         provenance=provenance,
-        extra_files={CONFIG_FILE_NAME: _config_writer(_resolved(ctx))},
+        extra_files={config_file_name("datasets_subset"): _config_writer(_resolved(ctx))},
         overwrite=overwrite,
     )
     log(f"subset of '{full.name}': {sub.num_nodes} nodes, {sub.num_edges} edges, start node {start_id!r} -> {out}")
@@ -204,7 +205,7 @@ def synth_command(
     word frequencies, with sentence breaks); degrees follow a power law (hubs); exactly a
     --homophily fraction of the edges join nodes of the same class; a split column holds a
     random 60/20/20 train/val/test split. OUT is written atomically in the standard format
-    with meta.json (label order, generator settings) and pipeline_config.json. Memory is
+    with meta.json (label order, generator settings) and datasets_synth_config.json. Memory is
     linear in N: texts are generated and written in chunks.
     """
     from pipeline.graph_synth import SynthConfig, synthesize
@@ -214,5 +215,5 @@ def synth_command(
             out=out, nodes=nodes, classes=classes, seed=seed, homophily=homophily, avg_degree=avg_degree,
             text_words=text_words, check=check, overwrite=overwrite,
         ),
-        extra_files={CONFIG_FILE_NAME: _config_writer(_resolved(ctx))},
+        extra_files={config_file_name("datasets_synth"): _config_writer(_resolved(ctx))},
     )

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph
-from pipeline.graph_format import FIRST_ROWS, build_graph, graph_edges_table, write_graph_folder
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph
+from pipeline.core.graph_format import FIRST_ROWS, build_graph, graph_edges_table, write_graph_folder
 
 FORMATS = ("auto", "csv", "tsv", "jsonl")
 ID_TYPES = ("auto", "int", "string")
@@ -170,6 +170,7 @@ def _type_ids(columns: list[_Column], id_type: str, problems: list[str]) -> str 
                 problems.append(f"{col.file}: column '{col.name}' has non-integer ids at {_rows(bad)}, first: {first} (--id-type int)")
             else:
                 col.values = [None if v is None else int(v) for v in col.values]
+                _check_int64([col], problems)
         return None if len(problems) > before else "int"
 
     # auto: typed (JSON) columns decide; textual columns follow (digits are valid strings too)
@@ -200,11 +201,16 @@ def _type_ids(columns: list[_Column], id_type: str, problems: list[str]) -> str 
         else:
             col.values = [None if v is None else str(v) for v in col.values]
     if kind == "int":
-        for col in columns:
-            big = [i for i, v in enumerate(col.values) if v is not None and not _INT64[0] <= v <= _INT64[1]]
-            if big:
-                problems.append(f"{col.file}: column '{col.name}' has ids outside int64 at {_rows(big)}; use --id-type string")
+        _check_int64(columns, problems)
     return None if len(problems) > before else kind
+
+
+def _check_int64(columns: list[_Column], problems: list[str]) -> None:
+    """Integer ids must fit int64 (the cache and predictions store them so): never a wrap."""
+    for col in columns:
+        big = [i for i, v in enumerate(col.values) if v is not None and not _INT64[0] <= v <= _INT64[1]]
+        if big:
+            problems.append(f"{col.file}: column '{col.name}' has ids outside int64 at {_rows(big)}; use --id-type string")
 
 
 def _type_labels(col: _Column, problems: list[str]) -> pa.Array | None:
@@ -326,9 +332,9 @@ def parse_import(
 def import_graph(nodes_path: Path, edges_path: Path, out: Path, *, overwrite: bool = False,
                  extra_files: dict[str, str] | None = None, **options) -> TextGraph:
     """Parse, validate and write ``out`` (atomically); see :func:`parse_import` for options."""
-    from pipeline.graph_format import check_output_folder
+    from pipeline.core.graph_format import check_output_folder
 
-    check_output_folder(out, overwrite)
+    check_output_folder(out, overwrite, inputs=[nodes_path, edges_path])
     node_table, edge_table, graph = parse_import(nodes_path, edges_path, **options)
     meta = {
         "imported_from": {

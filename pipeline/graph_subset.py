@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph
-from pipeline.graph_format import graph_edges_table, write_graph_folder
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph
+from pipeline.core.graph_format import graph_edges_table, write_graph_folder
 from pipeline.graph_summary import connected_components
 
 # Statistics in meta.json that describe the whole graph; a subset drops or recomputes them.

@@ -11,7 +11,7 @@ from collections import deque
 
 import numpy as np
 
-from pipeline.graph import SPLIT_NAMES, TextGraph
+from pipeline.core.graph import SPLIT_NAMES, TextGraph
 
 TEXT_PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 FIRST_IDS = 10  # user ids quoted for e.g. isolated nodes

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -39,9 +37,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import ConfigErrors, InputError, PipelineError
-from pipeline.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder
-from pipeline.progress import log, progress
+from pipeline.core import atomic
+from pipeline.core.errors import ConfigErrors, InputError, PipelineError
+from pipeline.core.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder
+from pipeline.core.progress import log, progress
 from pipeline.synth_text import build_text_model, draw_lengths, make_texts, parse_text_words
 
 GENERATOR = "engine-synth/1"  # bump when the same flags would produce other files
@@ -51,6 +50,8 @@ SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 SPLIT_VALUES = ("train", "val", "test")
 MAX_ROUNDS = 30  # edge sampling rounds before giving up (duplicates are redrawn)
 
+
+MAX_NODES = 10**8  # beyond it the generator's arrays alone outgrow any machine: a typo, refused before allocating
 
 @dataclasses.dataclass
 class SynthConfig:
@@ -69,7 +70,7 @@ class SynthConfig:
     def validate(self) -> None:
         """Raise one InputError listing every problem, each naming its flag."""
         errors = ConfigErrors()
-        errors.check(self.nodes >= 10, f"--nodes {self.nodes}: must be at least 10")
+        errors.check(10 <= self.nodes <= MAX_NODES, f"--nodes {self.nodes}: must be in 10..{MAX_NODES}")
         errors.check(2 <= self.classes <= 1000, f"--classes {self.classes}: must be in 2..1000")
         errors.check(self.classes <= self.nodes, f"--classes {self.classes}: more classes than --nodes {self.nodes}")
         errors.check(0 <= self.homophily <= 1, f"--homophily {self.homophily}: must be in [0, 1] (fraction of intra-class edges)")
@@ -204,7 +205,7 @@ def synthesize(config: SynthConfig, extra_files: dict[str, Callable[[Path], None
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = atomic.temp_sibling(out)
     try:
         tmp.mkdir()
         schema = pa.schema([("node_id", pa.int64()), ("text", pa.string()), ("label", pa.string()), ("split", pa.string())])
@@ -236,7 +237,7 @@ def synthesize(config: SynthConfig, extra_files: dict[str, Callable[[Path], None
             raise PipelineError(f"{out}: the written files do not hold {n} nodes and {edges.shape[1]} edges (internal error)")
         if config.check:  # the full reader's validation, as for every other written graph
             summary["fingerprint"] = read_graph_folder(tmp, name=out.name, source=str(tmp)).fingerprint
-        move_into_place(tmp, out)
+        move_into_place(tmp, out, config.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,11 +14,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.config_file import save_resolved_config
-from pipeline.errors import ConfigErrors
-from pipeline.progress import log
+from pipeline.core import atomic, ownership
+from pipeline.core.builtin_datasets import DEFAULT_DATASET
+from pipeline.core.errors import ConfigErrors, InputError
+from pipeline.core.options import config_file_name, option, out_option, save_flags, seeds_option
+from pipeline.core.progress import log
+from stage1_encode.config import model_option
+from stage1_encode.models import DEFAULT_MODEL
 
 BASELINES = ("mlp", "gcn", "sage")
+
+
+def parse_baselines(text: str, flag: str) -> tuple[str, ...]:
+    """``"mlp,gcn"`` -> ("mlp", "gcn"); ``"none"`` or empty -> ()."""
+    return () if text.strip() in ("", "none") else tuple(b.strip() for b in text.split(","))
+
 STATE_FILE = "run_state.json"
 # The side network's tensors are small: a second torch thread only adds synchronisation
 # (measured on Cora, 2 cores: 2.5 s per ladder epoch with 1 thread, ~20 s with 2 under load).
@@ -29,18 +39,26 @@ TRAIN_THREADS = 1
 class MainJobConfig:
     """One end-to-end run. ``out`` None: ``artifacts/runs/<dataset>-<model>``."""
 
-    dataset: str = "cora"
-    model: str = "smollm2-135m"
-    out: Path | None = None
-    max_length: int = 32  # keeps the CPU main job near ten minutes; full text: 256
-    layers: str | None = None
-    split: str = "random_60_20_20"
-    seeds: tuple[int, ...] = (0,)
-    epochs: int = 200
-    baselines: tuple[str, ...] = BASELINES
-    exit: str | None = None  # None: the policy the training run chose on validation
+    dataset: str = option(DEFAULT_DATASET, "Built-in dataset name or graph folder.")
+    model: str = model_option(DEFAULT_MODEL, "Encoder LLM: built-in name, HF id or local folder.")
+    out: Path | None = out_option("the main job's cache, runs, predictions and report (default artifacts/runs/<dataset>-<model>)", None)
+    max_length: int = option(  # keeps the CPU main job near ten minutes; full text: 256
+        32,
+        "Tokens kept per text: 32 (title and first sentence) keeps the CPU job near ten minutes on 2 cores; "
+        "`pipeline encode` defaults to 256 (full abstracts).",
+    )
+    layers: str | None = option(None, "Rungs to cache: all, 0,5,10,... or every:K (default: ~7 spread evenly).")
+    split: str = option("random_60_20_20", "Split name (seed i uses NAME_seed{i}), column, or random:0.6,0.2,0.2.")
+    seeds: tuple[int, ...] = seeds_option((0,), "Comma-separated seeds; one model per seed.")
+    epochs: int = option(200, "Maximum training epochs (early stopping on validation).")
+    baselines: tuple[str, ...] = option(
+        BASELINES, "Same-encoder baselines to train beside the ladder, or 'none'.", parse=parse_baselines
+    )
+    exit: str | None = option(  # None: the policy the training run chose on validation
+        None, "Early-exit policy for infer: patience:P, confidence:T, layer:I or none (default: the one training chose on validation)."
+    )
     infer_split: str = "test"
-    force: bool = False
+    force: bool = option(False, "Redo train and infer even when their outputs are up to date.")
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,8 +73,22 @@ class MainJobConfig:
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         unknown = [b for b in self.baselines if b not in BASELINES]
         errs.check(not unknown, f"--baselines {','.join(unknown)}: choose from {', '.join(BASELINES)} (or 'none')")
+        from stage3_infer.policies import parse_exit
+
+        try:
+            if self.exit is not None:
+                parse_exit(self.exit)
+        except InputError as err:
+            errs.add(err.message)
         errs.raise_if_any()
         return self
+
+
+def is_job(path: Path) -> bool:
+    """A main-job folder written before ownership markers: its state or config file and its cache."""
+    from stage1_encode.cache import is_cache
+
+    return ((path / STATE_FILE).is_file() or (path / "run_config.json").is_file()) and is_cache(path / "cache.zarr")
 
 
 def _digest(values: dict[str, Any]) -> str:
@@ -69,7 +101,11 @@ class StepLedger:
     def __init__(self, out: Path, force: bool) -> None:
         self.path = out / STATE_FILE
         self.force = force
-        self.state: dict[str, str] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        try:
+            state = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, ValueError):
+            state = {}  # a damaged ledger only means every step is redone
+        self.state: dict[str, str] = state if isinstance(state, dict) else {}
 
     def run(self, name: str, output: Path, values: dict[str, Any], step: Callable[[], Any]) -> bool:
         """Run ``step`` unless ``output`` exists from the same ``values``; returns True if it ran."""
@@ -81,7 +117,7 @@ class StepLedger:
         log(f"{name} -> {output}")
         step()
         self.state[name] = digest
-        self.path.write_text(json.dumps(self.state, indent=2) + "\n")
+        atomic.write_json(self.path, self.state)
         log(f"{name}: done in {time.perf_counter() - start:.1f}s")
         return True
 
@@ -97,16 +133,25 @@ def run(config: MainJobConfig) -> Path:
 
     config.validate()
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(out / "run_config.json", asdict(config))
-    ledger = StepLedger(out, config.force)
-    started = time.perf_counter()
-
     cache = out / "cache.zarr"
     encode_cfg = EncodeConfig(
         graph=config.dataset, out=cache, model=config.model, layers=config.layers, max_length=config.max_length,
         overwrite=True,  # the run folder is the job's own: other settings replace its cache
     )
+    # every check that needs no earlier step's output, before the first write
+    encode_cfg.validate()
+    from stage1_encode.models import check_max_length, resolve_model
+
+    spec = resolve_model(config.model)
+    check_max_length(spec, config.max_length)
+    inputs = [p for p in (Path(config.dataset), Path(spec.path)) if p.is_dir()]
+    if not ownership.claim_output(out, "job", "--out", resume=True, inputs=inputs, legacy=is_job):
+        out.mkdir(parents=True, exist_ok=True)
+        ownership.write_marker(out, "job")
+    save_flags(out / config_file_name("run"), config)
+    ledger = StepLedger(out, config.force)
+    started = time.perf_counter()
+
     # encode is itself resumable and a no-op when complete (same settings): always call it.
     encode(encode_cfg)
 
@@ -124,7 +169,7 @@ def run(config: MainJobConfig) -> Path:
         ledger.run(f"train {arch}", base_cfg.out, {**asdict(base_cfg), "cache": asdict(encode_cfg)}, lambda c=base_cfg: train(c))
 
     infer_out = out / "infer"
-    infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split)
+    infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split, overwrite=True)
     ledger.run(
         "infer", infer_out, {**asdict(infer_cfg), "train": ledger.state.get("train ladder")}, lambda: infer(infer_cfg)
     )

@@ -66,7 +66,7 @@ class TextModel:
 @functools.lru_cache(maxsize=1)
 def real_corpus() -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """(vocabulary (V,), counts per real class (K, V), total counts (V,), real class names (K,))."""
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
 
     docs, classes, names = [], [], []
     for name in SOURCE_DATASETS:

@@ -47,7 +47,7 @@ def main() -> int:
     args = parse_args()
     import torch
 
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage1_encode.layers import default_layers
     from stage1_encode.models import load_model, resolve_model
     from stage1_encode.stepping import LayerStepper

@@ -144,7 +144,7 @@ def main() -> None:
     facts["graph_on_disk_mb"] = round(disk_bytes(graph) / 1e6, 1)
     sizes = split_sizes(graph)
     facts["split"] = sizes
-    stage("load_graph", [[PY, "-c", f"from pipeline.graph import load_graph; g = load_graph({str(graph)!r}); print(g.num_nodes, g.texts)"]], a.nodes)
+    stage("load_graph", [[PY, "-c", f"from pipeline.core.graph import load_graph; g = load_graph({str(graph)!r}); print(g.num_nodes, g.texts)"]], a.nodes)
 
     encode = [*pipeline, "encode", str(graph), "--model", a.model, "--layers", "all", "--max-length", str(a.max_length), "--out", str(cache)]
     shards = [[*encode, "--num-shards", str(a.encode_shards), "--shard-id", str(i)] for i in range(a.encode_shards)] if a.encode_shards > 1 else [encode]

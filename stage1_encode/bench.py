@@ -12,7 +12,6 @@ measured fp32 (or compute-dtype) matmul rate on the same device.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,25 +19,27 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.graph import load_graph
-from pipeline.progress import log
+from pipeline.core.bench_json import claim_bench, write_bench
+from pipeline.core.graph import load_graph
+from pipeline.core.options import argument, device_option, json_option, option
+from pipeline.core.progress import log
 from stage1_encode import cache as cache_format
-from stage1_encode.config import EncodeConfig
+from stage1_encode.config import EncodeConfig, model_option
 
 NAIVE_BATCH = 32
 
 
 @dataclass
 class BenchConfig:
-    graph: str = "cora"
-    model: str = "smollm2-135m"
-    limit: int = 256
-    max_length: int = 256
-    batch_tokens: int = 4096
-    layers: str | None = None
-    device: str = "auto"
-    json_path: Path | None = None
-    backend: str = "hf"  # "vllm": also time --backend vllm on the same texts
+    graph: str = argument("cora", "Built-in dataset or graph folder.", metavar="GRAPH")
+    model: str = model_option()
+    limit: int = option(256, "Encode the first N texts (0 = all).")
+    max_length: int = option(256, "Tokens per text.")
+    batch_tokens: int = option(4096, "Token budget per batch of `encode`.")
+    layers: str | None = option(None, "States `encode` keeps (default: ~7 spread evenly).")
+    device: str = device_option()
+    json_path: Path | None = json_option()
+    backend: str = option("hf", "vllm: also time --backend vllm on the same texts and report both.")
 
 
 def matmul_flops(device, dtype, n: int = 1024, min_s: float = 1.0) -> float:
@@ -75,6 +76,8 @@ def run_bench(config: BenchConfig) -> dict:
     enc = EncodeConfig(graph=config.graph, model=config.model, layers=config.layers, max_length=config.max_length,
                        batch_tokens=config.batch_tokens, device=config.device, backend=config.backend)
     enc.validate()
+    if config.json_path is not None:
+        claim_bench(config.json_path, "encode")
     if config.backend == "vllm":
         from stage1_encode.vllm_backend import check_architecture
 
@@ -148,8 +151,7 @@ def run_bench(config: BenchConfig) -> dict:
         result.update(vllm_result, vllm_speedup_vs_hf=vllm_result["vllm_texts_per_s"] / result["texts_per_s"])
     _print(result)
     if config.json_path is not None:
-        Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        write_bench(config.json_path, "encode", result)
     return result
 
 

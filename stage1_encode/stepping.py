@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage1_encode.config import POOLINGS
 from stage1_encode.models import LoadedModel
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, PipelineError
+from pipeline.core.errors import InputError, PipelineError
 from stage1_encode.models import ModelSpec
 
 # Versions whose internals (pooler interface, decoder layers returning (hidden, residual),
@@ -77,7 +77,7 @@ def import_vllm() -> Any:
         import vllm
     except ImportError as err:
         raise InputError(f"--backend vllm: vLLM is not installed in this environment ({err}). {SETUP_HINT}") from err
-    from pipeline.progress import warn
+    from pipeline.core.progress import warn
 
     base = vllm.__version__.split("+")[0]
     if base not in TESTED_VLLM_VERSIONS:

@@ -9,28 +9,39 @@ ladder and the mlp/gcn/sage baselines trained on the cache with the same seeds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError
-from pipeline.progress import log
+from pipeline.core import ownership
+from pipeline.core.bench_json import claim_bench, write_bench
+from pipeline.core.errors import InputError
+from pipeline.core.options import argument, json_option, option, out_option, seeds_option
+from pipeline.core.progress import log
+from stage1_encode.config import model_option
+
+
 
 BASELINE_ARCHS = ("mlp", "gcn", "sage")
 
 
+def _zero_is_none(value: int, flag: str) -> int | None:
+    return value or None
+
+
 @dataclass
 class BenchConfig:
-    graph: str
-    model: str | None = None
-    cache: Path | None = None
-    epochs_uncached: int = 1
-    max_batches_uncached: int | None = 8
-    epochs: int = 200
-    seeds: tuple[int, ...] = (0,)
-    out: Path = Path("artifacts/bench/train")
-    json_path: Path | None = None
-    num_threads: int | None = None
+    graph: str = argument(help="Built-in dataset name or graph folder.", metavar="GRAPH")
+    model: str | None = model_option(None, "Encoder model (built-in name, HF id or folder); default: stage 1's default.")
+    cache: Path | None = option(None, "Reuse this cache of GRAPH instead of encoding one (must match --model).")
+    epochs_uncached: int = option(1, "Uncached epochs to time.")
+    max_batches_uncached: int | None = option(
+        8, "Time only this many uncached batches and extrapolate to a full epoch (0: whole epoch).", parse=_zero_is_none, unparse=lambda v: v or 0, cli_type=int
+    )
+    epochs: int = option(200, "Maximum epochs of the accuracy runs.")
+    seeds: tuple[int, ...] = seeds_option((0,), "Seeds of the accuracy runs.")
+    out: Path = out_option("the bench's runs (replaced)", Path("artifacts/bench/train"))
+    json_path: Path | None = json_option()
+    num_threads: int | None = option(None, "Torch CPU threads (default: torch's).")
 
 
 def _encode(graph: str, model: str | None, path: Path) -> Path:
@@ -62,6 +73,16 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.epochs_uncached < 1:
         raise InputError(f"--epochs-uncached {cfg.epochs_uncached}: must be >= 1")
     out = Path(cfg.out)
+    # the bench's own folder (its cache and runs are reused or replaced); nothing else is
+    from stage1_encode.cache import is_cache
+
+    if cfg.json_path:
+        claim_bench(cfg.json_path, "train")
+    inputs = [p for p in (cfg.cache, Path(cfg.graph)) if p is not None and Path(p).exists()]
+    if not ownership.claim_output(out, "bench", "--out", resume=True, inputs=inputs,
+                                  legacy=lambda p: (p / "runs").is_dir() or is_cache(p / "cache.zarr")):
+        out.mkdir(parents=True, exist_ok=True)
+        ownership.write_marker(out, "bench")
     cache = Path(cfg.cache) if cfg.cache else _encode(cfg.graph, cfg.model, out / "cache.zarr")
     data = open_train_data(cache, None, None, "ladder")
     if cfg.cache and data.manifest.get("graph_source") not in (cfg.graph, str(Path(cfg.graph).resolve())):
@@ -115,8 +136,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     }
     _print(result, how)
     if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        write_bench(cfg.json_path, "train", result)
     return result
 
 

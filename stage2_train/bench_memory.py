@@ -25,9 +25,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.progress import log
-from stage2_train.config import format_size
+from pipeline.core.bench_json import claim_bench, write_bench
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.options import argument, json_option, option
+from pipeline.core.parsers import format_size, parse_size
+from pipeline.core.progress import log
+
 
 WARM_UP_STEPS = 5
 WARM_UP_TARGETS = 8  # small steps: the baseline holds torch's machinery, not a full-size step's buffers
@@ -35,18 +38,22 @@ WARM_UP_TARGETS = 8  # small steps: the baseline holds torch's machinery, not a 
 
 @dataclass
 class MemoryBenchConfig:
-    cache: Path
-    memory_budget: int
-    epochs: int = 1
-    batch_size: int = 64
-    seed: int = 0
-    fanout: int | None = None
-    readahead: int = 1
-    num_threads: int = 1
-    json_path: Path | None = None
+    cache: Path = argument(
+        help="Cache folder written by `pipeline encode`; its rungs should exceed --memory-budget.", metavar="CACHE_DIR"
+    )
+    memory_budget: int = option(
+        help="Budget of the out-of-core run, e.g. 128MB or 1GiB (smaller than the cache's rungs).", parse=parse_size, metavar="SIZE"
+    )
+    epochs: int = option(1, "Training epochs timed in each mode.")
+    batch_size: int = option(64, "Target nodes per batch.")
+    seed: int = option(0, "Seed of the model, split and sampling (the same in both modes).")
+    fanout: int | None = option(None, "Ego sampler: keep at most this many neighbours per node (default: all).")
+    readahead: int = option(1, "Micro-batches the out-of-core reader prepares ahead (0: none).")
+    num_threads: int = option(1, "Torch CPU threads of each child.")
+    json_path: Path | None = json_option()
 
     def validate(self) -> None:
-        from pipeline.errors import ConfigErrors
+        from pipeline.core.errors import ConfigErrors
 
         errs = ConfigErrors()
         errs.check(Path(self.cache).is_dir(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
@@ -173,6 +180,8 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     from stage1_encode.cache import open_cache
 
     cfg.validate()
+    if cfg.json_path:
+        claim_bench(cfg.json_path, "train-memory", inputs=[cfg.cache])
     reader = open_cache(cfg.cache)
     reader.check_complete()
     n, s, h = reader.shape
@@ -204,8 +213,7 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     }
     _print(result)
     if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        write_bench(cfg.json_path, "train-memory", result)
     return result
 
 

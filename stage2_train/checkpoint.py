@@ -1,17 +1,21 @@
 """The training-run checkpoint: the only module that knows its format (writer and reader).
 
 Layout of ``RUN_DIR`` (written into a temporary sibling and renamed at the end, so a
-failed run leaves nothing behind)::
+failed run leaves nothing behind, and a killed one only a temporary folder that the next run
+on the same ``--out`` removes)::
 
-    config.json              resolved TrainConfig + "model" (what rebuilds the network),
+    train_config.json        the flags of the `pipeline train` run (replay: --config FILE)
+    checkpoint.json          resolved TrainConfig + "model" (what rebuilds the network),
                              "layers" (LLM state of each rung), "label_names", cache path,
-                             graph source, "format_version"
+                             graph source, "format_version" (runs written before this
+                             name have it as config.json, still read)
     manifest.json            copy of the cache manifest (model, pooling, max length, ...)
     metrics.jsonl            one line per epoch and seed: loss, val accuracy of every head
     summary.json             test/val mean and std, per-seed results, every head, gates
     seed_{s}/model.safetensors   weights of seed s (safetensors only, never pickle)
+    .pipeline-artifact.json  the ownership marker (kind "run"; pipeline/core/ownership.py)
 
-``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
+``read_run(RUN_DIR)`` reads the JSON files (the report uses it); ``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
 (``summary["default_seed"]``), or of ``seed=``; ``pipeline infer`` needs nothing else.
 """
 
@@ -19,17 +23,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from pipeline.errors import InputError
+from pipeline.core import atomic, guarded, ownership
+from pipeline.core.errors import InputError
+from pipeline.core.options import config_file_name
 
 FORMAT_VERSION = 1
-CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "config.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
+CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "checkpoint.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
+LEGACY_CONFIG = "config.json"  # the name of CONFIG in runs written before train_config.json existed
+FLAGS = config_file_name("train")
+RUN_MARKS = (SUMMARY, METRICS)  # the files by which a folder is recognised as a run
 
 
 def build_model(spec: dict) -> nn.Module:
@@ -64,25 +71,39 @@ def _json(path: Path, data) -> None:
     path.write_text(json.dumps(clean(data), indent=2, sort_keys=True) + "\n")
 
 
+def is_run(path: Path) -> bool:
+    """A run written before ownership markers: its description, summary and one seed's weights."""
+    name = CONFIG if (path / CONFIG).is_file() else LEGACY_CONFIG
+    config = json.loads((path / name).read_text())
+    return (isinstance(config, dict) and config.get("format_version") == FORMAT_VERSION and (path / SUMMARY).is_file()
+            and any(path.glob(f"seed_*/{WEIGHTS}")))
+
+
+def claim(out: Path, overwrite: bool, inputs=()) -> bool:
+    """Check ``--out`` before training (see :func:`pipeline.core.ownership.claim_output`)."""
+    return ownership.claim_output(out, "run", "--out", overwrite=overwrite, inputs=inputs, legacy=is_run)
+
+
 class CheckpointWriter:
-    """Writes a run into ``RUN_DIR.tmp-PID`` and renames it to ``RUN_DIR`` on :meth:`commit`."""
+    """Writes a run into a temporary sibling of ``RUN_DIR`` and renames it on :meth:`commit`."""
 
     def __init__(self, out: Path, overwrite: bool = False) -> None:
         self.out, self.overwrite = Path(out), overwrite
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        claim(self.out, overwrite)
+        self.staged = atomic.StagedFolder(self.out)
+        self.tmp = self.staged.path
+        ownership.write_marker(self.tmp, "run")
 
     def __enter__(self) -> "CheckpointWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.staged.abort()
 
-    def write_config(self, config: dict, manifest: dict) -> None:
+    def write_config(self, config: dict, manifest: dict, flags: dict) -> None:
+        """``config``: the resolved run description; ``flags``: the command's flags (replayable)."""
         _json(self.tmp / CONFIG, {**config, "format_version": FORMAT_VERSION})
+        _json(self.tmp / FLAGS, flags)
         _json(self.tmp / MANIFEST, manifest)
 
     def append_metrics(self, line: dict) -> None:
@@ -101,13 +122,16 @@ class CheckpointWriter:
         _json(self.tmp / SUMMARY, summary)
 
     def commit(self) -> Path:
-        if self.out.exists():
-            if not self.overwrite:
-                raise InputError(f"--out {self.out}: appeared while training; choose another folder or pass --overwrite")
-            shutil.rmtree(self.out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp, self.out)
-        return self.out
+        return self.staged.commit(ownership.replacer("run", "--out", self.overwrite, is_run))
+
+
+CONFIG_KEYS = ("model", "layers", "label_names", "cache", "graph_source", "sampler", "fanout", "num_walks", "walk_length", "restart_p")
+
+
+def retrain_hint(path: Path, config: dict | None = None) -> str:
+    """The command that rebuilds a damaged run (its cache when the run's description names it)."""
+    cache = config.get("cache") if isinstance(config, dict) and isinstance(config.get("cache"), str) else "CACHE_DIR"
+    return f"retrain it with `pipeline train {cache} --out {path} --overwrite`"
 
 
 @dataclass
@@ -132,37 +156,66 @@ class Checkpoint:
     path: Path
 
 
-def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cpu") -> Checkpoint:
-    """Load and validate a run directory; what is missing is named with the command that creates it."""
-    from safetensors.torch import load_file
+@dataclass
+class RunFiles:
+    """The JSON files of a finished run (no weights loaded)."""
 
+    path: Path
+    config: dict  # CONFIG (or LEGACY_CONFIG)
+    config_file: str  # which of the two it was read from
+    manifest: dict
+    summary: dict
+    metrics: list[dict]
+
+
+def read_run(path: str | Path) -> RunFiles:
+    """Read a run folder's JSON files; what is missing is named with the command that creates it."""
     path = Path(path)
     hint = f"create it with `pipeline train CACHE_DIR --out {path}`"
     if not path.is_dir():
         raise InputError(f"checkpoint {path}: no such directory; {hint}")
-    for name in (CONFIG, MANIFEST, SUMMARY):
+    config_file = LEGACY_CONFIG if not (path / CONFIG).is_file() and (path / LEGACY_CONFIG).is_file() else CONFIG
+    for name in (config_file, MANIFEST, SUMMARY):
         if not (path / name).is_file():
             raise InputError(f"checkpoint {path}: missing {name} (not a finished training run); {hint}")
-    config = json.loads((path / CONFIG).read_text())
+    config = guarded.read_json(path / config_file, retrain_hint(path))
+    hint = retrain_hint(path, config)
+    summary, manifest = guarded.read_json(path / SUMMARY, hint), guarded.read_json(path / MANIFEST, hint)
+    metrics = read_metrics(path) if (path / METRICS).is_file() else []
+    return RunFiles(path, config, config_file, manifest, summary, metrics)
+
+
+def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cpu") -> Checkpoint:
+    """Load and validate a run directory; what is missing is named with the command that creates it."""
+    run = read_run(path)
+    path, config, summary = run.path, run.config, run.summary
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"checkpoint {path}: format version {config.get('format_version')}, expected {FORMAT_VERSION}; retrain with `pipeline train`")
-    summary = json.loads((path / SUMMARY).read_text())
-    seed = int(summary["default_seed"] if seed is None else seed)
+    hint = retrain_hint(path, config)
+    guarded.require(config, CONFIG_KEYS, path / run.config_file, hint)
+    guarded.require(summary, ("default_seed",), path / SUMMARY, hint)
+    try:
+        seed = int(summary["default_seed"] if seed is None else seed)
+    except (TypeError, ValueError):
+        raise guarded.damaged(path / SUMMARY, f"default_seed {summary['default_seed']!r} is not a seed", hint) from None
     weights = path / f"seed_{seed}" / WEIGHTS
     if not weights.is_file():
         have = sorted(p.name for p in path.glob("seed_*"))
         raise InputError(f"checkpoint {path}: no weights for seed {seed} ({weights.name}; have {have}); train it with `pipeline train ... --seeds {seed}`")
-    model = build_model(config["model"])
-    state = load_file(str(weights), device="cpu")
+    try:
+        model = build_model(config["model"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise guarded.damaged(path / run.config_file, f"its \"model\" entry cannot build a network ({type(err).__name__}: {err})", hint) from None
+    state = guarded.load_safetensors(weights, hint)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise InputError(f"checkpoint {path}: weights do not match config.json: {err}") from err
+        raise InputError(f"checkpoint {path}: weights do not match {run.config_file}: {err}") from err
     model.to(device).eval()
     return Checkpoint(
         model=model,
         config=config,
-        manifest=json.loads((path / MANIFEST).read_text()),
+        manifest=run.manifest,
         seed=seed,
         layers=list(config["layers"]),
         label_names=list(config["label_names"]),
@@ -177,4 +230,4 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The per-epoch metric lines of a run."""
-    return [json.loads(x) for x in (Path(path) / METRICS).read_text().splitlines() if x.strip()]
+    return guarded.read_jsonl(Path(path) / METRICS, retrain_hint(Path(path)))

@@ -5,13 +5,16 @@ Light on purpose (no torch import): the CLI module imports it at start-up.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors, InputError
+from pipeline.core.errors import ConfigErrors
+from pipeline.core.options import argument, device_option, option, out_option, overwrite_option, seeds_option
+from pipeline.core.parsers import parse_float_list, parse_int_list, parse_random_split, parse_size
 
 ARCHS = ("ladder", "mlp", "gcn", "sage")
+# Sane upper bounds: beyond them a flag is a typo, and would reach the allocator or run for ever.
+MAX_HIDDEN, MAX_BATCH, MAX_EPOCHS, MAX_FANOUT, MAX_WALK, MAX_THREADS, MAX_SEEDS = 16384, 10**7, 10**6, 10**5, 1024, 4096, 1000
 GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
 READOUTS = ("target-mean", "ego")  # the ladder's head input: see stage2_train.ladder
@@ -27,41 +30,77 @@ class TrainConfig:
     ``sampler`` None means ``ego`` for the ladder and ``full`` for the baselines.
     """
 
-    cache: Path
-    out: Path
-    arch: str = "ladder"
-    split: str | None = None  # None: the split column, else the graph's random_60_20_20 files
-    seeds: tuple[int, ...] = (0,)
-    no_cache: bool = False
-    rungs: tuple[int, ...] | None = None
-    layer: int | None = None
-    hidden_channels: int = 128
-    gnn: str = "sage"
-    num_layers: int | None = None  # None: 1 per rung for the ladder, 2 in total for the baselines
-    sampler: str | None = None
-    fanout: int | None = None
-    hops: int = 1  # ego: neighbourhood radius (1 = the reference's ego graph)
-    num_walks: int = 8
-    walk_length: int = 8
-    restart_p: float = 0.5
-    epochs: int = 200
-    patience: int = 30
-    lr: float | None = None  # None: 3e-4 for the ladder, 1e-2 for the full-batch baselines
-    weight_decay: float = 5e-4
-    dropout: float = 0.5
-    temperature: float = 0.1
-    rung_weights: tuple[float, ...] | None = None  # per-rung loss weights of the multi-exit loss; None: all 1
-    loss: str = "multi-exit"  # multi-exit (ENGINE-Early) or last-head (plain ENGINE): see LOSSES
-    standardize: bool = False  # z-score every state with its training-node mean and std
-    readout: str = "target-mean"  # ladder head input: [z_v || subgraph mean], or "ego": also v's own projected state
-    batch_size: int = 64
+    cache: Path = argument(help="Cache folder written by `pipeline encode` (it names its graph).", metavar="CACHE_DIR")
+    out: Path = out_option("the run: weights, config, metrics, summary")
+    arch: str = option("ladder", "ladder (G-Ladder over the cached rungs) or a baseline on one state: mlp, gcn, sage.")
+    split: str | None = option(  # None: the split column, else the graph's random_60_20_20 files
+        None,
+        "column (the graph's split column; default when present), a split name (e.g. random_60_20_20, planetoid_public; "
+        "NAME_seed{i} is used for seed i), or random:0.6,0.2,0.2. Default without a column: random_60_20_20.",
+    )
+    seeds: tuple[int, ...] = seeds_option()
+    no_cache: bool = option(False, "Run the frozen LLM inside the loop instead of reading the cache (slow; for comparison).")
+    rungs: tuple[int, ...] | None = option(
+        None, "LLM state indices the ladder reads, e.g. 0,10,20,30 (default: every cached state).", parse=parse_int_list
+    )
+    layer: int | None = option(None, "The LLM state a baseline reads (default: the last cached state).")
+    hidden_channels: int = option(128, "Side width K.")
+    gnn: str = option("sage", "GNN of each rung: sage, gcn, gat.")
+    num_layers: int | None = option(  # None: 1 per rung for the ladder, 2 in total for the baselines
+        None, "GNN layers per rung for the ladder (default 1), layers in total for a baseline (default 2)."
+    )
+    sampler: str | None = option(
+        None, "ego (the target's --hops neighbourhood; ladder default), rwr (random walk with restart), full (whole graph; baselines' default)."
+    )
+    fanout: int | None = option(None, "ego: keep at most this many neighbours per node and hop.")
+    hops: int = option(
+        1, "ego: neighbourhood radius in hops (1 = the reference's ego graph; 2 with --fanout 5 scored best on validation, docs/results.md)."
+    )
+    num_walks: int = option(8, "rwr: walks per target.")
+    walk_length: int = option(8, "rwr: steps per walk.")
+    restart_p: float = option(0.5, "rwr: restart probability per step.")
+    epochs: int = option(200, "Maximum epochs.")
+    patience: int = option(30, "Stop after this many epochs without a better validation accuracy (last head).")
+    lr: float | None = option(None, "AdamW learning rate (default 3e-4 for the ladder, 1e-2 for the baselines).")
+    weight_decay: float = option(5e-4, "AdamW weight decay.")
+    dropout: float = option(0.5, "Dropout probability.")
+    temperature: float = option(0.1, "Gate temperature T in sigmoid(a / T).")
+    loss: str = option(
+        "multi-exit",
+        "multi-exit: every rung's exit head is trained (ENGINE-Early; what early exit needs); last-head: only the last "
+        "head's loss (plain ENGINE; the earlier heads stay untrained, so infer then runs full depth).",
+    )
+    rung_weights: tuple[float, ...] | None = option(
+        None, "--loss multi-exit: weight of each rung's head, comma-separated (default all 1).", parse=parse_float_list
+    )
+    standardize: bool = option(
+        False, "Z-score each LLM state with the mean and std of the training nodes (stored with the weights, applied by infer too).",
+        flag="--standardize", off_flag="--no-standardize",
+    )
+    readout: str = option(
+        "target-mean",
+        "Ladder head input: target-mean ([z_v || mean of z over v's subgraph], the reference) or ego (also v's own "
+        "projected LLM state, untouched by neighbours: for heterophilous graphs).",
+    )
+    batch_size: int = option(64, "Target nodes per training batch (ignored by --sampler full: full batch).")
     eval_batch_size: int = 512
-    device: str = "cpu"
-    num_threads: int | None = None  # torch CPU threads; None: torch's default
-    overwrite: bool = False
+    device: str = device_option("cpu")
+    num_threads: int | None = option(
+        None, "Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
+    )
+    overwrite: bool = overwrite_option("a run")
     max_batches: int | None = None  # cap batches per epoch (timing the uncached mode)
-    dist_timeout: float = 300.0  # torchrun jobs: seconds to join the group and for each collective
-    memory_budget: int | None = None  # bytes; cache rungs larger than this train out of core (None: see out_of_core)
+    dist_timeout: float = option(
+        300.0, "Under torchrun: seconds to wait for the other ranks, when joining and at every collective, before failing."
+    )
+    memory_budget: int | None = option(  # bytes; cache rungs larger than this train out of core (None: see out_of_core)
+        None,
+        "Memory for the cache's features, e.g. 512MB or 2GiB. When the used rungs (N x S x H x 2 bytes) exceed it, "
+        "train out of core within it: chunk-ordered batches, a chunk cache of half the budget, batches cut into "
+        "micro-batches (gradients accumulated) so the step's working set fits the other half, read-ahead. "
+        "Default: 8 GiB or half the available memory, whichever is less.",
+        parse=parse_size, metavar="SIZE",
+    )
     extra: dict = field(default_factory=dict)  # free-form notes stored with the config
 
     def __post_init__(self) -> None:
@@ -131,71 +170,19 @@ class TrainConfig:
                 errs.add(f"--split {self.split}: {err}")
         errs.check(not self.cache.exists() or self.cache.is_dir(), f"CACHE_DIR {self.cache}: not a directory")
         errs.check(self.cache.exists(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
-        if self.out.exists() and any(self.out.iterdir()) and not self.overwrite:
-            errs.add(f"--out {self.out}: exists and is not empty; choose another folder or pass --overwrite")
+        for flag, value, most in (("--hidden-channels", self.hidden_channels, MAX_HIDDEN), ("--batch-size", self.batch_size, MAX_BATCH),
+                                  ("--epochs", self.epochs, MAX_EPOCHS), ("--fanout", self.fanout or 0, MAX_FANOUT),
+                                  ("--num-walks", self.num_walks, MAX_WALK), ("--walk-length", self.walk_length, MAX_WALK),
+                                  ("--num-threads", self.num_threads or 0, MAX_THREADS), ("--patience", self.patience, MAX_EPOCHS)):
+            errs.check(value <= most, f"{flag} {value}: must be <= {most}")
+        errs.check(len(self.seeds) <= MAX_SEEDS, f"--seeds: {len(self.seeds)} seeds, at most {MAX_SEEDS}")
         errs.raise_if_any()
+        from pipeline.core.devices import resolve_device
+
+        self.device = resolve_device(self.device)
         return self
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sampler"] = self.resolved_sampler
         return d
-
-
-def parse_random_split(spec: str) -> tuple[float, float, float]:
-    """``random:0.6,0.2,0.2`` -> fractions (train, val, test); ValueError if malformed."""
-    parts = spec.split(":", 1)[1].split(",")
-    try:
-        fr = tuple(float(p) for p in parts)
-    except ValueError:
-        raise ValueError("expected three fractions, e.g. random:0.6,0.2,0.2") from None
-    if len(fr) != 3 or any(f < 0 for f in fr) or fr[0] == 0 or sum(fr) > 1 + 1e-9:
-        raise ValueError("expected three non-negative fractions (train > 0) summing to at most 1")
-    return fr  # type: ignore[return-value]
-
-
-def parse_int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
-    """``"0,1,2"`` -> (0, 1, 2); ``None``/empty -> None. Bad text raises InputError naming the flag."""
-    if text is None or str(text).strip() == "":
-        return None
-    errs = ConfigErrors()
-    try:
-        return tuple(int(p) for p in str(text).split(","))
-    except ValueError:
-        errs.add(f"{flag} {text}: expected comma-separated integers, e.g. 0,1,2")
-        errs.raise_if_any()
-        raise  # unreachable
-
-
-def parse_float_list(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None or str(text).strip() == "":
-        return None
-    errs = ConfigErrors()
-    try:
-        return tuple(float(p) for p in str(text).split(","))
-    except ValueError:
-        errs.add(f"{flag} {text}: expected comma-separated numbers, e.g. 1,1,2")
-        errs.raise_if_any()
-        raise
-
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(text: str | None, flag: str = "--memory-budget") -> int | None:
-    """``512MB`` / ``2GiB`` / ``1.5G`` / ``1000000`` -> bytes (K/M/G/T are powers of 10, KiB... of 2)."""
-    if text is None or str(text).strip() == "":
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
-        raise InputError(f"{flag} {text}: expected a size such as 512MB, 2GiB or 1.5G (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
-def format_size(n: int) -> str:
-    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= f:
-            return f"{n / f:.1f} {unit}"
-    return f"{n} B"

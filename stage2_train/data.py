@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph, load_graph
-from stage2_train.config import parse_random_split
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.parsers import parse_random_split
+from stage1_encode.cache import memory_budget
 
-IN_MEMORY_LIMIT_BYTES = 8 * 2**30  # fp16 rungs held in RAM below this size
 
 
 @dataclass
@@ -106,12 +106,14 @@ def resolve_split(graph: TextGraph, spec: str | None, seed: int) -> dict[str, np
 class CachedFeatures:
     """Rungs from the cache: ``features(nodes (n,)) -> (n, S, H)`` float32."""
 
-    def __init__(self, data: TrainData, limit: int = IN_MEMORY_LIMIT_BYTES) -> None:
+    orders_batches = False
+
+    def __init__(self, data: TrainData, limit: int | None = None) -> None:
+        """``limit``: bytes of rungs held in memory (None: :func:`memory_budget`); above it, rows are read per call."""
         self.data = data
         reader = data.reader
-        size = reader.num_nodes * len(data.positions) * reader.hidden_size * 2
         self.states = None
-        if size <= limit:
+        if reader.rungs_nbytes(len(data.positions)) <= (memory_budget() if limit is None else limit):
             states = reader.read_all(rungs=data.positions)  # (N, S, H) fp16, only the used rungs
             states = states if states.flags.writeable else states.copy()
             self.states = torch.from_numpy(states)
@@ -136,16 +138,16 @@ class LiveFeatures:
     padding stays low, as ``pipeline encode`` does.
     """
 
+    orders_batches = False
+
     def __init__(self, data: TrainData, device: str = "cpu", group_size: int = 32) -> None:
         from stage1_encode.models import load_model, resolve_model
         from stage1_encode.stepping import LayerStepper
 
         m = data.manifest
         self.data, self.group_size = data, group_size
-        self.pooling, self.max_length = m.get("pooling", "mean"), int(m.get("max_length", 256))
-        model = m.get("model") or m.get("model_id") or m.get("model_name")
-        if isinstance(model, dict):  # tolerate a nested manifest entry
-            model = model.get("name") or model.get("id")
+        self.pooling, self.max_length = m["pooling"], int(m["max_length"])
+        model = m["model"]
         self.stepper = LayerStepper(load_model(resolve_model(str(model)), device=device))
 
     def __call__(self, nodes: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import InputError, PipelineError
+from pipeline.core.errors import InputError, PipelineError
 from stage2_train.loop import batches, generator, head_losses, train_step
 
 # Test hooks (tests/test_train_distributed.py), read after each epoch: the rank named by
@@ -193,7 +193,7 @@ def init_group(device: str, timeout_s: float) -> Group | None:
         ) from err
     group = Group(rank=rank, world_size=world, timeout_s=timeout_s, device=coll_device)
     if not group.is_main:
-        from pipeline import progress
+        from pipeline.core import progress
 
         progress.console.quiet = True  # rank 0 logs; the others print only errors
     signal.signal(signal.SIGTERM, _stop_handler(group))
@@ -229,6 +229,8 @@ class ShardFeatures:
     :meth:`load` reads rows in node order (``CacheReader.read_rows``, never the whole cache)
     and keeps them; a call asking for rows not loaded yet reads them first.
     """
+
+    orders_batches = False
 
     def __init__(self, data) -> None:
         self.data, self.reader, self.positions = data, data.reader, data.positions
@@ -284,7 +286,7 @@ def gather_stats(group: Group, stats: list[float]) -> list[list[float]]:
 
 def load_share(group: Group, features: ShardFeatures, sampler, split: dict[str, np.ndarray], seed: int) -> None:
     """Read the rows of this rank's share of ``split`` for ``seed``; rank 0 logs what every rank holds."""
-    from pipeline.progress import log
+    from pipeline.core.progress import log
 
     t0 = time.perf_counter()
     mine = group.shares(split, seed)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from stage2_train.features import NodeFeatures
 from stage2_train.sampling import Sampler, SubgraphBatch, generator
 from stage2_train.standardize import training_stats
 
@@ -83,16 +84,16 @@ def make_eval_set(sampler: Sampler, nodes: np.ndarray, labels: np.ndarray, size:
 
 
 @torch.no_grad()
-def eval_logits(model, features: Callable, es: EvalSet, device: str):
+def eval_logits(model, features: NodeFeatures, es: EvalSet, device: str):
     """``(logits (S, B, C) on the CPU, labels (B,))`` for each batch of an evaluation set."""
     model.eval()
-    pieces = getattr(features, "pieces", lambda sub: [sub])  # out of core: cut to the step memory bound
+    pieces = features.pieces if features.orders_batches else (lambda sub: [sub])  # out of core: cut to the step memory bound
     for sub, y in es:
         yield torch.cat([model(features(p.nodes).to(device), p.to(device)) for p in pieces(sub)], dim=1).cpu(), y
 
 
 @torch.no_grad()
-def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) -> list[float]:
+def evaluate(model, features: NodeFeatures, es: EvalSet, device: str, group=None) -> list[float]:
     """Accuracy of every head on an evaluation set: a list of S floats (counts summed over
     the ranks of ``group``, each holding its share of the set, when given)."""
     correct, total = torch.zeros(model.num_rungs, dtype=torch.long), 0
@@ -105,7 +106,7 @@ def evaluate(model, features: Callable, es: EvalSet, device: str, group=None) ->
     return (correct.double() / max(total, 1)).tolist()
 
 
-def exit_policy_on_val(model, features: Callable, es: EvalSet, layers: list[int], device: str, group=None) -> dict:
+def exit_policy_on_val(model, features: NodeFeatures, es: EvalSet, layers: list[int], device: str, group=None) -> dict:
     """The exit policy ``pipeline infer`` uses by default, chosen on the validation set ``es``
     from cached states (no LLM): the cheapest policy, in LLM layers run, within 1% relative of
     full-depth validation accuracy (:func:`stage3_infer.policies.choose_policy`). Replayed per
@@ -122,24 +123,24 @@ def exit_policy_on_val(model, features: Callable, es: EvalSet, layers: list[int]
     return choose_policy(counts, layers[-1])
 
 
-def epoch_batches(features: Callable, sampler: Sampler, nodes: np.ndarray, size: int, gen: torch.Generator,
+def epoch_batches(features: NodeFeatures, sampler: Sampler, nodes: np.ndarray, size: int, gen: torch.Generator,
                   max_batches: int | None = None):
     """The :class:`~stage2_train.step_memory.MicroBatch` es of the first ``max_batches`` batches of an epoch.
 
-    Features with an ``epoch`` method (out of core) choose the order, cut batches to their
-    step memory bound and read ahead; close the iterator (``contextlib.closing``) to stop
-    their reader. Others give one micro-batch per batch. Only the batches returned are
+    Features that order batches (``orders_batches``: out of core) choose the order, cut
+    batches to their step memory bound and read ahead; close the iterator
+    (``contextlib.closing``) to stop their reader. Others give one micro-batch per batch. Only the batches returned are
     sampled, so ``gen`` ends in the same state whoever reads.
     """
     from stage2_train.step_memory import MicroBatch
 
-    if hasattr(features, "epoch"):
+    if features.orders_batches:
         return features.epoch(sampler, nodes, size, gen, max_batches)
     parts = batches(nodes, size, gen)[:max_batches]
     return (MicroBatch(b, sub, features(sub.nodes)) for b in parts for sub in (sampler.sample(b, gen),))
 
 
-def train_step(model, opt, features: Callable, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
+def train_step(model, opt, features: NodeFeatures, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
                weights: torch.Tensor | None, gen: torch.Generator, device: str) -> float:
     """One optimiser step on the targets ``b`` (B,); returns the batch loss."""
     sub = sampler.sample(b, gen)
@@ -170,7 +171,7 @@ def accumulate_step(model, opt, piece, labels: np.ndarray, weights: torch.Tensor
     return loss.item()
 
 
-def time_epoch(model, features: Callable, sampler: Sampler, train: np.ndarray, labels: np.ndarray, cfg, seed: int,
+def time_epoch(model, features: NodeFeatures, sampler: Sampler, train: np.ndarray, labels: np.ndarray, cfg, seed: int,
                max_batches: int | None = None) -> dict:
     """Time one training epoch (no evaluation); with ``max_batches``, time that many and extrapolate.
 
@@ -207,7 +208,7 @@ class SeedResult:
 
 def train_seed(
     model: torch.nn.Module,
-    features: Callable,
+    features: NodeFeatures,
     sampler: Sampler,
     split: dict[str, np.ndarray],
     labels: np.ndarray,
@@ -246,7 +247,7 @@ def train_seed(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
-        if group.world_size == 1 and hasattr(features, "epoch"):  # out of core: chunk-grouped batches, read-ahead
+        if group.world_size == 1 and features.orders_batches:  # out of core: chunk-grouped batches, read-ahead
             opt.zero_grad(set_to_none=True)
             with contextlib.closing(epoch_batches(features, sampler, mine["train"], size, gen, cfg.max_batches)) as epoch_iter:
                 for piece in epoch_iter:

@@ -35,7 +35,6 @@ Shapes: N nodes, n batch rows, S rungs, H LLM width, c nodes per chunk.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections import OrderedDict
@@ -43,9 +42,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from stage1_encode.cache import DENSE_CHUNK_ROWS
-from stage2_train.config import format_size
+from pipeline.core.errors import InputError
+from pipeline.core.parsers import format_size
+from stage1_encode.cache import DENSE_CHUNK_ROWS, memory_budget
 from stage2_train.sampling import SubgraphBatch
 from stage2_train.step_memory import MicroBatch, StepCost, select_graphs, split_batch, step_limit
 
@@ -64,26 +63,15 @@ def chunk_group_batches(nodes: np.ndarray, size: int, chunk_nodes: int, gen: tor
     return [nodes[i : i + size] for i in range(0, len(nodes), size)]
 
 
-def default_budget() -> int:
-    """Without ``--memory-budget``: the old 8 GiB rule, capped at half the memory available now."""
-    from stage2_train.data import IN_MEMORY_LIMIT_BYTES
-
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return IN_MEMORY_LIMIT_BYTES
-    return min(IN_MEMORY_LIMIT_BYTES, avail // 2)
-
-
 def open_features(data, budget: int | None, readahead: int = 1, cost: StepCost | None = None):
     """The cache's features for training: ``(features, mode)``; in memory when the used rungs
-    (N x S x H x 2 bytes) fit ``budget`` (None: :func:`default_budget`), else out of core,
+    (N x S x H x 2 bytes) fit ``budget`` (None: the cache module's :func:`memory_budget`), else out of core,
     with micro-batches bounded by ``cost`` (None: whole batches)."""
     from stage2_train.data import CachedFeatures
 
     reader = data.reader
-    need = reader.num_nodes * len(data.positions) * reader.hidden_size * np.dtype(reader.manifest["storage_dtype"]).itemsize
-    limit = default_budget() if budget is None else budget
+    need = reader.rungs_nbytes(len(data.positions))
+    limit = memory_budget() if budget is None else budget
     mode = {"mode": "in-memory", "memory_budget": budget, "limit_bytes": limit, "rungs_bytes": need}
     if need <= limit:
         return CachedFeatures(data, limit=limit), mode
@@ -152,6 +140,8 @@ class OutOfCoreFeatures:
     memory stays within ``step_limit`` (:func:`stage2_train.step_memory.step_limit` of the
     budget's half left by the chunk cache).
     """
+
+    orders_batches = True  # a features.BatchOrderingFeatures
 
     def __init__(self, data, budget: int, readahead: int = 1, cost: StepCost | None = None) -> None:
         reader = data.reader

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.progress import log, warn
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, warn
 from stage2_train.config import TrainConfig
 
 
@@ -78,6 +80,23 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
     }
 
 
+def train_inputs(config: TrainConfig) -> list:
+    """What training reads, which ``--out`` must not be, contain or lie inside: the cache and,
+    when its manifest names a graph folder, that folder."""
+    from pipeline.core import guarded
+
+    inputs = [config.cache]
+    try:
+        source = guarded.read_json(config.cache / "manifest.json", "").get("graph_source")
+    except InputError:
+        return inputs  # a damaged cache is refused, naming the file, when it is opened
+    from pipeline.core.builtin_datasets import builtin_path
+
+    folder = builtin_path(source) if isinstance(source, str) else None
+    folder = folder or (Path(source) if isinstance(source, str) and Path(source).is_dir() else None)
+    return inputs + ([folder] if folder is not None else [])
+
+
 def run(config: TrainConfig) -> dict:
     """Train one model per seed from the cache (or the live LLM) and write ``config.out``.
 
@@ -89,6 +108,9 @@ def run(config: TrainConfig) -> dict:
     from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()
+    from stage2_train.checkpoint import claim
+
+    claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -113,7 +135,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
     from stage3_infer.policies import describe_choice
-    from pipeline.progress import progress
+    from pipeline.core.progress import progress
 
     # --- setup
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
@@ -160,7 +182,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     # --- loop, one model per seed
     results, sizes = [], {}
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
-        writer.write_config(resolved, data.manifest)
+        writer.write_config(resolved, data.manifest, flag_values(config))
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}

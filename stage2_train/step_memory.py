@@ -33,8 +33,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from stage2_train.config import format_size
+from pipeline.core.errors import InputError
+from pipeline.core.parsers import format_size
 from stage2_train.sampling import SubgraphBatch
 
 EDGE_FACTOR = {"sage": 0.25, "gcn": 0.5, "gat": 1.75}  # messages per edge, in units of S x 4K bytes per layer

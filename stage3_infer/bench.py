@@ -15,36 +15,18 @@ wall(none) / wall(policy), ``layer_fraction`` = LLM layers run / layers at full 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigErrors
-from pipeline.progress import log
+from pipeline.core.bench_json import write_bench
+from pipeline.core.progress import log
+from stage3_infer.config import BenchConfig
+
+
 
 VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds timed: cheapest within these val drops
-
-
-@dataclass
-class BenchConfig:
-    checkpoint: Path
-    json_path: Path | None = None
-    max_targets: int | None = None
-    batch_size: int = 32
-    device: str = "cpu"
-    repeats: int = 1  # timed runs per policy; the fastest counts (shared machines are noisy)
-
-    def validate(self) -> "BenchConfig":
-        errs = ConfigErrors()
-        errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
-        errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
-        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
-        errs.check(self.repeats > 0, f"--repeats {self.repeats}: must be > 0")
-        errs.raise_if_any()
-        return self
 
 
 def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
@@ -127,8 +109,7 @@ def run_bench(config: BenchConfig) -> dict:
     # --- report
     print(format_table(table, session))
     if config.json_path is not None:
-        Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.json_path).write_text(json.dumps(table, indent=2) + "\n")
+        write_bench(config.json_path, "infer", table)
     return table
 
 

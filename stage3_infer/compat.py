@@ -14,41 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from pipeline.progress import warn
-
-MODEL_KEYS = ("model", "model_name", "model_id")
-HASH_KEYS = ("weights_sha256", "weights_hash", "model_sha256")
-LAYER_KEYS = ("layers", "selected_layers", "layer_indices")
-
-
-def _first(manifest: dict, keys: tuple[str, ...], nested: str | None = None):
-    for key in keys:
-        value = manifest.get(key)
-        if isinstance(value, dict) and nested:  # tolerate {"model": {"name": ..., ...}}
-            value = value.get(nested)
-        if value is not None:
-            return value
-    return None
-
+from pipeline.core.errors import InputError
+from pipeline.core.progress import warn
+from stage1_encode.cache import memory_budget
 
 def manifest_model(manifest: dict) -> str:
-    name = _first(manifest, MODEL_KEYS, nested="name")
+    """The model a cache was encoded with (the manifest's ``model``, as ``pipeline encode`` writes it)."""
+    name = manifest.get("model")
     if name is None:
         raise InputError("checkpoint manifest names no model; pass --model NAME (the model the cache was encoded with)")
     return str(name)
-
-
-def manifest_hash(manifest: dict) -> str | None:
-    value = _first(manifest, HASH_KEYS)
-    if value is None and isinstance(manifest.get("model"), dict):
-        value = _first(manifest["model"], HASH_KEYS)
-    return value
-
-
-def manifest_layers(manifest: dict) -> list[int] | None:
-    value = _first(manifest, LAYER_KEYS)
-    return None if value is None else [int(x) for x in value]
 
 
 def check_model(spec, manifest: dict, layers: list[int], checkpoint: Path, stepper=None) -> None:
@@ -61,11 +36,11 @@ def check_model(spec, manifest: dict, layers: list[int], checkpoint: Path, stepp
     want = manifest_model(manifest)
     fix = f"run without --model (uses '{want}'), or retrain on a cache encoded with `pipeline encode GRAPH --model {spec.name}`"
     problems = []
-    cached_layers = manifest_layers(manifest)
-    if cached_layers is not None and not set(layers) <= set(cached_layers):
+    cached_layers = [int(x) for x in manifest["layers"]]
+    if not set(layers) <= set(cached_layers):
         problems.append(f"the rungs read LLM states {layers}, the cache manifest holds {cached_layers}")
     if stepper is None:
-        recorded = manifest_hash(manifest)
+        recorded = manifest.get("weights_sha256")
         if recorded is not None:
             if weights_hash(spec.path) != recorded:
                 raise InputError(
@@ -75,9 +50,6 @@ def check_model(spec, manifest: dict, layers: list[int], checkpoint: Path, stepp
         elif spec.name != want:
             raise InputError(f"--checkpoint {checkpoint}: its cache manifest names model '{want}', but the model loaded is '{spec.name}'; {fix}")
     else:
-        num_states = manifest.get("num_states")
-        if num_states is not None and int(num_states) != stepper.num_states:
-            problems.append(f"the manifest's model has {num_states} LLM states, the loaded one {stepper.num_states}")
         if max(layers) >= stepper.num_states:
             problems.append(f"the rungs read LLM states {layers}, the loaded model has only 0..{stepper.num_states - 1}")
         hidden = manifest.get("hidden_size")
@@ -103,10 +75,10 @@ def check_cache(ckpt, graph) -> "CacheRows | None":
     reader = open_cache(path)
     reader.check_complete()
     theirs, ours = dict(reader.manifest), ckpt.manifest
-    for what, get in (("model", lambda m: _first(m, MODEL_KEYS, "name")), ("weights", manifest_hash)):
-        if get(theirs) != get(ours):
+    for what, key in (("model", "model"), ("weights", "weights_sha256")):
+        if theirs.get(key) != ours.get(key):
             raise InputError(
-                f"cache {path}: was re-encoded since training ({what} {get(theirs)!r}, the checkpoint's {get(ours)!r}); "
+                f"cache {path}: was re-encoded since training ({what} {theirs.get(key)!r}, the checkpoint's {ours.get(key)!r}); "
                 "re-train on it, or pass --no-cache-neighbours to run neighbours through the LLM"
             )
     cached_layers = [int(x) for x in reader.layers]
@@ -116,9 +88,6 @@ def check_cache(ckpt, graph) -> "CacheRows | None":
     if hasattr(reader, "check_graph"):
         reader.check_graph(graph)
     return CacheRows(reader, [cached_layers.index(x) for x in ckpt.layers], path)
-
-
-IN_MEMORY_LIMIT_BYTES = 4 * 2**30  # fp16 rungs held in RAM below this size
 
 
 class CacheRows:
@@ -131,7 +100,7 @@ class CacheRows:
     def __init__(self, reader, positions: list[int], path: Path) -> None:
         self.reader, self.positions = reader, positions
         self.states = None
-        if reader.num_nodes * len(positions) * reader.hidden_size * 2 <= IN_MEMORY_LIMIT_BYTES:
+        if reader.rungs_nbytes(len(positions)) <= memory_budget():
             states = np.ascontiguousarray(reader.read(rungs=positions))  # (N, S, H) fp16, may be the reader's read-only copy
             with warnings.catch_warnings():  # only ever read here: sharing beats copying the whole array
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

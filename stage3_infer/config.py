@@ -5,12 +5,24 @@ Light on purpose (no torch import): the CLI module imports it at start-up.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors
+from pipeline.core.errors import ConfigErrors
+from pipeline.core.options import device_option, json_option, option, out_option, overwrite_option
+from stage1_encode.config import model_option
+
 FALLBACK_EXIT = "none"  # runs trained before `pipeline train` chose an exit policy on validation: full depth, no surprise drop
+MAX_BATCH = 100_000  # texts per LLM forward: beyond it a typo that would reach the allocator
 SPLITS = ("test", "val", "train", "all")
+
+
+def checkpoint_option() -> Path:
+    return option(help="Training run folder written by `pipeline train`.", metavar="RUN_DIR")
+
+
+def batch_size_option() -> int:
+    return option(32, "Texts per LLM forward batch.")
 
 
 @dataclass
@@ -25,19 +37,29 @@ class InferConfig:
     training run's evaluation batches so that they are the same subgraphs training saw.
     """
 
-    checkpoint: Path
-    out: Path
-    exit: str | None = None  # None: the policy the run chose on its validation nodes (stage3_infer.policies.choose_policy)
-    split: str | None = None  # None: "test", or the new nodes when --nodes is given
-    node_ids: Path | None = None
-    nodes: Path | None = None
-    edges: Path | None = None
-    batch_size: int = 32
-    cache_neighbours: bool = True
-    model: str | None = None
-    seed: int | None = None  # which trained seed; None: the one chosen on validation
-    device: str = "cpu"
-    max_targets: int | None = None  # keep only the first N targets (quick looks, benchmarks)
+    checkpoint: Path = checkpoint_option()
+    out: Path = out_option("predictions.parquet, summary.json and infer_config.json")
+    exit: str | None = option(  # None: the policy the run chose on its validation nodes (stage3_infer.policies.choose_policy)
+        None,
+        "Exit policy: patience:P, confidence:T, layer:I or none (full depth). Default: the policy the run chose on its "
+        "validation nodes when trained (the cheapest within 1% relative of full-depth accuracy).",
+    )
+    split: str | None = option(None, "Targets: test (default), val, train or all nodes of the checkpoint's graph.")
+    node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line.")
+    nodes: Path | None = option(None, "New nodes (node_id, text, optional label), never cached; they become the targets.")
+    edges: Path | None = option(None, "Edges (src, dst) of the new nodes, to each other or to known nodes.")
+    batch_size: int = batch_size_option()
+    cache_neighbours: bool = option(
+        True, "Known neighbours read their states from the cache (default) or run through the LLM too.",
+        flag="--cache-neighbours", off_flag="--no-cache-neighbours",
+    )
+    model: str | None = model_option(
+        None, "LLM to load (default: the one in the checkpoint's cache manifest); must be the same model."
+    )
+    seed: int | None = option(None, "Trained seed to use (default: the one chosen on validation).")
+    device: str = device_option("cpu")
+    max_targets: int | None = option(None, "Predict only the first N targets (a quick look).")
+    overwrite: bool = overwrite_option("predictions")
 
     def __post_init__(self) -> None:
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
@@ -49,7 +71,7 @@ class InferConfig:
     def validate(self) -> "InferConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
         from stage3_infer.policies import parse_exit
-        from pipeline.errors import InputError
+        from pipeline.core.errors import InputError
 
         errs = ConfigErrors()
         try:
@@ -58,7 +80,7 @@ class InferConfig:
         except InputError as err:
             errs.add(err.message)
         errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")
-        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(0 < self.batch_size <= MAX_BATCH, f"--batch-size {self.batch_size}: must be in 1..{MAX_BATCH}")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
         errs.check(self.checkpoint.is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check((self.nodes is None) == (self.edges is None), "--nodes and --edges go together: give both (the edges may be an empty table)")
@@ -66,9 +88,55 @@ class InferConfig:
             errs.check(path is None or path.is_file(), f"{flag} {path}: file not found")
         chosen = [f for f, v in (("--split", self.split), ("--node-ids", self.node_ids)) if v is not None]
         errs.check(len(chosen) <= 1, f"{' and '.join(chosen)}: choose the targets one way")
-        errs.check(not self.out.is_file(), f"--out {self.out}: is a file; give a folder")
         errs.raise_if_any()
+        from pipeline.core.devices import resolve_device
+        from stage3_infer.predictions import claim
+
+        self.device = resolve_device(self.device)
+        claim(self.out, self.overwrite, inputs=self.inputs())
         return self
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def inputs(self) -> list[Path]:
+        """What infer reads, which ``--out`` must not be, contain or lie inside: the checkpoint,
+        the files given, and the cache and graph folder the checkpoint names."""
+        from pipeline.core import guarded
+        from pipeline.core.errors import InputError
+
+        found = [self.checkpoint, self.nodes, self.edges, self.node_ids]
+        for name in ("checkpoint.json", "config.json"):  # the run's description (config.json before it was renamed)
+            try:
+                recorded = guarded.read_json(self.checkpoint / name, "")
+                break
+            except InputError:
+                recorded = {}  # a damaged checkpoint is refused, naming the file, when it is loaded
+        for key in ("cache", "graph_source"):
+            value = recorded.get(key)
+            if isinstance(value, str) and Path(value).is_dir():
+                found.append(Path(value))
+        return [p for p in found if p is not None]
+
+@dataclass
+class BenchConfig:
+    """``pipeline bench infer``: early exit against full depth on the test nodes."""
+
+    checkpoint: Path = checkpoint_option()
+    json_path: Path | None = json_option("the table (per policy accuracy, rel_drop, speedup, layer_fraction)")
+    max_targets: int | None = option(None, "Use only the first N test (and validation) nodes.")
+    batch_size: int = batch_size_option()
+    device: str = device_option("cpu")
+    repeats: int = option(1, "Timed runs per policy; the fastest counts (for noisy shared machines).")
+
+    def validate(self) -> "BenchConfig":
+        errs = ConfigErrors()
+        errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
+        errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
+        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(self.repeats > 0, f"--repeats {self.repeats}: must be > 0")
+        errs.raise_if_any()
+        from pipeline.core.bench_json import claim_bench
+        from pipeline.core.devices import resolve_device
+
+        self.device = resolve_device(self.device)
+        if self.json_path is not None:
+            claim_bench(self.json_path, "infer", inputs=[self.checkpoint])
+        return self

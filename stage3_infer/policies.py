@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage3_infer.config import FALLBACK_EXIT
 
 EXIT_FLAG = "--exit"

@@ -12,16 +12,15 @@
 mean exit rung and layer, LLM layer evaluations against full depth, wall time and what
 produced it (checkpoint, model, rung layers).
 
-Both files are written into a temporary folder next to ``out`` and moved in at the end, so a
-failed run leaves nothing behind.
+The folder (with ``infer_config.json`` and the ownership marker ``.pipeline-artifact.json``,
+kind "predictions") is written under a temporary name next to ``out`` and renamed at the end,
+so a failed run leaves nothing behind; it replaces only an earlier infer output, and only with
+``--overwrite`` (:func:`claim`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config_file import save_resolved_config
-from pipeline.errors import InputError
+from pipeline.core import atomic, guarded, ownership
+from pipeline.core.config_file import save_resolved_config
+from pipeline.core.errors import InputError
+from pipeline.core.options import config_file_name
 
-PREDICTIONS_FILE, SUMMARY_FILE, CONFIG_FILE = "predictions.parquet", "summary.json", "infer_config.json"
+PREDICTIONS_FILE, SUMMARY_FILE, CONFIG_FILE = "predictions.parquet", "summary.json", config_file_name("infer")
 COLUMNS = ("node_id", "predicted_label", "confidence", "exit_rung", "exit_layer", "true_label")
 
 
@@ -98,23 +99,29 @@ def summarize(
     }
 
 
-def write_outputs(out: Path, p: Predictions, summary: dict, config: dict | None = None) -> None:
-    """Write predictions (+ summary, + resolved config) into ``out``, all or nothing."""
+def is_predictions(path: Path) -> bool:
+    """An infer output written before ownership markers: only its own files, predictions included."""
+    names = {p.name for p in path.iterdir()}
+    return PREDICTIONS_FILE in names and SUMMARY_FILE in names and names <= {PREDICTIONS_FILE, SUMMARY_FILE, CONFIG_FILE}
+
+
+def claim(out: Path, overwrite: bool, inputs=()) -> bool:
+    """Check ``--out`` before any work (see :func:`pipeline.core.ownership.claim_output`)."""
+    return ownership.claim_output(out, "predictions", "--out", overwrite=overwrite, inputs=inputs, legacy=is_predictions)
+
+
+def write_outputs(out: Path, p: Predictions, summary: dict, config: dict | None = None, overwrite: bool = False) -> None:
+    """Write predictions (+ summary, + resolved config) as the folder ``out``, all or nothing;
+    an earlier infer output there is replaced only with ``overwrite``."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        pq.write_table(predictions_table(p), tmp / PREDICTIONS_FILE)
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    claim(out, overwrite)
+    with atomic.StagedFolder(out) as staged:
+        pq.write_table(predictions_table(p), staged.path / PREDICTIONS_FILE)
+        (staged.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         if config is not None:
-            save_resolved_config(tmp / CONFIG_FILE, config)
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        for f in sorted(tmp.iterdir()):  # `out` already exists: replace our files one by one
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            save_resolved_config(staged.path / CONFIG_FILE, config)
+        ownership.write_marker(staged.path, "predictions")
+        staged.commit(ownership.replacer("predictions", "--out", overwrite, is_predictions))
 
 
 def read_predictions(out: Path) -> pa.Table:
@@ -123,7 +130,7 @@ def read_predictions(out: Path) -> pa.Table:
     path = path / PREDICTIONS_FILE if path.is_dir() else path
     if not path.is_file():
         raise InputError(f"{path}: no predictions here; `pipeline infer --checkpoint RUN_DIR --out DIR` writes them")
-    table = pq.read_table(path)
+    table = guarded.read_parquet(path, f"rerun `pipeline infer --checkpoint RUN_DIR --out {path.parent} --overwrite`")
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise InputError(f"{path}: not a predictions file, missing column(s) {missing}")
@@ -131,4 +138,4 @@ def read_predictions(out: Path) -> pa.Table:
 
 
 def read_summary(out: Path) -> dict:
-    return json.loads((Path(out) / SUMMARY_FILE).read_text())
+    return guarded.read_json(Path(out) / SUMMARY_FILE, f"rerun `pipeline infer --checkpoint RUN_DIR --out {out} --overwrite`")

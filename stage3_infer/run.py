@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from pipeline.progress import log, progress, warn
+from pipeline.core.errors import InputError
+from pipeline.core.options import flag_values
+from pipeline.core.progress import log, progress, warn
 from stage3_infer.config import InferConfig
 from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit, resolve_exit
 from stage3_infer.predictions import Predictions, summarize, write_outputs
@@ -55,7 +56,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
 
     ``exit_spec`` is checked against the checkpoint's rungs before the LLM is loaded.
     """
-    from pipeline.graph import load_graph
+    from pipeline.core.graph import load_graph
     from stage2_train.checkpoint import load_checkpoint
     from stage2_train.sampling import Sampler
     from stage3_infer.compat import check_cache, check_model, manifest_model
@@ -73,13 +74,14 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     if config.nodes is not None:
         g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)
 
-    from stage1_encode.models import load_model, resolve_model
+    from stage1_encode.models import check_weights, load_model, resolve_model
     from stage1_encode.stepping import LayerStepper
 
     manifest = ckpt.manifest
     model_name = config.model or manifest_model(manifest)
     spec = resolve_model(model_name)
     check_model(spec, manifest, ckpt.layers, config.checkpoint)  # cheap checks before loading
+    check_weights(spec)
     stepper = LayerStepper(load_model(spec, device=config.device))
     check_model(spec, manifest, ckpt.layers, config.checkpoint, stepper=stepper)
 
@@ -194,7 +196,7 @@ def run(config: InferConfig) -> dict:
             "policy_source": why,
         },
     )
-    write_outputs(config.out, preds, summary, config=config.to_dict())
+    write_outputs(config.out, preds, summary, config=flag_values(config), overwrite=config.overwrite)
     acc = summary["accuracy"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError
-from pipeline.graph import TextGraph
-from pipeline.progress import warn
+from pipeline.core.errors import InputError
+from pipeline.core.graph import TextGraph
+from pipeline.core.progress import warn
 
 FIRST = 5  # offending values quoted per problem
 
@@ -138,7 +138,10 @@ def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_na
 
 def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
     """A text file of user ids, one a line (blank lines and ``#`` comments skipped) -> indices."""
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+    try:
+        lines = [ln.strip() for ln in Path(path).read_bytes().decode("utf-8").splitlines()]
+    except UnicodeDecodeError as err:
+        raise InputError(f"--node-ids {path}: not UTF-8 text (byte {err.start}); one node id a line") from None
     raw = [ln for ln in lines if ln and not ln.startswith("#")]
     if not raw:
         raise InputError(f"--node-ids {path}: no node ids in the file (one id a line)")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.graph import load_graph
-from pipeline.graph_format import write_graph_folder
+from pipeline.core.graph import load_graph
+from pipeline.core.graph_format import write_graph_folder
 
 
 def write_cora_slice(folder: Path, n: int, texts_suffix: str = "") -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config_file import read_config_file, save_resolved_config
-from pipeline.errors import InputError
+from pipeline.core.config_file import read_config_file, save_resolved_config
+from pipeline.core.errors import InputError
 
 
 def test_yaml_and_toml(tmp_path):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 from pipeline.graph_summary import connected_components
 
 ROWS = [  # node_id, text, label, split
@@ -113,7 +113,7 @@ def test_import_round_trip(cli, tmp_path, nfmt, efmt, int_ids):
     assert g.num_edges == len(EDGE_ROWS)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["label_names"] == ["db", "ml"] and meta["imported_from"]["nodes"] == str(nodes.resolve())
-    config = json.loads((out / "pipeline_config.json").read_text())
+    config = json.loads((out / "datasets_import_config.json").read_text())
     assert config["nodes"] == str(nodes.resolve()) and config["id_type"] == "auto"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folder left
 
@@ -199,10 +199,12 @@ def test_import_errors_write_nothing(cli, tmp_path):
     assert not out.exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
-    # an existing OUT is refused unless --overwrite
+    # an empty OUT is used; an earlier graph there is refused unless --overwrite
     out.mkdir()
+    assert cli("datasets", "import", n, e, out).exit_code == 0
     result = cli("datasets", "import", n, e, out)
-    assert result.exit_code == 2 and result.stderr == f"Error: {out}: already exists; choose a new folder or pass --overwrite\n"
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: OUT {out}: holds an earlier graph; pass --overwrite to replace it, or choose another OUT (nothing was changed)\n")
     assert cli("datasets", "import", n, e, out, "--overwrite").exit_code == 0
     assert load_graph(out).num_nodes == 5
 
@@ -237,7 +239,7 @@ def test_subset_connected_deterministic_splits_kept(cli, tmp_path):
     meta = json.loads((a / "meta.json").read_text())
     assert meta["subset_of"]["graph"] == "cora" and meta["subset_of"]["seed"] == 3
     assert "num_nodes" not in meta and "edge_homophily" not in meta
-    assert json.loads((a / "pipeline_config.json").read_text()) == {
+    assert json.loads((a / "datasets_subset_config.json").read_text()) == {
         "graph": "cora", "nodes": 60, "seed": 3, "out": str(a.resolve()), "overwrite": False}
 
 
@@ -294,10 +296,10 @@ def test_config_yaml_toml_override_and_unknown_key(cli, tmp_path):
     # flags override the file
     assert cli("datasets", "subset", "cora", c, "--config", tmp_path / "s.toml", "--nodes", 12).exit_code == 0
     assert load_graph(c).num_nodes == 12
-    assert json.loads((c / "pipeline_config.json").read_text())["nodes"] == 12
+    assert json.loads((c / "datasets_subset_config.json").read_text())["nodes"] == 12
     # the saved configuration is itself a valid --config (JSON)
     d = tmp_path / "d"
-    assert cli("datasets", "subset", "--config", c / "pipeline_config.json", "cora", d).exit_code == 0
+    assert cli("datasets", "subset", "--config", c / "datasets_subset_config.json", "cora", d).exit_code == 0
     assert load_graph(d).fingerprint == load_graph(c).fingerprint
     # unknown key: exit 2 naming it, nothing written
     (tmp_path / "bad.yaml").write_text("nodes: 5\nnode_count: 5\n")
@@ -311,7 +313,7 @@ def test_config_yaml_toml_override_and_unknown_key(cli, tmp_path):
     (tmp_path / "imp.toml").write_text(f'nodes = "{n}"\nedges = "{e}"\nid-col = "pid"\nid_type = "string"\n')
     result = cli("datasets", "import", "--config", tmp_path / "imp.toml", n, e, tmp_path / "imp")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "imp" / "pipeline_config.json").read_text())["id_col"] == "pid"
+    assert json.loads((tmp_path / "imp" / "datasets_import_config.json").read_text())["id_col"] == "pid"
     (tmp_path / "chk.yaml").write_text(f"json: {tmp_path / 'sum.json'}\n")
     assert cli("datasets", "check", "--config", tmp_path / "chk.yaml", tmp_path / "imp").exit_code == 0
     assert json.loads((tmp_path / "sum.json").read_text())["nodes"] == 5

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import load_graph
+from pipeline.core.bench_json import read_bench
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import load_graph
 from stage1_encode.cache import CacheWriter, open_cache, status_text
 from stage1_encode.config import EncodeConfig
 from stage1_encode.run import run
@@ -180,7 +181,8 @@ def test_bench_encode_json(tmp_path: Path) -> None:
 
     path = tmp_path / "bench.json"
     run_bench(BenchConfig(graph="cora", model="minilm-l6", limit=8, max_length=16, json_path=path))
-    figures = json.loads(path.read_text())
+    kind, figures = read_bench(path)
+    assert kind == "encode"
     for key in ("texts_per_s", "naive_texts_per_s", "speedup_vs_naive", "flops_fraction", "bytes_per_node", "reference_bytes_per_node"):
         assert figures[key] > 0, key
     assert figures["reference_bytes_per_node"] == 7 * 384 * 4  # all 7 MiniLM states in fp32

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
 from stage1_encode.layers import default_layers, parse_layers
 from stage1_encode.models import BUILTIN_MODELS, load_model, resolve_model
 from stage1_encode.stepping import LayerStepper

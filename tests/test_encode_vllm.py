@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
 from stage1_encode.models import resolve_model
 from stage1_encode.vllm_backend import VllmEncoder, check_architecture
 

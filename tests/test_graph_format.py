@@ -8,9 +8,9 @@ import sys
 import pyarrow as pa
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
-from pipeline.graph_format import graph_edges_table, read_graph_folder, write_graph_folder
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
+from pipeline.core.graph_format import graph_edges_table, read_graph_folder, write_graph_folder
 
 NODES = {"node_id": [10, 20, 30], "text": ["a", "b", "c"]}
 EDGES = {"src": [10, 20], "dst": [20, 30]}
@@ -265,7 +265,7 @@ def test_write_graph_folder_atomic_and_validated(tmp_path):
         out, nodes, edges, meta={"label_names": ["0", "1"]}, splits={"s": {"train": ["a"], "test": ["b"]}},
         extra_files={"note.txt": "hello\n", "cfg.json": lambda p: p.write_text("{}")},
     )
-    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "edges.parquet", "meta.json", "nodes.parquet", "note.txt", "splits"]
+    assert sorted(p.name for p in out.iterdir()) == [".pipeline-artifact.json", "cfg.json", "edges.parquet", "meta.json", "nodes.parquet", "note.txt", "splits"]
     assert graph.named_splits["s"] == out / "splits" / "s.json"
     assert graph.split_indices("s")["test"].tolist() == [1]
     again = read_graph_folder(out, name="out", source=str(out))
@@ -278,11 +278,12 @@ def test_write_graph_folder_atomic_and_validated(tmp_path):
         write_graph_folder(bad, nodes, pa.table({"src": pa.array(["a"]), "dst": pa.array(["q"])}))
     assert f"- {bad}/edges.parquet: column 'dst' has 1 id(s) not in {bad}/nodes.parquet at rows [0], first: ['q']" in str(err.value)
     assert not bad.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
-    with pytest.raises(InputError, match="already exists; choose a new folder or pass --overwrite"):
+    with pytest.raises(InputError, match="holds an earlier graph; pass --overwrite to replace it, or choose another OUT"):
         write_graph_folder(out, nodes, edges)
     write_graph_folder(out, nodes.slice(0, 1), pa.table({"src": pa.array([], pa.string()), "dst": pa.array([], pa.string())}), overwrite=True)
     assert load_graph(out).num_nodes == 1 and not (out / "note.txt").exists()
     (tmp_path / "notgraph").mkdir()
     (tmp_path / "notgraph" / "precious.txt").write_text("keep")
-    with pytest.raises(InputError, match="exists and is not a graph folder; refusing to overwrite it"):
+    with pytest.raises(InputError, match=r"exists and was not written by `pipeline datasets` .* \(nothing was changed\)"):
         write_graph_folder(tmp_path / "notgraph", nodes, edges, overwrite=True)
+    assert [p.name for p in (tmp_path / "notgraph").iterdir()] == ["precious.txt"]

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import text_column
-from pipeline.errors import InputError
-from pipeline.graph import graph_fingerprint, load_graph
-from pipeline.graph_format import _symmetrize, graph_edges_table, read_nodes_table
-from pipeline.text_column import TextColumn
+from pipeline.core import text_column
+from pipeline.core.errors import InputError
+from pipeline.core.graph import graph_fingerprint, load_graph
+from pipeline.core.graph_format import _symmetrize, graph_edges_table, read_nodes_table
+from pipeline.core.text_column import TextColumn
 
 
 @pytest.fixture(scope="module")

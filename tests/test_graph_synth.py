@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 from pipeline.graph_synth import SynthConfig, synthesize
 from pipeline.synth_text import real_corpus
 
@@ -103,17 +103,17 @@ def test_cli_writes_exact_files_and_refuses_bad_flags(cli, tmp_path: Path) -> No
     out = tmp_path / "g"
     result = cli("datasets", "synth", "--nodes", "50", "--classes", "3", "--avg-degree", "2", "--check", out)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["edges.parquet", "meta.json", "nodes.parquet", "pipeline_config.json"]
-    assert json.loads((out / "pipeline_config.json").read_text())["nodes"] == 50
+    assert sorted(p.name for p in out.iterdir()) == [".pipeline-artifact.json", "datasets_synth_config.json", "edges.parquet", "meta.json", "nodes.parquet"]
+    assert json.loads((out / "datasets_synth_config.json").read_text())["nodes"] == 50
     assert load_graph(out).num_edges == 50
     again = cli("datasets", "synth", "--nodes", "50", out)
-    assert again.exit_code == 2 and f"{out}: already exists; choose a new folder or pass --overwrite" in again.output
+    assert again.exit_code == 2 and f"OUT {out}: holds an earlier graph; pass --overwrite to replace it" in again.output
 
     bad = cli("datasets", "synth", "--nodes", "5", "--classes", "1", "--homophily", "1.5", "--text-words", "9:3", tmp_path / "bad")
     assert bad.exit_code == 2
     lines = re.findall(r"- (.*)", bad.output)
     assert lines == [
-        "--nodes 5: must be at least 10",
+        "--nodes 5: must be in 10..100000000",
         "--classes 1: must be in 2..1000",
         "--homophily 1.5: must be in [0, 1] (fraction of intra-class edges)",
         "--avg-degree 5.0: must be > 0 and at most (nodes - 1) / 2 = 2",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 from stage1_encode.models import load_model, resolve_model
 from stage1_encode.stepping import LayerStepper
 from stage2_train.ladder import GLadder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage3_infer.policies import ExitPolicy, ExitTracker, decide, parse_exit
 
 C = 3

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage3_infer.predictions import Predictions, read_predictions, read_summary, summarize, write_outputs
 
 
@@ -28,7 +28,7 @@ def test_write_and_read_back(tmp_path):
     summary = summarize(p, policy="patience:1", layer_evals=40, full_depth_evals=90, wall_time_s=1.23456)
     out = tmp_path / "pred"
     write_outputs(out, p, summary, config={"exit": "patience:1", "out": out})
-    assert sorted(f.name for f in out.iterdir()) == ["infer_config.json", "predictions.parquet", "summary.json"]
+    assert sorted(f.name for f in out.iterdir()) == [".pipeline-artifact.json", "infer_config.json", "predictions.parquet", "summary.json"]
     assert [f.name for f in tmp_path.iterdir()] == ["pred"]  # no temp folder left behind
     t = read_predictions(out).to_pydict()
     assert t["node_id"] == [10, 20, 30]
@@ -55,12 +55,21 @@ def test_write_and_read_back(tmp_path):
 
 def test_string_ids_and_overwrite(tmp_path):
     out = tmp_path / "pred"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
     p = _preds(np.array(["p1", "p2", "p3"], dtype=object))
-    write_outputs(out, p, summarize(p, policy="none", layer_evals=0, full_depth_evals=0, wall_time_s=0))
-    assert sorted(f.name for f in out.iterdir()) == ["keep.txt", "predictions.parquet", "summary.json"]
+    summary = summarize(p, policy="none", layer_evals=0, full_depth_evals=0, wall_time_s=0)
+    write_outputs(out, _preds(np.array([1, 2, 3])), summary)
+    with pytest.raises(InputError, match="holds an earlier predictions; pass --overwrite to replace it"):
+        write_outputs(out, p, summary)
+    write_outputs(out, p, summary, overwrite=True)  # its own earlier output: replaced whole
+    assert sorted(f.name for f in out.iterdir()) == [".pipeline-artifact.json", "predictions.parquet", "summary.json"]
     assert read_predictions(out / "predictions.parquet").column("node_id").to_pylist() == ["p1", "p2", "p3"]
+    # a folder of the user's is never written into, with or without --overwrite
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="exists and was not written by `pipeline infer`"):
+        write_outputs(mine, p, summary, overwrite=True)
+    assert [f.name for f in mine.iterdir()] == ["keep.txt"] and (mine / "keep.txt").read_text() == "x"
 
 
 def test_read_missing(tmp_path):

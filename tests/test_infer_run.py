@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.graph import load_graph
+from pipeline.core.bench_json import read_bench
+from pipeline.core.graph import load_graph
 from stage3_infer.config import InferConfig
 from stage3_infer.policies import decide, parse_exit
 from stage3_infer.predictions import read_predictions
@@ -70,7 +71,7 @@ def test_none_reproduces_training_predictions(trained):
     assert t["exit_rung"] == [6] * len(test) and t["exit_layer"] == [6] * len(test)
     assert summary["accuracy"] == ck.summary["per_seed"][0]["test_acc"]  # the test accuracy training reported
     assert summary["llm_layer_evals"] == summary["llm_layer_evals_full_depth"] == len(test) * 6
-    assert sorted(p.name for p in (root / "pred_none").iterdir()) == ["infer_config.json", "predictions.parquet", "summary.json"]
+    assert sorted(p.name for p in (root / "pred_none").iterdir()) == [".pipeline-artifact.json", "infer_config.json", "predictions.parquet", "summary.json"]
     # without the cache every subgraph node runs through the LLM: same answers, more layers
     fresh = run(InferConfig(run_dir, root / "pred_fresh", exit="none", cache_neighbours=False))
     assert read_predictions(root / "pred_fresh").column("predicted_label").to_pylist() == want
@@ -180,7 +181,8 @@ def test_bench_infer_json(trained, tmp_path, cli):
     root, run_dir, graph = trained
     result = cli("bench", "infer", "--checkpoint", run_dir, "--json", tmp_path / "bench.json", "--max-targets", 4)
     assert result.exit_code == 0, result.output
-    table = json.loads((tmp_path / "bench.json").read_text())
+    kind, table = read_bench(tmp_path / "bench.json")
+    assert kind == "infer"
     assert list(table)[:3] == ["none", "patience:1", "patience:2"] and len(table) == 5
     assert all(k.startswith("confidence:") for k in list(table)[3:])
     for row in table.values():

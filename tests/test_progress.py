@@ -7,7 +7,7 @@ import sys
 
 from rich.console import Console
 
-from pipeline import progress as progress_mod
+from pipeline.core import progress as progress_mod
 
 
 class FakeClock:

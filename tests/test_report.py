@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.core.ownership import MARKER
+from pipeline.core.bench_json import write_bench
 from pipeline.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,7 +137,7 @@ def full_run(tmp_path_factory) -> Path:
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, (args, result.output)
     for kind, data in (("encode", bench_encode()), ("train", bench_train()), ("infer", bench_infer())):
-        (root / f"bench_{kind}.json").write_text(json.dumps(data, indent=2) + "\n")
+        write_bench(root / f"bench_{kind}.json", kind, data)
     return root
 
 
@@ -146,7 +148,7 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     out = full_run / "report"
     md = (out / "report.md").read_text()
     assert [line for line in md.splitlines() if line.startswith("## ")] == SECTIONS
-    assert {p.name for p in out.iterdir()} == ALL_FIGURES | {"report.md"}
+    assert {p.name for p in out.iterdir()} == ALL_FIGURES | {"report.md", "report_config.json", MARKER}
     assert figures_linked(md) == ALL_FIGURES
     for name in sorted(ALL_FIGURES):
         assert_valid_png(out / name)
@@ -181,11 +183,11 @@ def test_rerun_replaces_the_report_and_several_run_dirs(full_run, tmp_path):
     md = (out / "report.md").read_text()
     assert "| infer output | `infer` | policy patience:1, 8 nodes," in md  # relative to the common parent
     assert "| training run | `baselines/mlp` | mlp on graph (minilm-l6), seeds [0, 1]," in md
-    assert sorted(p.name for p in out.iterdir()) == [
-        "accuracy.png", "early_exit_tradeoff.png", "exit_layers.png", "report.md", "training_baselines-mlp.png"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER,
+        "accuracy.png", "early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json", "training_baselines-mlp.png"]
     (out / "stale.png").write_bytes(PNG_MAGIC)
     assert invoke(full_run / "infer", "--out", out).exit_code == 0  # a second report replaces the first
-    assert sorted(p.name for p in out.iterdir()) == ["early_exit_tradeoff.png", "exit_layers.png", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json"]
     md = (out / "report.md").read_text()
     assert "| infer output | `.` | policy patience:1, 8 nodes," in md and "`baselines/mlp`" not in md
     assert not list(tmp_path.glob(".rep.tmp-*"))
@@ -206,7 +208,7 @@ def test_cache_alone_says_what_is_missing(tmp_path):
         "- bench encode figures: `pipeline bench encode GRAPH --json RUN_DIR/bench_encode.json`",
     ):
         assert line in md, line
-    assert sorted(p.name for p in path.parent.iterdir()) == ["report.md"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [MARKER, "report.md", "report_config.json"]
     assert md.rstrip().splitlines()[-1] == f"Files in `{run / 'report'}`: `report.md` and 0 figure(s): none."
 
 
@@ -215,7 +217,7 @@ def test_checkpoint_without_infer(full_run, tmp_path):
     shutil.copytree(full_run / "checkpoint", run / "checkpoint")
     path = write_report([run])
     names = sorted(p.name for p in path.parent.iterdir())
-    assert names == ["accuracy.png", "heads_checkpoint.png", "report.md", "training_checkpoint.png"]
+    assert names == [MARKER, "accuracy.png", "heads_checkpoint.png", "report.md", "report_config.json", "training_checkpoint.png"]
     md = path.read_text()
     assert "_Missing: no infer output or infer benchmark; `pipeline infer --checkpoint RUN_DIR --out INFER_DIR` or" in md
     assert "- encode cache: none under the given folder(s); `pipeline encode GRAPH --out CACHE_DIR`" in md
@@ -235,10 +237,10 @@ def test_broken_pieces_are_listed_not_fatal(tmp_path):
     md = (run / "report" / "report.md").read_text()
     assert "INCOMPLETE: 1/3 blocks" in md
     assert "is incomplete (2 blocks missing): complete it with `pipeline encode cora --out " in md
-    assert f"- could not read {run / 'half'}: training run could not be read (Expecting property name" in md
-    assert f"- could not read {run / 'bench_other.json'}: not a `pipeline bench encode|train|infer --json` file (unknown keys)" in md
+    assert f"- could not read {run / 'half'}: training run could not be read (checkpoint {run / 'half'}: missing checkpoint.json" in md
+    assert f"- could not read {run / 'bench_other.json'}: benchmark JSON could not be read (not a `pipeline bench encode|train|train-memory|infer --json` file (no known \"kind\" with \"figures\"))" in md
     assert "_No labelled targets among the infer outputs: no accuracy to plot._" in md
-    assert sorted(p.name for p in (run / "report").iterdir()) == ["exit_layers.png", "report.md"]
+    assert sorted(p.name for p in (run / "report").iterdir()) == [MARKER, "exit_layers.png", "report.md", "report_config.json"]
 
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path):
@@ -260,8 +262,15 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path):
     make_infer(run / "infer")
     r = invoke(run, "--out", run)  # a folder with other things in it is never replaced
     assert r.exit_code == 2
-    assert r.stderr == (f"Error: --out {run}: exists and holds other files than an earlier report (report.md, *.png); "
-                        "choose another --out (nothing was deleted)\n")
+    assert r.stderr == f"Error: --out {run}: is this command's input {run}; choose a separate --out (nothing was changed)\n"
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.md").write_text("mine")
+    r = invoke(run, "--out", other)
+    assert r.exit_code == 2
+    assert r.stderr == (f"Error: --out {other}: exists and was not written by `pipeline report` (no .pipeline-artifact.json "
+                        "marking it a report); choose a new or empty folder (nothing was changed)\n")
+    assert [p.name for p in other.iterdir()] == ["todo.md"]
     assert sorted(p.name for p in run.iterdir()) == ["infer"]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
 from stage2_train.config import TrainConfig
 from stage2_train.data import resolve_split
 

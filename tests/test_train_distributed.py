@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 NODES = 160
 FLAGS = ["--seeds", "0", "--epochs", "10", "--patience", "10", "--batch-size", "512", "--dropout", "0", "--lr", "1e-3",
          "--hidden-channels", "32", "--rungs", "0,3,6", "--num-threads", "1"]
-FILES = ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+FILES = [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
 
 
 def free_port() -> int:
@@ -89,7 +89,7 @@ def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_pa
     assert [m["loss"] for m in m2] == pytest.approx([m["loss"] for m in m1], abs=1e-4)
     assert sorted(s2) == sorted(s1) and sorted(s2["per_seed"][0]) == sorted(s1["per_seed"][0])
     assert sorted(m2[0]) == sorted(m1[0])
-    c1, c2 = (json.loads((d / "config.json").read_text()) for d in (one, two))
+    c1, c2 = (json.loads((d / "checkpoint.json").read_text()) for d in (one, two))
     assert (c1["world_size"], c2["world_size"]) == (1, 2) and sorted(c1) == sorted(c2)
     assert sorted(str(p.relative_to(two)) for p in two.rglob("*") if p.is_file()) == FILES
     assert sorted(p.name for p in two.parent.iterdir()) == ["run"]  # no rank left a temporary folder

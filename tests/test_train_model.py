@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.graph import load_graph
+from pipeline.core.graph import load_graph
 from stage2_train.baselines import NodeBaseline
 from stage2_train.ladder import GLadder
 from stage2_train.sampling import Sampler, generator

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from stage2_train.checkpoint import read_metrics
-from stage2_train.config import TrainConfig, parse_size
+from stage2_train.config import TrainConfig
+from pipeline.core.parsers import parse_size
 from stage2_train.out_of_core import OutOfCoreFeatures, ReadAhead, chunk_group_batches
 
 NODES = 120
@@ -57,11 +58,16 @@ def _cfg(small, name, **kw):
 class ChunkOrdered:
     """In-memory features that batch in the out-of-core (chunk-grouped) order, without read-ahead."""
 
+    orders_batches = True
+
     def __init__(self, features, chunk_nodes):
         self.features, self.chunk_nodes = features, chunk_nodes
 
     def __call__(self, nodes):
         return self.features(nodes)
+
+    def pieces(self, sub):
+        return [sub]
 
     def epoch(self, sampler, nodes, size, gen, max_batches=None):
         from stage2_train.step_memory import MicroBatch
@@ -141,16 +147,16 @@ def test_train_cli_out_of_core_writes_the_same_files(small, cli):
         res = cli(*args, "--out", root / name, *extra)
         assert res.exit_code == 0, res.output
     files = {n: sorted(str(p.relative_to(root / n)) for p in (root / n).rglob("*") if p.is_file()) for n in ("cli_mem", "cli_ooc")}
-    assert files["cli_mem"] == files["cli_ooc"] == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+    assert files["cli_mem"] == files["cli_ooc"] == [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
     summaries = {n: json.loads((root / n / "summary.json").read_text()) for n in ("cli_mem", "cli_ooc")}
     assert sorted(summaries["cli_mem"]) == sorted(summaries["cli_ooc"])
     assert sorted(read_metrics(root / "cli_ooc")[0]) == sorted(read_metrics(root / "cli_mem")[0])
-    modes = {n: json.loads((root / n / "config.json").read_text())["features"] for n in ("cli_mem", "cli_ooc", "cli_default")}
+    modes = {n: json.loads((root / n / "checkpoint.json").read_text())["features"] for n in ("cli_mem", "cli_ooc", "cli_default")}
     assert modes["cli_mem"] == {"mode": "in-memory", "memory_budget": 1_000_000, "limit_bytes": 1_000_000, "rungs_bytes": 276_480}
     assert modes["cli_ooc"] == {"mode": "out-of-core", "memory_budget": 200_000, "limit_bytes": 200_000, "rungs_bytes": 276_480,
                                 "lru_capacity_bytes": 100_000, "chunk_nodes": 16, "readahead": 1, "step_limit_bytes": 40_740}
     assert modes["cli_default"]["mode"] == "in-memory" and modes["cli_default"]["memory_budget"] is None
-    assert json.loads((root / "cli_ooc" / "config.json").read_text())["memory_budget"] == 200_000
+    assert json.loads((root / "cli_ooc" / "checkpoint.json").read_text())["memory_budget"] == 200_000
 
 
 def _read_ahead_threads():

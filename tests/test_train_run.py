@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cora_slice import write_cora_slice
-from pipeline.errors import InputError
-from pipeline.graph import load_graph
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
 from stage2_train.checkpoint import load_checkpoint, read_metrics
 from stage2_train.config import TrainConfig
 from stage2_train.run import run
@@ -92,7 +92,7 @@ def test_baselines_and_ladder_write_the_same_format(small):
     assert keys["mlp"] == keys["ladder"] == keys["gcn"] == keys["sage"]
     for arch, s in summaries.items():
         files = sorted(str(p.relative_to(root / f"fmt_{arch}")) for p in (root / f"fmt_{arch}").rglob("*") if p.is_file())
-        assert files == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json"]
+        assert files == [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
         assert sorted(s["per_seed"][0]) == sorted(summaries["ladder"]["per_seed"][0])
     assert summaries["gcn"]["layers"] == [6] and summaries["mlp"]["gates_mean"] == []
     assert load_checkpoint(root / "fmt_sage").config["model"]["arch"] == "sage"
@@ -153,16 +153,19 @@ def test_cli_end_to_end_exact_files(small, cli):
               "--rungs", "0,6", "--num-threads", "1")
     assert res.exit_code == 0, res.output
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["config.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json"]
+    assert files == [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json", "train_config.json"]
     s = json.loads((out / "summary.json").read_text())
     assert s["seeds"] == [0, 1] and len(read_metrics(out)) == sum(p["epochs_run"] for p in s["per_seed"])
     assert [h["layer"] for h in s["heads"]] == [0, 6]
-    assert json.loads((out / "config.json").read_text())["sampler"] == "rwr"
+    assert json.loads((out / "checkpoint.json").read_text())["sampler"] == "rwr"
     res = cli("train", cache, "--out", out, "--epochs", "0", "--gnn", "gin")
     assert res.exit_code == 2
     text = " ".join(res.output.replace("│", " ").split())  # undo the error panel's line wrapping
-    for part in ("--epochs 0: must be > 0", "--gnn gin: choose one of sage, gcn, gat", f"--out {out}: exists and is not empty"):
+    for part in ("--epochs 0: must be > 0", "--gnn gin: choose one of sage, gcn, gat"):
         assert part in text
+    res = cli("train", cache, "--out", out, "--epochs", "2")
+    assert res.exit_code == 2 and res.stderr == (
+        f"Error: --out {out}: holds an earlier run; pass --overwrite to replace it, or choose another --out (nothing was changed)\n")
 
 
 def test_standardize_statistics_come_from_training_nodes_only(small):
@@ -176,7 +179,7 @@ def test_standardize_statistics_come_from_training_nodes_only(small):
 
     root, cache = small
     s = run(_cfg(small, "std", standardize=True, lr=1e-2))
-    config = json.loads((root / "std" / "config.json").read_text())
+    config = json.loads((root / "std" / "checkpoint.json").read_text())
     assert config["standardize"] is True and config["model"]["standardize"] is True
     data = open_train_data(cache, (0, 3, 6), None, "ladder")
     split = resolve_split(data.graph, None, 0)
@@ -226,7 +229,7 @@ def test_last_head_loss_equals_multi_exit_with_weights_0_to_1(small):
     # all weights 1 (the default multi-exit loss) trains the same network differently
     multi = load_file(str(_trained_plain(small) / "seed_0" / "model.safetensors"))
     assert not torch.allclose(multi["proj.0.0.weight"], wa["proj.0.0.weight"], atol=1e-5)
-    assert json.loads((root / "engine" / "config.json").read_text())["loss"] == "last-head"
+    assert json.loads((root / "engine" / "checkpoint.json").read_text())["loss"] == "last-head"
 
 
 def test_exit_policy_is_chosen_on_validation_and_stored(small):

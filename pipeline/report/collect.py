@@ -20,12 +20,7 @@ from pathlib import Path
 
 # The files that mark each artifact; the formats themselves live in the stages' modules.
 CACHE_MARKS = ("manifest.json", "zarr.json")
-CHECKPOINT_MARKS = ("summary.json", "metrics.jsonl")
 PREDICTIONS = "predictions.parquet"
-BENCH_KEYS = {
-    "encode": ("texts_per_s",),
-    "train": ("epoch_s_cached", "epoch_s_uncached"),
-}
 
 
 @dataclass
@@ -39,7 +34,7 @@ class CacheInfo:
 
 @dataclass
 class TrainRun:
-    """A checkpoint folder: ``config`` (config.json), ``summary``, ``metrics`` (JSONL lines);
+    """A checkpoint folder: ``config`` (its checkpoint.json), ``summary``, ``metrics`` (JSONL lines);
     ``encoder``: the LLM named in its copy of the cache manifest."""
 
     path: Path
@@ -103,22 +98,21 @@ def _read_json(path: Path):
 
 
 def read_cache(folder: Path) -> CacheInfo:
-    from stage1_encode.cache import disk_bytes, num_blocks, read_manifest
+    from stage1_encode.cache import disk_bytes, open_cache
 
-    m = read_manifest(folder)
-    done = len(list((folder / "blocks").glob("*.done")))
-    return CacheInfo(folder, m, done, num_blocks(m["num_nodes"], m["block_nodes"]), disk_bytes(folder))
+    reader = open_cache(folder)
+    total = reader.num_blocks
+    return CacheInfo(folder, reader.manifest, total - len(reader.missing_blocks()), total, disk_bytes(folder))
 
 
 def read_train_run(folder: Path) -> TrainRun:
-    summary = _read_json(folder / "summary.json")
-    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from stage2_train.checkpoint import read_run
+
+    run = read_run(folder)
     for key in ("test_acc_mean", "per_seed"):
-        if key not in summary:
+        if key not in run.summary:
             raise ValueError(f"summary.json has no '{key}' (not a finished training run)")
-    manifest = _read_json(folder / "manifest.json") if (folder / "manifest.json").is_file() else {}
-    return TrainRun(folder, config, summary, metrics, str(manifest.get("model") or "?"))
+    return TrainRun(folder, run.config, run.summary, run.metrics, str(run.manifest.get("model") or "?"))
 
 
 def read_infer(folder: Path) -> InferRun:
@@ -127,19 +121,6 @@ def read_infer(folder: Path) -> InferRun:
     table = read_predictions(folder)
     summary = _read_json(folder / "summary.json") if (folder / "summary.json").is_file() else {}
     return InferRun(folder, summary, table.column("exit_layer").to_pylist(), table.column("exit_rung").to_pylist())
-
-
-def bench_kind(data) -> str | None:
-    """Tell a bench JSON by its keys; infer's is ``{policy: {accuracy, speedup, ...}}``."""
-    if not isinstance(data, dict):
-        return None
-    for kind, keys in BENCH_KEYS.items():
-        if all(k in data for k in keys):
-            return kind
-    rows = list(data.values())
-    if rows and all(isinstance(r, dict) and {"accuracy", "layer_fraction"} <= r.keys() for r in rows):
-        return "infer"
-    return None
 
 
 def _walk(root: Path):
@@ -155,6 +136,8 @@ def _walk(root: Path):
 
 def collect(roots: list[Path]) -> Collected:
     """Everything found under ``roots``; unreadable pieces are listed in ``problems``."""
+    from stage2_train.checkpoint import RUN_MARKS
+
     found = Collected(roots=list(roots))
     seen: set[Path] = set()
     for root in roots:
@@ -165,7 +148,7 @@ def collect(roots: list[Path]) -> Collected:
             readers = []
             if all(m in names for m in CACHE_MARKS):
                 readers.append((read_cache, found.caches, "encode cache"))
-            if all(m in names for m in CHECKPOINT_MARKS):
+            if all(m in names for m in RUN_MARKS):
                 readers.append((read_train_run, found.runs, "training run"))
             if PREDICTIONS in names:
                 readers.append((read_infer, found.infers, "infer output"))
@@ -180,16 +163,14 @@ def collect(roots: list[Path]) -> Collected:
 
 
 def _add_bench(found: Collected, path: Path) -> None:
+    from pipeline.core.bench_json import read_bench
+
     try:
-        data = _read_json(path)
+        kind, figures = read_bench(path)
     except (OSError, ValueError) as err:
         found.problems.append(f"{path}: benchmark JSON could not be read ({_short(err)})")
         return
-    kind = bench_kind(data)
-    if kind is None:
-        found.problems.append(f"{path}: not a `pipeline bench encode|train|infer --json` file (unknown keys)")
-        return
-    found.benches.append(Bench(kind, path, data))
+    found.benches.append(Bench(kind, path, figures))
 
 
 def _short(err: Exception) -> str:

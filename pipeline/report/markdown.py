@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.progress import warn
+from pipeline.core.progress import warn
 from pipeline.report.collect import Collected, dataset_name
 from pipeline.report.document import CREATE, Document, pct
 from pipeline.report.quality import accuracy_section, heads_section, training_section

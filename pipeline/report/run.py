@@ -1,28 +1,33 @@
 """``run(ReportConfig)``: find the artifacts -> write figures and ``report.md`` -> move into place.
 
 The report is written into a temporary sibling folder and renamed at the end, so a failure
-leaves no half-written report; an earlier report in the same folder is replaced.
+leaves no half-written report; an earlier report in the same folder is replaced, and nothing
+else ever is (the folder carries the ownership marker, kind "report").
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ConfigErrors, InputError, PipelineError
-from pipeline.progress import log
+from pipeline.core import atomic, ownership
+from pipeline.core.errors import ConfigErrors, InputError, PipelineError
+from pipeline.core.options import Cli, config_file_name, out_option, save_flags
+from pipeline.core.progress import log
 
 REPORT_FILE = "report.md"
+FLAGS_FILE = config_file_name("report")
 
 
 @dataclass
 class ReportConfig:
     """``run_dirs``: folders searched recursively; ``out``: the report folder (None: see ``out_dir``)."""
 
-    run_dirs: list[Path] = field(default_factory=list)
-    out: Path | None = None
+    run_dirs: list[Path] = field(
+        default_factory=list, metadata={"cli": Cli("Folders written by the pipeline (searched recursively).", argument=True, metavar="RUN_DIR", required=True)}
+    )
+    out: Path | None = out_option("report.md and its PNG figures (default: RUN_DIR/report, or report/ in the common parent of several RUN_DIRs)", None)
 
     def __post_init__(self) -> None:
         self.run_dirs = [Path(p) for p in self.run_dirs]
@@ -42,20 +47,17 @@ class ReportConfig:
         errs.check(bool(self.run_dirs), "RUN_DIR: give at least one folder written by the pipeline")
         for p in self.run_dirs:
             errs.check(p.is_dir(), f"RUN_DIR {p}: no such directory")
-        out = self.out_dir if self.run_dirs else None
-        if out is not None and out.exists():
-            if not out.is_dir():
-                errs.add(f"--out {out}: is a file; give a folder")
-            elif not is_report_folder(out):
-                errs.add(f"--out {out}: exists and holds other files than an earlier report (report.md, *.png); "
-                         "choose another --out (nothing was deleted)")
         errs.raise_if_any()
+        # an earlier report there is replaced (overwrite); the report may lie inside a RUN_DIR
+        ownership.claim_output(self.out_dir, "report", "--out", overwrite=True, inputs=self.run_dirs,
+                               inside_inputs_ok=True, legacy=is_report_folder)
         return self
 
 
 def is_report_folder(path: Path) -> bool:
-    """Empty, or only an earlier report (report.md and PNGs): safe to replace."""
-    return all(p.is_file() and (p.name == REPORT_FILE or p.suffix == ".png") for p in path.iterdir())
+    """A report written before ownership markers: report.md (with its flags and PNGs) only."""
+    return (path / REPORT_FILE).is_file() and all(
+        p.is_file() and (p.name in (REPORT_FILE, FLAGS_FILE) or p.suffix == ".png") for p in path.iterdir())
 
 
 def _check_matplotlib() -> None:
@@ -85,20 +87,13 @@ def run(config: ReportConfig) -> Path:
     # paths in the report are shown relative to the RUN_DIR (or the common parent of several)
     base = Path(os.path.commonpath([str(p.resolve()) for p in config.run_dirs]))
 
-    # --- write into a temporary sibling
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        doc = build(found, tmp, base, out_final=out)
-        (tmp / REPORT_FILE).write_text("\n".join(doc.lines).rstrip() + "\n")
-        # --- move into place (an earlier report there is replaced)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # --- write into a temporary sibling, then move into place (an earlier report there is replaced)
+    with atomic.StagedFolder(out) as staged:
+        doc = build(found, staged.path, base, out_final=out)
+        (staged.path / REPORT_FILE).write_text("\n".join(doc.lines).rstrip() + "\n")
+        save_flags(staged.path / FLAGS_FILE, config)
+        ownership.write_marker(staged.path, "report")
+        staged.commit(ownership.replacer("report", "--out", True, is_report_folder))
     log(f"report: {out / REPORT_FILE} ({len(doc.figures)} figures, {len(dict.fromkeys(doc.missing))} missing piece(s) listed)")
     return out / REPORT_FILE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-BUILTIN_ROOT = Path(__file__).parent / "builtin_data"
+BUILTIN_ROOT = Path(__file__).parents[1] / "builtin_data"
 BUILTINS = ("cora", "citeseer")
 DEFAULT_DATASET = "cora"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -93,7 +93,7 @@ def graph_fingerprint(node_ids, texts, labels, split, edge_index) -> str:
     """
     import pyarrow as pa
 
-    from pipeline.text_column import LIST_CHUNK, TextColumn, strings_digest
+    from pipeline.core.text_column import LIST_CHUNK, TextColumn, strings_digest
 
     node_ids = np.asarray(node_ids)
     h = hashlib.sha256(f"textgraph-fingerprint/{FINGERPRINT_VERSION}".encode())
@@ -120,15 +120,15 @@ def graph_fingerprint(node_ids, texts, labels, split, edge_index) -> str:
 
 def load_graph(spec: str | Path) -> TextGraph:
     """Load a built-in dataset by name or a graph folder; invalid input raises InputError."""
-    from pipeline.datasets import builtin_path  # local: datasets imports this module
-    from pipeline.graph_format import read_graph_folder
+    from pipeline.core.builtin_datasets import builtin_path  # local: datasets imports this module
+    from pipeline.core.graph_format import read_graph_folder
 
     path = builtin_path(str(spec))
     if path is not None:
         return read_graph_folder(path, name=str(spec), source=str(spec))
     folder = Path(spec)
     if not folder.exists():
-        from pipeline.datasets import BUILTINS
+        from pipeline.core.builtin_datasets import BUILTINS
 
         raise InputError(
             f"graph '{spec}': not a built-in dataset ({', '.join(BUILTINS)}) and no such folder"

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -33,10 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.graph import SPLIT_NAMES, TextGraph, graph_fingerprint
-from pipeline.progress import warn
-from pipeline.text_column import TextColumn
+from pipeline.core import atomic, ownership
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.graph import SPLIT_NAMES, TextGraph, graph_fingerprint
+from pipeline.core.progress import warn
+from pipeline.core.text_column import TextColumn
 
 NODES_FILE, EDGES_FILE, META_FILE, SPLITS_DIR = "nodes.parquet", "edges.parquet", "meta.json", "splits"
 FIRST_ROWS = 5  # offending rows (and values) quoted per problem
@@ -59,6 +58,17 @@ def id_kind(arrow_type: pa.DataType) -> str | None:
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return "string"
     return None
+
+
+INT64_MAX = 2**63 - 1
+
+
+def too_big_for_int64(col: pa.Array) -> np.ndarray:
+    """(n,) bool: unsigned values that do not fit int64 (they would wrap to negative ids)."""
+    if not pa.types.is_unsigned_integer(col.type) or col.type.bit_width < 64:
+        return np.zeros(len(col), dtype=bool)
+    big = pc.greater(col, pa.scalar(INT64_MAX, col.type)).fill_null(False)
+    return np.asarray(big.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _is_string(arrow_type: pa.DataType) -> bool:
@@ -141,6 +151,14 @@ def _check_nodes(
         ids_ok = out.kind is not None
         if not ids_ok:
             problems.append(f"{f}: column '{names['node_id']}' has type {col.type}; expected int64 or string")
+        elif too_big_for_int64(col).any():
+            big = too_big_for_int64(col)
+            first = col.filter(pa.array(big)).to_pylist()[:FIRST_ROWS]
+            problems.append(
+                f"{f}: column '{names['node_id']}' has {int(big.sum())} id(s) above the int64 maximum {INT64_MAX} at "
+                f"{rows_text(big)}, first: {first}; store such ids as strings"
+            )
+            ids_ok = False
         if ids_ok:
             out.id_array = col
         null_ids = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
@@ -275,6 +293,14 @@ def _check_edges(
         if nulls.any():
             problems.append(f"{f}: column '{names[c]}' has {int(nulls.sum())} null value(s) at {rows_text(nulls)}")
             usable = False
+        big = too_big_for_int64(col)
+        if big.any():
+            problems.append(
+                f"{f}: column '{names[c]}' has {int(big.sum())} id(s) above the int64 maximum {INT64_MAX} at {rows_text(big)}, "
+                f"first: {col.filter(pa.array(big)).to_pylist()[:FIRST_ROWS]}; store such ids as strings"
+            )
+            usable = False
+            continue
         if lookup is None:
             usable = False
             continue
@@ -485,26 +511,23 @@ def graph_edges_table(graph: TextGraph, id_type: pa.DataType | None = None) -> p
     return pa.table({"src": pa.array(src.tolist(), typ), "dst": pa.array(dst.tolist(), typ)})
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse to write over something unless asked to, and never over a non-graph folder."""
-    out = Path(out)
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise InputError(f"{out}: already exists; choose a new folder or pass --overwrite")
-    if not out.is_dir() or (any(out.iterdir()) and not (out / NODES_FILE).is_file()):
-        raise InputError(f"{out}: exists and is not a graph folder; refusing to overwrite it")
+def is_graph_folder(path: Path) -> bool:
+    """A graph folder written before ownership markers: both Parquet files."""
+    return (path / NODES_FILE).is_file() and (path / EDGES_FILE).is_file()
 
 
-def move_into_place(tmp: Path, out: Path) -> None:
-    """Rename a finished folder ``tmp`` to ``out``, replacing an existing ``out`` as late as possible."""
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, backup)
-        os.replace(tmp, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def check_output_folder(out: Path, overwrite: bool, inputs=()) -> None:
+    """Refuse to write over something unless asked to, never over a folder the pipeline did
+    not write, and never over an input (:func:`pipeline.core.ownership.claim_output`)."""
+    ownership.claim_output(out, "graph", "OUT", overwrite=overwrite, inputs=inputs, legacy=is_graph_folder)
+
+
+def move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Mark the finished folder ``tmp`` as a graph and rename it to ``out``, replacing an
+    earlier graph there (with ``overwrite``) as late as possible."""
+    ownership.write_marker(tmp, "graph")
+    atomic.fsync_tree(tmp)
+    atomic.move_into_place(tmp, out, ownership.replacer("graph", "OUT", overwrite, is_graph_folder))
 
 
 def write_graph_folder(
@@ -522,7 +545,7 @@ def write_graph_folder(
     ``nodes``/``edges`` are tables in the input format; ``splits`` maps a split name to
     ``{"train": [ids], "val": [...], "test": [...]}``; ``extra_files`` maps a file name to
     text, or to a function writing the file at the path it is given, written beside the
-    graph (e.g. ``pipeline_config.json``). Bad content raises
+    graph (e.g. ``datasets_subset_config.json``). Bad content raises
     :class:`InputError` before anything is written.
     """
     out = Path(out)
@@ -543,7 +566,7 @@ def write_graph_folder(
         problems=problems,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = atomic.temp_sibling(out)
     try:
         tmp.mkdir()
         # row groups of ROW_GROUP_ROWS nodes: a large graph's texts are then read in pieces (TextColumn)
@@ -563,7 +586,7 @@ def write_graph_folder(
         written = read_graph_folder(tmp, name=out.name, source=str(tmp))
         if written.fingerprint != expected.fingerprint:
             raise PipelineError(f"{out}: the written graph does not read back identically (internal error)")
-        move_into_place(tmp, out)
+        move_into_place(tmp, out, overwrite)
         if isinstance(written.texts, TextColumn) and written.texts.source is not None:
             written.texts.source = out / NODES_FILE  # its open file moved with the folder
     except BaseException:
@@ -578,7 +601,7 @@ def write_graph_folder(
 
 def graph_folder(graph: TextGraph) -> Path:
     """The folder a loaded graph was read from (built-in or user folder)."""
-    from pipeline.datasets import builtin_path
+    from pipeline.core.builtin_datasets import builtin_path
 
     return builtin_path(graph.source) or Path(graph.source)
 

@@ -6,7 +6,6 @@ every value still goes through the flag's own type conversion and validation.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,19 @@ import click
 import typer
 import yaml
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse a YAML (.yaml/.yml) or TOML (.toml) file into a flat dict of flag values."""
     if not path.is_file():
         raise InputError(f"--config {path}: file not found")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise InputError(f"--config {path}: cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"--config {path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -38,21 +42,35 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _load_into_context(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Fill the command's defaults from ``--config``; a bad file prints as a plain ``Error:``
+    line (like every other error, no panel) and exits with status 2."""
     if value is None:
         return value
+    try:
+        return _apply(ctx, value)
+    except InputError as err:
+        typer.echo(f"Error: {err.format_message()}", err=True)
+        raise typer.Exit(err.exit_code) from None
+
+
+def _apply(ctx: click.Context, value: Path) -> Path:
     data = read_config_file(value)
-    known = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
+    params = [p for p in ctx.command.params if p.name and p.name != "config"]
+    known = {p.name: p for p in params}  # a key may be the parameter's name or any of its flags
+    aliases = {o.lstrip("-").replace("-", "_"): p.name for p in params for o in getattr(p, "opts", ()) if o.startswith("--")}
     defaults, unknown = {}, []
     for key, val in data.items():
         name = str(key).lstrip("-").replace("-", "_")
+        name = aliases.get(name, name)
         if name not in known:
             unknown.append(str(key))
             continue
-        if isinstance(val, list) and not getattr(known[name], "multiple", False):
+        takes_many = getattr(known[name], "multiple", False) or getattr(known[name], "nargs", 1) != 1
+        if isinstance(val, list) and not takes_many:
             val = ",".join(str(v) for v in val)  # e.g. `seeds: [0, 1, 2]` for a "0,1,2" flag
         defaults[name] = val
     if unknown:
-        flags = ", ".join(sorted("--" + n.replace("_", "-") for n in known))
+        flags = ", ".join(sorted(p.opts[0] if p.opts[0].startswith("--") else p.name for p in params))
         raise InputError(f"--config {value}: unknown key(s) {', '.join(unknown)}; known keys: {flags}")
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
@@ -81,4 +99,6 @@ def save_resolved_config(path: Path, values: dict[str, Any]) -> None:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    path.write_text(json.dumps(plain(values), indent=2, sort_keys=True) + "\n")
+    from pipeline.core import atomic
+
+    atomic.write_json(path, plain(values), sort_keys=True)

@@ -66,5 +66,9 @@ def plain_errors(func):
         except PipelineError as err:
             typer.echo(f"Error: {err.format_message()}", err=True)
             raise typer.Exit(err.exit_code) from err
+        except OSError as err:  # the disk or the OS refused while running (full disk, lost mount): no traceback
+            where = f"{err.filename}: " if err.filename else ""
+            typer.echo(f"Error: {where}{err.strerror or err} (while running; outputs are written whole or not at all)", err=True)
+            raise typer.Exit(EXIT_FAILURE) from err
 
     return wrapper

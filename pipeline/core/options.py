@@ -1,0 +1,163 @@
+"""Each command-line option declared once: on its config dataclass field.
+
+A field declared with :func:`option` (or :func:`argument`) carries its flag name, help and,
+where the command line spells the value differently from the field (``"0,1,2"`` for a tuple
+of seeds, ``"2GiB"`` for bytes), the parser between the two. :func:`command` builds the
+typer command from the dataclass, so the flag, its default and its help exist in one place;
+:func:`save_flags` writes the flags a run used as ``<command>_config.json``, which
+``--config`` replays (keys are the flag names, values in command-line form).
+
+The flags several commands share (``--out``, ``--model``, ``--device``, ``--seeds``,
+``--overwrite``, ``--json``) are built by the functions at the end of this module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+from pipeline.core.config_file import ConfigOption, save_resolved_config
+from pipeline.core.errors import plain_errors
+from pipeline.core.parsers import parse_int_list
+
+
+@dataclass(frozen=True)
+class Cli:
+    """How one config field appears on the command line."""
+
+    help: str
+    flag: str | None = None  # "--name"; None: "--" + the field name with dashes
+    off_flag: str | None = None  # a boolean's "--no-..." spelling, when it has one
+    argument: bool = False  # positional instead of a flag
+    metavar: str | None = None
+    parse: Callable[[Any, str], Any] | None = None  # command-line value, flag -> field value
+    unparse: Callable[[Any], Any] | None = None  # field value -> command-line value, when to_cli() is not it
+    cli_type: Any = None  # what click parses when it differs from the field's type
+    show_default: bool | str = True
+    required: bool = False  # on the command line, even when the dataclass has a default
+
+    def flag_name(self, name: str) -> str:
+        return self.flag or "--" + name.replace("_", "-")
+
+
+def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **cli: Any) -> Any:
+    """A dataclass field that is also a command-line flag (see :class:`Cli` for ``cli``)."""
+    return field(default=default, default_factory=default_factory, metadata={"cli": Cli(help=help, **cli)})
+
+
+def argument(default: Any = MISSING, help: str = "", **cli: Any) -> Any:
+    """A dataclass field that is also a positional command-line argument."""
+    return field(default=default, metadata={"cli": Cli(help=help, argument=True, **cli)})
+
+
+def cli_fields(config_cls: type) -> list[tuple[Field, Cli]]:
+    return [(f, f.metadata["cli"]) for f in fields(config_cls) if "cli" in f.metadata]
+
+
+def to_cli(value: Any) -> Any:
+    """A field value in command-line form: tuples as "a,b,c", paths as strings."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _default(f: Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return ...  # required
+
+
+def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = None) -> Callable[..., Any]:
+    """The typer command of ``config_cls``: one parameter per :func:`option` field, plus
+    ``--config``; it builds ``config_cls(**values)`` and calls ``runner`` with it."""
+    hints = typing.get_type_hints(config_cls)
+    params: list[inspect.Parameter] = []
+    specs = cli_fields(config_cls)
+    for f, cli in specs:
+        default = ... if cli.required else _default(f)
+        cli_default = default if default is ... or cli.parse is None else to_cli(default)
+        kind = typer.Argument if cli.argument else typer.Option
+        decls = [] if cli.argument else ["/".join(filter(None, (cli.flag_name(f.name), cli.off_flag)))]
+        info = kind(cli_default, *decls, help=cli.help, metavar=cli.metavar, show_default=cli.show_default)
+        annotation = cli.cli_type or (str | None if cli.parse is not None else hints[f.name])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
+    params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=ConfigOption, annotation=Path | None))
+
+    def run_command(**values: Any) -> Any:
+        values.pop("config", None)
+        for f, cli in specs:
+            if cli.parse is not None and values[f.name] is not None:
+                values[f.name] = cli.parse(values[f.name], cli.flag_name(f.name))
+        return runner(config_cls(**values))
+
+    run_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run_command.__annotations__ = {p.name: p.annotation for p in params}
+    run_command.__doc__ = doc
+    run_command.__name__ = f"{config_cls.__name__}_command"
+    return plain_errors(run_command)
+
+
+def flag_values(config: Any) -> dict[str, Any]:
+    """The command-line flags of ``config`` (keys as the flags, without dashes in front; values
+    in command-line form; unset optional flags left out): what ``--config`` reads back."""
+    out = {}
+    for f, cli in cli_fields(type(config)):
+        value = getattr(config, f.name)
+        key = f.name if cli.argument else cli.flag_name(f.name).lstrip("-")
+        if cli.unparse is not None:
+            out[key] = cli.unparse(value)
+        elif value is None:
+            if _default(f) is not None:  # leaving it out would replay as the default
+                raise ValueError(f"{type(config).__name__}.{f.name} is None, which its flag cannot say: give it an unparse")
+        else:
+            out[key] = to_cli(value) if cli.parse is not None else value
+    return out
+
+
+def save_flags(path: Path, config: Any) -> None:
+    """Write ``<command>_config.json``: the flags of ``config``, replayable with ``--config``."""
+    save_resolved_config(path, flag_values(config))
+
+
+def config_file_name(command_name: str) -> str:
+    """``encode`` -> ``encode_config.json``: the one naming scheme of saved flags."""
+    return f"{command_name}_config.json"
+
+
+# --- flags several commands share -----------------------------------------------------------
+
+DEVICE_HELP = "Torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
+
+
+def out_option(what: str, default: Any = MISSING) -> Any:
+    """``--out``: the folder a command creates (``what`` says what goes in it)."""
+    return option(default, f"Folder to create: {what}.", metavar="DIR")
+
+
+def device_option(default: str = "auto") -> Any:
+    return option(default, DEVICE_HELP)
+
+
+def seeds_option(default: tuple[int, ...] = (0,), help: str = "Comma-separated seeds; one model per seed, mean ± std reported.") -> Any:
+    return option(default, help, parse=_parse_seeds)
+
+
+def overwrite_option(what: str) -> Any:
+    return option(False, f"Replace --out when it holds {what} this command wrote earlier.")
+
+
+def json_option(what: str = "the figures") -> Any:
+    return option(None, f"Also write {what} as JSON to this file.", flag="--json", metavar="FILE")
+
+
+def _parse_seeds(text: Any, flag: str) -> tuple[int, ...]:
+    return parse_int_list(text, flag) or ()

@@ -1,0 +1,222 @@
+"""Which outputs a command may replace: only folders it can prove the pipeline wrote, never its
+own inputs.
+
+Every output folder carries a marker file, ``.pipeline-artifact.json``, naming its kind
+(``cache``, ``run``, ``predictions``, ``report``, ``graph``, ``job``, ``bench``) and the command
+that wrote it. :func:`claim_output` is called before any work and before any file is written:
+it refuses (InputError, exit 2, "nothing was changed") an output that is a symlink, a file,
+under a file, not writable, overlapping one of the command's inputs, a folder the pipeline
+did not write, or an earlier output of the same kind without ``--overwrite``; then it removes
+the temporary folders that killed writers left next to it (:mod:`pipeline.core.atomic`).
+Outputs of versions before the marker are recognised by the caller's ``legacy`` test
+(their format's own files, e.g. a cache's manifest *and* its Zarr layout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+from pipeline.core import atomic
+from pipeline.core.errors import InputError
+
+MARKER = ".pipeline-artifact.json"
+KINDS = {
+    "cache": "pipeline encode",
+    "run": "pipeline train",
+    "predictions": "pipeline infer",
+    "report": "pipeline report",
+    "graph": "pipeline datasets",
+    "job": "pipeline run",
+    "bench": "pipeline bench",
+}
+UNCHANGED = "(nothing was changed)"
+
+
+def marker_kind(folder: str | Path) -> str | None:
+    """The kind named by ``folder``'s marker, or None (no marker, unreadable, or not ours)."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if kind in KINDS else None
+
+
+def write_marker(folder: str | Path, kind: str) -> None:
+    """Mark ``folder`` (usually a temporary one, before it is renamed into place) as ``kind``."""
+    assert kind in KINDS, kind
+    atomic.write_json(Path(folder) / MARKER, {"kind": kind, "written_by": KINDS[kind]})
+
+
+def owns(folder: str | Path, kind: str, legacy: Callable[[Path], bool] | None = None) -> bool:
+    """True when ``folder`` is a real folder holding the pipeline's ``kind`` output (marker,
+    or no marker and ``legacy(folder)``)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    found = marker_kind(folder)
+    if found is not None:
+        return found == kind
+    if (folder / MARKER).exists():
+        return False  # a damaged marker proves nothing
+    return bool(legacy and _safe(legacy, folder))
+
+
+def _safe(test: Callable[[Path], bool], folder: Path) -> bool:
+    try:
+        return bool(test(folder))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _check_place(path: Path, flag: str, what: str) -> None:
+    """Refuse a path that is a symlink, a file where a folder goes, under a file, or unwritable."""
+    if path.is_symlink():
+        raise InputError(f"{flag} {path}: is a symbolic link; give the real {what} path {UNCHANGED}")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise InputError(f"{flag} {path}: {parent} is a file, not a folder; choose another {flag} {UNCHANGED}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{flag} {path}: cannot write in {parent} (permission denied); choose a writable {flag} {UNCHANGED}")
+            break
+
+
+def check_inputs_overlap(path: Path, flag: str, inputs: Iterable[str | Path], inside_ok: bool = False) -> None:
+    """Refuse an output that is, contains, or (unless ``inside_ok``) lies inside an input."""
+    out = _real(path)
+    for inp in inputs:
+        if inp is None:
+            continue
+        src = _real(Path(inp))
+        if out == src:
+            how = "is"
+        elif _inside(src, out):
+            how = "contains"
+        elif _inside(out, src) and not inside_ok:
+            how = "lies inside"
+        else:
+            continue
+        raise InputError(f"{flag} {path}: {how} this command's input {inp}; choose a separate {flag} {UNCHANGED}")
+
+
+def claim_output(
+    path: str | Path,
+    kind: str,
+    flag: str,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | Path] = (),
+    resume: bool = False,
+    legacy: Callable[[Path], bool] | None = None,
+    inside_inputs_ok: bool = False,
+) -> bool:
+    """Check, before any work, that this command may write its ``kind`` output at ``path``.
+
+    Returns True when ``path`` holds the pipeline's own earlier ``kind`` output (which the
+    command may then resume, with ``resume``, or replace, with ``overwrite``), False when
+    ``path`` is absent or an empty folder. Removes killed writers' temporary siblings.
+    """
+    path = Path(path)
+    command = KINDS[kind]
+    _check_place(path, flag, "folder")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: is a file; give a folder {UNCHANGED}")
+    check_inputs_overlap(path, flag, inputs, inside_inputs_ok)
+    own = False
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"{flag} {path}: cannot write in it (permission denied); choose a writable {flag} {UNCHANGED}")
+        if any(path.iterdir()):
+            other = marker_kind(path)
+            if other is not None and other != kind:
+                raise InputError(
+                    f"{flag} {path}: holds a {other} written by `{KINDS[other]}`, not a {kind}; choose another {flag} {UNCHANGED}"
+                )
+            if not owns(path, kind, legacy):
+                raise InputError(
+                    f"{flag} {path}: exists and was not written by `{command}` (no {MARKER} marking it a {kind}); "
+                    f"choose a new or empty folder {UNCHANGED}"
+                )
+            own = True
+            if not overwrite and not resume:
+                raise InputError(f"{flag} {path}: holds an earlier {kind}; pass --overwrite to replace it, or choose another {flag} {UNCHANGED}")
+    atomic.remove_stale_temps(path)
+    return own
+
+
+def replacer(kind: str, flag: str, overwrite: bool, legacy: Callable[[Path], bool] | None = None) -> Callable[[Path], bool]:
+    """The ``replace`` test of :meth:`atomic.StagedFolder.commit`: an output that appeared or
+    changed while the command worked is replaced only when it is still its own and allowed."""
+
+    def allow(out: Path) -> bool:
+        if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+            return True
+        if not overwrite:
+            raise InputError(f"{flag} {out}: appeared while this command ran; choose another {flag} or pass --overwrite (the new result was not kept)")
+        if not owns(out, kind, legacy):
+            raise InputError(f"{flag} {out}: is no longer a {kind} written by `{KINDS[kind]}`; it was left as it is (the new result was not kept)")
+        return True
+
+    return allow
+
+
+def remove_owned(path: str | Path, kind: str, legacy: Callable[[Path], bool] | None = None) -> None:
+    """Delete ``path`` only if it is the pipeline's own ``kind`` output (checked again now):
+    renamed aside first, so a crash never leaves half of it under its name."""
+    path = Path(path)
+    if not owns(path, kind, legacy):
+        raise InputError(f"{path}: not a {kind} written by `{KINDS[kind]}`; it was left as it is")
+    old = atomic.temp_sibling(path, "old")
+    os.replace(path, old)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+WRITTEN_BY = "written_by"  # key naming the command in every JSON file output (--json)
+
+
+def claim_file(path: str | Path, flag: str, command: str, *, inputs: Iterable[str | Path] = (),
+               legacy: Callable[[dict], bool] | None = None) -> None:
+    """Check a file output (``--json PATH``) before any work: not a symlink, folder or input,
+    in a writable folder; an existing file is replaced only when it is a JSON object that
+    ``command`` wrote (its ``written_by`` key, or ``legacy(data)`` for files of earlier versions)."""
+    path = Path(path)
+    _check_place(path, flag, "file")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{flag} {path}: is a folder; give a file path {UNCHANGED}")
+    check_inputs_overlap(path, flag, inputs, inside_ok=True)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):
+            data = None
+        ours = isinstance(data, dict) and (data.get(WRITTEN_BY) == command or (legacy is not None and _safe_data(legacy, data)))
+        if not ours:
+            raise InputError(f"{flag} {path}: exists and was not written by `{command}`; choose a new file {UNCHANGED}")
+    atomic.remove_stale_temps(path)
+
+
+def _safe_data(test: Callable[[dict], bool], data: dict) -> bool:
+    try:
+        return bool(test(data))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
+def write_json_output(path: str | Path, data: dict, command: str) -> None:
+    """Write a ``--json`` output atomically, naming the command that wrote it (``written_by``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, {**data, WRITTEN_BY: command}, default=str)
