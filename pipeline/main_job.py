@@ -73,7 +73,7 @@ class MainJobConfig:
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         unknown = [b for b in self.baselines if b not in BASELINES]
         errs.check(not unknown, f"--baselines {','.join(unknown)}: choose from {', '.join(BASELINES)} (or 'none')")
-        from stage3_infer.policies import parse_exit
+        from stage2_train.exit_policies import parse_exit
 
         try:
             if self.exit is not None:

@@ -109,9 +109,9 @@ def evaluate(model, features: NodeFeatures, es: EvalSet, device: str, group=None
 def exit_policy_on_val(model, features: NodeFeatures, es: EvalSet, layers: list[int], device: str, group=None) -> dict:
     """The exit policy ``pipeline infer`` uses by default, chosen on the validation set ``es``
     from cached states (no LLM): the cheapest policy, in LLM layers run, within 1% relative of
-    full-depth validation accuracy (:func:`stage3_infer.policies.choose_policy`). Replayed per
+    full-depth validation accuracy (:func:`stage2_train.exit_policies.choose_policy`). Replayed per
     batch and summed (over ranks too), so memory stays one batch of logits."""
-    from stage3_infer.policies import CANDIDATES, choose_policy, replay_counts
+    from stage2_train.exit_policies import CANDIDATES, choose_policy, replay_counts
 
     counts = {spec: [0.0, 0.0, 0.0] for spec in CANDIDATES}
     for logits, y in eval_logits(model, features, es, device):

@@ -134,7 +134,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
-    from stage3_infer.policies import describe_choice
+    from stage2_train.exit_policies import describe_choice
     from pipeline.core.progress import progress
 
     # --- setup

@@ -31,7 +31,7 @@ VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds timed: cheapest withi
 
 def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
     """Full-depth logits (S, M, C) of validation targets: cached states if present, else the LLM."""
-    from stage3_infer.policies import parse_exit
+    from stage2_train.exit_policies import parse_exit
     from stage3_infer.run import predict
 
     s = session
@@ -49,7 +49,7 @@ def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
 
 def run_bench(config: BenchConfig) -> dict:
     from stage3_infer.config import InferConfig
-    from stage3_infer.policies import CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit, replay_counts
+    from stage2_train.exit_policies import CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit, replay_counts
     from stage3_infer.run import open_session, predict
     from stage3_infer.targets import select_targets
 

@@ -12,7 +12,6 @@ from pipeline.core.errors import ConfigErrors
 from pipeline.core.options import device_option, json_option, option, out_option, overwrite_option
 from stage1_encode.config import model_option
 
-FALLBACK_EXIT = "none"  # runs trained before `pipeline train` chose an exit policy on validation: full depth, no surprise drop
 MAX_BATCH = 100_000  # texts per LLM forward: beyond it a typo that would reach the allocator
 SPLITS = ("test", "val", "train", "all")
 
@@ -39,7 +38,7 @@ class InferConfig:
 
     checkpoint: Path = checkpoint_option()
     out: Path = out_option("predictions.parquet, summary.json and infer_config.json")
-    exit: str | None = option(  # None: the policy the run chose on its validation nodes (stage3_infer.policies.choose_policy)
+    exit: str | None = option(  # None: the policy the run chose on its validation nodes (stage2_train.exit_policies.choose_policy)
         None,
         "Exit policy: patience:P, confidence:T, layer:I or none (full depth). Default: the policy the run chose on its "
         "validation nodes when trained (the cheapest within 1% relative of full-depth accuracy).",
@@ -70,7 +69,7 @@ class InferConfig:
 
     def validate(self) -> "InferConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
-        from stage3_infer.policies import parse_exit
+        from stage2_train.exit_policies import parse_exit
         from pipeline.core.errors import InputError
 
         errs = ConfigErrors()

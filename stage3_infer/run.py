@@ -21,7 +21,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress, warn
 from stage3_infer.config import InferConfig
-from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit, resolve_exit
+from stage2_train.exit_policies import ExitPolicy, ExitTracker, parse_exit, resolve_exit
 from stage3_infer.predictions import Predictions, summarize, write_outputs
 from stage3_infer.targets import InferGraph
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.core.errors import InputError
-from stage3_infer.policies import ExitPolicy, ExitTracker, decide, parse_exit
+from stage2_train.exit_policies import ExitPolicy, ExitTracker, decide, parse_exit
 
 C = 3
 
@@ -120,7 +120,7 @@ def test_parse_exit_refusals(spec, message):
 
 
 def test_choose_policy_takes_the_cheapest_within_one_percent_of_full_depth():
-    from stage3_infer.policies import choose_policy, replay_counts
+    from stage2_train.exit_policies import choose_policy, replay_counts
 
     layers = [0, 10, 20, 30, 40]
     labels = torch.tensor([2, 0, 0, 2])  # full depth (last rung) is right on all 4

@@ -22,7 +22,7 @@ from cora_slice import write_cora_slice
 from pipeline.core.bench_json import read_bench
 from pipeline.core.graph import load_graph
 from stage3_infer.config import InferConfig
-from stage3_infer.policies import decide, parse_exit
+from stage2_train.exit_policies import decide, parse_exit
 from stage3_infer.predictions import read_predictions
 from stage3_infer.run import run
 

@@ -237,7 +237,7 @@ def test_exit_policy_is_chosen_on_validation_and_stored(small):
 
     from stage2_train.data import CachedFeatures, open_train_data, resolve_split
     from stage2_train.sampling import Sampler
-    from stage3_infer.policies import CANDIDATES, choose_policy, replay_counts
+    from stage2_train.exit_policies import CANDIDATES, choose_policy, replay_counts
 
     root, cache = small
     s = json.loads((_trained_plain(small) / "summary.json").read_text())

@@ -1,4 +1,6 @@
 """Exit policies: when a target node stops climbing the ladder, decided from per-rung logits.
+They live with training because ``pipeline train`` chooses each run's policy on its validation
+nodes (:func:`choose_policy`); ``pipeline infer`` applies it (stage3_infer imports this module).
 
 A policy sees the logits of rung i for the targets still active and says which of them exit
 there; an exited target keeps the answer of its exit rung forever (the public reference
@@ -23,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.core.errors import InputError
-from stage3_infer.config import FALLBACK_EXIT
 
+FALLBACK_EXIT = "none"  # runs trained before `pipeline train` chose an exit policy on validation: full depth, no surprise drop
 EXIT_FLAG = "--exit"
 KINDS = ("patience", "confidence", "layer", "none")
 
