@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.core import atomic, ownership
 from pipeline.core.builtin_datasets import DEFAULT_DATASET
 from pipeline.core.errors import ConfigErrors, InputError
-from pipeline.core.options import config_file_name, option, out_option, save_flags, seeds_option
+from pipeline.core.options import config_file_name, device_option, option, out_option, save_flags, seeds_option
 from pipeline.core.progress import log
 from stage1_encode.config import model_option
 from stage1_encode.models import DEFAULT_MODEL
@@ -58,6 +58,7 @@ class MainJobConfig:
         None, "Early-exit policy for infer: patience:P, confidence:T, layer:I or none (default: the one training chose on validation)."
     )
     infer_split: str = "test"
+    device: str = device_option()  # every stage's
     force: bool = option(False, "Redo train and infer even when their outputs are up to date.")
     extra: dict = field(default_factory=dict)
 
@@ -67,7 +68,10 @@ class MainJobConfig:
         self.out = Path(self.out)
 
     def validate(self) -> "MainJobConfig":
+        from pipeline.core.devices import device_problem
+
         errs = ConfigErrors()
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(self.max_length >= 1, f"--max-length {self.max_length}: must be >= 1")
         errs.check(len(self.seeds) > 0, "--seeds: give at least one seed, e.g. 0")
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
@@ -131,12 +135,16 @@ def run(config: MainJobConfig) -> Path:
     from stage3_infer.config import InferConfig
     from stage3_infer.run import run as infer
 
+    from pipeline.core.devices import resolve_device
+
     config.validate()
+    config = replace(config, device=resolve_device(config.device))  # saved resolved; the stages get it as given
     out = config.out
     cache = out / "cache.zarr"
     encode_cfg = EncodeConfig(
         graph=config.dataset, out=cache, model=config.model, layers=config.layers, max_length=config.max_length,
         overwrite=True,  # the run folder is the job's own: other settings replace its cache
+        device=config.device,
     )
     # every check that needs no earlier step's output, before the first write
     encode_cfg.validate()
@@ -158,18 +166,19 @@ def run(config: MainJobConfig) -> Path:
     checkpoint = out / "checkpoint"
     ladder_cfg = TrainConfig(
         cache=cache, out=checkpoint, arch="ladder", split=config.split, seeds=config.seeds,
-        epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS,
+        epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS, device=config.device,
     )
     ledger.run("train ladder", checkpoint, {**asdict(ladder_cfg), "cache": asdict(encode_cfg)}, lambda: train(ladder_cfg))
     for arch in config.baselines:
         base_cfg = TrainConfig(
             cache=cache, out=out / f"baseline-{arch}", arch=arch, split=config.split, seeds=config.seeds,
-            epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS,
+            epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS, device=config.device,
         )
         ledger.run(f"train {arch}", base_cfg.out, {**asdict(base_cfg), "cache": asdict(encode_cfg)}, lambda c=base_cfg: train(c))
 
     infer_out = out / "infer"
-    infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split, overwrite=True)
+    infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split, overwrite=True,
+                            device=config.device)
     ledger.run(
         "infer", infer_out, {**asdict(infer_cfg), "train": ledger.state.get("train ladder")}, lambda: infer(infer_cfg)
     )

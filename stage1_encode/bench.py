@@ -68,6 +68,7 @@ def flops_per_text(model, num_tokens: np.ndarray) -> np.ndarray:
 def run_bench(config: BenchConfig) -> dict:
     import torch
 
+    from pipeline.core.devices import peak_memory, reset_peak_memory
     from stage1_encode.layers import parse_layers
     from stage1_encode.models import load_model, resolve_model
     from stage1_encode.run import encode_block, pick_device
@@ -92,6 +93,7 @@ def run_bench(config: BenchConfig) -> dict:
     sync = torch.cuda.synchronize if stepper.loaded.device.type == "cuda" else (lambda: None)
     log(f"bench encode: {n} texts of {graph.name}, {config.model} on {device} {dtype}, {len(layers)} rungs {layers}")
     stepper.encode_batch(texts[:2], layers, "mean", 16)  # warm-up (first-call allocations)
+    reset_peak_memory(device)
     lengths = np.asarray([len(ids) for ids in tok(texts, truncation=True, max_length=config.max_length)["input_ids"]])
 
     # -- our path: blocks -> sorted token-budget batches -> all rungs -> cache on disk
@@ -134,7 +136,7 @@ def run_bench(config: BenchConfig) -> dict:
     real_tokens = int(lengths.sum())
     result = {
         "graph": graph.name, "model": config.model, "device": device, "dtype": dtype, "texts": n,
-        "max_length": config.max_length, "layers": layers, "tokens": real_tokens,
+        "max_length": config.max_length, "layers": layers, "tokens": real_tokens, "hidden_size": stepper.hidden_size,
         "padding_fraction": 1 - real_tokens / max(padded, 1),
         "texts_per_s": n / ours_s, "tokens_per_s": real_tokens / ours_s,
         "naive_texts_per_s": n / naive_s, "naive_tokens_per_s": real_tokens / naive_s,
@@ -145,8 +147,13 @@ def run_bench(config: BenchConfig) -> dict:
         "bytes_per_node": len(layers) * stepper.hidden_size * itemsize,
         "disk_bytes_per_node": disk / n,
         "reference_bytes_per_node": stepper.num_states * stepper.hidden_size * 4,
+        # per --storage-dtype: S x H values (+ S float32 scales for int8)
+        **{f"bytes_per_node_{d}": cache_format.stored_bytes_per_node(len(layers), stepper.hidden_size, d)
+           for d in cache_format.STORAGE_DTYPES},
+        "gpu_peak_memory_bytes": peak_memory(device),
     }
     result["bytes_ratio_vs_reference"] = result["bytes_per_node"] / result["reference_bytes_per_node"]
+    result["int8_bytes_ratio_vs_reference"] = result["bytes_per_node_int8"] / result["reference_bytes_per_node"]
     if vllm_result:
         result.update(vllm_result, vllm_speedup_vs_hf=vllm_result["vllm_texts_per_s"] / result["texts_per_s"])
     _print(result)
@@ -196,4 +203,9 @@ def _print(r: dict) -> None:
     Console().print(t)
     print(f"speedup vs naive: {r['speedup_vs_naive']:.2f}x (target >= 1.2)")
     print(f"model FLOPs: {r['model_flops_per_s'] / 1e9:.1f} GFLOP/s = {r['flops_fraction']:.1%} of measured matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
-    print(f"cache: {r['bytes_per_node']:.0f} bytes/node vs reference (all states, fp32) {r['reference_bytes_per_node']} = 1/{1 / r['bytes_ratio_vs_reference']:.1f} (target <= 1/8)")
+    ref = r["reference_bytes_per_node"]
+    print(f"cache bytes/node ({len(r['layers'])} rungs): float16 {r['bytes_per_node_float16']} = 1/{ref / r['bytes_per_node_float16']:.1f} "
+          f"(target <= 1/8), int8 {r['bytes_per_node_int8']} = 1/{ref / r['bytes_per_node_int8']:.1f} (target <= 1/16) "
+          f"of the reference format (all {ref // (4 * r['hidden_size'])} states, float32: {ref})")
+    if r.get("gpu_peak_memory_bytes") is not None:
+        print(f"peak GPU memory: {r['gpu_peak_memory_bytes'] / 2**30:.2f} GiB")

@@ -3,9 +3,14 @@
 Layout of ``CACHE_DIR`` (a Zarr v3 group plus two JSON files and a marker folder)::
 
     zarr.json             group metadata
-    states/               float16 (or float32) array (N, S, H): pooled LLM state of rung s
-                          for node n; chunks (chunk_nodes, S, H), no compressor
+    states/               float16 (or float32, or int8) array (N, S, H): pooled LLM state of
+                          rung s for node n; chunks (chunk_nodes, S, H), no compressor
+    scales/               int8 caches only: float32 (N, S), the absmax scale of each int8 row
+                          (state s of node n is ``states[n, s] * scales[n, s]``); chunks
+                          (chunk_nodes, S), so a block's scales share its chunks' node rows
     node_ids/             (N,) the user's node ids (int64 or string), in graph order
+    text_hashes/          (N, 16) uint8: BLAKE2b-128 of each node's UTF-8 text, in graph order
+                          (what ``pipeline encode --reuse`` compares; absent in older caches)
     manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``)
     encode_config.json    the resolved ``pipeline encode`` config that created it
     blocks/000012.done    completion mark of node block 12 (written after its data)
@@ -28,10 +33,18 @@ page cache), chunk nodes -> write all / read 1,024 random nodes / read all:
 64: 4.7 / 0.72 / 1.6 s. Per-chunk overhead dominates until chunks reach a few hundred KB,
 so ``chunk_nodes_for`` picks the largest power of two (<= 64) whose chunk stays <= 512 KiB:
 64 for SmolLM2 (8 KB a node), 8 for a 7B model with 7 rungs (57 KB a node).
+
+int8 storage (``--storage-dtype int8``) quantizes each pooled state (one row of H values)
+symmetrically: ``scale = absmax / 127`` (float32), ``q = round(x / scale)`` in [-127, 127].
+Every reader returns ``q * scale`` as float32 (:func:`dequantize_int8`), so the rest of the
+pipeline never sees int8. Error bound per element: ``|x - q * scale| <= scale / 2 +
+128 * scale * 2**-24`` (half a step, plus float32 rounding of the division and of the
+product; see :func:`quantize_int8`). Bytes per node: S * H + 4 * S.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -55,16 +68,75 @@ DENSE_CHUNK_ROWS = 8  # wanted rows from which read_rows reads a whole chunk rat
 IDENTITY_KEYS = (
     "format", "weights_sha256", "tokenizer", "max_length", "pooling", "layers", "compute_dtype",
     "storage_dtype", "graph_fingerprint", "num_nodes", "hidden_size", "chunk_nodes", "block_nodes",
-    "batch_tokens",  # batching changes the last bits of some values: resuming must batch alike
+    "batch_tokens",  # sets the batch sizes: resumed and reused rows come from the same kernel shapes
     "backend",  # hf and vllm agree to ~1e-6 relative, not bit for bit: resuming must use the same
+    "batching",  # how texts share a batch (see stage1_encode/run.py): padded batches change the last bits
 )
-IDENTITY_DEFAULTS = {"backend": "hf"}  # caches written before a key existed
-STORAGE_DTYPES = ("float16", "float32")
+BATCHING = "by-length"  # batches of texts with equal token counts, no padding: a row depends only on its text
+IDENTITY_DEFAULTS = {"backend": "hf", "batching": "padded"}  # caches written before a key existed
+TEXT_HASH_BYTES = 16
+STORAGE_DTYPES = ("float16", "float32", "int8")
+INT8_LEVELS = 127  # symmetric int8: q in [-127, 127], so -x quantizes to -q
+
+
+def stored_bytes_per_node(num_rungs: int, hidden_size: int, storage_dtype: str) -> int:
+    """Array bytes a node takes in a cache: S x H values, plus S float32 scales for int8."""
+    if storage_dtype == "int8":
+        return num_rungs * hidden_size + 4 * num_rungs
+    return num_rungs * hidden_size * np.dtype(storage_dtype).itemsize
+
+
+def value_dtype(storage_dtype: str) -> np.dtype:
+    """What readers return for a storage dtype: int8 rows come back dequantized to float32."""
+    return np.dtype(np.float32 if storage_dtype == "int8" else storage_dtype)
+
+
+def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., H) float32 rows -> (q (..., H) int8, scale (...,) float32), one absmax scale per row.
+
+    ``scale = fl32(absmax / 127)``; ``q = rint(x / scale)`` with the quotient in float64 (exact
+    to 2**-53, so q is the nearest step to x). Since ``scale >= absmax / 127 * (1 - 2**-24)``,
+    ``|x / scale| < 127.5`` and q never needs clipping. A zero row gets scale 0 and q 0.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    scale = (np.abs(values).max(axis=-1) / np.float32(INT8_LEVELS)).astype(np.float32)  # (...,)
+    safe = np.where(scale > 0, scale, np.float32(1)).astype(np.float64)[..., None]
+    q = np.rint(values.astype(np.float64) / safe)
+    return np.clip(q, -INT8_LEVELS, INT8_LEVELS).astype(np.int8), scale
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(..., H) int8 rows and their (...,) float32 scales -> float32 ``q * scale`` (one rounding)."""
+    return np.multiply(q, scale[..., None], out=out, dtype=np.float32)
+
+
+def round_like_storage(values, storage_dtype: str):
+    """Fresh float32 states (..., H) (numpy or torch) -> the float32 values a cache of
+    ``storage_dtype`` gives back for them: what training read, so fresh and cached agree."""
+    import torch
+
+    if storage_dtype == "float32":
+        return values
+    if storage_dtype == "float16":
+        return values.half().float() if isinstance(values, torch.Tensor) else values.astype(np.float16).astype(np.float32)
+    if storage_dtype == "int8":
+        as_numpy = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+        out = dequantize_int8(*quantize_int8(as_numpy))
+        return torch.from_numpy(out).to(values.device) if isinstance(values, torch.Tensor) else out
+    raise ValueError(f"unknown storage dtype {storage_dtype!r}")
 
 
 def identity_diff(existing: dict, manifest: dict) -> list[str]:
     """Identity keys on which two manifests disagree (a missing key reads as its default)."""
     return [k for k in IDENTITY_KEYS if existing.get(k, IDENTITY_DEFAULTS.get(k)) != manifest.get(k, IDENTITY_DEFAULTS.get(k))]
+
+
+def text_hashes(texts) -> np.ndarray:
+    """(N, 16) uint8: BLAKE2b-128 of each text's UTF-8 bytes (``texts``: any sequence of str)."""
+    out = np.empty((len(texts), TEXT_HASH_BYTES), dtype=np.uint8)
+    for i, text in enumerate(texts):
+        out[i] = np.frombuffer(hashlib.blake2b(text.encode("utf-8"), digest_size=TEXT_HASH_BYTES).digest(), dtype=np.uint8)
+    return out
 
 
 def chunk_nodes_for(num_rungs: int, hidden_size: int, itemsize: int, block_nodes: int) -> int:
@@ -183,12 +255,17 @@ class CacheWriter:
         self.path, self.manifest = path, manifest
         with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk: a missing one is damage
             self.states = zarr.open_array(str(path / "states"), mode="r+")
+            self.scales = zarr.open_array(str(path / "scales"), mode="r+") if manifest["storage_dtype"] == "int8" else None
         self.n_blocks = num_blocks(manifest["num_nodes"], manifest["block_nodes"])
 
     @classmethod
-    def create_or_open(cls, path: str | Path, manifest: dict, node_ids: np.ndarray, config: dict, overwrite: bool = False) -> "CacheWriter":
+    def create_or_open(
+        cls, path: str | Path, manifest: dict, node_ids: np.ndarray, config: dict, overwrite: bool = False,
+        hashes: np.ndarray | None = None,
+    ) -> "CacheWriter":
         """Open ``path`` if it holds a cache with the same identity, else create it.
 
+        ``hashes``: (N, 16) :func:`text_hashes` of the graph's texts, stored for later reuse.
         A cache of another model/graph/settings is refused unless ``overwrite``; a folder that
         is not a cache is never deleted.
         """
@@ -206,7 +283,7 @@ class CacheWriter:
                     f"with other settings ({detail}). Pass --overwrite to replace it, or choose another --out"
                 )
             ownership.remove_owned(path, "cache", is_cache)
-        _create(path, manifest, node_ids, config)
+        _create(path, manifest, node_ids, config, hashes)
         return cls(path, read_manifest(path))
 
     def done_blocks(self) -> set[int]:
@@ -219,24 +296,31 @@ class CacheWriter:
     def write_block(self, b: int, values: np.ndarray, node_ids: np.ndarray) -> None:
         """Commit block ``b``: ``values`` (n, S, H) float32 -> storage dtype; data, then mark.
 
-        Non-finite values (fp16 overflow) stop the run naming the node; nothing is marked.
+        Non-finite values (fp16 overflow, or the model's own) stop the run naming the node;
+        nothing is marked. int8: rows and their scales are written before the mark.
         """
         start, end = block_range(b, self.manifest["num_nodes"], self.manifest["block_nodes"])
         assert values.shape == (end - start, *self.states.shape[1:]), values.shape
+        int8 = self.scales is not None
         with np.errstate(over="ignore"):  # overflow is detected (and reported) just below
-            stored = values.astype(self.manifest["storage_dtype"])
+            stored = values.astype(np.float32 if int8 else self.manifest["storage_dtype"])
         finite = np.isfinite(stored).all(axis=(1, 2))  # (n,)
         if not finite.all():
             i = int(np.flatnonzero(~finite)[0])
             rung = int(np.flatnonzero(~np.isfinite(stored[i]).all(axis=1))[0])
-            hint = "rerun with --storage-dtype float32 (and --overwrite)" if self.manifest["storage_dtype"] != "float32" else "the model itself produced them"
+            hint = "rerun with --storage-dtype float32 (and --overwrite)" if self.manifest["storage_dtype"] == "float16" else "the model itself produced them"
             node = node_ids[start + i]
             node = node.item() if hasattr(node, "item") else node  # numpy scalar -> plain repr
             raise PipelineError(
                 f"node {node!r}: non-finite value in LLM state {self.manifest['layers'][rung]} "
                 f"as {self.manifest['storage_dtype']}; {hint}"
             )
-        self.states[start:end] = stored
+        if int8:
+            q, scale = quantize_int8(stored)
+            self.states[start:end] = q
+            self.scales[start:end] = scale
+        else:
+            self.states[start:end] = stored
         (self.path / "blocks" / f"{b:06d}.done").write_text(json.dumps({"nodes": [start, end]}) + "\n")
 
     def finish(self) -> bool:
@@ -257,7 +341,7 @@ def _existing_manifest(path: Path) -> dict | None:
         return None
 
 
-def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> None:
+def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict, hashes: np.ndarray | None = None) -> None:
     import zarr
 
     from pipeline.core.config_file import save_resolved_config
@@ -273,12 +357,20 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict) -> N
                 "states", shape=(n, s, h), chunks=(manifest["chunk_nodes"], s, h),
                 dtype=manifest["storage_dtype"], compressors=None, fill_value=0,  # states do not compress (docs/design.md)
             )
+            if manifest["storage_dtype"] == "int8":
+                group.create_array(
+                    "scales", shape=(n, s), chunks=(manifest["chunk_nodes"], s), dtype="float32", compressors=None, fill_value=0,
+                )
             ids = np.asarray(node_ids)
             if ids.dtype.kind in "iu":
                 group.create_array("node_ids", data=ids.astype(np.int64), chunks=(max(n, 1),), compressors=None)
             else:
                 arr = group.create_array("node_ids", shape=(n,), dtype=str, chunks=(max(n, 1),))
                 arr[:] = np.asarray([str(v) for v in ids], dtype=object)
+            if hashes is not None:
+                group.create_array(
+                    "text_hashes", data=np.asarray(hashes, dtype=np.uint8), chunks=(max(min(n, 1 << 16), 1), TEXT_HASH_BYTES), compressors=None
+                )
         (tmp / "blocks").mkdir()
         atomic.write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
         save_resolved_config(tmp / config_file_name("encode"), config)
@@ -322,12 +414,17 @@ def check_node_ids(path: str | Path, manifest: dict) -> None:
 
 def chunk_bytes(manifest: dict) -> int:
     """Size of every chunk file (edge chunks are stored full size): chunk_nodes x S x H x itemsize."""
-    itemsize = 2 if manifest["storage_dtype"] == "float16" else 4
+    itemsize = np.dtype(manifest["storage_dtype"]).itemsize
     return int(manifest["chunk_nodes"]) * len(manifest["layers"]) * int(manifest["hidden_size"]) * itemsize
 
 
 def chunk_file(path: str | Path, i: int) -> Path:
     return Path(path) / "states" / "c" / str(i) / "0" / "0"
+
+
+def scales_chunk_file(path: str | Path, i: int) -> Path:
+    """int8 caches: the float32 scales (chunk_nodes, S) of chunk ``i``, raw bytes."""
+    return Path(path) / "scales" / "c" / str(i) / "0"
 
 
 def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = None) -> dict[int, str]:
@@ -337,18 +434,24 @@ def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = N
     if not _raw_chunk_files(path / "states"):
         return {}
     n, bn, c = int(manifest["num_nodes"]), int(manifest["block_nodes"]), int(manifest["chunk_nodes"])
-    size, out = chunk_bytes(manifest), {}
+    files = [(chunk_file, chunk_bytes(manifest))]
+    if manifest["storage_dtype"] == "int8":
+        files.append((scales_chunk_file, c * len(manifest["layers"]) * 4))
+    out = {}
     for b in sorted(_done_blocks(path) if blocks is None else blocks):
         start, end = block_range(b, n, bn)
         for i in range(start // c, (end - 1) // c + 1 if end > start else start // c):
-            f = chunk_file(path, i)
-            try:
-                got = f.stat().st_size
-            except OSError:
-                out[b] = f"chunk file {f} is missing"
-                break
-            if got != size:
-                out[b] = f"chunk file {f} has {got} bytes, expected {size} (truncated)"
+            for name, size in files:
+                f = name(path, i)
+                try:
+                    got = f.stat().st_size
+                except OSError:
+                    out[b] = f"chunk file {f} is missing"
+                    break
+                if got != size:
+                    out[b] = f"chunk file {f} has {got} bytes, expected {size} (truncated)"
+                    break
+            if b in out:
                 break
     return out
 
@@ -370,8 +473,9 @@ def _open_files_allowed() -> int:
 class CacheReader:
     """Read access to a cache. ``layers``: LLM state index of each rung (S,).
 
-    ``read(nodes, rungs)`` -> (n, S', H) in the storage dtype; ``nodes`` are dense graph
-    indices (rows), ``rungs`` positions in ``layers``; None means all.
+    ``read(nodes, rungs)`` -> (n, S', H) in ``dtype``; ``nodes`` are dense graph indices
+    (rows), ``rungs`` positions in ``layers``; None means all. ``dtype`` is the storage dtype,
+    or float32 for an int8 cache: every read dequantizes its rows with their scales.
     """
 
     def __init__(self, path: str | Path):
@@ -383,6 +487,7 @@ class CacheReader:
             group = zarr.open_group(str(self.path), mode="r")
             self._states = group["states"]
             self.node_ids = np.asarray(group["node_ids"][:])
+            self._group = group
         except Exception as err:  # zarr raises many types for damaged metadata or a missing array
             raise guarded.damaged(self.path, f"the Zarr arrays cannot be read ({type(err).__name__}: {err})", rebuild_hint(self.path, m)) from None
         check_node_ids(self.path, m)
@@ -391,6 +496,18 @@ class CacheReader:
             raise guarded.damaged(
                 self.path, f"states {tuple(self._states.shape)} and node_ids {self.node_ids.shape} do not match manifest.json "
                 f"(N, S, H) = {want}", rebuild_hint(self.path, m))
+        self.storage_dtype: str = m["storage_dtype"]
+        self.dtype = value_dtype(self.storage_dtype)  # what reads return
+        self._scales_array = None
+        if self.storage_dtype == "int8":
+            try:
+                self._scales_array = group["scales"]
+            except Exception:  # KeyError, or zarr's own errors for damaged metadata
+                raise guarded.damaged(self.path, "an int8 cache without its scales array", rebuild_hint(self.path, m)) from None
+            if tuple(self._scales_array.shape) != want[:2]:
+                raise guarded.damaged(self.path, f"scales {tuple(self._scales_array.shape)} do not match (N, S) = {want[:2]}",
+                                      rebuild_hint(self.path, m))
+        self._scales: np.ndarray | None = None  # (N, S) float32, read whole on first use
         self.layers: list[int] = list(self.manifest["layers"])
         self.num_nodes: int = self.manifest["num_nodes"]
         self.hidden_size: int = self.manifest["hidden_size"]
@@ -402,6 +519,12 @@ class CacheReader:
         self._chunk_prefix = str(self.path / "states" / "c") + os.sep
         self._fd_lock = threading.Lock()
 
+    def text_hashes(self) -> np.ndarray | None:
+        """(N, 16) uint8 hashes of the texts the rows were encoded from; None in older caches."""
+        if "text_hashes" not in self._group:
+            return None
+        return np.asarray(self._group["text_hashes"][:])
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self._states.shape)
@@ -411,8 +534,8 @@ class CacheReader:
         return damaged_blocks(self.path, self.manifest)
 
     def rungs_nbytes(self, num_rungs: int) -> int:
-        """Bytes that ``num_rungs`` rungs of every node take in memory, in the storage dtype."""
-        return self.num_nodes * num_rungs * self.hidden_size * np.dtype(self.manifest["storage_dtype"]).itemsize
+        """Bytes that ``num_rungs`` rungs of every node take in memory, as read (int8 dequantized to float32)."""
+        return self.num_nodes * num_rungs * self.hidden_size * self.dtype.itemsize
 
     @property
     def num_blocks(self) -> int:
@@ -456,8 +579,20 @@ class CacheReader:
                        f"not from {graph.source!r} ({graph.fingerprint[:12]})")
             raise InputError(f"{why}; re-encode with `pipeline encode {graph.source} --out NEW_DIR`")
 
+    def scales(self) -> np.ndarray:
+        """(N, S) float32 scales of an int8 cache (4 bytes a rung and node; read once)."""
+        if self._scales is None:
+            self._scales = np.asarray(self._scales_array[:], dtype=np.float32)
+        return self._scales
+
+    def _dequantized(self, stored: np.ndarray, nodes: np.ndarray | slice, rsel) -> np.ndarray:
+        """Stored rows (n, S', H) of ``nodes`` at rungs ``rsel`` -> values in ``dtype``."""
+        if self._scales_array is None:
+            return stored
+        return dequantize_int8(stored, self.scales()[nodes][:, rsel])
+
     def _fits_in_memory(self) -> bool:
-        return self._states.nbytes <= memory_budget()
+        return int(np.prod(self.shape)) * self.dtype.itemsize <= memory_budget()  # as read: int8 dequantized
 
     def read(self, nodes: np.ndarray | None = None, rungs: list[int] | None = None) -> np.ndarray:
         """(n, S', H) states of ``nodes`` (dense indices) at ``rungs``; whole-chunk reads only."""
@@ -491,9 +626,9 @@ class CacheReader:
         """(N, S', H): every chunk in order, keeping only the rungs ``rsel``."""
         if not self._raw:
             x = self._states[:]
-            return x if isinstance(rsel, slice) else x[:, rsel]
+            return self._dequantized(x if isinstance(rsel, slice) else x[:, rsel], slice(None), rsel)
         s = self.shape[1] if isinstance(rsel, slice) else len(rsel)
-        out = np.empty((self.num_nodes, s, self.hidden_size), dtype=self._states.dtype)
+        out = np.empty((self.num_nodes, s, self.hidden_size), dtype=self.dtype)
         c = self.chunk_nodes
         for i in range(num_blocks(self.num_nodes, c)):
             out[i * c : (i + 1) * c] = self.read_chunk(i)[:, rsel]
@@ -501,15 +636,28 @@ class CacheReader:
 
     def read_chunk(self, i: int) -> np.ndarray:
         """Chunk ``i``: (c', S, H) rows ``[i*c, min((i+1)*c, N))``, all rungs, in one read."""
-        if not self._raw:
-            c = self.chunk_nodes
-            return self._states[i * c : min((i + 1) * c, self.num_nodes)]
-        out = np.empty((self.chunk_nodes, *self.shape[1:]), dtype=self._states.dtype)  # edge chunks are stored full size
+        out = np.empty((self.chunk_nodes, *self.shape[1:]), dtype=self.dtype)  # edge chunks are stored full size
         return out[: self.read_chunk_into(i, out)]
 
     def read_chunk_into(self, i: int, out: np.ndarray) -> int:
-        """Chunk ``i`` (all rungs) into ``out`` (c, S, H), C-contiguous, without allocating on the
-        raw layout; returns its valid row count c' (the last chunk's rows beyond it are undefined)."""
+        """Chunk ``i`` (all rungs) into ``out`` (c, S, H) of ``dtype``, C-contiguous, without
+        allocating on the raw layout of a float cache; returns its valid row count c' (the last
+        chunk's rows beyond it are undefined). int8: read into a scratch, dequantized into ``out``."""
+        if self._scales_array is None:
+            return self._read_chunk_stored(i, out)
+        stored = np.empty(out.shape, dtype=np.int8)
+        rows = self._read_chunk_stored(i, stored)
+        c = self.chunk_nodes
+        dequantize_int8(stored[:rows], self.scales()[i * c : i * c + rows], out=out[:rows])
+        return rows
+
+    def _chunk_stored(self, i: int) -> np.ndarray:
+        """Chunk ``i`` as stored (c', S, H)."""
+        out = np.empty((self.chunk_nodes, *self.shape[1:]), dtype=self._states.dtype)
+        return out[: self._read_chunk_stored(i, out)]
+
+    def _read_chunk_stored(self, i: int, out: np.ndarray) -> int:
+        """Chunk ``i`` as stored into ``out`` (c, S, H) of the storage dtype; its valid row count."""
         c = self.chunk_nodes
         rows = min(c, self.num_nodes - i * c)
         if not self._raw:
@@ -563,6 +711,10 @@ class CacheReader:
             rungs = None  # every rung in order: rows land straight in the output
         rsel = slice(None) if rungs is None else np.asarray(rungs, dtype=np.int64)
         nodes = np.asarray(nodes, dtype=np.int64)
+        return self._dequantized(self._read_rows_stored(nodes, rungs, rsel), nodes, rsel)
+
+    def _read_rows_stored(self, nodes: np.ndarray, rungs: list[int] | None, rsel) -> np.ndarray:
+        """``read_rows`` in the storage dtype."""
         s = len(self.layers) if rungs is None else len(rsel)
         if len(nodes) == 0:
             return np.empty((0, s, self.hidden_size), self._states.dtype)
@@ -577,7 +729,7 @@ class CacheReader:
         for ch, a, k in zip(chunks.tolist(), starts.tolist(), counts.tolist()):
             sel = order[a : a + k]
             if k >= DENSE_CHUNK_ROWS:
-                out[sel] = self.read_chunk(ch)[nodes[sel] - ch * c][:, rsel]
+                out[sel] = self._chunk_stored(ch)[nodes[sel] - ch * c][:, rsel]
                 continue
             fd = self._chunk_fd(ch)
             for j in sel.tolist():

@@ -40,7 +40,8 @@ encode_command = command(EncodeConfig, _encode, """Encode every node text with a
     (N, S, H) float16 array with a manifest. Work is committed in node blocks: a killed run
     resumes where it stopped, shards (--num-shards/--shard-id) fill one cache together, and
     re-running a finished encode is a quick no-op. `pipeline encode --status CACHE_DIR`
-    reports completion.
+    reports completion. `--reuse OLD_CACHE` updates a cache for a grown or edited graph: the
+    result is the same cache, bit for bit, as a full encode of GRAPH.
     """)
 
 bench_encode_command = command(BenchConfig, _bench, """Time `encode` against a naive loop (batch 32, padded to max length, last layer only).

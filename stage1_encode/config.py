@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors
+from pipeline.core.devices import device_problem
 from pipeline.core.options import argument, device_option, option, out_option, overwrite_option
 from stage1_encode.cache import DEFAULT_BLOCK_NODES, STORAGE_DTYPES
 from stage1_encode.models import DEFAULT_MODEL
@@ -18,7 +19,6 @@ MODEL_HELP = (
 
 POOLINGS = ("mean", "last")  # masked mean over real tokens, or the last real token
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("hf", "vllm")  # vllm: stage1_encode/vllm_backend.py (decoders only; .venv-vllm on CPU)
 # Sane upper bounds: beyond them a flag is a typo that would reach the allocator.
 MAX_BLOCK, MAX_BATCH_TOKENS, MAX_SHARDS = 1 << 20, 1 << 24, 100_000
@@ -35,8 +35,10 @@ class EncodeConfig:
 
     ``layers``: None = the model's default rungs, "all", "0,5,10" or "every:K".
     ``dtype``: compute dtype; "auto" = bfloat16 on GPU, float32 on CPU.
-    ``batch_tokens``: token budget of a batch, B * T (padded) <= batch_tokens.
+    ``batch_tokens``: token budget of a batch, B * T <= batch_tokens (texts of one token count a batch).
     ``block_size``: nodes per committed block (unit of resume and sharding).
+    ``reuse``: an older cache whose rows of unchanged nodes (same id and text) are copied
+    (stage1_encode/reuse.py); None encodes every node.
     """
 
     graph: str | None = argument(
@@ -53,12 +55,17 @@ class EncodeConfig:
     num_shards: int = option(1, "Split the work into N shards run by N processes/jobs on the same --out.")
     shard_id: int = option(0, "Which shard this process fills (0..N-1).")
     dtype: str = option("auto", "Compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
-    storage_dtype: str = option("float16", "Cache dtype: float16 or float32 (if float16 overflows).")
+    storage_dtype: str = option("float16", "Cache dtype: float16, float32 (if float16 overflows) or int8 (per node and state "
+                                "absmax scale; read back as float32; S x H + 4 S bytes a node).")
     device: str = device_option()
     block_size: int = option(DEFAULT_BLOCK_NODES, "Nodes per committed block (the unit of resume and sharding; multiple of 8).")
     overwrite: bool = overwrite_option("a cache (of another model, graph or settings)")
     trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
     backend: str = option("hf", "hf (transformers) or vllm (decoder LLMs; CPU: bash scripts/setup_vllm.sh, then .venv-vllm/bin/pipeline).")
+    reuse: Path | None = option(
+        None, "An older cache of an earlier version of GRAPH (same settings): rows of nodes whose id and text are unchanged "
+        "are copied, only new or edited texts run through the LLM. It is only read.", metavar="OLD_CACHE"
+    )
     status: Path | None = option(None, "Only report how complete the cache CACHE_DIR is, and exit.", metavar="CACHE_DIR")
 
     def validate(self) -> None:
@@ -81,7 +88,11 @@ class EncodeConfig:
             f"--storage-dtype {self.storage_dtype}: expected one of {', '.join(STORAGE_DTYPES)}",
         )
         errors.check(self.backend in BACKENDS, f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
-        errors.check(self.device in DEVICES, f"--device {self.device}: expected one of {', '.join(DEVICES)}")
+        errors.check(
+            self.reuse is None or self.backend == "hf",
+            f"--reuse with --backend {self.backend}: reuse needs --backend hf (vLLM schedules texts together, so a row may depend on its batch)",
+        )
+        errors.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errors.check(
             self.block_size >= 8 and self.block_size % 8 == 0,
             f"--block-size {self.block_size}: must be a positive multiple of 8 (blocks are chunk-aligned)",

@@ -102,9 +102,11 @@ class LayerStepper:
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
+        from pipeline.core.devices import to_device
+
         dev = self.loaded.device
         types = self.family == "encoder" and "token_type_ids" in self.loaded.tokenizer.model_input_names
-        return TokenBatch(input_ids.to(dev), mask.to(dev), torch.zeros_like(input_ids).to(dev) if types else None)
+        return TokenBatch(to_device(input_ids, dev), to_device(mask, dev), to_device(torch.zeros_like(input_ids), dev) if types else None)
 
     # -- stepping -------------------------------------------------------------------------
     @torch.inference_mode()

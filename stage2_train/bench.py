@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.core import ownership
 from pipeline.core.bench_json import claim_bench, write_bench
 from pipeline.core.errors import InputError
-from pipeline.core.options import argument, json_option, option, out_option, seeds_option
+from pipeline.core.options import argument, device_option, json_option, option, out_option, seeds_option
 from pipeline.core.progress import log
 from stage1_encode.config import model_option
 
@@ -42,14 +42,15 @@ class BenchConfig:
     out: Path = out_option("the bench's runs (replaced)", Path("artifacts/bench/train"))
     json_path: Path | None = json_option()
     num_threads: int | None = option(None, "Torch CPU threads (default: torch's).")
+    device: str = device_option()
 
 
-def _encode(graph: str, model: str | None, path: Path) -> Path:
+def _encode(graph: str, model: str | None, path: Path, device: str) -> Path:
     """Encode GRAPH with stage 1 (default layers, pooling) into ``path``."""
     from stage1_encode.config import EncodeConfig
     from stage1_encode.run import run as encode
 
-    kwargs = {"graph": graph, "out": path}
+    kwargs = {"graph": graph, "out": path, "device": device}
     if model:
         kwargs["model"] = model
     encode(EncodeConfig(**kwargs))
@@ -70,8 +71,12 @@ def run_bench(cfg: BenchConfig) -> dict:
         import torch
 
         torch.set_num_threads(cfg.num_threads)
+    from pipeline.core.devices import resolve_device
+    from stage1_encode.precision import cache_compute_dtype
+
     if cfg.epochs_uncached < 1:
         raise InputError(f"--epochs-uncached {cfg.epochs_uncached}: must be >= 1")
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     # the bench's own folder (its cache and runs are reused or replaced); nothing else is
     from stage1_encode.cache import is_cache
@@ -83,12 +88,12 @@ def run_bench(cfg: BenchConfig) -> dict:
                                   legacy=lambda p: (p / "runs").is_dir() or is_cache(p / "cache.zarr")):
         out.mkdir(parents=True, exist_ok=True)
         ownership.write_marker(out, "bench")
-    cache = Path(cfg.cache) if cfg.cache else _encode(cfg.graph, cfg.model, out / "cache.zarr")
+    cache = Path(cfg.cache) if cfg.cache else _encode(cfg.graph, cfg.model, out / "cache.zarr", device)
     data = open_train_data(cache, None, None, "ladder")
     if cfg.cache and data.manifest.get("graph_source") not in (cfg.graph, str(Path(cfg.graph).resolve())):
         raise InputError(f"--cache {cache}: encodes graph '{data.manifest.get('graph_source')}', not '{cfg.graph}'")
     seed = cfg.seeds[0]
-    base = TrainConfig(cache=cache, out=out / "runs" / "ladder", seeds=cfg.seeds, epochs=cfg.epochs, overwrite=True)
+    base = TrainConfig(cache=cache, out=out / "runs" / "ladder", seeds=cfg.seeds, epochs=cfg.epochs, overwrite=True, device=device)
     graph, labels = data.graph, np.asarray(data.graph.labels)
     split = resolve_split(graph, base.split, seed)
     sampler = Sampler(graph.edge_index, graph.num_nodes, mode=base.resolved_sampler, hops=base.hops)
@@ -105,7 +110,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     cached = timed(CachedFeatures(data), None)
     log(f"cached: {cached['epoch_s']:.2f}s per epoch ({cached['batches_per_epoch']} batches)")
     log("timing the LLM in the loop (--no-cache) ...")
-    uncached = timed(LiveFeatures(data), cfg.max_batches_uncached or None)
+    dtype = cache_compute_dtype(data.manifest, None, False, str(cache))  # the LLM in the cache's precision
+    uncached = timed(LiveFeatures(data, device, dtype), cfg.max_batches_uncached or None)
     how = (f"extrapolated from {uncached['batches_timed']} of {uncached['batches_per_epoch']} batches"
            if uncached["extrapolated"] else "a whole epoch")
     log(f"uncached: {uncached['epoch_s']:.1f}s per epoch ({how})")
@@ -113,7 +119,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     accs = {}
     for arch in ("ladder",) + BASELINE_ARCHS:
         run_cfg = TrainConfig(cache=cache, out=out / "runs" / arch, arch=arch, seeds=cfg.seeds, epochs=cfg.epochs, overwrite=True,
-                              num_threads=cfg.num_threads)
+                              num_threads=cfg.num_threads, device=device)
         s = run(run_cfg)
         accs[arch] = {k: s[k] for k in ("test_acc_mean", "test_acc_std", "val_acc_mean")}
     result = {
@@ -121,6 +127,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         "cache": str(cache),
         "model": data.manifest.get("model"),
         "layers": data.layers,
+        "device": device,
+        "compute_dtype": dtype,
         "epoch_s_cached": cached["epoch_s"],
         "epoch_s_uncached": uncached["epoch_s"],
         "caching_speedup": uncached["epoch_s"] / cached["epoch_s"],

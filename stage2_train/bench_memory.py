@@ -185,7 +185,7 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     reader = open_cache(cfg.cache)
     reader.check_complete()
     n, s, h = reader.shape
-    rungs_bytes = n * s * h * 2
+    rungs_bytes = n * s * h * reader.dtype.itemsize  # as held in memory (int8 caches dequantized)
     if cfg.memory_budget >= rungs_bytes:
         raise InputError(f"--memory-budget {format_size(cfg.memory_budget)}: the cache's rungs ({format_size(rungs_bytes)}) fit in it; "
                          "give a smaller budget to compare out of core with in memory")

@@ -17,6 +17,7 @@ on the same ``--out`` removes)::
 
 ``read_run(RUN_DIR)`` reads the JSON files (the report uses it); ``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
 (``summary["default_seed"]``), or of ``seed=``; ``pipeline infer`` needs nothing else.
+``warm_start_weights(RUN_DIR, ...)`` gives ``pipeline train --init RUN_DIR`` its starting weights.
 """
 
 from __future__ import annotations
@@ -226,6 +227,48 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         summary=summary,
         path=path,
     )
+
+
+# what a warm start needs to match: key of config["model"] -> the flag (or input) that sets it
+WARM_START_KEYS = {
+    "arch": "--arch", "hidden_channels": "--hidden-channels", "gnn": "--gnn", "num_layers": "--num-layers",
+    "num_rungs": "--rungs", "in_channels": "the cache's LLM width (the encode --model)", "out_channels": "classes",
+}
+
+
+def warm_start_weights(path: str | Path, spec: dict, layers: list[int], label_names: list[str], manifest: dict, seed: int) -> dict:
+    """Weights of run ``path`` to start seed ``seed`` from (its own seed when trained, else its
+    default seed); InputError naming every difference in architecture, rungs, classes or LLM.
+
+    ``spec``: this run's ``config["model"]``; ``layers`` (S,) LLM state per rung; ``manifest``: this run's cache manifest.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        run = read_run(path)
+    except InputError as err:
+        raise InputError(f"--init {err.message}") from err
+    path, config, old_manifest, summary = run.path, run.config, run.manifest, run.summary
+    if config.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"--init {path}: checkpoint format version {config.get('format_version')}, this version reads {FORMAT_VERSION}")
+    problems = [
+        f"{flag}: {path} has {key} {config['model'].get(key)!r}, this run {spec.get(key)!r}"
+        for key, flag in WARM_START_KEYS.items() if config["model"].get(key) != spec.get(key)
+    ]
+    if list(config["layers"]) != list(layers):
+        problems.append(f"--rungs: {path} reads LLM states {config['layers']}, this run {layers}")
+    if list(config["label_names"]) != list(label_names):
+        problems.append(f"classes: {path} has {config['label_names']}, this graph {label_names}")
+    for key in ("weights_sha256", "pooling", "max_length"):
+        if old_manifest.get(key) != manifest.get(key):
+            problems.append(f"cache: {path} was trained on {key} {str(old_manifest.get(key))[:16]!r}, this cache has {str(manifest.get(key))[:16]!r}")
+    if problems:
+        raise InputError(f"--init {path}: cannot warm-start from it: " + "; ".join(problems))
+    chosen = seed if (path / f"seed_{seed}" / WEIGHTS).is_file() else int(summary["default_seed"])
+    weights = path / f"seed_{chosen}" / WEIGHTS
+    if not weights.is_file():
+        raise InputError(f"--init {path}: no weights {weights}; the run is damaged, retrain it or start without --init")
+    return load_file(str(weights), device="cpu")
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors
 from pipeline.core.options import argument, device_option, option, out_option, overwrite_option, seeds_option
+from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from pipeline.core.parsers import parse_float_list, parse_int_list, parse_random_split, parse_size
 
 ARCHS = ("ladder", "mlp", "gcn", "sage")
@@ -28,6 +29,8 @@ class TrainConfig:
     ``rungs`` are LLM state indices present in the cache (None: every cached state for the
     ladder); ``layer`` is the one state a baseline reads (None: the last cached state).
     ``sampler`` None means ``ego`` for the ladder and ``full`` for the baselines.
+    ``device`` auto: CUDA when available, else CPU (resolved by ``run``). ``dtype`` (``--no-cache``
+    only) None: the LLM runs in the compute dtype the cache was encoded in.
     """
 
     cache: Path = argument(help="Cache folder written by `pipeline encode` (it names its graph).", metavar="CACHE_DIR")
@@ -84,7 +87,9 @@ class TrainConfig:
     )
     batch_size: int = option(64, "Target nodes per training batch (ignored by --sampler full: full batch).")
     eval_batch_size: int = 512
-    device: str = device_option("cpu")
+    device: str = device_option()
+    dtype: str | None = option(None, "--no-cache: " + DTYPE_HELP)  # None: the cache's compute dtype
+    allow_dtype_mismatch: bool = option(False, "--no-cache: " + MISMATCH_HELP)
     num_threads: int | None = option(
         None, "Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
     )
@@ -100,6 +105,11 @@ class TrainConfig:
         "micro-batches (gradients accumulated) so the step's working set fits the other half, read-ahead. "
         "Default: 8 GiB or half the available memory, whichever is less.",
         parse=parse_size, metavar="SIZE",
+    )
+    init: Path | None = option(
+        None, "Warm start: begin every seed from the weights of this earlier run (same --arch, --hidden-channels, --gnn, "
+        "--num-layers, rungs, classes and LLM; else refused naming what differs), e.g. last night's run on a grown graph.",
+        metavar="RUN_DIR",
     )
     extra: dict = field(default_factory=dict)  # free-form notes stored with the config
 
@@ -121,7 +131,14 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
+        from pipeline.core.devices import device_problem
+        from stage1_encode.precision import dtype_problem
+
         errs = ConfigErrors()
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
+        errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
+        errs.check(self.no_cache or (self.dtype is None and not self.allow_dtype_mismatch),
+                   "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)")
         errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
         errs.check(self.readout in READOUTS, f"--readout {self.readout}: choose one of {', '.join(READOUTS)}")
         errs.check(self.loss in LOSSES, f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
@@ -176,6 +193,9 @@ class TrainConfig:
                                   ("--num-threads", self.num_threads or 0, MAX_THREADS), ("--patience", self.patience, MAX_EPOCHS)):
             errs.check(value <= most, f"{flag} {value}: must be <= {most}")
         errs.check(len(self.seeds) <= MAX_SEEDS, f"--seeds: {len(self.seeds)} seeds, at most {MAX_SEEDS}")
+        if self.init is not None:
+            errs.check(Path(self.init).is_dir(), f"--init {self.init}: no such run folder; give a RUN_DIR written by `pipeline train`")
+            errs.check(not self.no_cache, "--init: not with --no-cache")
         errs.raise_if_any()
         from pipeline.core.devices import resolve_device
 

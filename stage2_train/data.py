@@ -7,7 +7,8 @@ Features come from one of two sources with the same call, ``features(nodes) -> (
   node rows sorted so reads follow the chunk order;
 - :class:`LiveFeatures` (``--no-cache``): the frozen LLM encodes the batch's node texts
   inside the loop, through stage 1's encoder, with the cache's model, pooling and max
-  length. Its output is rounded to fp16 like the cache, so both modes see the same numbers.
+  length, in the cache's compute dtype. Its output is rounded as the cache stores states
+  (fp16, or int8 rows), so both modes see the same numbers.
 
 Shapes: N graph nodes, n batch nodes, S rungs, H LLM width.
 """
@@ -114,7 +115,7 @@ class CachedFeatures:
         reader = data.reader
         self.states = None
         if reader.rungs_nbytes(len(data.positions)) <= (memory_budget() if limit is None else limit):
-            states = reader.read_all(rungs=data.positions)  # (N, S, H) fp16, only the used rungs
+            states = reader.read_all(rungs=data.positions)  # (N, S, H) as read (fp16; int8 dequantized), used rungs only
             states = states if states.flags.writeable else states.copy()
             self.states = torch.from_numpy(states)
             step = 1 << 16  # check in slices: a whole-array isfinite would add half the array's size
@@ -140,7 +141,7 @@ class LiveFeatures:
 
     orders_batches = False
 
-    def __init__(self, data: TrainData, device: str = "cpu", group_size: int = 32) -> None:
+    def __init__(self, data: TrainData, device: str = "cpu", dtype: str = "float32", group_size: int = 32) -> None:
         from stage1_encode.models import load_model, resolve_model
         from stage1_encode.stepping import LayerStepper
 
@@ -148,7 +149,8 @@ class LiveFeatures:
         self.data, self.group_size = data, group_size
         self.pooling, self.max_length = m["pooling"], int(m["max_length"])
         model = m["model"]
-        self.stepper = LayerStepper(load_model(resolve_model(str(model)), device=device))
+        self.storage_dtype = m["storage_dtype"]
+        self.stepper = LayerStepper(load_model(resolve_model(str(model)), device=device, dtype=getattr(torch, dtype)))
 
     def __call__(self, nodes: torch.Tensor) -> torch.Tensor:
         uniq, inverse = torch.unique(nodes, return_inverse=True)  # encode each text once per batch
@@ -159,5 +161,6 @@ class LiveFeatures:
             idx = order[a : a + self.group_size]
             states = self.stepper.encode_batch([texts[j] for j in idx], self.data.layers, self.pooling, self.max_length)
             out[idx] = states.float().cpu()
-        # round like the fp16 cache so both modes see the same numbers
-        return out.to(torch.float16).float()[inverse]
+        from stage1_encode.cache import round_like_storage
+
+        return round_like_storage(out, self.storage_dtype)[inverse]  # as the cache gives them back

@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.core.errors import InputError, PipelineError
-from stage2_train.loop import batches, generator, head_losses, train_step
+from stage2_train.loop import batches, forward, generator, head_losses, train_step
 
 # Test hooks (tests/test_train_distributed.py), read after each epoch: the rank named by
 # PIPELINE_TEST_KILL_RANK dies at once (os._exit(1): no cleanup, like a SIGKILL); the rank
@@ -151,7 +151,7 @@ class Group:
         if len(b):  # an empty (padding) batch contributes nothing but still joins the all-reduce
             sub = sampler.sample(b, gen)
             y = torch.as_tensor(labels[b], device=device)
-            logits = model(features(sub.nodes).to(device), sub.to(device))  # (S, B_r, C)
+            logits = forward(model, features(sub.nodes), sub, device)  # (S, B_r, C)
             loss = head_losses(logits, y, weights) * len(b)  # sum over this rank's targets
             loss.backward()
             loss_sum = loss.item()

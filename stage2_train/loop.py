@@ -1,7 +1,11 @@
 """The training loop for one seed: AdamW, early stopping on the last head, best weights kept.
 
 Every architecture has the same signature, ``model(states (n, S, H), sub) -> (S, B, C)``
-(S = 1 for the baselines), so one loop serves the ladder and the baselines.
+(S = 1 for the baselines), so one loop serves the ladder and the baselines. On CUDA the
+states go to the GPU from pinned memory without blocking and training steps run the model
+under bf16 autocast, the loss computed in float32 (:func:`forward`); evaluation (the metrics,
+early stopping) runs in float32, as ``pipeline infer`` runs the side network, so the accuracies
+training reports are the ones infer reproduces. On CPU everything is plain float32.
 Evaluation subgraphs are drawn once (deterministically) and reused every epoch.
 
 Shapes: B targets, S heads, C classes.
@@ -38,6 +42,16 @@ def batches(nodes: np.ndarray, size: int, gen: torch.Generator | None = None) ->
     if gen is not None:
         nodes = nodes[torch.randperm(len(nodes), generator=gen).numpy()]
     return [nodes[i : i + size] for i in range(0, len(nodes), size)]
+
+
+def forward(model, x: torch.Tensor, sub: SubgraphBatch, device: str, mixed: bool = True) -> torch.Tensor:
+    """``model`` on states ``x`` (n, S, H) and subgraphs ``sub`` on ``device`` -> float32 logits
+    (S, B, C); ``mixed``: under bf16 autocast when ``device`` is CUDA."""
+    from pipeline.core.devices import autocast, to_device
+
+    with autocast(device) if mixed else contextlib.nullcontext():
+        logits = model(to_device(x, device), sub.to(device))
+    return logits.float()
 
 
 def head_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -89,7 +103,7 @@ def eval_logits(model, features: NodeFeatures, es: EvalSet, device: str):
     model.eval()
     pieces = features.pieces if features.orders_batches else (lambda sub: [sub])  # out of core: cut to the step memory bound
     for sub, y in es:
-        yield torch.cat([model(features(p.nodes).to(device), p.to(device)) for p in pieces(sub)], dim=1).cpu(), y
+        yield torch.cat([forward(model, features(p.nodes), p, device, mixed=False) for p in pieces(sub)], dim=1).cpu(), y
 
 
 @torch.no_grad()
@@ -150,7 +164,7 @@ def train_step(model, opt, features: NodeFeatures, sampler: Sampler, b: np.ndarr
 def optimise_step(model, opt, sub: SubgraphBatch, x: torch.Tensor, y: np.ndarray, weights: torch.Tensor | None, device: str) -> float:
     """One optimiser step on a sampled batch: states ``x`` (n, S, H), labels ``y`` (B,); returns the loss."""
     y = torch.as_tensor(y, device=device)
-    logits = model(x.to(device), sub.to(device))  # (S, B, C)
+    logits = forward(model, x, sub, device)  # (S, B, C)
     loss = head_losses(logits, y, weights)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -163,7 +177,7 @@ def accumulate_step(model, opt, piece, labels: np.ndarray, weights: torch.Tensor
     steps after the batch's ``last`` one (gradients were cleared after the previous step).
     Returns the micro-batch's own loss (mean over its targets)."""
     y = torch.as_tensor(labels[piece.targets], device=device)
-    loss = head_losses(model(piece.states.to(device), piece.sub.to(device)), y, weights)
+    loss = head_losses(forward(model, piece.states, piece.sub, device), y, weights)
     (loss * piece.share).backward()
     if piece.last:
         opt.step()
@@ -177,16 +191,19 @@ def time_epoch(model, features: NodeFeatures, sampler: Sampler, train: np.ndarra
 
     Both bench modes call this with the same seed, so they see the same batches and subgraphs.
     """
+    from pipeline.core.devices import resolve_device
+
     seed_everything(seed)
-    model.to(cfg.device).train()
+    device = resolve_device(cfg.device)  # "auto" when called outside ``run``
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = torch.ones(model.num_rungs, device=cfg.device)
+    weights = torch.ones(model.num_rungs, device=device)
     gen = generator(seed)
     parts = batches(train, len(train) if sampler.mode == "full" else cfg.batch_size, gen)
     timed = parts if max_batches is None else parts[:max_batches]
     t0, losses = time.perf_counter(), []
     for b in timed:
-        losses.append(train_step(model, opt, features, sampler, b, labels, weights, gen, cfg.device))
+        losses.append(train_step(model, opt, features, sampler, b, labels, weights, gen, device))
     seconds = time.perf_counter() - t0
     return {"batches_timed": len(timed), "batches_per_epoch": len(parts), "seconds_timed": seconds,
             "epoch_s": seconds * len(parts) / max(len(timed), 1), "extrapolated": len(timed) < len(parts), "losses": losses}
@@ -228,10 +245,11 @@ def train_seed(
     this process alone). Each rank trains and evaluates on its share of ``split``, gradients
     and counts are summed over ranks, so every rank returns the same result.
     """
+    from pipeline.core.devices import resolve_device
     from stage2_train.distributed import Group
 
     group = group or Group()
-    device = cfg.device
+    device = resolve_device(cfg.device)  # run() resolved it already; "auto" when called directly
     model.to(device)
     mine = group.shares(split, seed)  # this rank's targets (all of them in one process)
     if getattr(model, "scaler", None) is not None:  # --standardize: statistics of the training nodes only

@@ -146,7 +146,7 @@ class OutOfCoreFeatures:
     def __init__(self, data, budget: int, readahead: int = 1, cost: StepCost | None = None) -> None:
         reader = data.reader
         self.reader, self.positions, self.readahead = reader, np.asarray(data.positions), readahead
-        self.chunk_nodes, self.dtype = reader.chunk_nodes, np.dtype(reader.manifest["storage_dtype"])
+        self.chunk_nodes, self.dtype = reader.chunk_nodes, reader.dtype  # int8 chunks are kept dequantized
         chunk_bytes = self.chunk_nodes * len(self.positions) * reader.hidden_size * self.dtype.itemsize  # used rungs only
         if budget < MIN_BUDGET_CHUNKS * chunk_bytes:
             raise InputError(f"--memory-budget {format_size(budget)}: too small for out-of-core training of this cache; give at "

@@ -85,7 +85,7 @@ def train_inputs(config: TrainConfig) -> list:
     when its manifest names a graph folder, that folder."""
     from pipeline.core import guarded
 
-    inputs = [config.cache]
+    inputs = [config.cache] + ([config.init] if config.init is not None else [])  # --init is read too
     try:
         source = guarded.read_json(config.cache / "manifest.json", "").get("graph_source")
     except InputError:
@@ -107,7 +107,7 @@ def run(config: TrainConfig) -> dict:
 
     from stage2_train.distributed import close_group, init_group, run_rank
 
-    config.validate()
+    config.validate()  # resolves --device: cpu, cuda or, under torchrun, cuda:LOCAL_RANK (saved so)
     from stage2_train.checkpoint import claim
 
     claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
@@ -135,6 +135,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
     from stage2_train.exit_policies import describe_choice
+    from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from pipeline.core.progress import progress
 
     # --- setup
@@ -147,7 +148,10 @@ def _run(config: TrainConfig, group=None) -> dict:
     splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}  # refuse bad splits before training
     t0 = time.perf_counter()
     if config.no_cache:
-        features, feature_mode = LiveFeatures(data, config.device), {"mode": "live-llm"}
+        from stage1_encode.precision import cache_compute_dtype
+
+        dtype = cache_compute_dtype(data.manifest, config.dtype, config.allow_dtype_mismatch, str(config.cache))
+        features, feature_mode = LiveFeatures(data, config.device, dtype), {"mode": "live-llm", "compute_dtype": dtype}
         warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
     elif group is not None:
         features = ShardFeatures(data)  # each rank reads only its share's rows, per seed below
@@ -159,6 +163,10 @@ def _run(config: TrainConfig, group=None) -> dict:
         num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,
     )
     spec = model_spec(config, data.reader.hidden_size, graph.num_classes, len(data.layers))
+    if config.init is not None:
+        from stage2_train.checkpoint import warm_start_weights
+
+        warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, config.seeds[0])  # refuse before training
     if not config.no_cache and group is None:
         t0 = time.perf_counter()
         features, feature_mode = open_features(data, config.memory_budget, cost=step_cost(spec))
@@ -180,6 +188,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     }
 
     # --- loop, one model per seed
+    reset_peak_memory(config.device)
     results, sizes = [], {}
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
         writer.write_config(resolved, data.manifest, flag_values(config))
@@ -190,6 +199,8 @@ def _run(config: TrainConfig, group=None) -> dict:
                 load_share(group, features, sampler, split, seed)
             seed_everything(seed)
             model = build_model(spec)
+            if config.init is not None:
+                model.load_state_dict(warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed))
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
                 r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group,
                                layers=data.layers if config.arch == "ladder" else None)
@@ -197,12 +208,13 @@ def _run(config: TrainConfig, group=None) -> dict:
             results.append(r)
             log(
                 f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, "
-                f"test {r.test_acc[-1]:.4f}, {r.epoch_s:.2f}s/epoch"
+                f"test {r.test_acc[-1]:.4f}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
                 + (f", exit policy {describe_choice(r.exit_policy)}" if r.exit_policy else "")
             )
 
         # --- save
         summary = summarize(results, data.layers, config, sizes)
+        summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         writer.write_summary(summary)
         writer.commit()
     log(

@@ -48,6 +48,7 @@ def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
 
 
 def run_bench(config: BenchConfig) -> dict:
+    from pipeline.core.devices import peak_memory, reset_peak_memory
     from stage3_infer.config import InferConfig
     from stage2_train.exit_policies import CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit, replay_counts
     from stage3_infer.run import open_session, predict
@@ -55,7 +56,9 @@ def run_bench(config: BenchConfig) -> dict:
 
     # --- setup
     config.validate()
-    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_size=config.batch_size, device=config.device))
+    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_tokens=config.batch_tokens, batch_size=config.batch_size,
+                                       device=config.device,
+                                       dtype=config.dtype, allow_dtype_mismatch=config.allow_dtype_mismatch))
     ckpt, graph = session.checkpoint, session.g.graph
 
     def pick(name: str) -> np.ndarray:
@@ -83,11 +86,13 @@ def run_bench(config: BenchConfig) -> dict:
     predict(session, test[: min(len(test), 8)], parse_exit("none"), show_progress=False)  # warm-up
     rows = {}
     for spec in policies:
+        reset_peak_memory(session.device)
         runs = [predict(session, test, parse_exit(spec), show_progress=False) for _ in range(config.repeats)]
         r = min(runs, key=lambda x: x.wall_time_s)
         acc = float((r.tracker.pred.numpy() == labels[test]).mean())
         rows[spec] = {"accuracy": acc, "wall_time_s": r.wall_time_s, "layer_fraction": r.layer_evals / r.full_depth_evals,
-                      "mean_exit_layer": float(np.asarray(session.layers)[r.tracker.exit_rung.numpy()].mean())}
+                      "mean_exit_layer": float(np.asarray(session.layers)[r.tracker.exit_rung.numpy()].mean()),
+                      "texts_per_s": len(test) / r.wall_time_s, "gpu_peak_memory_bytes": peak_memory(session.device)}
         log(f"bench infer: {spec}: accuracy {100 * acc:.2f}%, {r.wall_time_s:.1f}s, layers {100 * rows[spec]['layer_fraction']:.1f}%")
     base = rows["none"]
     table = {}
@@ -104,6 +109,10 @@ def run_bench(config: BenchConfig) -> dict:
             "chosen_on_val": spec == default,
             "num_test": int(len(test)),
             "num_val": int(len(val)),
+            "texts_per_s": row["texts_per_s"],
+            "device": session.device,
+            "compute_dtype": session.compute_dtype,
+            "gpu_peak_memory_bytes": row["gpu_peak_memory_bytes"],
         }
 
     # --- report
@@ -116,7 +125,7 @@ def run_bench(config: BenchConfig) -> dict:
 def format_table(table: dict, session) -> str:
     name = session.stepper.loaded.spec.name
     lines = [
-        f"pipeline bench infer: {session.checkpoint.path} ({name}, rungs {session.layers}), "
+        f"pipeline bench infer: {session.checkpoint.path} ({name} on {session.device} {session.compute_dtype}, rungs {session.layers}), "
         f"{next(iter(table.values()))['num_test']} test nodes re-encoded; thresholds chosen on validation",
         f"{'policy':<18}{'accuracy':>10}{'rel. drop':>11}{'speed-up':>10}{'layers run':>12}{'wall s':>9}",
     ]

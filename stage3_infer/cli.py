@@ -25,7 +25,8 @@ def _bench(config: BenchConfig) -> None:
 
 infer_command = command(InferConfig, _infer, """Predict node labels with dynamic early exit: each target's text runs through the LLM only
     until its exit policy fires (default: the one the training run chose on its validation nodes; the output says which). Writes predictions.parquet
-    (node_id, predicted_label, confidence, exit_rung, exit_layer, true_label) and summary.json.""")
+    (node_id, predicted_label, confidence, exit_rung, exit_layer, true_label; the graph's
+    fingerprint in its metadata) and summary.json.""")
 
 bench_infer_command = command(BenchConfig, _bench, """Early-exit benchmark on the test nodes, texts re-encoded by the LLM: accuracy, relative
     drop and wall-time speed-up against full depth (none), and the fraction of LLM layers run,

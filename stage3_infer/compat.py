@@ -101,7 +101,7 @@ class CacheRows:
         self.reader, self.positions = reader, positions
         self.states = None
         if reader.rungs_nbytes(len(positions)) <= memory_budget():
-            states = np.ascontiguousarray(reader.read(rungs=positions))  # (N, S, H) fp16, may be the reader's read-only copy
+            states = np.ascontiguousarray(reader.read(rungs=positions))  # (N, S, H) as read (int8 dequantized), may be the reader's read-only copy
             with warnings.catch_warnings():  # only ever read here: sharing beats copying the whole array
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 self.states = torch.from_numpy(states)

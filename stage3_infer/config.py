@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline.core.errors import ConfigErrors
 from pipeline.core.options import device_option, json_option, option, out_option, overwrite_option
 from stage1_encode.config import model_option
+from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 
 MAX_BATCH = 100_000  # texts per LLM forward: beyond it a typo that would reach the allocator
 SPLITS = ("test", "val", "train", "all")
@@ -20,8 +21,20 @@ def checkpoint_option() -> Path:
     return option(help="Training run folder written by `pipeline train`.", metavar="RUN_DIR")
 
 
-def batch_size_option() -> int:
-    return option(32, "Texts per LLM forward batch.")
+def batch_tokens_option() -> int:
+    return option(4096, "Token budget of an LLM batch: texts x padded length, length-sorted as `pipeline encode` batches.")
+
+
+def batch_size_option() -> int | None:
+    return option(None, "At most this many texts per LLM batch (default: the token budget alone).")
+
+
+def dtype_option() -> str | None:
+    return option(None, DTYPE_HELP)
+
+
+def allow_dtype_mismatch_option() -> bool:
+    return option(False, MISMATCH_HELP)
 
 
 @dataclass
@@ -29,11 +42,15 @@ class InferConfig:
     """One inference run over a trained checkpoint.
 
     Targets: ``node_ids`` (a file of user ids, one a line; new ids allowed) if given, else
+    ``new_only`` (nodes of the checkpoint's graph absent from that earlier cache or run), else
     ``split`` if given, else the new nodes of ``nodes``/``edges`` if given, else the ``test``
     split of the checkpoint's graph (the split training used, same seed).
     ``model`` None: the model named in the checkpoint's cache manifest.
-    ``batch_size`` is the number of texts per LLM forward; subgraphs are sampled in the
-    training run's evaluation batches so that they are the same subgraphs training saw.
+    ``dtype`` None: the compute dtype the cache manifest records (another one is refused
+    unless ``allow_dtype_mismatch``); ``device`` auto: CUDA when available, else CPU.
+    LLM batches hold length-sorted texts under ``batch_tokens`` (texts x padded length), as
+    ``pipeline encode`` batches, and at most ``batch_size`` texts when given; subgraphs are
+    sampled in the training run's evaluation batches so that they are the same subgraphs training saw.
     """
 
     checkpoint: Path = checkpoint_option()
@@ -47,7 +64,8 @@ class InferConfig:
     node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line.")
     nodes: Path | None = option(None, "New nodes (node_id, text, optional label), never cached; they become the targets.")
     edges: Path | None = option(None, "Edges (src, dst) of the new nodes, to each other or to known nodes.")
-    batch_size: int = batch_size_option()
+    batch_tokens: int = batch_tokens_option()
+    batch_size: int | None = batch_size_option()
     cache_neighbours: bool = option(
         True, "Known neighbours read their states from the cache (default) or run through the LLM too.",
         flag="--cache-neighbours", off_flag="--no-cache-neighbours",
@@ -56,13 +74,19 @@ class InferConfig:
         None, "LLM to load (default: the one in the checkpoint's cache manifest); must be the same model."
     )
     seed: int | None = option(None, "Trained seed to use (default: the one chosen on validation).")
-    device: str = device_option("cpu")
+    device: str = device_option()
+    dtype: str | None = dtype_option()
+    allow_dtype_mismatch: bool = allow_dtype_mismatch_option()
     max_targets: int | None = option(None, "Predict only the first N targets (a quick look).")
+    new_only: Path | None = option(
+        None, "Targets: the nodes of the checkpoint's graph absent from SINCE, an earlier encode cache or training run "
+        "(a batch job's new nodes).", metavar="SINCE",
+    )
     overwrite: bool = overwrite_option("predictions")
 
     def __post_init__(self) -> None:
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
-        for name in ("node_ids", "nodes", "edges"):
+        for name in ("node_ids", "nodes", "edges", "new_only"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -70,7 +94,10 @@ class InferConfig:
     def validate(self) -> "InferConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
         from stage2_train.exit_policies import parse_exit
+        from pipeline.core.devices import device_problem
         from pipeline.core.errors import InputError
+        from stage1_encode.precision import dtype_problem
+        from stage3_infer.policies import parse_exit
 
         errs = ConfigErrors()
         try:
@@ -79,14 +106,19 @@ class InferConfig:
         except InputError as err:
             errs.add(err.message)
         errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")
-        errs.check(0 < self.batch_size <= MAX_BATCH, f"--batch-size {self.batch_size}: must be in 1..{MAX_BATCH}")
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
+        errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
+        errs.check(0 < self.batch_tokens, f"--batch-tokens {self.batch_tokens}: must be > 0")
+        errs.check(self.batch_size is None or 0 < self.batch_size <= MAX_BATCH, f"--batch-size {self.batch_size}: must be in 1..{MAX_BATCH}")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
         errs.check(self.checkpoint.is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check((self.nodes is None) == (self.edges is None), "--nodes and --edges go together: give both (the edges may be an empty table)")
         for flag, path in (("--nodes", self.nodes), ("--edges", self.edges), ("--node-ids", self.node_ids)):
             errs.check(path is None or path.is_file(), f"{flag} {path}: file not found")
-        chosen = [f for f, v in (("--split", self.split), ("--node-ids", self.node_ids)) if v is not None]
+        chosen = [f for f, v in (("--split", self.split), ("--node-ids", self.node_ids), ("--new-only", self.new_only),
+                                 ("--nodes", self.nodes if self.new_only else None)) if v is not None]
         errs.check(len(chosen) <= 1, f"{' and '.join(chosen)}: choose the targets one way")
+        errs.check(self.new_only is None or self.new_only.is_dir(), f"--new-only {self.new_only}: no such cache or run folder")
         errs.raise_if_any()
         from pipeline.core.devices import resolve_device
         from stage3_infer.predictions import claim
@@ -101,7 +133,7 @@ class InferConfig:
         from pipeline.core import guarded
         from pipeline.core.errors import InputError
 
-        found = [self.checkpoint, self.nodes, self.edges, self.node_ids]
+        found = [self.checkpoint, self.nodes, self.edges, self.node_ids, self.new_only]
         for name in ("checkpoint.json", "config.json"):  # the run's description (config.json before it was renamed)
             try:
                 recorded = guarded.read_json(self.checkpoint / name, "")
@@ -114,6 +146,7 @@ class InferConfig:
                 found.append(Path(value))
         return [p for p in found if p is not None]
 
+
 @dataclass
 class BenchConfig:
     """``pipeline bench infer``: early exit against full depth on the test nodes."""
@@ -121,15 +154,24 @@ class BenchConfig:
     checkpoint: Path = checkpoint_option()
     json_path: Path | None = json_option("the table (per policy accuracy, rel_drop, speedup, layer_fraction)")
     max_targets: int | None = option(None, "Use only the first N test (and validation) nodes.")
-    batch_size: int = batch_size_option()
-    device: str = device_option("cpu")
+    batch_tokens: int = batch_tokens_option()
+    batch_size: int | None = batch_size_option()
+    device: str = device_option()
+    dtype: str | None = dtype_option()
+    allow_dtype_mismatch: bool = allow_dtype_mismatch_option()
     repeats: int = option(1, "Timed runs per policy; the fastest counts (for noisy shared machines).")
 
     def validate(self) -> "BenchConfig":
+        from pipeline.core.devices import device_problem
+        from stage1_encode.precision import dtype_problem
+
         errs = ConfigErrors()
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
+        errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
         errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
-        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(self.batch_tokens > 0, f"--batch-tokens {self.batch_tokens}: must be > 0")
+        errs.check(self.batch_size is None or self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
         errs.check(self.repeats > 0, f"--repeats {self.repeats}: must be > 0")
         errs.raise_if_any()
         from pipeline.core.bench_json import claim_bench

@@ -1,7 +1,8 @@
 """Run a set of texts through the frozen LLM only as deep as still needed, counting layers.
 
-The texts of one target batch are tokenized once, sorted by length and cut into micro-batches
-of ``batch_size`` (little padding, as ``pipeline encode`` does). ``advance(to_state, needed)``
+The texts of one target batch are tokenized once, sorted by token count and cut into
+micro-batches under a token budget, B x T <= ``batch_tokens`` (and at most ``max_texts``
+texts when given), exactly as ``pipeline encode`` batches, on GPU and CPU alike. ``advance(to_state, needed)``
 drops the texts no longer needed from every micro-batch (``LayerStepper.select``; the needed
 set only shrinks, because targets only exit), runs the rest up to LLM state ``to_state``
 and returns their pooled vectors. Every (text, transformer layer) pair run is counted in
@@ -12,6 +13,7 @@ Shapes: U texts, B texts in a micro-batch, H LLM width.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from stage1_encode.stepping import LayerStepper, StepState
@@ -20,16 +22,21 @@ from stage1_encode.stepping import LayerStepper, StepState
 class TextRunner:
     """Steps U texts together; text slot u is ``texts[u]``."""
 
-    def __init__(self, stepper: LayerStepper, texts: list[str], batch_size: int, max_length: int, pooling: str) -> None:
+    def __init__(self, stepper: LayerStepper, texts: list[str], batch_tokens: int, max_length: int, pooling: str,
+                 max_texts: int | None = None) -> None:
+        from stage1_encode.run import make_batches
+        from stage1_encode.text_clip import token_ids
+
         self.stepper, self.pooling = stepper, pooling
         self.num_texts = len(texts)
         self.layer_evals = 0
-        order = sorted(range(len(texts)), key=lambda u: len(texts[u]))  # length-sorted: less padding
+        ids = token_ids(stepper.loaded.tokenizer, list(texts), max_length)
         self._groups: list[tuple[torch.Tensor, StepState | None]] = []
-        for a in range(0, len(order), batch_size):
-            slots = torch.tensor(order[a : a + batch_size], dtype=torch.long)  # (B,) text slots
-            tokens = stepper.tokenize([texts[u] for u in slots.tolist()], max_length)
-            self._groups.append((slots, stepper.start(tokens)))  # state 0: embeddings, no layer run
+        for batch in make_batches(np.asarray([len(row) for row in ids], dtype=np.int64), batch_tokens):
+            for a in range(0, len(batch), max_texts or len(batch)):
+                slots = torch.as_tensor(batch[a : a + (max_texts or len(batch))], dtype=torch.long)  # (B,) text slots
+                tokens = stepper.pad([ids[u] for u in slots.tolist()])
+                self._groups.append((slots, stepper.start(tokens)))  # state 0: embeddings, no layer run
         self.alive = torch.ones(len(texts), dtype=torch.bool)  # (U,) still being stepped
 
     def advance(self, to_state: int, needed: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,9 @@
   ``exit_layer``       LLM hidden-state index of that rung, 0..L (int32); the text ran this deep
   ``true_label``       the known label name, null when unlabeled or a new node (string)
 
+The file's schema metadata ``graph_fingerprint`` names the graph version the predictions were
+made on (``pipeline/graph.py``; with ``--nodes``, of the graph grown by them).
+
 ``summary.json``: the policy, target count, accuracy over labelled targets (null if none),
 mean exit rung and layer, LLM layer evaluations against full depth, wall time and what
 produced it (checkpoint, model, rung layers).
@@ -48,6 +51,7 @@ class Predictions:
     exit_layer: np.ndarray  # (M,) int, LLM state index of the exit rung
     labels: np.ndarray  # (M,) int64 class index, -1 = unknown
     label_names: list[str]  # (C,)
+    graph_fingerprint: str = ""  # the graph the predictions were made on
 
     def accuracy(self) -> float | None:
         known = self.labels >= 0
@@ -59,7 +63,7 @@ def predictions_table(p: Predictions) -> pa.Table:
     ids = p.node_ids
     id_array = pa.array(ids.tolist(), type=pa.string() if ids.dtype == object else pa.int64())
     true = [names[i] if i >= 0 else None for i in p.labels.tolist()]
-    return pa.table(
+    table = pa.table(
         {
             "node_id": id_array,
             "predicted_label": pa.array(names[p.pred].tolist(), type=pa.string()),
@@ -69,6 +73,7 @@ def predictions_table(p: Predictions) -> pa.Table:
             "true_label": pa.array(true, type=pa.string()),
         }
     )
+    return table.replace_schema_metadata({"graph_fingerprint": p.graph_fingerprint})
 
 
 def summarize(

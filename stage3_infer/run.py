@@ -11,7 +11,7 @@ Shapes: M targets, S rungs, H LLM width, C classes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +38,11 @@ class Session:
     layers: list[int]  # LLM state of each rung (S,)
     pooling: str
     max_length: int
-    batch_size: int  # texts per LLM micro-batch
+    batch_tokens: int  # token budget of an LLM micro-batch (texts x padded length)
+    batch_size: int | None  # at most this many texts per LLM micro-batch
     storage_dtype: str  # how the cache stores states: fresh states are rounded the same way
+    device: str  # where the LLM runs (resolved --device)
+    compute_dtype: str  # the LLM's dtype: the cache's unless a mismatch was allowed
     sample_batch: int  # targets per sampled subgraph batch (training's evaluation batch)
 
 
@@ -74,15 +77,19 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     if config.nodes is not None:
         g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)
 
+    from pipeline.core.devices import resolve_device
     from stage1_encode.models import check_weights, load_model, resolve_model
+    from stage1_encode.precision import cache_compute_dtype
     from stage1_encode.stepping import LayerStepper
 
     manifest = ckpt.manifest
+    dtype = cache_compute_dtype(manifest, config.dtype, config.allow_dtype_mismatch, str(ckpt.cache_path))
+    device = resolve_device(config.device)
     model_name = config.model or manifest_model(manifest)
     spec = resolve_model(model_name)
     check_model(spec, manifest, ckpt.layers, config.checkpoint)  # cheap checks before loading
     check_weights(spec)
-    stepper = LayerStepper(load_model(spec, device=config.device))
+    stepper = LayerStepper(load_model(spec, device=device, dtype=getattr(torch, dtype)))
     check_model(spec, manifest, ckpt.layers, config.checkpoint, stepper=stepper)
 
     cached = None
@@ -94,7 +101,8 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     return Session(
         checkpoint=ckpt, g=g, stepper=stepper, sampler=sampler, cached=cached, layers=list(ckpt.layers),
         pooling=manifest.get("pooling", "mean"), max_length=int(manifest.get("max_length", 256)),
-        batch_size=config.batch_size, storage_dtype=manifest.get("storage_dtype", "float16"), sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
+        batch_tokens=config.batch_tokens, batch_size=config.batch_size, storage_dtype=manifest.get("storage_dtype", "float16"), device=device, compute_dtype=dtype,
+        sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
     )
 
 
@@ -104,13 +112,14 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
 
     ``collect``: with policy ``none``, receives each batch's logits (S, B, C).
     """
+    from stage1_encode.cache import round_like_storage
     from stage3_infer.early_exit import BatchSources, climb
     from stage3_infer.llm_runner import TextRunner
 
     s = session
     ladder = s.checkpoint.model
-    # training read fp16 states from the cache: round fresh ones the same way
-    round_like_cache = (lambda h: h.half().float()) if s.storage_dtype == "float16" else (lambda h: h)
+    # training read states as the cache stores them (fp16, or int8 rows): round fresh ones the same way
+    round_like_cache = lambda h: round_like_storage(h, s.storage_dtype)  # noqa: E731
     texts = s.g.graph.texts
     tracker = ExitTracker(policy, len(targets), len(s.layers))
     evals = 0
@@ -134,7 +143,7 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
             if s.cached is not None:
                 known = sub.nodes.clamp(max=s.g.num_known - 1)  # new nodes' rows are never read
                 cached = s.cached(known)  # (n, S, H)
-            runner = TextRunner(s.stepper, [texts[u] for u in uniq.tolist()], s.batch_size, s.max_length, s.pooling)
+            runner = TextRunner(s.stepper, [texts[u] for u in uniq.tolist()], s.batch_tokens, s.max_length, s.pooling, s.batch_size)
             logits = climb(ladder, sub, BatchSources(fresh_slot, cached), runner, s.layers, tracker,
                   torch.as_tensor(rows), round_states=round_like_cache)
             if collect is not None:
@@ -156,6 +165,7 @@ class _null:
 
 def run(config: InferConfig) -> dict:
     """Predict the chosen targets with early exit and write ``config.out``; returns the summary."""
+    from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from stage3_infer.targets import select_targets
 
     # --- setup
@@ -164,12 +174,13 @@ def run(config: InferConfig) -> dict:
     ckpt = session.checkpoint
     spec, why = resolve_exit(config.exit, ckpt)
     policy = parse_exit(spec, num_rungs=len(session.layers))
-    targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed)
+    targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed, config.new_only)
     if config.max_targets is not None:
         targets = targets[: config.max_targets]
     log(f"infer: {len(targets)} target(s), rungs at LLM states {session.layers}, exit policy {policy}: {why}")
 
     # --- loop
+    reset_peak_memory(session.device)  # the peak from here on: weights, activations of the loop
     result = predict(session, targets, policy)
 
     # --- save
@@ -182,6 +193,7 @@ def run(config: InferConfig) -> dict:
         exit_layer=np.asarray(session.layers)[t.exit_rung.numpy()],
         labels=np.asarray(graph.labels)[targets],
         label_names=ckpt.label_names,
+        graph_fingerprint=graph.fingerprint,
     )
     summary = summarize(
         preds, policy=str(policy), layer_evals=result.layer_evals, full_depth_evals=result.full_depth_evals,
@@ -194,14 +206,23 @@ def run(config: InferConfig) -> dict:
             "new_nodes": int(graph.num_nodes - session.g.num_known),
             "cache_neighbours": session.cached is not None,
             "policy_source": why,
+            "graph_source": graph.source,
+            "graph_fingerprint": graph.fingerprint,
+            **({"new_only_since": str(Path(config.new_only).resolve())} if config.new_only else {}),
+            "device": session.device,
+            "compute_dtype": session.compute_dtype,
+            "cache_compute_dtype": ckpt.manifest.get("compute_dtype"),
+            "dtype_mismatch_allowed": session.compute_dtype != ckpt.manifest.get("compute_dtype", session.compute_dtype),
+            "gpu_peak_memory_bytes": peak_memory(session.device),
         },
     )
-    write_outputs(config.out, preds, summary, config=flag_values(config), overwrite=config.overwrite)
+    resolved = replace(config, device=session.device, dtype=session.compute_dtype)  # what ran, replayable
+    write_outputs(config.out, preds, summary, config=flag_values(resolved), overwrite=config.overwrite)
     acc = summary["accuracy"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "
         + (f"accuracy {100 * acc:.2f}%, " if acc is not None else "")
         + f"mean exit layer {summary['mean_exit_layer']:.1f}/{session.layers[-1]}, "
-        f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth -> {config.out}"
+        f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth{peak_memory_text(session.device)} -> {config.out}"
     )
     return summary

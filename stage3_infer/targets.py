@@ -125,13 +125,14 @@ def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_na
         warn(f"{nodes_path}: label(s) {unknown[:FIRST]} are not classes of the checkpoint ({', '.join(label_names)}); "
              "those nodes count as unlabelled")
     all_ids = np.concatenate([graph.node_ids, np.asarray(ids, dtype=graph.node_ids.dtype)])
+    from pipeline.core.graph import graph_fingerprint
+
+    all_texts = list(graph.texts) + list(texts)
+    all_labels = np.concatenate([np.asarray(graph.labels), new_labels])
+    all_split = np.concatenate([graph.split, np.full(len(ids), None, dtype=object)])
     grown = replace(
-        graph,
-        node_ids=all_ids,
-        texts=list(graph.texts) + list(texts),
-        labels=np.concatenate([np.asarray(graph.labels), new_labels]),
-        split=np.concatenate([graph.split, np.full(len(ids), None, dtype=object)]),
-        edge_index=edge_index,
+        graph, node_ids=all_ids, texts=all_texts, labels=all_labels, split=all_split, edge_index=edge_index,
+        fingerprint=graph_fingerprint(all_ids, all_texts, all_labels, all_split, edge_index),  # the version predicted on
     )
     return InferGraph(grown, n)
 
@@ -157,11 +158,37 @@ def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
         raise InputError(f"--node-ids {path}: {err.message}") from None
 
 
-def select_targets(g: InferGraph, split_spec: str | None, node_ids: Path | None, train_split: str | None, seed: int) -> np.ndarray:
+def ids_of(since: Path) -> np.ndarray:
+    """Node ids an earlier version covered: those of an encode cache, or of the cache a training run read."""
+    from stage1_encode.cache import open_cache
+    from stage2_train.checkpoint import read_run
+
+    since = Path(since)
+    cache = since
+    if (since / "summary.json").is_file():  # a training run: the cache it read
+        cache = Path(read_run(since).config["cache"])
+        if not (cache / "manifest.json").is_file():
+            raise InputError(f"--new-only {since}: the run's cache {cache} is gone; give an encode cache of that version instead")
+    elif not (since / "manifest.json").is_file():
+        raise InputError(f"--new-only {since}: neither an encode cache nor a training run folder")
+    return open_cache(cache).node_ids
+
+
+def new_since(graph: TextGraph, since: Path) -> np.ndarray:
+    """Dense indices (sorted) of the nodes of ``graph`` whose ids ``since`` (a cache or run) does not hold."""
+    from stage1_encode.reuse import match_rows
+
+    return np.flatnonzero(match_rows(ids_of(since), graph.node_ids) < 0)
+
+
+def select_targets(g: InferGraph, split_spec: str | None, node_ids: Path | None, train_split: str | None, seed: int,
+                   new_only: Path | None = None) -> np.ndarray:
     """Dense indices of the targets, in a stable order (sorted, as training evaluates them)."""
     graph = g.graph
     if node_ids is not None:
         return read_node_ids(node_ids, graph)
+    if new_only is not None:
+        return new_since(graph, new_only)
     if split_spec is None and g.num_known < graph.num_nodes:
         return np.arange(g.num_known, graph.num_nodes)
     split_spec = split_spec or "test"

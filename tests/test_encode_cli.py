@@ -70,22 +70,33 @@ def tree(path: Path) -> dict[str, bytes]:
     return files
 
 
-@pytest.fixture(scope="session")
-def clean_cache(tiny_graph: Path, tmp_path_factory) -> Path:
+def _clean(tiny_graph: Path, out: Path, storage_dtype: str = "float16") -> Path:
     """An uninterrupted run, in-process (saves a process start), single-threaded like ``encode``."""
-    out = tmp_path_factory.mktemp("clean") / "cache.zarr"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run(EncodeConfig(str(tiny_graph), out, model="minilm-l6", max_length=16, block_size=8, batch_tokens=64))
+        run(EncodeConfig(str(tiny_graph), out, model="minilm-l6", max_length=16, block_size=8, batch_tokens=64, storage_dtype=storage_dtype))
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def test_killed_then_resumed_is_bit_identical(tiny_graph: Path, clean_cache: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="session")
+def clean_cache(tiny_graph: Path, tmp_path_factory) -> Path:
+    return _clean(tiny_graph, tmp_path_factory.mktemp("clean") / "cache.zarr")
+
+
+@pytest.fixture(scope="session")
+def clean_int8_cache(tiny_graph: Path, tmp_path_factory) -> Path:
+    return _clean(tiny_graph, tmp_path_factory.mktemp("clean_int8") / "cache.zarr", "int8")
+
+
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+def test_killed_then_resumed_is_bit_identical(tiny_graph: Path, storage: str, request, tmp_path: Path) -> None:
+    clean_cache = request.getfixturevalue("clean_cache" if storage == "float16" else "clean_int8_cache")
+    flags = [*FLAGS, "--storage-dtype", storage]
     out = tmp_path / "cache.zarr"
-    proc = encode(str(tiny_graph), "--out", str(out), *FLAGS)
+    proc = encode(str(tiny_graph), "--out", str(out), *flags)
     deadline = time.time() + 600  # process start alone can take minutes on a loaded 2-core machine
     while not list((out / "blocks").glob("*.done")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.002)
@@ -97,11 +108,14 @@ def test_killed_then_resumed_is_bit_identical(tiny_graph: Path, clean_cache: Pat
         open_cache(out).check_complete()
     assert "of 4 blocks missing" in err.value.message
     assert f"complete it with `pipeline encode {tiny_graph} --out {out} --model minilm-l6 --layers 0,1,2,3,4,5,6 --max-length 16" in err.value.message
+    assert f"--storage-dtype {storage} --block-size 8" in err.value.message
 
-    log = finish(encode(str(tiny_graph), "--out", str(out), *FLAGS))
+    log = finish(encode(str(tiny_graph), "--out", str(out), *flags))
     assert f"encoded {N - 8 * done} nodes" in log
-    assert tree(out) == tree(clean_cache)  # every file, byte for byte
-    log = finish(encode(str(tiny_graph), "--out", str(out), *FLAGS))
+    assert tree(out) == tree(clean_cache)  # every file, byte for byte (int8: rows and scales)
+    if storage == "int8":
+        assert any(name.startswith("scales/c/") for name in tree(out))
+    log = finish(encode(str(tiny_graph), "--out", str(out), *flags))
     assert log.strip().endswith(f"{out}: already complete; nothing to do")
 
 
@@ -186,4 +200,7 @@ def test_bench_encode_json(tmp_path: Path) -> None:
     for key in ("texts_per_s", "naive_texts_per_s", "speedup_vs_naive", "flops_fraction", "bytes_per_node", "reference_bytes_per_node"):
         assert figures[key] > 0, key
     assert figures["reference_bytes_per_node"] == 7 * 384 * 4  # all 7 MiniLM states in fp32
+    assert figures["bytes_per_node_float16"] == figures["bytes_per_node"] == 7 * 384 * 2
+    assert figures["bytes_per_node_int8"] == 7 * 384 + 7 * 4  # int8 rows and a float32 scale per rung
+    assert figures["device"] == "cpu" and figures["gpu_peak_memory_bytes"] is None
     assert figures["texts"] == 8 and figures["layers"] == [0, 1, 2, 3, 4, 5, 6]

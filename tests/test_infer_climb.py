@@ -57,7 +57,7 @@ def test_climb_matches_full_forward(setup, spec):
     policy = parse_exit(spec)
     want = decide(policy, ref_logits)
     uniq, slot = torch.unique(sub.nodes, return_inverse=True)
-    runner = TextRunner(stepper, [graph.texts[u] for u in uniq.tolist()], 4, MAX_LENGTH, "mean")
+    runner = TextRunner(stepper, [graph.texts[u] for u in uniq.tolist()], 8 * MAX_LENGTH, MAX_LENGTH, "mean", max_texts=4)
     tracker = ExitTracker(policy, len(sub.targets), len(LAYERS))
     climb(ladder, sub, BatchSources(slot, None), runner, LAYERS, tracker, torch.arange(len(sub.targets)),
           round_states=lambda h: h.half().float())
@@ -71,3 +71,14 @@ def test_climb_matches_full_forward(setup, spec):
     assert runner.layer_evals == int(deepest.sum())
     if spec == "none":
         assert runner.layer_evals == len(uniq) * LAYERS[-1]
+
+
+def test_runner_batches_under_the_token_budget(setup):
+    graph, stepper, *_ = setup
+    texts = graph.texts[:20]
+    for budget, cap in ((3 * MAX_LENGTH, None), (4096, 2)):
+        runner = TextRunner(stepper, texts, budget, MAX_LENGTH, "mean", max_texts=cap)
+        shapes = [tuple(state.attention_mask.shape) for _, state in runner._groups]  # (B, T) of each batch
+        assert all(b * t <= budget or b == 1 for b, t in shapes) and all(cap is None or b <= cap for b, _ in shapes)
+        assert sorted(torch.cat([slots for slots, _ in runner._groups]).tolist()) == list(range(20))
+    assert len(TextRunner(stepper, texts, 4096, MAX_LENGTH, "mean")._groups) == 1  # 20 short texts fit one batch

@@ -135,7 +135,7 @@ def config_file_name(command_name: str) -> str:
 
 # --- flags several commands share -----------------------------------------------------------
 
-DEVICE_HELP = "Torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
+DEVICE_HELP = "Torch device: auto (CUDA when available, else CPU; under torchrun the rank's local GPU), cpu, cuda or cuda:N."
 
 
 def out_option(what: str, default: Any = MISSING) -> Any:

@@ -1,0 +1,204 @@
+"""``pipeline encode --reuse``: an incremental encode equals a full encode of the new graph bit
+for bit (added, edited and removed nodes, rows shifted across block boundaries, shards, a
+SIGKILL and resume); other settings and older caches are refused; the old cache is only read.
+
+Real MiniLM on Cora texts cut to 2-10 words, so token counts differ within every block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.core.errors import InputError
+from pipeline.core.graph import load_graph
+from stage1_encode.config import EncodeConfig
+from stage1_encode.run import run
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = dict(model="minilm-l6", max_length=16, block_size=8, batch_tokens=64, device="cpu")
+FLAGS = ["--model", "minilm-l6", "--max-length", "16", "--block-size", "8", "--batch-tokens", "64", "--device", "cpu"]
+REMOVED, EDITED = {3, 17, 30}, {5, 22}
+
+
+def write(folder: Path, ids: list[int], texts: list[str]) -> Path:
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"node_id": pa.array(ids, pa.int64()), "text": texts}), folder / "nodes.parquet")
+    pq.write_table(pa.table({"src": pa.array(ids[:-1], pa.int64()), "dst": pa.array(ids[1:], pa.int64())}), folder / "edges.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory) -> tuple[Path, Path]:
+    """(old, new) graph folders: new drops 3 nodes, edits 2 texts, inserts 2 nodes mid-order
+    and appends 5, so most unchanged rows move to another row and block."""
+    cora = load_graph("cora")
+    text = {i: " ".join(cora.texts[i].split()[: 2 + i % 9]) for i in range(60)}
+    root = tmp_path_factory.mktemp("versions")
+    old_ids = list(range(40))
+    old = write(root / "old", old_ids, [text[i] for i in old_ids])
+    new_ids = [i for i in old_ids if i not in REMOVED]
+    new_ids[10:10] = [50, 51]
+    new_ids += [40, 41, 42, 43, 44]
+    new_texts = [text[i] + (" (revised)" if i in EDITED else "") for i in new_ids]
+    return old, write(root / "new", new_ids, new_texts)
+
+
+def encode_here(graph: Path, out: Path, **kw) -> Path:
+    """``run`` single-threaded, as the subprocesses below (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(EncodeConfig(str(graph), out, **{**SETTINGS, **kw}))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file's bytes; the saved config is compared without its ``out`` and ``reuse`` paths."""
+    files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    config = json.loads(files.pop("encode_config.json"))
+    config.pop("out"), config.pop("reuse", None)  # flags only: absent when not given
+    files["encode_config.json"] = json.dumps(config).encode()
+    return files
+
+
+@pytest.fixture(scope="module")
+def caches(versions, tmp_path_factory) -> tuple[Path, Path]:
+    """(old cache, full encode of the new graph)."""
+    old, new = versions
+    root = tmp_path_factory.mktemp("caches")
+    return encode_here(old, root / "old.zarr"), encode_here(new, root / "full.zarr")
+
+
+def test_reuse_equals_full_encode_and_reads_old_only(versions, caches, tmp_path, capsys) -> None:
+    _, new = versions
+    old_cache, full = caches
+    before = tree(old_cache)
+    capsys.readouterr()
+    out = encode_here(new, tmp_path / "new.zarr", reuse=old_cache)
+    log = " ".join(capsys.readouterr().err.split())
+    assert tree(out) == tree(full)  # states, ids, text hashes, manifest, block marks: byte for byte
+    assert tree(old_cache) == before  # the old cache is an input: untouched
+    assert f"reuse {old_cache}: 35 rows to copy, 7 new, 2 edited, 3 dropped" in log
+    assert "encoding 9 texts (7 new, 2 edited) of 44 nodes" in log
+    assert "encoded 44 nodes in" in log and f"35 rows reused from {old_cache}, 9 texts through the LLM (7 new, 2 edited), 3 dropped;" in log
+    # the LLM ran on the new and edited texts' tokens only
+    from stage1_encode.models import load_model, resolve_model
+    from stage1_encode.text_clip import token_ids
+
+    graph = load_graph(new)
+    tokenizer = load_model(resolve_model("minilm-l6"), "cpu").tokenizer
+    changed = [t for i, t in zip(graph.node_ids.tolist(), graph.texts) if i >= 40 or i in EDITED]
+    assert f" {sum(map(len, token_ids(tokenizer, changed, 16)))} LLM tokens," in log
+
+
+def test_reuse_of_an_int8_cache_equals_its_full_encode(versions, tmp_path) -> None:
+    """Copied int8 rows are read back as float32 and quantized again: the same bytes, scales included."""
+    old, new = versions
+    old_cache = encode_here(old, tmp_path / "old.zarr", storage_dtype="int8")
+    full = encode_here(new, tmp_path / "full.zarr", storage_dtype="int8")
+    out = encode_here(new, tmp_path / "new.zarr", storage_dtype="int8", reuse=old_cache)
+    got, want = tree(out), tree(full)
+    assert any(name.startswith("scales/") for name in got) and got == want
+
+
+def test_reuse_with_shards(versions, caches, tmp_path) -> None:
+    _, new = versions
+    old_cache, full = caches
+    out = tmp_path / "new.zarr"
+    for shard in (1, 0):
+        encode_here(new, out, reuse=old_cache, num_shards=2, shard_id=shard)
+    got, want = tree(out), tree(full)
+    manifests = [json.loads(files.pop(name)) for files in (got, want) for name in ("manifest.json", "encode_config.json")][::2]
+    assert manifests[0].pop("num_shards") == 2 and manifests[1].pop("num_shards") == 1
+    assert got == want and manifests[0] == manifests[1]  # states, ids, hashes, marks; manifest but for num_shards
+
+
+def test_killed_reuse_encode_resumes(versions, caches, tmp_path) -> None:
+    _, new = versions
+    old_cache, full = caches
+    out = tmp_path / "new.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "encode", str(new), "--out", str(out), "--reuse", str(old_cache), *FLAGS],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.time() + 600  # process start alone can take minutes on a loaded 2-core machine
+    while not list((out / "blocks").glob("*.done")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    done = len(list((out / "blocks").glob("*.done")))
+    assert 0 < done < 6, done  # really killed mid-run (6 blocks)
+    encode_here(new, out, reuse=old_cache)
+    assert tree(out) == tree(full)
+
+
+def test_other_settings_and_old_caches_refused(versions, caches, tmp_path, cli) -> None:
+    _, new = versions
+    old_cache, _ = caches
+    out = tmp_path / "new.zarr"
+    result = cli("encode", new, "--out", out, "--reuse", old_cache, *FLAGS[:2], "--max-length", "12", *FLAGS[4:], "--pooling", "last")
+    assert result.exit_code == 2, result.output
+    message = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+    assert (
+        f"--reuse {old_cache}: encoded with other settings, its rows would differ from this encode's: "
+        f"--max-length: {old_cache} has max_length 16, this run 12; --pooling: {old_cache} has pooling 'mean', this run 'last'. "
+        "Give the old cache's settings, or encode without --reuse"
+    ) in message, message
+    assert not out.exists()
+
+    with pytest.raises(InputError, match=r"--model: .* has weights_sha256 'minilm-l6'"):
+        encode_here(new, out, reuse=old_cache, model="smollm2-135m")
+    with pytest.raises(InputError, match="is the --out cache itself"):
+        encode_here(new, old_cache, reuse=old_cache)
+    with pytest.raises(InputError, match="--reuse .*nope: not an encode cache"):
+        (tmp_path / "nope").mkdir()
+        encode_here(new, out, reuse=tmp_path / "nope")
+
+    older = tmp_path / "older.zarr"  # a cache from before text hashes
+    shutil.copytree(old_cache, older)
+    shutil.rmtree(older / "text_hashes")
+    with pytest.raises(InputError, match="the cache has no per-node text hashes .* encode this graph once without --reuse"):
+        encode_here(new, out, reuse=older)
+    manifest = json.loads((older / "manifest.json").read_text())  # and before by-length batching
+    del manifest["batching"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copytree(old_cache / "text_hashes", older / "text_hashes")
+    with pytest.raises(InputError, match=r"\(batching of an older version: encode once without --reuse\): .* has batching 'padded', this run 'by-length'"):
+        encode_here(new, out, reuse=older)
+    assert not out.exists()
+
+
+def test_rows_do_not_depend_on_batch_neighbours(versions, caches) -> None:
+    """What reuse rests on: a text's row is the same encoded alone as in its block."""
+    from stage1_encode.cache import open_cache
+    from stage1_encode.models import load_model, resolve_model
+    from stage1_encode.stepping import LayerStepper
+
+    old, _ = versions
+    old_cache, _ = caches
+    stepper = LayerStepper(load_model(resolve_model("minilm-l6"), "cpu"))
+    graph, stored = load_graph(old), open_cache(old_cache).read()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i in (0, 7, 13, 38):
+            alone = stepper.encode_batch([graph.texts[i]], list(range(7)), max_length=16).numpy()[0]
+            assert np.array_equal(alone.astype(np.float16), stored[i]), i
+    finally:
+        torch.set_num_threads(threads)
