@@ -97,7 +97,6 @@ class InferConfig:
         from pipeline.core.devices import device_problem
         from pipeline.core.errors import InputError
         from stage1_encode.precision import dtype_problem
-        from stage3_infer.policies import parse_exit
 
         errs = ConfigErrors()
         try:
