@@ -21,7 +21,6 @@ from pipeline.core.options import config_file_name, device_option, option, out_o
 from pipeline.core.progress import log
 from stage1_encode.config import model_option
 from stage1_encode.models import DEFAULT_MODEL
-from stage3_infer.config import DEFAULT_EXIT
 
 BASELINES = ("mlp", "gcn", "sage")
 
@@ -55,7 +54,9 @@ class MainJobConfig:
     baselines: tuple[str, ...] = option(
         BASELINES, "Same-encoder baselines to train beside the ladder, or 'none'.", parse=parse_baselines
     )
-    exit: str = option(DEFAULT_EXIT, "Early-exit policy for infer: patience:P, confidence:T, layer:I or none.")
+    exit: str | None = option(  # None: the policy the training run chose on validation
+        None, "Early-exit policy for infer: patience:P, confidence:T, layer:I or none (default: the one training chose on validation)."
+    )
     infer_split: str = "test"
     device: str = device_option()  # every stage's
     force: bool = option(False, "Redo train and infer even when their outputs are up to date.")
@@ -76,10 +77,11 @@ class MainJobConfig:
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         unknown = [b for b in self.baselines if b not in BASELINES]
         errs.check(not unknown, f"--baselines {','.join(unknown)}: choose from {', '.join(BASELINES)} (or 'none')")
-        from stage3_infer.policies import parse_exit
+        from stage2_train.exit_policies import parse_exit
 
         try:
-            parse_exit(self.exit)
+            if self.exit is not None:
+                parse_exit(self.exit)
         except InputError as err:
             errs.add(err.message)
         errs.raise_if_any()

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from stage2_train.ladder import make_conv
 from stage2_train.sampling import SubgraphBatch
+from stage2_train.standardize import StateScaler
 
 BASELINES = ("mlp", "gcn", "sage")
 
@@ -27,7 +28,8 @@ class NodeBaseline(nn.Module):
     """MLP or a PyG GCN/SAGE stack on one LLM state; one exit head (S = 1)."""
 
     def __init__(
-        self, arch: str, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5
+        self, arch: str, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2, dropout: float = 0.5,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         if arch not in BASELINES:
@@ -38,13 +40,15 @@ class NodeBaseline(nn.Module):
         else:
             self.layers = nn.ModuleList(make_conv(arch, a, b) for a, b in zip(sizes, sizes[1:]))
         self.arch, self.dropout, self.num_rungs = arch, dropout, 1
+        self.scaler = StateScaler(1, in_channels) if standardize else None  # --standardize: training-set z-score
 
     def gates(self) -> torch.Tensor:
         return torch.zeros(0)
 
     def forward(self, states: torch.Tensor, sub: SubgraphBatch) -> torch.Tensor:
         """states: (n, 1, H) -> logits (1, B, C)."""
-        x = F.dropout(states[:, 0], p=self.dropout, training=self.training)  # (n, H)
+        x = states[:, 0] if self.scaler is None else self.scaler(0, states[:, 0])  # (n, H)
+        x = F.dropout(x, p=self.dropout, training=self.training)
         for j, layer in enumerate(self.layers):
             x = layer(x) if self.arch == "mlp" else layer(x, sub.edge_index)
             if j < len(self.layers) - 1:

@@ -58,10 +58,11 @@ def build_model(spec: dict, device: str = "cpu") -> nn.Module:
         return GLadder(
             spec["in_channels"], spec["hidden_channels"], spec["out_channels"], spec["num_rungs"],
             gnn=spec["gnn"], num_layers=spec["num_layers"], dropout=spec["dropout"], temperature=spec["temperature"],
+            standardize=spec.get("standardize", False), readout=spec.get("readout", "target-mean"),  # older runs: the defaults then
         )
     return NodeBaseline(
         spec["arch"], spec["in_channels"], spec["hidden_channels"], spec["out_channels"],
-        num_layers=spec["num_layers"], dropout=spec["dropout"],
+        num_layers=spec["num_layers"], dropout=spec["dropout"], standardize=spec.get("standardize", False),
     )
 
 

@@ -26,6 +26,8 @@ CACHE_DEFAULTS = {"epochs": 200, "patience": 30, "batch_size": 64, "dropout": 0.
 MAX_HIDDEN, MAX_BATCH, MAX_EPOCHS, MAX_FANOUT, MAX_WALK, MAX_THREADS, MAX_SEEDS = 16384, 10**7, 10**6, 10**5, 1024, 4096, 1000
 GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
+READOUTS = ("target-mean", "ego")  # the ladder's head input: see stage2_train.ladder
+LOSSES = ("multi-exit", "last-head")  # ENGINE-Early (every head trained) / plain ENGINE (last head only)
 
 
 @dataclass
@@ -84,8 +86,22 @@ class TrainConfig:
     weight_decay: float = option(5e-4, "AdamW weight decay.")
     dropout: float | None = option(None, "Dropout probability (default 0.5; 0.1 before the fine-tuning archs' head).")
     temperature: float = option(0.1, "Gate temperature T in sigmoid(a / T).")
+    loss: str = option(
+        "multi-exit",
+        "multi-exit: every rung's exit head is trained (ENGINE-Early; what early exit needs); last-head: only the last "
+        "head's loss (plain ENGINE; the earlier heads stay untrained, so infer then runs full depth).",
+    )
     rung_weights: tuple[float, ...] | None = option(
-        None, "Loss weight of each rung's head, comma-separated (default all 1).", parse=parse_float_list
+        None, "--loss multi-exit: weight of each rung's head, comma-separated (default all 1).", parse=parse_float_list
+    )
+    standardize: bool = option(
+        False, "Z-score each LLM state with the mean and std of the training nodes (stored with the weights, applied by infer too).",
+        flag="--standardize", off_flag="--no-standardize",
+    )
+    readout: str = option(
+        "target-mean",
+        "Ladder head input: target-mean ([z_v || mean of z over v's subgraph], the reference) or ego (also v's own "
+        "projected LLM state, untouched by neighbours: for heterophilous graphs).",
     )
     batch_size: int | None = option(
         None, "Target nodes per training batch (default 64, 16 for the fine-tuning archs; ignored by --sampler full: full batch)."
@@ -152,6 +168,8 @@ class TrainConfig:
         errs.check(self.no_cache or (self.dtype is None and not self.allow_dtype_mismatch),
                    "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)")
         errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
+        errs.check(self.readout in READOUTS, f"--readout {self.readout}: choose one of {', '.join(READOUTS)}")
+        errs.check(self.loss in LOSSES, f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
         errs.check(self.gnn in GNNS, f"--gnn {self.gnn}: choose one of {', '.join(GNNS)}")
         errs.check(
             self.sampler is None or self.sampler in SAMPLERS, f"--sampler {self.sampler}: choose one of {', '.join(SAMPLERS)}"
@@ -182,6 +200,8 @@ class TrainConfig:
         if self.arch != "ladder":
             errs.check(self.rungs is None, "--rungs is for --arch ladder; baselines read one state: use --layer")
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")
+            errs.check(self.loss == "multi-exit", "--loss is for --arch ladder; a baseline has one head")
+            errs.check(self.readout == "target-mean", "--readout is for --arch ladder")
         else:
             errs.check(self.layer is None, "--layer is for the baselines; the ladder reads --rungs")
         if self.rungs is not None:
@@ -190,6 +210,7 @@ class TrainConfig:
             errs.check(list(self.rungs) == sorted(self.rungs), f"--rungs {self.rungs}: give them in increasing order")
         if self.rung_weights is not None:
             errs.check(all(w >= 0 for w in self.rung_weights), "--rung-weights: weights must be >= 0")
+            errs.check(self.loss == "multi-exit", "--rung-weights weighs the multi-exit loss; --loss last-head trains the last head alone")
         if self.split is not None and self.split.startswith("random:"):
             try:
                 parse_random_split(self.split)

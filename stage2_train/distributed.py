@@ -140,7 +140,7 @@ class Group:
         return bool(flag.item())
 
     def train_step(self, model, opt, features, sampler, b: np.ndarray, labels: np.ndarray,
-                   weights: torch.Tensor, gen: torch.Generator, device: str) -> float:
+                   weights: torch.Tensor | None, gen: torch.Generator, device: str) -> float:
         """One synchronised optimiser step on this rank's targets ``b`` (B_r,); returns the mean
         loss of the step's global batch. One process: exactly :func:`stage2_train.loop.train_step`."""
         if self.world_size == 1:

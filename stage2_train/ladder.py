@@ -2,11 +2,17 @@
 
 For rung i with pooled LLM state h_i (n, H):
 
+    h_i    <- (h_i - mean_i) / std_i               with --standardize (training-set statistics)
     P_i(h) = Linear(H, K) -> LayerNorm(K) -> ReLU -> Linear(K, K)
     g_i    = sigmoid(a_i / T)                      a_i learned, init 0; T = 0.1
     z_0    = GNN_0(P_0(h_0))
     z_i    = GNN_i(g_i * P_i(h_i) + (1 - g_i) * z_{i-1})
-    logits_i[v] = Linear(2K, C)([z_i[v] || mean of z_i over v's subgraph])
+    logits_i[v] = Linear(2K, C)([z_i[v] || mean of z_i over v's subgraph])             readout "target-mean"
+    logits_i[v] = Linear(3K, C)([P_i(h_i)[v] || z_i[v] || mean of z_i over v's subgraph])  readout "ego"
+
+The ``ego`` readout also hands the head the node's own projected state, untouched by any
+neighbour, so that on heterophilous graphs (neighbours mostly of other classes) the head can
+weigh the node's own text against its neighbourhood instead of reading only mixed states.
 
 Each GNN_i is ``num_layers`` convolutions K -> K, each followed by LayerNorm, ReLU and
 dropout, except the final rung's last convolution, which stays linear (the reference adds
@@ -26,8 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from stage2_train.sampling import SubgraphBatch
+from stage2_train.standardize import StateScaler
 
 GNNS = ("sage", "gcn", "gat")
+READOUTS = ("target-mean", "ego")
 
 
 def make_conv(gnn: str, in_channels: int, out_channels: int) -> nn.Module:
@@ -82,6 +90,8 @@ class GLadder(nn.Module):
         num_layers: convolutions per rung (1 or 2).
         dropout: after each hidden activation and on the readout.
         temperature: T of the gates.
+        standardize: z-score each state with statistics set before training (``scaler``).
+        readout: ``target-mean`` (the reference) or ``ego`` (also the node's own projected state).
     """
 
     def __init__(
@@ -94,9 +104,15 @@ class GLadder(nn.Module):
         num_layers: int = 1,
         dropout: float = 0.5,
         temperature: float = 0.1,
+        standardize: bool = False,
+        readout: str = "target-mean",
     ) -> None:
         super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
         K = hidden_channels
+        self.readout = readout
+        self.scaler = StateScaler(num_rungs, in_channels) if standardize else None
         self.num_rungs, self.temperature, self.dropout = num_rungs, temperature, dropout
         self.proj = nn.ModuleList(
             nn.Sequential(nn.Linear(in_channels, K), nn.LayerNorm(K), nn.ReLU(), nn.Linear(K, K)) for _ in range(num_rungs)
@@ -105,7 +121,8 @@ class GLadder(nn.Module):
         self.gnns = nn.ModuleList(
             RungGNN(K, num_layers, gnn, dropout, last_linear=(i == num_rungs - 1)) for i in range(num_rungs)
         )
-        self.heads = nn.ModuleList(nn.Linear(2 * K, out_channels) for _ in range(num_rungs))
+        width = 3 * K if readout == "ego" else 2 * K
+        self.heads = nn.ModuleList(nn.Linear(width, out_channels) for _ in range(num_rungs))
 
     def gates(self) -> torch.Tensor:
         """(S,) g_i = sigmoid(a_i / T); g_0 is reported but unused (rung 0 has nothing to mix)."""
@@ -119,12 +136,18 @@ class GLadder(nn.Module):
         h_i: (n, H) pooled state i of the subgraph nodes; z_prev: (n, K) or None for i = 0.
         Returns z_i (n, K) and logits_i (B, C) for the targets.
         """
-        x = self.proj[i](h_i)  # (n, K)
+        if self.scaler is not None:
+            h_i = self.scaler(i, h_i)
+        own = self.proj[i](h_i)  # (n, K)
+        x = own
         if i > 0:
             g = torch.sigmoid(self.gate_logits[i] / self.temperature)
-            x = g * x + (1 - g) * z_prev
+            x = g * own + (1 - g) * z_prev
         z = self.gnns[i](x, sub.edge_index)  # (n, K)
-        r = F.dropout(subgraph_readout(z, sub), p=self.dropout, training=self.training)  # (B, 2K)
+        r = subgraph_readout(z, sub)  # (B, 2K)
+        if self.readout == "ego":
+            r = torch.cat([own[sub.targets], r], dim=1)  # (B, 3K)
+        r = F.dropout(r, p=self.dropout, training=self.training)
         return z, self.heads[i](r)
 
     def forward(self, states: torch.Tensor, sub: SubgraphBatch) -> torch.Tensor:

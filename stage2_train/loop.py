@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from stage2_train.features import NodeFeatures
 from stage2_train.sampling import Sampler, SubgraphBatch, generator
+from stage2_train.standardize import training_stats
 
 
 def seed_everything(seed: int) -> int:
@@ -53,11 +54,22 @@ def forward(model, x: torch.Tensor, sub: SubgraphBatch, device: str, mixed: bool
     return logits.float()
 
 
-def head_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted sum over heads of the per-head cross-entropy. logits (S, B, C), y (B,)."""
+def head_losses(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Weighted sum over heads of the per-head cross-entropy (the multi-exit loss of ENGINE-Early);
+    ``weights`` None: the last head's cross-entropy alone (plain ENGINE). logits (S, B, C), y (B,)."""
+    if weights is None:
+        return F.cross_entropy(logits[-1], y)
     S = logits.shape[0]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(S), reduction="none")  # (S * B,)
     return (ce.view(S, -1).mean(1) * weights).sum()
+
+
+def loss_weights(cfg, num_heads: int, device: str) -> torch.Tensor | None:
+    """The ``weights`` of :func:`head_losses` for a config: None for ``--loss last-head``, else
+    ``--rung-weights`` (default all 1)."""
+    if getattr(cfg, "loss", "multi-exit") == "last-head":
+        return None
+    return torch.as_tensor(cfg.rung_weights if cfg.rung_weights else [1.0] * num_heads, dtype=torch.float32, device=device)
 
 
 @dataclass
@@ -86,20 +98,43 @@ def make_eval_set(sampler: Sampler, nodes: np.ndarray, labels: np.ndarray, size:
 
 
 @torch.no_grad()
+def eval_logits(model, features: NodeFeatures, es: EvalSet, device: str):
+    """``(logits (S, B, C) on the CPU, labels (B,))`` for each batch of an evaluation set."""
+    model.eval()
+    pieces = features.pieces if features.orders_batches else (lambda sub: [sub])  # out of core: cut to the step memory bound
+    for sub, y in es:
+        yield torch.cat([forward(model, features(p.nodes), p, device, mixed=False) for p in pieces(sub)], dim=1).cpu(), y
+
+
+@torch.no_grad()
 def evaluate(model, features: NodeFeatures, es: EvalSet, device: str, group=None) -> list[float]:
     """Accuracy of every head on an evaluation set: a list of S floats (counts summed over
     the ranks of ``group``, each holding its share of the set, when given)."""
-    model.eval()
     correct, total = torch.zeros(model.num_rungs, dtype=torch.long), 0
-    pieces = features.pieces if features.orders_batches else (lambda sub: [sub])  # out of core: cut to the step memory bound
-    for sub, y in es:
-        logits = torch.cat([forward(model, features(p.nodes), p, device, mixed=False) for p in pieces(sub)], dim=1)  # (S, B, C)
-        correct += (logits.argmax(-1).cpu() == y).sum(1)  # (S,)
+    for logits, y in eval_logits(model, features, es, device):
+        correct += (logits.argmax(-1) == y).sum(1)  # (S,)
         total += len(y)
     if group is not None:
         *hits, total = group.sum(correct.tolist() + [total])
         correct = torch.tensor(hits)
     return (correct.double() / max(total, 1)).tolist()
+
+
+def exit_policy_on_val(model, features: NodeFeatures, es: EvalSet, layers: list[int], device: str, group=None) -> dict:
+    """The exit policy ``pipeline infer`` uses by default, chosen on the validation set ``es``
+    from cached states (no LLM): the cheapest policy, in LLM layers run, within 1% relative of
+    full-depth validation accuracy (:func:`stage2_train.exit_policies.choose_policy`). Replayed per
+    batch and summed (over ranks too), so memory stays one batch of logits."""
+    from stage2_train.exit_policies import CANDIDATES, choose_policy, replay_counts
+
+    counts = {spec: [0.0, 0.0, 0.0] for spec in CANDIDATES}
+    for logits, y in eval_logits(model, features, es, device):
+        for spec, c in replay_counts(logits, y, layers).items():
+            counts[spec] = [a + b for a, b in zip(counts[spec], c)]
+    if group is not None and group.world_size > 1:
+        flat = group.sum([v for c in counts.values() for v in c])
+        counts = {spec: flat[3 * k : 3 * k + 3] for k, spec in enumerate(counts)}
+    return choose_policy(counts, layers[-1])
 
 
 def epoch_batches(features: NodeFeatures, sampler: Sampler, nodes: np.ndarray, size: int, gen: torch.Generator,
@@ -120,13 +155,13 @@ def epoch_batches(features: NodeFeatures, sampler: Sampler, nodes: np.ndarray, s
 
 
 def train_step(model, opt, features: NodeFeatures, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
-               weights: torch.Tensor, gen: torch.Generator, device: str) -> float:
+               weights: torch.Tensor | None, gen: torch.Generator, device: str) -> float:
     """One optimiser step on the targets ``b`` (B,); returns the batch loss."""
     sub = sampler.sample(b, gen)
     return optimise_step(model, opt, sub, features(sub.nodes), labels[b], weights, device)
 
 
-def optimise_step(model, opt, sub: SubgraphBatch, x: torch.Tensor, y: np.ndarray, weights: torch.Tensor, device: str) -> float:
+def optimise_step(model, opt, sub: SubgraphBatch, x: torch.Tensor, y: np.ndarray, weights: torch.Tensor | None, device: str) -> float:
     """One optimiser step on a sampled batch: states ``x`` (n, S, H), labels ``y`` (B,); returns the loss."""
     y = torch.as_tensor(y, device=device)
     logits = forward(model, x, sub, device)  # (S, B, C)
@@ -137,7 +172,7 @@ def optimise_step(model, opt, sub: SubgraphBatch, x: torch.Tensor, y: np.ndarray
     return loss.item()
 
 
-def accumulate_step(model, opt, piece, labels: np.ndarray, weights: torch.Tensor, device: str) -> float:
+def accumulate_step(model, opt, piece, labels: np.ndarray, weights: torch.Tensor | None, device: str) -> float:
     """Backward of one micro-batch's loss scaled by its ``share`` of the batch; the optimiser
     steps after the batch's ``last`` one (gradients were cleared after the previous step).
     Returns the micro-batch's own loss (mean over its targets)."""
@@ -184,6 +219,7 @@ class SeedResult:
     train_acc: list[float]
     gates: list[float]
     epoch_s: float  # mean wall time of a training epoch (without evaluation)
+    exit_policy: dict | None = None  # the ladder's exit policy chosen on validation (exit_policy_on_val)
     state_dict: dict = field(repr=False, default_factory=dict)
 
 
@@ -198,8 +234,12 @@ def train_seed(
     on_epoch: Callable[[dict], None],
     tracker=None,
     group=None,
+    layers: list[int] | None = None,
 ) -> SeedResult:
     """Train one model; ``on_epoch`` receives each epoch's metrics (the JSONL line).
+
+    ``layers``: the LLM state of each rung; given (the ladder), the best model's exit policy is
+    chosen on the validation nodes and returned with the result.
 
     ``group``: the ranks of a ``torchrun`` job (:class:`stage2_train.distributed.Group`; None:
     this process alone). Each rank trains and evaluates on its share of ``split``, gradients
@@ -211,12 +251,14 @@ def train_seed(
     group = group or Group()
     device = resolve_device(cfg.device)  # run() resolved it already; "auto" when called directly
     model.to(device)
+    mine = group.shares(split, seed)  # this rank's targets (all of them in one process)
+    if getattr(model, "scaler", None) is not None:  # --standardize: statistics of the training nodes only
+        model.scaler.set_stats(*training_stats(features, mine["train"], group))
     group.broadcast_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     S = model.num_rungs
-    weights = torch.as_tensor(cfg.rung_weights if cfg.rung_weights else [1.0] * S, dtype=torch.float32, device=device)
+    weights = loss_weights(cfg, S, device)
     gen = group.generator(seed)  # training subgraphs and batch order; separate from the init RNG
-    mine = group.shares(split, seed)  # this rank's targets (all of them in one process)
     val_set = make_eval_set(sampler, mine["val"], labels, cfg.eval_batch_size)
     size = len(split["train"]) if sampler.mode == "full" else cfg.batch_size
     best_val, best_epoch, best_state, wait, epoch_times = -1.0, 0, None, 0, []
@@ -263,4 +305,5 @@ def train_seed(
         gates=[float(g) for g in model.gates().detach().cpu()],
         epoch_s=float(np.mean(epoch_times)),
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        exit_policy=exit_policy_on_val(model, features, val_set, layers, device, group) if layers else None,
     )

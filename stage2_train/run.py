@@ -26,6 +26,8 @@ def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rung
         "num_layers": config.num_layers,
         "dropout": config.dropout,
         "temperature": config.temperature,
+        "standardize": config.standardize,
+        "readout": config.readout,
     }
 
 
@@ -55,6 +57,7 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
         "gates_mean": np.mean([r.gates for r in results], axis=0).tolist() if results[0].gates else [],
         "epoch_s_mean": float(np.mean([r.epoch_s for r in results])),
         "default_seed": best.seed,  # chosen on validation accuracy of the last head
+        "exit_policy": best.exit_policy,  # the default seed's, chosen on its validation nodes (ladder only)
         "per_seed": [
             {
                 "seed": r.seed,
@@ -69,6 +72,7 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
                 "gates": r.gates,
                 "epoch_s": r.epoch_s,
                 "split_sizes": split_sizes[r.seed],
+                "exit_policy": r.exit_policy,
             }
             for r in results
         ],
@@ -160,6 +164,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.sampling import Sampler
     from stage2_train.step_memory import step_cost
     from stage2_train.ledger import PeakMemory, count_trainable, ledger
+    from stage2_train.exit_policies import describe_choice
     from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from pipeline.core.progress import progress
 
@@ -233,7 +238,8 @@ def _run(config: TrainConfig, group=None) -> dict:
                 model.load_state_dict(warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed))
             t_seed = time.perf_counter()
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
-                r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group)
+                r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group,
+                               layers=data.layers if config.arch == "ladder" else None)
             costs.append({"train_s": time.perf_counter() - t_seed, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run})
             if backward is None and group is None:  # ranks hold only their share of the features
                 backward = measure_backward(model, features, sampler, split["train"][: config.batch_size], labels, config)
@@ -242,6 +248,7 @@ def _run(config: TrainConfig, group=None) -> dict:
             log(
                 f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, "
                 f"test {r.test_acc[-1]:.4f}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
+                + (f", exit policy {describe_choice(r.exit_policy)}" if r.exit_policy else "")
             )
 
         # --- save

@@ -4,9 +4,10 @@ Every policy re-encodes the test nodes' texts with the LLM (known neighbours fro
 timed end to end, against ``none`` (full depth). Two confidence thresholds are chosen on
 VALIDATION nodes, never on test: the full-depth per-rung logits of the validation nodes
 (from the cache when present, else the LLM) are replayed through every candidate threshold
-(``policies.decide``), and we keep the cheapest threshold within 0.5% and within 1.0% relative
-validation-accuracy drop. The policy with the fewest layers within 1.0% on validation is
-marked ``chosen_on_val``.
+(``policies.replay_counts``), and we keep the cheapest threshold within 0.5% and within 1.0%
+relative validation-accuracy drop. The policy ``pipeline train`` stores with the run (the
+cheapest within 1.0% on validation, ``policies.choose_policy``, the same rule on the same
+nodes) is marked ``chosen_on_val``.
 
 Per policy: ``accuracy``, ``rel_drop`` = (acc_none - acc) / acc_none, ``speedup`` =
 wall(none) / wall(policy), ``layer_fraction`` = LLM layers run / layers at full depth.
@@ -25,14 +26,12 @@ from stage3_infer.config import BenchConfig
 
 
 
-CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
-VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds: cheapest within these val drops
-FIXED = ("none", "patience:1", "patience:2")
+VAL_DROPS = (0.005, 0.01)  # the two confidence thresholds timed: cheapest within these val drops
 
 
 def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
     """Full-depth logits (S, M, C) of validation targets: cached states if present, else the LLM."""
-    from stage3_infer.policies import parse_exit
+    from stage2_train.exit_policies import parse_exit
     from stage3_infer.run import predict
 
     s = session
@@ -48,24 +47,10 @@ def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def choose_thresholds(logits: torch.Tensor, labels: np.ndarray, last_layer: int, layers: list[int]) -> dict:
-    """Replay candidate policies on validation logits -> {spec: (val acc, val layer fraction)}."""
-    from stage3_infer.policies import decide, parse_exit
-
-    y = torch.as_tensor(labels)
-    found = {}
-    for spec in [*FIXED, *(f"confidence:{t}" for t in CANDIDATE_THRESHOLDS)]:
-        t = decide(parse_exit(spec), logits)
-        acc = float((t.pred == y).double().mean())
-        frac = float(torch.as_tensor(layers)[t.exit_rung].double().mean()) / last_layer
-        found[spec] = (acc, frac)
-    return found
-
-
 def run_bench(config: BenchConfig) -> dict:
     from pipeline.core.devices import peak_memory, reset_peak_memory
     from stage3_infer.config import InferConfig
-    from stage3_infer.policies import parse_exit
+    from stage2_train.exit_policies import CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit, replay_counts
     from stage3_infer.run import open_session, predict
     from stage3_infer.targets import select_targets
 
@@ -83,18 +68,18 @@ def run_bench(config: BenchConfig) -> dict:
     labels = np.asarray(graph.labels)
 
     # --- thresholds on validation only
-    replay = choose_thresholds(val_rung_logits(session, val), labels[val], session.layers[-1], session.layers)
+    counts = replay_counts(val_rung_logits(session, val), torch.as_tensor(labels[val]), session.layers)
+    last = session.layers[-1]
+    replay = {k: (c / n if n else 0.0, run / (n * last) if n else 1.0) for k, (c, n, run) in counts.items()}  # (acc, layer fraction)
     base_acc = replay["none"][0]
     drop = {k: (base_acc - a) / base_acc if base_acc else 0.0 for k, (a, _) in replay.items()}
     chosen = []
-    for limit in VAL_DROPS:
-        ok = [k for k in replay if k.startswith("confidence:") and drop[k] <= limit + 1e-12 and k not in chosen]
-        # cheapest on validation; among equally cheap ones the higher (safer) threshold
-        ok.sort(key=lambda k: (replay[k][1], -float(k.split(":")[1])))
-        chosen.append(ok[0] if ok else f"confidence:{CANDIDATE_THRESHOLDS[-1 - len(chosen)]}")
-    policies = [*FIXED, *dict.fromkeys(chosen)]
-    within = [p for p in policies if drop[p] <= VAL_DROPS[-1] + 1e-12]
-    default = min(within, key=lambda p: replay[p][1])
+    for limit in VAL_DROPS:  # the cheapest confidence threshold within each drop, by choose_policy's rule
+        pool = {k: c for k, c in counts.items() if k == "none" or (k.startswith("confidence:") and k not in chosen)}
+        pick = choose_policy(pool, last, max_rel_drop=limit)["policy"]
+        chosen.append(pick if pick != "none" else f"confidence:{CONFIDENCE_CANDIDATES[-1 - len(chosen)]}")
+    policies = [*FIXED_CANDIDATES, *dict.fromkeys(chosen)]
+    default = choose_policy(counts, last)["policy"]  # what `pipeline train` stored for the run (same rule, same nodes)
     log(f"bench infer: thresholds chosen on {len(val)} validation nodes: {chosen}; cheapest within 1% on val: {default}")
 
     # --- timed runs on test, texts re-encoded by the LLM

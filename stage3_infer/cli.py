@@ -24,7 +24,7 @@ def _bench(config: BenchConfig) -> None:
 
 
 infer_command = command(InferConfig, _infer, """Predict node labels with dynamic early exit: each target's text runs through the LLM only
-    until its exit policy fires (default patience:1, as ENGINE); a fine-tuning run's tuned LLM predicts at full depth. Writes predictions.parquet
+    until its exit policy fires (default: the one the training run chose on its validation nodes; the output says which); a fine-tuning run's tuned LLM predicts at full depth. Writes predictions.parquet
     (node_id, predicted_label, confidence, exit_rung, exit_layer, true_label; the graph's
     fingerprint in its metadata) and summary.json.""")
 

@@ -13,7 +13,6 @@ from pipeline.core.options import device_option, json_option, option, out_option
 from stage1_encode.config import model_option
 from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 
-DEFAULT_EXIT = "patience:1"  # ENGINE's policy; chosen as default on validation nodes (see bench)
 MAX_BATCH = 100_000  # texts per LLM forward: beyond it a typo that would reach the allocator
 SPLITS = ("test", "val", "train", "all")
 
@@ -56,10 +55,11 @@ class InferConfig:
 
     checkpoint: Path = checkpoint_option()
     out: Path = out_option("predictions.parquet, summary.json and infer_config.json")
-    exit: str | None = option(  # None: DEFAULT_EXIT for a ladder, none (full depth) for a fine-tuning run
+    exit: str | None = option(  # None: the policy the run chose on its validation nodes (stage2_train.exit_policies.choose_policy)
         None,
-        f"Exit policy: patience:P, confidence:T, layer:I or none (full depth); default {DEFAULT_EXIT} for a ladder run. "
-        "A fine-tuning run (lora, ia3, prefix, finetune) predicts at full depth only: none.",
+        "Exit policy: patience:P, confidence:T, layer:I or none (full depth). Default: the policy the run chose on its "
+        "validation nodes when trained (the cheapest within 1% relative of full-depth accuracy). A fine-tuning run (lora, ia3, "
+        "prefix, finetune) predicts at full depth only: none.",
     )
     split: str | None = option(None, "Targets: test (default), val, train or all nodes of the checkpoint's graph.")
     node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line.")
@@ -94,10 +94,10 @@ class InferConfig:
 
     def validate(self) -> "InferConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
+        from stage2_train.exit_policies import parse_exit
         from pipeline.core.devices import device_problem
         from pipeline.core.errors import InputError
         from stage1_encode.precision import dtype_problem
-        from stage3_infer.policies import parse_exit
 
         errs = ConfigErrors()
         try:

@@ -20,7 +20,7 @@ import torch
 
 from stage2_train.sampling import SubgraphBatch
 from stage3_infer.llm_runner import TextRunner
-from stage3_infer.policies import ExitTracker
+from stage2_train.exit_policies import ExitTracker
 
 
 def restrict(sub: SubgraphBatch, keep_targets: torch.Tensor) -> tuple[SubgraphBatch, torch.Tensor]:

@@ -21,7 +21,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress, warn
 from stage3_infer.config import InferConfig
-from stage3_infer.policies import ExitPolicy, ExitTracker, parse_exit
+from stage2_train.exit_policies import ExitPolicy, ExitTracker, parse_exit, resolve_exit
 from stage3_infer.predictions import Predictions, summarize, write_outputs
 from stage3_infer.targets import InferGraph
 
@@ -168,8 +168,6 @@ def run(config: InferConfig) -> dict:
     A fine-tuning run predicts at full depth (:mod:`stage3_infer.finetune_infer`)."""
     from stage2_train.checkpoint import run_arch
     from stage2_train.config import FINETUNE_ARCHS
-    from stage3_infer.config import DEFAULT_EXIT
-    """Predict the chosen targets with early exit and write ``config.out``; returns the summary."""
     from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
     from stage3_infer.targets import select_targets
 
@@ -185,14 +183,14 @@ def run(config: InferConfig) -> dict:
         from stage3_infer.finetune_infer import run_finetune_infer
 
         return run_finetune_infer(config)
-    exit_spec = config.exit or DEFAULT_EXIT
-    session = open_session(config, exit_spec=exit_spec)
+    session = open_session(config, exit_spec=config.exit)  # a given --exit is checked before the LLM loads
     ckpt = session.checkpoint
+    exit_spec, why = resolve_exit(config.exit, ckpt)
     policy = parse_exit(exit_spec, num_rungs=len(session.layers))
     targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed, config.new_only)
     if config.max_targets is not None:
         targets = targets[: config.max_targets]
-    log(f"infer: {len(targets)} target(s), policy {policy}, rungs at LLM states {session.layers}")
+    log(f"infer: {len(targets)} target(s), rungs at LLM states {session.layers}, exit policy {policy}: {why}")
 
     # --- loop
     reset_peak_memory(session.device)  # the peak from here on: weights, activations of the loop
@@ -220,6 +218,7 @@ def run(config: InferConfig) -> dict:
             "rung_layers": session.layers,
             "new_nodes": int(graph.num_nodes - session.g.num_known),
             "cache_neighbours": session.cached is not None,
+            "policy_source": why,
             "graph_source": graph.source,
             "graph_fingerprint": graph.fingerprint,
             **({"new_only_since": str(Path(config.new_only).resolve())} if config.new_only else {}),

@@ -18,7 +18,7 @@ from stage2_train.ladder import GLadder
 from stage2_train.sampling import Sampler
 from stage3_infer.early_exit import BatchSources, climb, restrict
 from stage3_infer.llm_runner import TextRunner
-from stage3_infer.policies import ExitTracker, decide, parse_exit
+from stage2_train.exit_policies import ExitTracker, decide, parse_exit
 
 MAX_LENGTH = 48
 LAYERS = [0, 2, 4, 6]

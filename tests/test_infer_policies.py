@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.core.errors import InputError
-from stage3_infer.policies import ExitPolicy, ExitTracker, decide, parse_exit
+from stage2_train.exit_policies import ExitPolicy, ExitTracker, decide, parse_exit
 
 C = 3
 
@@ -117,3 +117,21 @@ def test_parse_exit_refusals(spec, message):
     with pytest.raises(InputError) as err:
         parse_exit(spec, num_rungs=7)
     assert err.value.message == message
+
+
+def test_choose_policy_takes_the_cheapest_within_one_percent_of_full_depth():
+    from stage2_train.exit_policies import choose_policy, replay_counts
+
+    layers = [0, 10, 20, 30, 40]
+    labels = torch.tensor([2, 0, 0, 2])  # full depth (last rung) is right on all 4
+    counts = replay_counts(logits_from(PREDS), labels, layers, specs=("none", "patience:1", "patience:2"))
+    # patience:1 answers [0, 0, 0, 2]: 3/4 right, exits at rungs [1, 4, 3, 1] -> layers [10, 40, 30, 10]
+    assert counts["patience:1"] == [3.0, 4.0, 90.0] and counts["none"] == [4.0, 4.0, 160.0]
+    # patience:2 answers [2, 0, 0, 2]: 4/4, layers [40, 40, 40, 20]
+    assert counts["patience:2"] == [4.0, 4.0, 140.0]
+    choice = choose_policy(counts, last_layer=40)
+    assert choice["policy"] == "patience:2" and choice["val_acc"] == 1.0 and choice["layer_fraction"] == 140 / 160
+    # a 25% drop allowed: the cheaper patience:1
+    assert choose_policy(counts, 40, max_rel_drop=0.25)["policy"] == "patience:1"
+    # nothing within the limit but full depth: none
+    assert choose_policy({"none": counts["none"], "patience:1": counts["patience:1"]}, 40)["policy"] == "none"

@@ -22,7 +22,7 @@ from cora_slice import write_cora_slice
 from pipeline.core.bench_json import read_bench
 from pipeline.core.graph import load_graph
 from stage3_infer.config import InferConfig
-from stage3_infer.policies import decide, parse_exit
+from stage2_train.exit_policies import decide, parse_exit
 from stage3_infer.predictions import read_predictions
 from stage3_infer.run import run
 
@@ -107,6 +107,32 @@ def test_inductive_new_nodes_get_predictions(trained, tmp_path):
     assert all(name in graph.label_names for name in t["predicted_label"])
     assert all(0 <= r <= 6 for r in t["exit_rung"]) and t["true_label"] == [graph.label_names[graph.labels[donor]], None]
     assert summary["new_nodes"] == 2 and summary["num_labelled"] == 1
+
+
+def test_default_policy_is_the_runs_choice_on_validation_and_said(trained, tmp_path, cli):
+    root, run_dir, graph = trained
+    from stage2_train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(run_dir)
+    choice = next(r["exit_policy"] for r in ck.summary["per_seed"] if r["seed"] == ck.seed)
+    result = cli("infer", "--checkpoint", run_dir, "--out", tmp_path / "chosen", "--max-targets", 3)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "chosen" / "summary.json").read_text())
+    assert summary["policy"] == choice["policy"]
+    assert summary["policy_source"].startswith(f"the run's choice for seed {ck.seed}: {choice['policy']} (chosen on 9 validation nodes: "
+                                               "cheapest within 1% relative of full-depth validation accuracy; val accuracy ")
+    assert f"exit policy {choice['policy']}: the run's choice for seed {ck.seed}" in " ".join(result.stderr.split())
+    given = run(InferConfig(run_dir, tmp_path / "given", exit="patience:2", max_targets=3))
+    assert given["policy"] == "patience:2" and given["policy_source"] == "given with --exit"
+    # a run trained before the choice was stored: full depth, and why
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    s = json.loads((old / "summary.json").read_text())
+    (old / "summary.json").write_text(json.dumps({**s, "per_seed": [{k: v for k, v in r.items() if k != "exit_policy"} for r in s["per_seed"]]}))
+    fallback = run(InferConfig(old, tmp_path / "fallback", max_targets=3))
+    assert fallback["policy"] == "none" and fallback["policy_source"] == (
+        f"full depth: run {old} holds no exit policy chosen on validation (trained before `pipeline train` chose one); "
+        "pass --exit to pick one")
 
 
 def _refused(cli, out, *args):

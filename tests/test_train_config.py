@@ -60,3 +60,20 @@ def test_unknown_split_lists_the_known_ones(cora):
         resolve_split(cora, "nope", 0)
     with pytest.raises(InputError, match="has no split column"):
         resolve_split(cora, "column", 0)
+
+
+def test_loss_and_standardize_refusals(tmp_path):
+    with pytest.raises(InputError) as err:
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", loss="first-head").validate()
+    assert "--loss first-head: choose one of multi-exit, last-head" in err.value.message
+    with pytest.raises(InputError, match="--rung-weights weighs the multi-exit loss; --loss last-head trains the last head alone"):
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", loss="last-head", rung_weights=(0.0, 1.0)).validate()
+    with pytest.raises(InputError, match="--loss is for --arch ladder; a baseline has one head"):
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="mlp", loss="last-head").validate()
+    cfg = TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="gcn", standardize=True).validate()
+    assert cfg.to_dict()["standardize"] is True and cfg.to_dict()["loss"] == "multi-exit"
+    with pytest.raises(InputError) as err:
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", readout="max").validate()
+    assert "--readout max: choose one of target-mean, ego" in err.value.message
+    with pytest.raises(InputError, match="--readout is for --arch ladder"):
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="sage", readout="ego").validate()

@@ -96,3 +96,25 @@ def test_baselines_share_the_signature(cora, arch):
     model = NodeBaseline(arch, 16, 8, 7, num_layers=2)
     sub = Sampler(cora.edge_index, cora.num_nodes, mode="full").sample(np.array([0, 9, 11]))
     assert model(torch.randn(cora.num_nodes, 1, 16), sub).shape == (1, 3, 7)
+
+
+def test_ego_readout_reads_the_nodes_own_state(cora):
+    torch.manual_seed(0)
+    S, H, K, C = 2, 16, 8, 7
+    model = GLadder(H, K, C, S, readout="ego").eval()
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego").sample(np.array([0, 1, 2]))
+    states = torch.randn(len(sub.nodes), S, H)
+    assert model(states, sub).shape == (S, 3, C) and model.heads[0].in_features == 3 * K
+    with torch.no_grad():  # keep only the head's own-state part: neighbours can no longer move the answer
+        for head in model.heads:
+            head.weight[:, K:] = 0.0
+        others = torch.ones(len(sub.nodes), dtype=torch.bool)
+        others[sub.targets] = False
+        moved = states.clone()
+        moved[others] += 50.0
+        a, b = model(states, sub), model(moved, sub)
+    assert torch.allclose(a, b, atol=1e-5)
+    own = model.proj[1](states[sub.targets, 1])  # (B, K): the last rung's own projected state
+    assert torch.allclose(a[1], own @ model.heads[1].weight[:, :K].T + model.heads[1].bias, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown readout 'max'"):
+        GLadder(H, K, C, S, readout="max")

@@ -166,3 +166,97 @@ def test_cli_end_to_end_exact_files(small, cli):
     res = cli("train", cache, "--out", out, "--epochs", "2")
     assert res.exit_code == 2 and res.stderr == (
         f"Error: --out {out}: holds an earlier run; pass --overwrite to replace it, or choose another --out (nothing was changed)\n")
+
+
+def test_standardize_statistics_come_from_training_nodes_only(small):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from stage2_train.data import CachedFeatures, open_train_data, resolve_split
+    from stage2_train.loop import evaluate, make_eval_set
+    from stage2_train.sampling import Sampler
+    from stage2_train.standardize import training_stats
+
+    root, cache = small
+    s = run(_cfg(small, "std", standardize=True, lr=1e-2))
+    config = json.loads((root / "std" / "checkpoint.json").read_text())
+    assert config["standardize"] is True and config["model"]["standardize"] is True
+    data = open_train_data(cache, (0, 3, 6), None, "ladder")
+    split = resolve_split(data.graph, None, 0)
+    rows = np.asarray(data.reader.read_all(rungs=data.positions), dtype=np.float64)  # (N, S, H)
+    saved = load_file(str(root / "std" / "seed_0" / "model.safetensors"))
+    assert np.allclose(saved["scaler.mean"].numpy(), rows[split["train"]].mean(0), atol=1e-5)
+    assert np.allclose(saved["scaler.std"].numpy(), rows[split["train"]].std(0), atol=1e-5)
+    # validation and test rows would move them: the statistics over every labelled row differ
+    everyone = np.concatenate([split["train"], split["val"], split["test"]])
+    assert not np.allclose(saved["scaler.mean"].numpy(), rows[everyone].mean(0), atol=1e-4)
+    # and changing those rows leaves them as they are
+    feats = CachedFeatures(data)
+    others = torch.as_tensor(np.concatenate([split["val"], split["test"]]))
+    shifted = lambda nodes: feats(nodes) + 1e3 * torch.isin(nodes, others)[:, None, None]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(training_stats(feats, split["train"]), training_stats(shifted, split["train"])))
+    # the loaded checkpoint standardises as training did: the same validation accuracy per head
+    ck = load_checkpoint(root / "std")
+    assert torch.equal(ck.model.scaler.mean, saved["scaler.mean"])
+    es = make_eval_set(Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler), split["val"], data.graph.labels, 512)
+    assert evaluate(ck.model, feats, es, "cpu") == s["per_seed"][0]["val_acc_heads"]
+    assert "scaler.mean" not in load_file(str(_trained_plain(small) / "seed_0" / "model.safetensors"))
+
+
+def _trained_plain(small):
+    root = small[0]
+    if not (root / "plain").exists():
+        run(_cfg(small, "plain", lr=1e-2))
+    return root / "plain"
+
+
+def test_last_head_loss_equals_multi_exit_with_weights_0_to_1(small):
+    """Plain ENGINE (--loss last-head) is ENGINE-Early's multi-exit loss with rung weights 0,...,0,1."""
+    from safetensors.torch import load_file
+
+    root = small[0]
+    kw = dict(lr=1e-2, epochs=4, patience=4)
+    engine = run(_cfg(small, "engine", loss="last-head", **kw))
+    weighted = run(_cfg(small, "weighted_001", rung_weights=(0.0, 0.0, 1.0), **kw))
+    la, lb = read_metrics(root / "engine"), read_metrics(root / "weighted_001")
+    assert [m["val_acc"] for m in la] == [m["val_acc"] for m in lb] and len(la) == 4
+    assert [m["loss"] for m in la] == pytest.approx([m["loss"] for m in lb], rel=1e-5)
+    wa = load_file(str(root / "engine" / "seed_0" / "model.safetensors"))
+    wb = load_file(str(root / "weighted_001" / "seed_0" / "model.safetensors"))
+    feeding_last_head = [k for k in wa if not k.startswith(("heads.0.", "heads.1."))]  # weight 0: never trained
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in feeding_last_head)
+    assert engine["per_seed"][0]["test_acc"] == weighted["per_seed"][0]["test_acc"]
+    # all weights 1 (the default multi-exit loss) trains the same network differently
+    multi = load_file(str(_trained_plain(small) / "seed_0" / "model.safetensors"))
+    assert not torch.allclose(multi["proj.0.0.weight"], wa["proj.0.0.weight"], atol=1e-5)
+    assert json.loads((root / "engine" / "checkpoint.json").read_text())["loss"] == "last-head"
+
+
+def test_exit_policy_is_chosen_on_validation_and_stored(small):
+    import numpy as np
+
+    from stage2_train.data import CachedFeatures, open_train_data, resolve_split
+    from stage2_train.sampling import Sampler
+    from stage2_train.exit_policies import CANDIDATES, choose_policy, replay_counts
+
+    root, cache = small
+    s = json.loads((_trained_plain(small) / "summary.json").read_text())
+    choice = s["per_seed"][0]["exit_policy"]
+    assert s["exit_policy"] == choice and choice["policy"] in CANDIDATES and choice["num_val"] == 12
+    # replayed from the checkpoint's validation logits: the same choice
+    ck = load_checkpoint(root / "plain")
+    data = open_train_data(cache, (0, 3, 6), None, "ladder")
+    val = resolve_split(data.graph, None, 0)["val"]
+    sub = Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler).sample(val)
+    with torch.no_grad():
+        logits = ck.model(CachedFeatures(data)(sub.nodes), sub)  # (S, M, C)
+    counts = replay_counts(logits, torch.as_tensor(data.graph.labels[val]), [0, 3, 6])
+    assert choose_policy(counts, 6) == choice
+    # the rule: within 1% relative of full depth, and no candidate within it runs fewer layers
+    base = counts["none"][0] / counts["none"][1]
+    assert (base - choice["val_acc"]) / base <= 0.01 + 1e-12 and choice["full_depth_val_acc"] == base
+    within = [k for k, (c, n, _) in counts.items() if (base - c / n) / base <= 0.01 + 1e-12]
+    assert choice["layer_fraction"] == min(counts[k][2] / (counts[k][1] * 6) for k in within)
+    assert np.isclose(choice["layer_fraction"], counts[choice["policy"]][2] / (12 * 6))
+    # baselines have no exit rungs: nothing stored
+    assert run(_cfg(small, "mlp_exit", arch="mlp", epochs=1))["exit_policy"] is None

@@ -1,13 +1,16 @@
 """Exit policies: when a target node stops climbing the ladder, decided from per-rung logits.
+They live with training because ``pipeline train`` chooses each run's policy on its validation
+nodes (:func:`choose_policy`); ``pipeline infer`` applies it (stage3_infer imports this module).
 
 A policy sees the logits of rung i for the targets still active and says which of them exit
 there; an exited target keeps the answer of its exit rung forever (the public reference
 overwrote it on later rungs: ``==`` where ``&`` was meant). Targets that never exit take the
 last rung's head. Everything here is pure tensor logic: no model, no LLM, no I/O.
 
-Policies (``--exit``):
+Policies (``--exit``; without it, ``pipeline infer`` uses the policy ``pipeline train`` chose
+on the run's validation nodes, :func:`choose_policy`):
   ``patience:P``    exit at the first rung whose argmax equals that of the previous P rungs
-                    (ENGINE uses P = 1; the default);
+                    (ENGINE uses P = 1);
   ``confidence:T``  exit at the first rung whose max softmax probability is >= T (0 < T <= 1);
   ``layer:I``       exit at rung I (0-based; a fixed depth for every target);
   ``none``          run the full depth (exit at the last rung).
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.core.errors import InputError
-from stage3_infer.config import DEFAULT_EXIT  # noqa: F401  (one definition, light for the CLI)
 
+FALLBACK_EXIT = "none"  # runs trained before `pipeline train` chose an exit policy on validation: full depth, no surprise drop
 EXIT_FLAG = "--exit"
 KINDS = ("patience", "confidence", "layer", "none")
 
@@ -137,3 +140,78 @@ def decide(policy: ExitPolicy, rung_logits: torch.Tensor) -> ExitTracker:
             break
         tracker.update(rung, rows, rung_logits[rung, rows])
     return tracker
+
+
+# --- choosing a policy on validation nodes (at training time, and in `pipeline bench infer`)
+
+CONFIDENCE_CANDIDATES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99)
+FIXED_CANDIDATES = ("none", "patience:1", "patience:2")
+CANDIDATES = (*FIXED_CANDIDATES, *(f"confidence:{t}" for t in CONFIDENCE_CANDIDATES))
+MAX_VAL_REL_DROP = 0.01  # the chosen policy keeps validation accuracy within 1% relative of full depth
+
+
+def replay_counts(rung_logits: torch.Tensor, labels: torch.Tensor, layers: list[int],
+                  specs: tuple[str, ...] = CANDIDATES) -> dict[str, list[float]]:
+    """Replay each policy on full-depth logits (S, M, C) of labelled nodes ``labels`` (M,).
+
+    Returns ``{spec: [correct, nodes, LLM layers run]}`` (sums, so that the ranks of a
+    ``torchrun`` job can add theirs); the layers run by a node are the LLM state of its exit rung.
+    """
+    depth = torch.as_tensor(layers, dtype=torch.float64)
+    out = {}
+    for spec in specs:
+        t = decide(parse_exit(spec), rung_logits)
+        out[spec] = [float((t.pred == labels).sum()), float(len(labels)), float(depth[t.exit_rung].sum())]
+    return out
+
+
+def choose_policy(counts: dict[str, list[float]], last_layer: int, max_rel_drop: float = MAX_VAL_REL_DROP) -> dict:
+    """The cheapest policy (fewest LLM layers run) whose accuracy is within ``max_rel_drop``
+    relative of full depth (``none``); ties go to the more accurate, then the safer (later) one.
+
+    ``counts``: :func:`replay_counts` output, which must include ``none``. Returns the choice
+    with its evidence: policy, val_acc, full_depth_val_acc, val_rel_drop, layer_fraction, num_val.
+    """
+    def acc(spec: str) -> float:
+        correct, total, _ = counts[spec]
+        return correct / total if total else 0.0
+
+    def fraction(spec: str) -> float:
+        _, total, layers_run = counts[spec]
+        return layers_run / (total * last_layer) if total and last_layer else 1.0
+
+    base = acc("none")
+    drop = {s: (base - acc(s)) / base if base else 0.0 for s in counts}
+    ok = [s for s in counts if drop[s] <= max_rel_drop + 1e-12]  # "none" always qualifies
+    order = list(counts)
+    best = min(ok, key=lambda s: (fraction(s), -acc(s), -order.index(s)))
+    return {
+        "policy": best,
+        "val_acc": acc(best),
+        "full_depth_val_acc": base,
+        "val_rel_drop": drop[best],
+        "layer_fraction": fraction(best),
+        "num_val": int(counts[best][1]),
+        "rule": f"cheapest within {100 * max_rel_drop:g}% relative of full-depth validation accuracy",
+    }
+
+
+def describe_choice(choice: dict) -> str:
+    """One line on an exit policy chosen on validation (training's log and ``pipeline infer``)."""
+    return (
+        f"{choice['policy']} (chosen on {choice['num_val']} validation nodes: {choice['rule']}; val accuracy "
+        f"{100 * choice['val_acc']:.2f}% vs {100 * choice['full_depth_val_acc']:.2f}% at full depth, "
+        f"{100 * choice['layer_fraction']:.1f}% of the LLM layers)"
+    )
+
+
+def resolve_exit(given: str | None, checkpoint) -> tuple[str, str]:
+    """The policy ``pipeline infer`` runs and why: ``--exit`` when given, else the one the run
+    chose on its validation nodes for the checkpoint's seed, else (older runs) full depth."""
+    if given is not None:
+        return given, "given with --exit"
+    for row in checkpoint.summary.get("per_seed", []):
+        if row.get("seed") == checkpoint.seed and row.get("exit_policy"):
+            return row["exit_policy"]["policy"], f"the run's choice for seed {checkpoint.seed}: " + describe_choice(row["exit_policy"])
+    return FALLBACK_EXIT, (f"full depth: run {checkpoint.path} holds no exit policy chosen on validation "
+                           "(trained before `pipeline train` chose one); pass --exit to pick one")
