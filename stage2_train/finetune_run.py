@@ -42,7 +42,7 @@ def run_finetune(config: TrainConfig) -> dict:
     from stage2_train.finetune_model import build_classifier
     from stage2_train.ledger import PeakMemory, count_backward_params, count_trainable, ledger
     from stage2_train.loop import seed_everything
-    from stage2_train.run import summarize
+    from stage2_train.run import summarize, summary_line
 
     memory = PeakMemory(config.device)
     reader = open_cache(config.cache)  # the manifest only: the LLM changes, so the states are not used
@@ -98,8 +98,5 @@ def run_finetune(config: TrainConfig) -> dict:
                                  max_batches=config.max_batches)
         writer.write_summary(summary)
         writer.commit()
-    log(
-        f"{config.arch}: test {100 * summary['test_acc_mean']:.2f} ± {100 * summary['test_acc_std']:.2f}, "
-        f"val {100 * summary['val_acc_mean']:.2f} over seeds {list(config.seeds)} -> {config.out}"
-    )
+    log(summary_line(config, summary))
     return summary

@@ -260,8 +260,11 @@ def _run(config: TrainConfig, group=None) -> dict:
         summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         writer.write_summary(summary)
         writer.commit()
-    log(
-        f"{config.arch}: test {100 * summary['test_acc_mean']:.2f} ± {100 * summary['test_acc_std']:.2f}, "
-        f"val {100 * summary['val_acc_mean']:.2f} over seeds {list(config.seeds)} -> {config.out}"
-    )
+    log(summary_line(config, summary))
     return summary
+
+
+def summary_line(config, summary: dict) -> str:
+    """The closing log line of a training run (every arch)."""
+    return (f"{config.arch}: test {100 * summary['test_acc_mean']:.2f} ± {100 * summary['test_acc_std']:.2f}, "
+            f"val {100 * summary['val_acc_mean']:.2f} over seeds {list(config.seeds)} -> {config.out}")
