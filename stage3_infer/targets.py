@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import InputError
 from pipeline.core.graph import TextGraph
+from pipeline.core.graph_format import id_kind
 from pipeline.core.progress import warn
 
 FIRST = 5  # offending values quoted per problem
@@ -38,14 +39,6 @@ class InferGraph:
 
 def _id_kind(ids: np.ndarray) -> str:
     return "string" if ids.dtype == object else "int"
-
-
-def _arrow_kind(t: pa.DataType) -> str | None:
-    if pa.types.is_integer(t):
-        return "int"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "string"
-    return None
 
 
 def _read(path: Path, flag: str, columns: tuple[str, ...]) -> pa.Table:
@@ -73,7 +66,7 @@ def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_na
     texts = nodes.column("text").to_pylist()
     if not ids:
         raise InputError(f"--nodes {nodes_path}: no rows; give at least one new node (node_id, text)")
-    if _arrow_kind(nodes.column("node_id").type) != kind:
+    if id_kind(nodes.column("node_id").type) != kind:
         raise InputError(f"{nodes_path}: column 'node_id' has type {nodes.column('node_id').type} but graph '{graph.name}' has {kind} ids; use the same type")
     bad = np.array([v is None for v in ids])
     if bad.any():
@@ -97,7 +90,7 @@ def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_na
     lookup = {**known, **{v: n + j for j, v in enumerate(ids)}}
     ends = []
     for col in ("src", "dst"):
-        if _arrow_kind(edges.column(col).type) != kind:
+        if id_kind(edges.column(col).type) != kind:
             problems.append(f"{edges_path}: column '{col}' has type {edges.column(col).type} but node ids are {kind}; use the same type")
             continue
         values = edges.column(col).to_pylist()
