@@ -51,6 +51,11 @@ def rows_text(mask: np.ndarray) -> str:
     return f"rows {rows}{more}"
 
 
+def first_values(column: pa.Array, mask: np.ndarray) -> list:
+    """The values of ``column`` at the first ``FIRST_ROWS`` offending rows of ``mask``."""
+    return column.take(pa.array(np.flatnonzero(mask)[:FIRST_ROWS])).to_pylist()
+
+
 def id_kind(arrow_type: pa.DataType) -> str | None:
     """``"int"`` / ``"string"`` for an id column's Arrow type, None when ids cannot have it."""
     if pa.types.is_integer(arrow_type):
@@ -174,7 +179,7 @@ def _check_nodes(
             dup[first] = False
             dup[null_ids] = False
             if dup.any():
-                dup_ids = col.take(pa.array(np.flatnonzero(dup)[:FIRST_ROWS])).to_pylist()
+                dup_ids = first_values(col, dup)
                 problems.append(
                     f"{f}: column '{names['node_id']}' has {int(dup.sum())} duplicate id(s) at {rows_text(dup)}, "
                     f"first: {dup_ids}"
@@ -308,7 +313,7 @@ def _check_edges(
         idx = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         unknown = (idx < 0) & ~nulls
         if unknown.any():
-            first = col.take(pa.array(np.flatnonzero(unknown)[:FIRST_ROWS])).to_pylist()
+            first = first_values(col, unknown)
             problems.append(
                 f"{f}: column '{names[c]}' has {int(unknown.sum())} id(s) not in {nodes_file} at {rows_text(unknown)}, "
                 f"first: {first}"
