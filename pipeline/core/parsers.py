@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.core.errors import ConfigErrors, InputError
+from pipeline.core.errors import InputError
 
 
 def parse_random_split(spec: str) -> tuple[float, float, float]:
@@ -23,27 +23,21 @@ def parse_random_split(spec: str) -> tuple[float, float, float]:
 
 def parse_int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
     """``"0,1,2"`` -> (0, 1, 2); ``None``/empty -> None. Bad text raises InputError naming the flag."""
-    if text is None or str(text).strip() == "":
-        return None
-    errs = ConfigErrors()
-    try:
-        return tuple(int(p) for p in str(text).split(","))
-    except ValueError:
-        errs.add(f"{flag} {text}: expected comma-separated integers, e.g. 0,1,2")
-        errs.raise_if_any()
-        raise  # unreachable
+    return _parse_list(text, flag, int, "integers, e.g. 0,1,2")
 
 
 def parse_float_list(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """``"1,1,2"`` -> (1.0, 1.0, 2.0); ``None``/empty -> None. Bad text raises InputError naming the flag."""
+    return _parse_list(text, flag, float, "numbers, e.g. 1,1,2")
+
+
+def _parse_list(text, flag: str, cast, expected: str) -> tuple | None:
     if text is None or str(text).strip() == "":
         return None
-    errs = ConfigErrors()
     try:
-        return tuple(float(p) for p in str(text).split(","))
+        return tuple(cast(p) for p in str(text).split(","))
     except ValueError:
-        errs.add(f"{flag} {text}: expected comma-separated numbers, e.g. 1,1,2")
-        errs.raise_if_any()
-        raise
+        raise InputError(f"{flag} {text}: expected comma-separated {expected}") from None
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
