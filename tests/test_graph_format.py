@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.errors import InputError
 from pipeline.core.graph import load_graph
-from pipeline.core.graph_format import graph_edges_table, read_graph_folder, write_graph_folder
+from pipeline.core.graph_format import graph_edges_table, read_graph_folder, read_new_nodes, write_graph_folder
 
 NODES = {"node_id": [10, 20, 30], "text": ["a", "b", "c"]}
 EDGES = {"src": [10, 20], "dst": [20, 30]}
@@ -252,6 +253,66 @@ def test_int_labels_sorted_numerically(write_graph):
     graph = load_graph(g)
     assert graph.label_names == [str(i) for i in range(12)]
     assert graph.labels.tolist() == list(range(11, -1, -1))
+
+
+# --- new nodes growing a graph ----------------------------------------------------------------
+
+
+def new_nodes(tmp_path, graph, nodes: dict, edges: dict, hint: str = ""):
+    """``read_new_nodes`` on the given tables written as ``new.parquet`` / ``new_edges.parquet``."""
+    paths = tmp_path / "new.parquet", tmp_path / "new_edges.parquet"
+    for path, table in zip(paths, (nodes, edges)):
+        pq.write_table(table if isinstance(table, pa.Table) else pa.table(table), path)
+    return read_new_nodes(graph, *paths, clash_hint=hint), paths
+
+
+def new_nodes_refused(tmp_path, graph, nodes: dict, edges: dict, hint: str = "") -> list[str]:
+    with pytest.raises(InputError) as err:
+        new_nodes(tmp_path, graph, nodes, edges, hint)
+    lines = err.value.message.splitlines()
+    assert lines[0] == f"invalid new nodes for graph '{graph.name}':"
+    return lines[1:]
+
+
+def test_new_nodes_problems_reported_together(tmp_path, write_graph):
+    graph = load_graph(write_graph(NODES, EDGES))
+    n, e = tmp_path / "new.parquet", tmp_path / "new_edges.parquet"
+    nodes = {"node_id": [40, 20, 40, None, 50], "text": ["d", "e", " ", "f", None]}
+    assert new_nodes_refused(tmp_path, graph, nodes, {"src": [40, 50, 99], "dst": [10, 77, 40]}, "; pick unused ids") == [
+        f"- {n}: column 'node_id' has 1 null value(s) at rows [3]",
+        f"- {n}: column 'node_id' has 1 duplicate id(s) at rows [2], first: [40]",
+        f"- {n}: column 'node_id' has 1 id(s) already in graph 'g' at rows [1], first: [20]; pick unused ids",
+        f"- {n}: column 'text' has 2 null or empty text(s) at rows [2, 4]",
+        f"- {e}: column 'src' has 1 id(s) not in {n} or graph 'g' at rows [2], first: [99]",
+        f"- {e}: column 'dst' has 1 id(s) not in {n} or graph 'g' at rows [1], first: [77]",
+    ]
+
+
+def test_new_nodes_of_another_id_type(tmp_path, write_graph):
+    graph = load_graph(write_graph(NODES, EDGES))
+    n, e = tmp_path / "new.parquet", tmp_path / "new_edges.parquet"
+    assert new_nodes_refused(tmp_path, graph, {"node_id": ["p1"], "text": ["d"]}, {"src": ["p1"], "dst": [10]}) == [
+        f"- {n}: column 'node_id' has type string but graph 'g' column 'node_id' has type int64; mixed id types: use the same type",
+        f"- {e}: column 'src' has type string but graph 'g' column 'node_id' has type int64; mixed id types: use the same type",
+    ]
+    assert new_nodes_refused(tmp_path, graph, {"node_id": pa.array([], pa.int64()), "text": pa.array([], pa.string())},
+                             {"src": [10], "dst": [20]}) == [f"- {n}: no rows (give at least one new node)"]
+
+
+@pytest.mark.parametrize("ids", [[7, 3, 5], ["paper-7", "paper-3", "paper-5"]])
+def test_new_nodes_join_each_other_and_the_graph(tmp_path, write_graph, capsys, ids):
+    graph = load_graph(write_graph({"node_id": ids, "text": ["x", "y", "z"]}, {"src": [ids[0]], "dst": [ids[1]]}))
+    a, b = (8, 9) if isinstance(ids[0], int) else ("new-a", "new-b")
+    id_type = pa.int32() if isinstance(a, int) else pa.string()  # another int width is the same kind
+    new, (_, e) = new_nodes(tmp_path, graph, {"node_id": pa.array([a, b], id_type), "text": ["u", "v"], "label": ["c", None]},
+                            {"src": [a, b, b, ids[1]], "dst": [b, ids[2], b, ids[0]]})
+    assert new.ids.tolist() == [a, b] and list(new.texts) == ["u", "v"] and new.labels == ["c", None]
+    # indices: the graph's 0..2, then the new nodes 3, 4; the graph's edge 0-1 kept, its repeat dropped
+    assert new.edge_index.tolist() == [[0, 1, 2, 3, 4, 4], [1, 0, 4, 4, 2, 3]]
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {e}: dropped 1 self-loop(s) at rows [2]",
+        f"warning: {e}: dropped 1 duplicate edge(s) (edges are undirected)",
+    ]
 
 
 # --- the writer -------------------------------------------------------------------------------

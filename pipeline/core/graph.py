@@ -55,6 +55,11 @@ class TextGraph:
     def num_classes(self) -> int:
         return len(self.label_names)
 
+    @property
+    def id_kind(self) -> str:
+        """``"int"`` or ``"string"``: the kind of the user's node ids (graph_format.id_kind's names)."""
+        return "string" if self.node_ids.dtype == object else "int"
+
     def index_of(self, ids: list | np.ndarray) -> np.ndarray:
         """Dense indices of user ids; unknown ids raise InputError naming them."""
         lookup = {v: i for i, v in enumerate(self.node_ids.tolist())}

@@ -13,6 +13,9 @@ Folder layout (docs/design.md section 3)::
     meta.json       optional: label_names (class order), provenance
     splits/NAME.json  optional: {"train": [node_id, ...], "val": [...], "test": [...]}
 
+``read_new_nodes`` checks nodes that grow a loaded graph (``pipeline infer --nodes``) with the
+same checks, plus the graph's id type and ids already in it.
+
 ``write_graph_folder`` is the one writer: it validates in memory with the same checks as
 the reader, writes into a temporary sibling folder, reads that back, and only then renames
 it into place, so a failed or interrupted write never leaves a half-written graph.
@@ -122,6 +125,25 @@ class _Nodes:
     ok: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class _Known:
+    """The nodes a nodes table joins (new nodes growing a graph): its ids must share their
+    kind and may not repeat them."""
+
+    ids: pa.Array  # (N,) the known node ids
+    owner: str  # who holds them, in messages: "graph 'cora'"
+    clash_hint: str = ""  # appended to the message on ids that are already known
+
+    @property
+    def kind(self) -> str | None:
+        return id_kind(self.ids.type)
+
+
+def _mixed_types(f: str, column: str, typ: pa.DataType, owner: str, owner_column: str, owner_type: pa.DataType) -> str:
+    return (f"{f}: column '{column}' has type {typ} but {owner} column '{owner_column}' has type {owner_type}; "
+            "mixed id types: use the same type")
+
+
 def _blank_texts(texts: TextColumn, f: str, problems: list[str]) -> np.ndarray:
     """(N,) bool: null or whitespace-only texts, scanned block by block."""
     bad = np.zeros(len(texts), dtype=bool)
@@ -136,9 +158,11 @@ def _blank_texts(texts: TextColumn, f: str, problems: list[str]) -> np.ndarray:
 
 
 def _check_nodes(
-    nodes: pa.Table, f: str, problems: list[str], names: dict[str, str], texts: TextColumn | None = None
+    nodes: pa.Table, f: str, problems: list[str], names: dict[str, str], texts: TextColumn | None = None,
+    known: _Known | None = None,
 ) -> _Nodes:
-    """Check the nodes table; ``texts`` is the text column when read apart (lazily) from ``nodes``."""
+    """Check the nodes table; ``texts`` is the text column when read apart (lazily) from ``nodes``;
+    ``known``: the nodes these join, whose id type they must have and whose ids they may not reuse."""
     out = _Nodes()
     cols = set(nodes.column_names) | ({"text"} if texts is not None else set())
     missing = [names[c] for c in ("node_id", "text") if c not in cols]
@@ -147,7 +171,7 @@ def _check_nodes(
         out.ok = False
     n = nodes.num_rows
     if n == 0:
-        problems.append(f"{f}: no rows (a graph needs at least one node)")
+        problems.append(f"{f}: no rows ({'give at least one new node' if known else 'a graph needs at least one node'})")
         out.ok = False
 
     if "node_id" in cols:
@@ -163,6 +187,9 @@ def _check_nodes(
                 f"{f}: column '{names['node_id']}' has {int(big.sum())} id(s) above the int64 maximum {INT64_MAX} at "
                 f"{rows_text(big)}, first: {first}; store such ids as strings"
             )
+            ids_ok = False
+        elif known is not None and out.kind != known.kind:
+            problems.append(_mixed_types(f, names["node_id"], col.type, known.owner, names["node_id"], known.ids.type))
             ids_ok = False
         if ids_ok:
             out.id_array = col
@@ -185,6 +212,15 @@ def _check_nodes(
                     f"first: {dup_ids}"
                 )
                 ids_ok = False
+            if known is not None and out.id_array is not None:
+                clash = pc.is_in(col.cast(known.ids.type), value_set=known.ids).fill_null(False)
+                clash = np.asarray(clash.to_numpy(zero_copy_only=False), dtype=bool)
+                if clash.any():
+                    problems.append(
+                        f"{f}: column '{names['node_id']}' has {int(clash.sum())} id(s) already in {known.owner} at "
+                        f"{rows_text(clash)}, first: {first_values(col, clash)}{known.clash_hint}"
+                    )
+                    ids_ok = False
             if ids_ok:
                 if out.kind == "int":
                     out.ids = col.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -266,9 +302,11 @@ def _encode_labels(column: pa.Array | None, split: np.ndarray, meta: dict, f: st
 
 
 def _check_edges(
-    edges: pa.Table, f: str, nodes: _Nodes, nodes_file: str, problems: list[str], names: dict[str, str]
+    edges: pa.Table, f: str, nodes: _Nodes, nodes_file: str, problems: list[str], names: dict[str, str],
+    id_owner: str | None = None,
 ) -> np.ndarray | None:
-    """(2, E_in) dense indices of the user's edges, or None when unusable."""
+    """(2, E_in) dense indices of the user's edges, or None when unusable. ``nodes_file`` names
+    where ids are looked up, ``id_owner`` (default: ``nodes_file``) whose id type edges must have."""
     cols = set(edges.column_names)
     missing = [names[c] for c in ("src", "dst") if c not in cols]
     if missing:
@@ -287,10 +325,7 @@ def _check_edges(
             usable = False
             continue
         if nodes.kind is not None and ckind != nodes.kind:
-            problems.append(
-                f"{f}: column '{names[c]}' has type {col.type} but {nodes_file} column '{names['node_id']}' has type {nodes.id_type}; "
-                "mixed id types: use the same type"
-            )
+            problems.append(_mixed_types(f, names[c], col.type, id_owner or nodes_file, names["node_id"], nodes.id_type))
             usable = False
             continue
         col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -500,6 +535,51 @@ def read_graph_folder(folder: Path, name: str, source: str) -> TextGraph:
         problems=problems,
         texts=texts,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# New nodes growing a graph
+
+
+@dataclasses.dataclass(frozen=True)
+class NewNodes:
+    """M validated new nodes of a graph of N nodes; they take dense indices N..N+M-1."""
+
+    ids: np.ndarray  # (M,) int64 or object (str), the graph's id kind
+    texts: TextColumn  # (M,)
+    labels: list  # (M,) label values as given (str or int; None = unlabelled), all None without a label column
+    edge_index: np.ndarray  # (2, 2E') the grown graph's: the graph's edges and the new ones, symmetric, CSR-ready
+
+
+def _id_array(ids: np.ndarray) -> pa.Array:
+    """A graph's (N,) node ids as the Arrow array its nodes file would hold."""
+    return pa.array(ids) if ids.dtype != object else pa.array(ids.tolist(), pa.string())
+
+
+def read_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, clash_hint: str = "") -> NewNodes:
+    """Read and validate new nodes (``nodes_path``) and their edges (``edges_path``), both in
+    the input format, against ``graph``: ids of the graph's kind and not already in it; edges
+    may join new nodes to each other and to the graph's nodes. Raises InputError listing every
+    problem; ``clash_hint`` ends the message on ids already in the graph."""
+    problems: list[str] = []
+    nodes, texts = _read_table(Path(nodes_path), problems, lazy="text")
+    edges, _ = _read_table(Path(edges_path), problems)
+    names = {c: c for c in ("node_id", "text", "label", "split", "src", "dst")}
+    known = _Known(_id_array(graph.node_ids), f"graph '{graph.name}'", clash_hint)
+    new = _check_nodes(nodes, str(nodes_path), problems, names, texts, known=known) if nodes is not None else _Nodes(ok=False)
+    # edges look ids up among the graph's nodes (0..N-1), then the new ones (N..N+M-1)
+    lookup = pa.concat_arrays([known.ids, new.id_array.cast(known.ids.type)]) if new.id_array is not None else None
+    joint = _Nodes(ids=new.ids, has_lookup=lookup is not None, id_array=lookup, kind=known.kind, id_type=known.ids.type)
+    pairs = None
+    if edges is not None:
+        pairs = _check_edges(edges, str(edges_path), joint, f"{nodes_path} or {known.owner}", problems, names, id_owner=known.owner)
+    if problems:
+        raise InputError(f"invalid new nodes for {known.owner}:\n" + "\n".join(f"- {p}" for p in problems))
+    assert new.ok and new.ids is not None and new.texts is not None and pairs is not None
+    ei = graph.edge_index
+    both = np.concatenate([pairs, ei[:, ei[0] < ei[1]]], axis=1)  # new edges first: warnings quote their rows
+    labels = new.label_column.to_pylist() if new.label_column is not None else [None] * len(new.ids)
+    return NewNodes(new.ids, new.texts, labels, _symmetrize(both, str(edges_path), graph.num_nodes + len(new.ids)))
 
 
 # ---------------------------------------------------------------------------------------
