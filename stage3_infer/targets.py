@@ -3,8 +3,10 @@
 New nodes (``--nodes new.parquet --edges new_edges.parquet``) use the input format of
 docs/design.md section 3; their edges may join new nodes to each other and to nodes of the
 training graph. They are appended after the N known nodes (indices N..N+M-1), so the cache,
-which covers 0..N-1, still answers for every known node. Refused with exit status 2: new ids
-that collide with known ones, edges to ids that are neither, ids of another type.
+which covers 0..N-1, still answers for every known node. The graph format checks them
+(:func:`pipeline.core.graph_format.read_new_nodes`, every problem at once, exit status 2): besides
+the format's own checks, new ids that collide with known ones, edges to ids that are neither,
+ids of another type than the graph's.
 
 Shapes: N known nodes, M new nodes, E edges.
 """
@@ -15,15 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.core.errors import InputError
-from pipeline.core.graph import TextGraph
-from pipeline.core.graph_format import id_kind
+from pipeline.core.graph import TextGraph, graph_fingerprint
+from pipeline.core.graph_format import FIRST_ROWS, read_new_nodes
 from pipeline.core.progress import warn
 
-FIRST = 5  # offending values quoted per problem
+CLASH_HINT = "; give new nodes unused ids (predict known nodes with --node-ids or --split)"
 
 
 @dataclass
@@ -37,97 +37,25 @@ class InferGraph:
         return np.asarray(index) >= self.num_known
 
 
-def _id_kind(ids: np.ndarray) -> str:
-    return "string" if ids.dtype == object else "int"
-
-
-def _read(path: Path, flag: str, columns: tuple[str, ...]) -> pa.Table:
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for unreadable files
-        raise InputError(f"{flag} {path}: not a readable Parquet file ({err})") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise InputError(f"{flag} {path}: missing column(s) {missing} (columns: {table.column_names})")
-    return table
-
-
-def _first(values: list, mask: np.ndarray) -> list:
-    return [v for v, m in zip(values, mask) if m][:FIRST]
-
-
 def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_names: list[str]) -> InferGraph:
-    """Append the new nodes and their edges to ``graph``; problems are reported together."""
-    nodes = _read(Path(nodes_path), "--nodes", ("node_id", "text"))
-    edges = _read(Path(edges_path), "--edges", ("src", "dst"))
-    kind = _id_kind(graph.node_ids)
-    problems = []
-    ids = nodes.column("node_id").to_pylist()
-    texts = nodes.column("text").to_pylist()
-    if not ids:
-        raise InputError(f"--nodes {nodes_path}: no rows; give at least one new node (node_id, text)")
-    if id_kind(nodes.column("node_id").type) != kind:
-        raise InputError(f"{nodes_path}: column 'node_id' has type {nodes.column('node_id').type} but graph '{graph.name}' has {kind} ids; use the same type")
-    bad = np.array([v is None for v in ids])
-    if bad.any():
-        problems.append(f"{nodes_path}: column 'node_id' has null values at rows {np.flatnonzero(bad)[:FIRST].tolist()}")
-    _, first = np.unique(np.asarray([str(v) for v in ids]), return_index=True)
-    dup = np.ones(len(ids), dtype=bool)
-    dup[first] = False
-    if dup.any():
-        problems.append(f"{nodes_path}: column 'node_id' repeats ids {_first(ids, dup)}")
-    bad = np.array([not isinstance(t, str) or not t.strip() for t in texts])
-    if bad.any():
-        problems.append(f"{nodes_path}: column 'text' has null or empty text at rows {np.flatnonzero(bad)[:FIRST].tolist()}")
-    known = {v: i for i, v in enumerate(graph.node_ids.tolist())}
-    clash = np.array([v in known for v in ids])
-    if clash.any():
-        problems.append(
-            f"{nodes_path}: {int(clash.sum())} new node id(s) already in graph '{graph.name}': {_first(ids, clash)}; "
-            "give new nodes unused ids (predict known nodes with --node-ids or --split)"
-        )
-    n = graph.num_nodes
-    lookup = {**known, **{v: n + j for j, v in enumerate(ids)}}
-    ends = []
-    for col in ("src", "dst"):
-        if id_kind(edges.column(col).type) != kind:
-            problems.append(f"{edges_path}: column '{col}' has type {edges.column(col).type} but node ids are {kind}; use the same type")
-            continue
-        values = edges.column(col).to_pylist()
-        idx = np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
-        if (idx < 0).any():
-            problems.append(
-                f"{edges_path}: column '{col}' has ids that are neither new nodes of {nodes_path} nor nodes of graph "
-                f"'{graph.name}': {_first(values, idx < 0)}"
-            )
-        ends.append(idx)
-    if problems:
-        raise InputError(problems)
-
-    total = n + len(ids)
-    pairs = np.stack(ends) if ends and len(ends[0]) else np.zeros((2, 0), dtype=np.int64)
-    pairs = pairs[:, pairs[0] != pairs[1]]  # self-loops carry no neighbour
-    both = np.concatenate([graph.edge_index, pairs, pairs[::-1]], axis=1)  # undirected
-    keys = np.unique(both[0] * total + both[1])  # sorted by (src, dst), duplicates dropped
-    edge_index = np.stack([keys // total, keys % total])
-    raw = nodes.column("label").to_pylist() if "label" in nodes.column_names else [None] * len(ids)
+    """Append the new nodes and their edges to ``graph``, checked by the graph format
+    (problems reported together); their labels are matched to the checkpoint's classes."""
+    new = read_new_nodes(graph, Path(nodes_path), Path(edges_path), clash_hint=CLASH_HINT)
     index = {name: i for i, name in enumerate(label_names)}
-    new_labels = np.array([-1 if v is None else index.get(str(v), -1) for v in raw], dtype=np.int64)
-    unknown = sorted({str(v) for v, y in zip(raw, new_labels) if v is not None and y < 0})
+    new_labels = np.array([-1 if v is None else index.get(str(v), -1) for v in new.labels], dtype=np.int64)
+    unknown = sorted({str(v) for v, y in zip(new.labels, new_labels) if v is not None and y < 0})
     if unknown:
-        warn(f"{nodes_path}: label(s) {unknown[:FIRST]} are not classes of the checkpoint ({', '.join(label_names)}); "
+        warn(f"{nodes_path}: label(s) {unknown[:FIRST_ROWS]} are not classes of the checkpoint ({', '.join(label_names)}); "
              "those nodes count as unlabelled")
-    all_ids = np.concatenate([graph.node_ids, np.asarray(ids, dtype=graph.node_ids.dtype)])
-    from pipeline.core.graph import graph_fingerprint
-
-    all_texts = list(graph.texts) + list(texts)
+    all_ids = np.concatenate([graph.node_ids, new.ids])
+    all_texts = list(graph.texts) + list(new.texts)
     all_labels = np.concatenate([np.asarray(graph.labels), new_labels])
-    all_split = np.concatenate([graph.split, np.full(len(ids), None, dtype=object)])
+    all_split = np.concatenate([graph.split, np.full(len(new.ids), None, dtype=object)])  # new nodes are only predicted
     grown = replace(
-        graph, node_ids=all_ids, texts=all_texts, labels=all_labels, split=all_split, edge_index=edge_index,
-        fingerprint=graph_fingerprint(all_ids, all_texts, all_labels, all_split, edge_index),  # the version predicted on
+        graph, node_ids=all_ids, texts=all_texts, labels=all_labels, split=all_split, edge_index=new.edge_index,
+        fingerprint=graph_fingerprint(all_ids, all_texts, all_labels, all_split, new.edge_index),  # the version predicted on
     )
-    return InferGraph(grown, n)
+    return InferGraph(grown, graph.num_nodes)
 
 
 def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
@@ -140,10 +68,10 @@ def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
     if not raw:
         raise InputError(f"--node-ids {path}: no node ids in the file (one id a line)")
     ids: list = raw
-    if _id_kind(graph.node_ids) == "int":
+    if graph.id_kind == "int":
         bad = [v for v in raw if not v.lstrip("-").isdigit()]
         if bad:
-            raise InputError(f"--node-ids {path}: graph '{graph.name}' has integer ids; not integers: {bad[:5]}")
+            raise InputError(f"--node-ids {path}: graph '{graph.name}' has integer ids; not integers: {bad[:FIRST_ROWS]}")
         ids = [int(v) for v in raw]
     try:
         return graph.index_of(ids)

@@ -157,9 +157,10 @@ def test_refusals_through_the_cli(trained, tmp_path, cli):
     pq.write_table(pa.table({"node_id": pa.array([ids[3], 777], pa.int64()), "text": ["a", "b"]}), nodes)
     pq.write_table(pa.table({"src": pa.array([777, 777], pa.int64()), "dst": pa.array([ids[0], 123456], pa.int64())}), edges)
     assert _refused(cli, out, "--checkpoint", run_dir, "--nodes", nodes, "--edges", edges) == (
-        f"Error: - {nodes}: 1 new node id(s) already in graph 'graph': [{ids[3]}]; give new nodes unused ids "
-        "(predict known nodes with --node-ids or --split)\n"
-        f"- {edges}: column 'dst' has ids that are neither new nodes of {nodes} nor nodes of graph 'graph': [123456]\n"
+        "Error: invalid new nodes for graph 'graph':\n"
+        f"- {nodes}: column 'node_id' has 1 id(s) already in graph 'graph' at rows [0], first: [{ids[3]}]; give new nodes "
+        "unused ids (predict known nodes with --node-ids or --split)\n"
+        f"- {edges}: column 'dst' has 1 id(s) not in {nodes} or graph 'graph' at rows [1], first: [123456]\n"
     )
     # a checkpoint is tied to its model and layer set
     err = _refused(cli, out, "--checkpoint", run_dir, "--model", "smollm2-135m")
