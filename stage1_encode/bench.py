@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.bench_json import claim_bench, write_bench
-from pipeline.core.graph import load_graph
+from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.options import argument, device_option, json_option, option
 from pipeline.core.progress import log
 from stage1_encode import cache as cache_format
@@ -65,6 +65,14 @@ def flops_per_text(model, num_tokens: np.ndarray) -> np.ndarray:
     return 2 * params * num_tokens + 4 * cfg.num_hidden_layers * cfg.hidden_size * num_tokens.astype(np.float64) ** 2
 
 
+def temp_cache_manifest(enc: EncodeConfig, graph: TextGraph, n: int, layers: list[int], hidden: int, dtype: str) -> dict:
+    """The manifest of the bench's temporary cache: the one ``pipeline encode`` writes, for the first ``n`` nodes."""
+    from stage1_encode.models import resolve_model
+    from stage1_encode.run import build_manifest
+
+    return build_manifest(enc, graph, resolve_model(enc.model), layers, hidden, dtype, num_nodes=n)
+
+
 def run_bench(config: BenchConfig) -> dict:
     import torch
 
@@ -98,13 +106,8 @@ def run_bench(config: BenchConfig) -> dict:
 
     # -- our path: blocks -> sorted token-budget batches -> all rungs -> cache on disk
     with tempfile.TemporaryDirectory() as tmp:
-        block = cache_format.DEFAULT_BLOCK_NODES
-        itemsize = 2
-        manifest = {
-            "format": cache_format.FORMAT, "model": config.model, "layers": layers, "num_nodes": n,
-            "hidden_size": stepper.hidden_size, "block_nodes": block, "storage_dtype": "float16", "num_shards": 1,
-            "chunk_nodes": cache_format.chunk_nodes_for(len(layers), stepper.hidden_size, itemsize, block),
-        }
+        manifest = temp_cache_manifest(enc, graph, n, layers, stepper.hidden_size, dtype)
+        block = manifest["block_nodes"]
         writer = cache_format.CacheWriter.create_or_open(Path(tmp) / "bench.zarr", manifest, graph.node_ids[:n], {})
         start = time.perf_counter()
         padded = 0
@@ -142,9 +145,9 @@ def run_bench(config: BenchConfig) -> dict:
         "naive_texts_per_s": n / naive_s, "naive_tokens_per_s": real_tokens / naive_s,
         "speedup_vs_naive": naive_s / ours_s,
         "matmul_flops_per_s": peak, "model_flops_per_s": useful / ours_s, "flops_fraction": useful / ours_s / peak,
-        # Array bytes per node (S * H * 2): on a few texts, the padded last chunk and the
-        # metadata would dominate a disk-size figure; that one is reported beside it.
-        "bytes_per_node": len(layers) * stepper.hidden_size * itemsize,
+        # Array bytes per node (S * H * 2 in float16): on a few texts, the padded last chunk and
+        # the metadata would dominate a disk-size figure; that one is reported beside it.
+        "bytes_per_node": cache_format.stored_bytes_per_node(len(layers), stepper.hidden_size, manifest["storage_dtype"]),
         "disk_bytes_per_node": disk / n,
         "reference_bytes_per_node": stepper.num_states * stepper.hidden_size * 4,
         # per --storage-dtype: S x H values (+ S float32 scales for int8)

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import __version__
 from pipeline.core import atomic, guarded, ownership
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.graph import FINGERPRINT_VERSION
@@ -193,6 +194,40 @@ def _ranges(blocks: list[int], num_nodes: int, block_nodes: int) -> list[list[in
 
 
 MANIFEST_KEYS = ("format", "layers", "num_nodes", "hidden_size", "chunk_nodes", "block_nodes", "num_shards", "storage_dtype")
+
+
+def new_manifest(
+    *, model: str, model_path: str, weights_sha256: str, tokenizer: str, max_length: int, pooling: str, layers: list[int],
+    compute_dtype: str, storage_dtype: str, graph_source: str, graph_fingerprint: str, num_nodes: int, hidden_size: int,
+    block_nodes: int, num_shards: int, batch_tokens: int, backend: str, model_tuning: dict | None = None,
+) -> dict:
+    """The manifest of a new cache, every field named here once (the writer adds its progress:
+    ``completed_ranges``, then ``encode_s``). ``model_tuning``: how a tuned model was trained."""
+    itemsize = np.dtype(storage_dtype).itemsize  # of the states array (int8 scales are a separate array)
+    return {
+        "format": FORMAT,
+        "model": model,
+        "model_path": model_path,
+        "weights_sha256": weights_sha256,
+        "tokenizer": tokenizer,
+        "max_length": max_length,
+        "pooling": pooling,
+        "layers": layers,
+        "compute_dtype": compute_dtype,
+        "storage_dtype": storage_dtype,
+        "graph_source": graph_source,
+        "graph_fingerprint": graph_fingerprint,
+        "num_nodes": num_nodes,
+        "hidden_size": hidden_size,
+        "chunk_nodes": chunk_nodes_for(len(layers), hidden_size, itemsize, block_nodes),
+        "block_nodes": block_nodes,
+        "num_shards": num_shards,
+        "batch_tokens": batch_tokens,
+        "backend": backend,
+        "batching": BATCHING,
+        "package_version": __version__,
+        **({"model_tuning": model_tuning} if model_tuning else {}),
+    }
 
 
 def rebuild_hint(path: str | Path, manifest: dict | None = None) -> str:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import __version__
 from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.graph_format import graph_folder
 from pipeline.core.options import flag_values
@@ -56,32 +55,17 @@ def pick_device(config: EncodeConfig) -> tuple[str, str]:
     return device, dtype
 
 
-def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, layers: list[int], hidden: int, dtype: str) -> dict:
-    itemsize = np.dtype(config.storage_dtype).itemsize  # of the states array (int8 scales are a separate array)
-    return {
-        "format": cache_format.FORMAT,
-        "model": config.model,
-        "model_path": spec.path,
-        "weights_sha256": weights_hash(spec.path),
-        "tokenizer": tokenizer_hash(spec),
-        "max_length": config.max_length,
-        "pooling": config.pooling,
-        "layers": layers,
-        "compute_dtype": dtype,
-        "storage_dtype": config.storage_dtype,
-        "graph_source": graph.source,
-        "graph_fingerprint": graph.fingerprint,
-        "num_nodes": graph.num_nodes,
-        "hidden_size": hidden,
-        "chunk_nodes": cache_format.chunk_nodes_for(len(layers), hidden, itemsize, config.block_size),
-        "block_nodes": config.block_size,
-        "num_shards": config.num_shards,
-        "batch_tokens": config.batch_tokens,
-        "backend": config.backend,
-        "batching": cache_format.BATCHING,
-        "package_version": __version__,
-        **({"model_tuning": tuning} if (tuning := tuning_record(spec)) else {}),
-    }
+def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, layers: list[int], hidden: int, dtype: str,
+                   num_nodes: int | None = None) -> dict:
+    """The manifest (:func:`stage1_encode.cache.new_manifest`) of ``config``'s cache of ``graph``,
+    or of its first ``num_nodes`` nodes."""
+    return cache_format.new_manifest(
+        model=config.model, model_path=spec.path, weights_sha256=weights_hash(spec.path), tokenizer=tokenizer_hash(spec),
+        max_length=config.max_length, pooling=config.pooling, layers=layers, compute_dtype=dtype,
+        storage_dtype=config.storage_dtype, graph_source=graph.source, graph_fingerprint=graph.fingerprint,
+        num_nodes=graph.num_nodes if num_nodes is None else num_nodes, hidden_size=hidden, block_nodes=config.block_size,
+        num_shards=config.num_shards, batch_tokens=config.batch_tokens, backend=config.backend, model_tuning=tuning_record(spec),
+    )
 
 
 def tuning_record(spec: ModelSpec) -> dict | None:

@@ -196,6 +196,19 @@ def test_non_finite_values_name_the_node(tmp_path: Path) -> None:
     assert writer.done_blocks() == set()
 
 
+def test_bench_cache_manifest_is_encodes(clean_cache: Path, tiny_graph: Path) -> None:
+    """The bench's temporary cache gets the manifest ``pipeline encode`` writes (no model run here)."""
+    from stage1_encode.bench import temp_cache_manifest
+    from stage1_encode.cache import read_manifest
+
+    written = read_manifest(clean_cache)
+    enc = EncodeConfig(str(tiny_graph), model="minilm-l6", max_length=16, block_size=8, batch_tokens=64)
+    bench = temp_cache_manifest(enc, load_graph(str(tiny_graph)), 8, written["layers"], written["hidden_size"], "float32")
+    progress = {"completed_ranges", "encode_s"}  # what the writer records as blocks complete
+    assert set(bench) == set(written) - progress
+    assert {k: v for k, v in written.items() if k not in progress} == {**bench, "num_nodes": N}
+
+
 def test_bench_encode_json(tmp_path: Path) -> None:
     from stage1_encode.bench import BenchConfig, run_bench
 
