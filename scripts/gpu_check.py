@@ -139,6 +139,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible; this check needs one GPU (nothing was run)", file=sys.stderr)
         return 2
+    from stage2_train.checkpoint import read_run
+    from stage3_infer.predictions import read_predictions, read_summary
+
     out = Path(args.out)
     if out.exists():
         if not (out / MARKER).is_file():
@@ -175,9 +178,10 @@ def main() -> int:
     run_dir = out / "ladder"
     code, _, secs = run([*py, "train", str(hf), "--out", str(run_dir), "--seeds", "0", "--epochs", "60", "--patience", "15"],
                         out / "train.log")
-    if code == 0:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        config = json.loads((run_dir / "checkpoint.json").read_text())
+    trained = code == 0
+    if trained:
+        ladder = read_run(run_dir)
+        summary, config = ladder.summary, ladder.config
         train_n = summary["per_seed"][0]["split_sizes"]["train"]
         ok = config["device"].startswith("cuda") and summary["gpu_peak_memory_bytes"] is not None
         checks.append(Check("train ladder (cuda, bf16 autocast)", ok,
@@ -194,19 +198,17 @@ def main() -> int:
     nccl_ok = code == 0 and "nccl ok" in log
     code, _, secs = run([*tr, "-m", "pipeline", "train", str(hf), "--out", str(out / "ladder-torchrun"), "--seeds", "0", "--epochs", "5"],
                         out / "torchrun.log")
-    device = json.loads((out / "ladder-torchrun" / "checkpoint.json").read_text())["device"] if code == 0 else None
+    device = read_run(out / "ladder-torchrun").config["device"] if code == 0 else None
     checks.append(Check("torchrun 1 process (nccl)", nccl_ok and device == "cuda:0",
                         f"nccl all-reduce {'ok' if nccl_ok else 'FAILED'}; train device {device}; {secs:.0f}s"))
 
     # 5. infer --exit none equals training
-    if (run_dir / "summary.json").is_file():
+    if trained:
         pred = out / "infer-none"
         code, _, secs = run([*py, "infer", "--checkpoint", str(run_dir), "--out", str(pred), "--exit", "none"], out / "infer.log")
         if code == 0:
-            import pyarrow.parquet as pq
-
-            t = pq.read_table(pred / "predictions.parquet").to_pydict()
-            s = json.loads((pred / "summary.json").read_text())
+            t = read_predictions(pred).to_pydict()
+            s = read_summary(pred)
             labels, conf = replay_training(run_dir, t["node_id"])
             diff = max(abs(a - b) for a, b in zip(t["confidence"], conf.tolist()))
             same = sum(a == b for a, b in zip(t["predicted_label"], labels))

@@ -13,7 +13,6 @@ report instead of an error: the report always shows what is there.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,10 +92,6 @@ def dataset_name(source) -> str:
     return Path(str(source).rstrip("/")).name or str(source)
 
 
-def _read_json(path: Path):
-    return json.loads(path.read_text())
-
-
 def read_cache(folder: Path) -> CacheInfo:
     from stage1_encode.cache import disk_bytes, open_cache
 
@@ -116,10 +111,10 @@ def read_train_run(folder: Path) -> TrainRun:
 
 
 def read_infer(folder: Path) -> InferRun:
-    from stage3_infer.predictions import read_predictions
+    from stage3_infer.predictions import SUMMARY_FILE, read_predictions, read_summary
 
     table = read_predictions(folder)
-    summary = _read_json(folder / "summary.json") if (folder / "summary.json").is_file() else {}
+    summary = read_summary(folder) if (folder / SUMMARY_FILE).is_file() else {}
     return InferRun(folder, summary, table.column("exit_layer").to_pylist(), table.column("exit_rung").to_pylist())
 
 
