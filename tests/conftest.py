@@ -46,3 +46,38 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def cora_graph(tmp_path_factory):
+    """``cora_graph(nodes) -> folder``: the Cora slice of ``nodes`` nodes (tests/cora_slice.py),
+    written once a session into a folder named ``graph``. Read it; never change it."""
+    from cora_slice import write_cora_slice
+
+    made: dict[int, Path] = {}
+
+    def _get(nodes: int) -> Path:
+        if nodes not in made:
+            made[nodes] = Path(write_cora_slice(tmp_path_factory.mktemp(f"cora{nodes}") / "graph", nodes).source)
+        return made[nodes]
+
+    return _get
+
+
+@pytest.fixture(scope="session")
+def cora_cache(cora_graph, tmp_path_factory):
+    """``cora_cache(nodes, **settings) -> (graph folder, cache)``: that slice encoded by
+    ``cora_slice.encode_slice``, once a session for each distinct nodes and settings, so modules
+    asking for the same one share it. Read both; copy before changing anything."""
+    from cora_slice import ENCODE_DEFAULTS, encode_slice
+
+    made: dict[tuple, tuple[Path, Path]] = {}
+
+    def _get(nodes: int, **settings) -> tuple[Path, Path]:
+        key = (nodes, tuple(sorted({**ENCODE_DEFAULTS, **settings}.items())))
+        if key not in made:
+            graph = cora_graph(nodes)
+            made[key] = graph, encode_slice(graph, tmp_path_factory.mktemp(f"cora{nodes}-cache") / "cache.zarr", **settings)
+        return made[key]
+
+    return _get

@@ -1,4 +1,5 @@
-"""A small connected slice of the built-in Cora graph, written as a graph folder (test helper)."""
+"""A small connected slice of the built-in Cora graph, written as a graph folder, and its
+encode with the small real model (test helpers; tests/conftest.py shares them per session)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,15 @@ def write_cora_slice(folder: Path, n: int, texts_suffix: str = "") -> Path:
     mask = np.isin(src, keep) & np.isin(dst, keep) & (src < dst)
     edges = pa.table({"src": pa.array(cora.node_ids[src[mask]], pa.int64()), "dst": pa.array(cora.node_ids[dst[mask]], pa.int64())})
     return write_graph_folder(folder, nodes, edges, meta={"label_names": list(cora.label_names)})
+
+
+ENCODE_DEFAULTS = {"model": "minilm-l6", "device": "cpu"}  # the small real model, on the CPU on every machine
+
+
+def encode_slice(graph: Path, out: Path, **settings) -> Path:
+    """``pipeline encode`` of a graph folder with ``ENCODE_DEFAULTS`` and ``settings`` (other
+    EncodeConfig fields); returns the cache path."""
+    from stage1_encode.config import EncodeConfig
+    from stage1_encode.run import run
+
+    return run(EncodeConfig(graph=str(graph), out=out, **{**ENCODE_DEFAULTS, **settings}))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from cora_slice import write_cora_slice
 from stage1_encode.cache import dequantize_int8, open_cache, quantize_int8, round_like_storage, stored_bytes_per_node
 
 NODES = 120
@@ -25,19 +24,10 @@ def bound(scale: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    """(root, float32 cache, int8 cache) of the same nodes, texts and settings."""
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run as encode
-
-    root = tmp_path_factory.mktemp("int8")
-    graph = write_cora_slice(root / "graph", NODES)
-    paths = {}
-    for dtype in ("float32", "int8"):
-        paths[dtype] = root / f"{dtype}.zarr"
-        encode(EncodeConfig(graph=str(graph.source), out=paths[dtype], model="minilm-l6", max_length=16, block_size=16,
-                            storage_dtype=dtype))
-    return root, paths["float32"], paths["int8"]
+def caches(tmp_path_factory, cora_cache):
+    """(root for outputs, float32 cache, int8 cache) of the same nodes, texts and settings."""
+    f32, i8 = (cora_cache(NODES, max_length=16, block_size=16, storage_dtype=dtype)[1] for dtype in ("float32", "int8"))
+    return tmp_path_factory.mktemp("int8"), f32, i8
 
 
 def test_round_trip_error_bound_per_row(caches):

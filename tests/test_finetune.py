@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from pipeline.core.errors import InputError
-from tests.cora_slice import write_cora_slice
 
 MODEL, MAX_LEN = "minilm-l6", 16
 # learning rates that move 22M-parameter MiniLM within a few 2-batch epochs
@@ -22,16 +21,9 @@ LRS = {"lora": 3e-3, "ia3": 3e-2, "prefix": 1e-2, "finetune": 3e-4}
 
 
 @pytest.fixture(scope="module")
-def slice_cache(tmp_path_factory) -> tuple[Path, Path]:
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run
-
-    root = tmp_path_factory.mktemp("ft")
-    graph = root / "g"
-    write_cora_slice(graph, 40)
-    cache = root / "cache.zarr"
-    run(EncodeConfig(str(graph), cache, model=MODEL, max_length=MAX_LEN, block_size=8, batch_tokens=128, storage_dtype="float32"))
-    return graph, cache
+def slice_cache(cora_cache) -> tuple[Path, Path]:
+    """(graph folder, cache) of 40 Cora nodes."""
+    return cora_cache(40, model=MODEL, max_length=MAX_LEN, block_size=8, batch_tokens=128, storage_dtype="float32")
 
 
 def _config(cache: Path, out: Path, arch: str, **kw):

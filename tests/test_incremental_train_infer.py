@@ -14,28 +14,26 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cora_slice import write_cora_slice
+from cora_slice import encode_slice, write_cora_slice
 from pipeline.core.errors import InputError
 from pipeline.core.graph import load_graph
 
+SETTINGS = dict(max_length=16, block_size=8, batch_tokens=128, storage_dtype="float32")  # test_finetune.py's: one encode of v1
 TRAIN = dict(epochs=2, patience=2, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3, num_threads=1)
 
 
 @pytest.fixture(scope="module")
-def nights(tmp_path_factory):
+def nights(tmp_path_factory, cora_cache):
     """(root, v2 graph, v1 cache, v1 run, v2 cache): v2 = v1 + 8 nodes, encoded with --reuse."""
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run as encode
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
     root = tmp_path_factory.mktemp("nights")
-    v1, v2 = write_cora_slice(root / "v1", 40).source, write_cora_slice(root / "v2", 48).source
-    settings = dict(model="minilm-l6", max_length=16, block_size=16, device="cpu")
-    encode(EncodeConfig(graph=v1, out=root / "v1.zarr", **settings))
-    train(TrainConfig(cache=root / "v1.zarr", out=root / "run1", **TRAIN))
-    encode(EncodeConfig(graph=v2, out=root / "v2.zarr", reuse=root / "v1.zarr", **settings))
-    return root, v2, root / "v1.zarr", root / "run1", root / "v2.zarr"
+    _, v1_cache = cora_cache(40, **SETTINGS)
+    v2 = write_cora_slice(root / "v2", 48).source
+    train(TrainConfig(cache=v1_cache, out=root / "run1", **TRAIN))
+    encode_slice(v2, root / "v2.zarr", reuse=v1_cache, **SETTINGS)
+    return root, v2, v1_cache, root / "run1", root / "v2.zarr"
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:

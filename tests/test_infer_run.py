@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cora_slice import write_cora_slice
 from pipeline.core.bench_json import read_bench
 from pipeline.core.graph import load_graph
 from stage3_infer.config import InferConfig
@@ -31,17 +30,14 @@ LAYERS = list(range(7))  # MiniLM: 6 layers -> states 0..6
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, cora_cache):
     """(root, run dir, graph) of a 45-node Cora ladder trained on a MiniLM cache."""
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run as encode
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
     root = tmp_path_factory.mktemp("infer")
-    graph_dir = write_cora_slice(root / "graph", NODES).source
-    encode(EncodeConfig(graph=str(graph_dir), out=root / "cache.zarr", model="minilm-l6", max_length=32, block_size=16, device="cpu"))
-    train(TrainConfig(cache=root / "cache.zarr", out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3))
+    graph_dir, cache = cora_cache(NODES, max_length=32, block_size=16)
+    train(TrainConfig(cache=cache, out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3))
     return root, root / "run", load_graph(graph_dir)
 
 

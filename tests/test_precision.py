@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from cora_slice import write_cora_slice
 from pipeline.core.graph import load_graph
 from stage3_infer.config import InferConfig
 from stage3_infer.predictions import read_predictions
@@ -21,7 +20,7 @@ NODES = 45
 
 
 @pytest.fixture(scope="module")
-def bf16_run(tmp_path_factory):
+def bf16_run(tmp_path_factory, cora_graph):
     """(root, run dir, graph) of a ladder trained on a bfloat16-encoded MiniLM cache."""
     from stage1_encode.config import EncodeConfig
     from stage1_encode.run import run as encode
@@ -29,7 +28,7 @@ def bf16_run(tmp_path_factory):
     from stage2_train.run import run as train
 
     root = tmp_path_factory.mktemp("bf16")
-    graph_dir = write_cora_slice(root / "graph", NODES).source
+    graph_dir = cora_graph(NODES)
     encode(EncodeConfig(graph=str(graph_dir), out=root / "cache.zarr", model="minilm-l6", max_length=32, block_size=16, dtype="bfloat16"))
     train(TrainConfig(cache=root / "cache.zarr", out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3))
     return root, root / "run", load_graph(graph_dir)

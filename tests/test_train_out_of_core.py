@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from cora_slice import write_cora_slice
 from pipeline.core.errors import InputError
 from stage2_train.checkpoint import read_metrics
 from stage2_train.config import TrainConfig
@@ -32,15 +31,9 @@ FANOUT = 2  # at most 3 nodes a subgraph: fits the 40,740-byte step limit of BUD
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run as encode
-
-    root = tmp_path_factory.mktemp("ooc")
-    graph = write_cora_slice(root / "graph", NODES)
-    cache = root / "cache.zarr"
-    encode(EncodeConfig(graph=str(graph.source), out=cache, model="minilm-l6", max_length=16, block_size=16, device="cpu"))
-    return root, cache
+def small(tmp_path_factory, cora_cache):
+    """(root for outputs, cache)."""
+    return tmp_path_factory.mktemp("ooc"), cora_cache(NODES, max_length=16, block_size=16)[1]
 
 
 def _data(cache):
