@@ -139,6 +139,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible; this check needs one GPU (nothing was run)", file=sys.stderr)
         return 2
+    from pipeline.core.config_file import read_config_file
+    from pipeline.core.options import config_file_name
+    from stage1_encode.cache import read_manifest
     from stage2_train.checkpoint import read_run
     from stage3_infer.predictions import read_predictions, read_summary
 
@@ -157,8 +160,8 @@ def main() -> int:
     # 1. HF encode, bf16 on the GPU
     hf = out / "cora-hf-bf16.zarr"
     code, log, secs = run([*py, "encode", args.graph, "--model", args.model, "--out", str(hf), *ENCODE_FLAGS], out / "encode_hf.log")
-    manifest = json.loads((hf / "manifest.json").read_text()) if (hf / "manifest.json").is_file() else {}
-    ok = code == 0 and manifest.get("compute_dtype") == "bfloat16" and json.loads((hf / "encode_config.json").read_text())["device"] == "cuda"
+    ok = (code == 0 and read_manifest(hf)["compute_dtype"] == "bfloat16"
+          and read_config_file(hf / config_file_name("encode"))["device"].startswith("cuda"))
     checks.append(Check("encode hf bf16 (cuda)", ok, f"{secs:.0f}s; {encode_figures(log)}" if code == 0 else f"exit {code}, see {out}/encode_hf.log"))
 
     # 2. vLLM encode and cache equality
