@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_graph_versions import make_versions  # noqa: E402
 
+from stage1_encode.cache import read_manifest  # noqa: E402
+
 
 def encode(args: list[str], log: Path) -> tuple[float, int]:
     """Run ``pipeline encode ARGS``; (wall seconds, LLM tokens from its summary line)."""
@@ -59,7 +61,7 @@ def same_cache(a: Path, b: Path) -> bool:
     ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
     arrays = all(np.array_equal(np.asarray(ga[k][:]), np.asarray(gb[k][:])) and ga[k].dtype == gb[k].dtype
                  for k in ("states", "node_ids", "text_hashes"))
-    return arrays and json.loads((a / "manifest.json").read_text()) == json.loads((b / "manifest.json").read_text())
+    return arrays and read_manifest(a) == read_manifest(b)
 
 
 def changed_tokens(v1: Path, v2: Path, model: str, max_length: int) -> tuple[int, int, int]:

@@ -26,6 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stage2_train.checkpoint import METRICS, read_metrics  # noqa: E402
+from stage3_infer.predictions import SUMMARY_FILE, read_summary  # noqa: E402
+
 PY = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
@@ -165,7 +169,7 @@ def main() -> None:
     else:
         facts["train_mode"] = "in memory (this checkout's train has no --memory-budget)"
     row = stage("train", [train], sizes.get("train", 0) * a.epochs)
-    metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()] if (run / "metrics.jsonl").is_file() else []
+    metrics = read_metrics(run) if (run / METRICS).is_file() else []
     facts["train_epoch_s"] = [round(m["epoch_s"], 1) for m in metrics if "epoch_s" in m]
     facts["train_val_acc"] = [round(m["val_acc"], 4) for m in metrics if "val_acc" in m]
     if facts["train_epoch_s"] and row:  # train nodes per second of epoch time (the stage wall time adds setup and evaluation)
@@ -177,14 +181,14 @@ def main() -> None:
         infer += ["--max-targets", str(a.max_targets)]
         targets = min(targets, a.max_targets)
     stage("infer", [infer], targets)
-    if (pred / "summary.json").is_file():
-        facts["infer_summary"] = json.loads((pred / "summary.json").read_text())
+    if (pred / SUMMARY_FILE).is_file():
+        facts["infer_summary"] = read_summary(pred)
     if "--memory-budget" in train:  # the same training from memory, for comparison
         in_memory[in_memory.index(str(run))] = str(a.work / "run_in_memory")
         row = stage("train_in_memory", [in_memory], sizes.get("train", 0) * a.epochs)
-        path = a.work / "run_in_memory" / "metrics.jsonl"
-        if row and path.is_file():
-            epochs = [json.loads(ln)["epoch_s"] for ln in path.read_text().splitlines() if ln.strip()]
+        path = a.work / "run_in_memory"
+        if row and (path / METRICS).is_file():
+            epochs = [m["epoch_s"] for m in read_metrics(path) if "epoch_s" in m]
             facts["train_in_memory_epoch_s"] = [round(x, 1) for x in epochs]
             row["epoch_nodes_per_s"] = round(sizes.get("train", 0) / (sum(epochs) / len(epochs)), 1)
 

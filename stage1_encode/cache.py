@@ -61,6 +61,8 @@ from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.graph import FINGERPRINT_VERSION
 
 FORMAT = "engine-encode-cache/1"
+MANIFEST_FILE = "manifest.json"
+CACHE_MARKS = (MANIFEST_FILE, "zarr.json")  # the files by which a folder is recognised as a cache
 MAX_CHUNK_NODES = 64
 MAX_CHUNK_BYTES = 512 << 10
 DEFAULT_BLOCK_NODES = 256
@@ -241,7 +243,7 @@ def rebuild_hint(path: str | Path, manifest: dict | None = None) -> str:
 
 
 def read_manifest(path: str | Path) -> dict:
-    file = Path(path) / "manifest.json"
+    file = Path(path) / MANIFEST_FILE
     if not file.is_file():
         raise InputError(f"{path}: not an encode cache (no manifest.json); create one with `pipeline encode GRAPH --out {path}`")
     manifest = guarded.read_json(file, rebuild_hint(path))
@@ -253,7 +255,7 @@ def read_manifest(path: str | Path) -> dict:
 
 def is_cache(path: Path) -> bool:
     """A cache written before ownership markers: our manifest format AND the Zarr layout."""
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
     return (isinstance(manifest, dict) and manifest.get("format") == FORMAT and (path / "zarr.json").is_file()
             and (path / "states" / "zarr.json").is_file())
 
@@ -373,7 +375,7 @@ class CacheWriter:
             seconds = encode_seconds(self.path)
             if seconds is not None:
                 m["encode_s"] = seconds
-        atomic.write_json(self.path / "manifest.json", m)
+        atomic.write_json(self.path / MANIFEST_FILE, m)
         self.manifest = m
         self.blocks_left = self.n_blocks - len(done)
         return self.blocks_left == 0
@@ -417,7 +419,7 @@ def _create(path: Path, manifest: dict, node_ids: np.ndarray, config: dict, hash
                     "text_hashes", data=np.asarray(hashes, dtype=np.uint8), chunks=(max(min(n, 1 << 16), 1), TEXT_HASH_BYTES), compressors=None
                 )
         (tmp / "blocks").mkdir()
-        atomic.write_json(tmp / "manifest.json", {**manifest, "completed_ranges": []})
+        atomic.write_json(tmp / MANIFEST_FILE, {**manifest, "completed_ranges": []})
         save_resolved_config(tmp / config_file_name("encode"), config)
         ownership.write_marker(tmp, "cache")
         atomic.fsync_tree(tmp)

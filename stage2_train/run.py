@@ -104,11 +104,11 @@ def measure_backward(model, features, sampler, targets: np.ndarray, labels: np.n
 def train_inputs(config: TrainConfig) -> list:
     """What training reads, which ``--out`` must not be, contain or lie inside: the cache and,
     when its manifest names a graph folder, that folder."""
-    from pipeline.core import guarded
+    from stage1_encode.cache import read_manifest
 
     inputs = [config.cache] + ([config.init] if config.init is not None else [])  # --init is read too
     try:
-        source = guarded.read_json(config.cache / "manifest.json", "").get("graph_source")
+        source = read_manifest(config.cache).get("graph_source")
     except InputError:
         return inputs  # a damaged cache is refused, naming the file, when it is opened
     from pipeline.core.builtin_datasets import builtin_path

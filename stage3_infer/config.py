@@ -132,9 +132,10 @@ class InferConfig:
         the files given, and the cache and graph folder the checkpoint names."""
         from pipeline.core import guarded
         from pipeline.core.errors import InputError
+        from stage2_train.checkpoint import CONFIG, LEGACY_CONFIG
 
         found = [self.checkpoint, self.nodes, self.edges, self.node_ids, self.new_only]
-        for name in ("checkpoint.json", "config.json"):  # the run's description (config.json before it was renamed)
+        for name in (CONFIG, LEGACY_CONFIG):  # the run's description
             try:
                 recorded = guarded.read_json(self.checkpoint / name, "")
                 break

@@ -81,16 +81,16 @@ def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
 
 def ids_of(since: Path) -> np.ndarray:
     """Node ids an earlier version covered: those of an encode cache, or of the cache a training run read."""
-    from stage1_encode.cache import open_cache
-    from stage2_train.checkpoint import read_run
+    from stage1_encode.cache import MANIFEST_FILE, open_cache
+    from stage2_train.checkpoint import SUMMARY, read_run
 
     since = Path(since)
     cache = since
-    if (since / "summary.json").is_file():  # a training run: the cache it read
+    if (since / SUMMARY).is_file():  # a training run: the cache it read
         cache = Path(read_run(since).config["cache"])
-        if not (cache / "manifest.json").is_file():
+        if not (cache / MANIFEST_FILE).is_file():
             raise InputError(f"--new-only {since}: the run's cache {cache} is gone; give an encode cache of that version instead")
-    elif not (since / "manifest.json").is_file():
+    elif not (since / MANIFEST_FILE).is_file():
         raise InputError(f"--new-only {since}: neither an encode cache nor a training run folder")
     return open_cache(cache).node_ids
 

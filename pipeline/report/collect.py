@@ -17,10 +17,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The files that mark each artifact; the formats themselves live in the stages' modules.
-CACHE_MARKS = ("manifest.json", "zarr.json")
-PREDICTIONS = "predictions.parquet"
-
 
 @dataclass
 class CacheInfo:
@@ -120,6 +116,8 @@ def read_infer(folder: Path) -> InferRun:
 
 def _walk(root: Path):
     """Yield (folder, file names) under ``root``; skips hidden/temporary folders and cache internals."""
+    from stage1_encode.cache import CACHE_MARKS
+
     for folder, dirs, files in os.walk(root):
         names = set(files)
         if all(m in names for m in CACHE_MARKS):
@@ -131,7 +129,9 @@ def _walk(root: Path):
 
 def collect(roots: list[Path]) -> Collected:
     """Everything found under ``roots``; unreadable pieces are listed in ``problems``."""
+    from stage1_encode.cache import CACHE_MARKS
     from stage2_train.checkpoint import RUN_MARKS
+    from stage3_infer.predictions import PREDICTIONS_FILE
 
     found = Collected(roots=list(roots))
     seen: set[Path] = set()
@@ -145,7 +145,7 @@ def collect(roots: list[Path]) -> Collected:
                 readers.append((read_cache, found.caches, "encode cache"))
             if all(m in names for m in RUN_MARKS):
                 readers.append((read_train_run, found.runs, "training run"))
-            if PREDICTIONS in names:
+            if PREDICTIONS_FILE in names:
                 readers.append((read_infer, found.infers, "infer output"))
             for read, into, what in readers:
                 try:
