@@ -8,17 +8,17 @@ cost, which ``pipeline encode --model MODEL_DIR`` copies into the cache manifest
 ``export -> encode -> train --arch sage`` is the SimTeG/GLEM cascade; only the training
 nodes' labels ever reached the tuned weights (the validation labels chose the epoch kept).
 
-Written into a temporary sibling and renamed, so a failed export leaves nothing behind.
+Written into a temporary sibling and renamed, so a failed export leaves nothing behind; an
+existing ``--out`` is replaced only when it is an earlier export and ``--overwrite`` is given.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core import atomic, ownership
 from pipeline.core.errors import ConfigErrors, InputError
 from pipeline.core.options import argument, option, out_option, overwrite_option
 from pipeline.core.progress import log
@@ -38,14 +38,14 @@ class ExportConfig:
         self.run, self.out = Path(self.run), Path(self.out)
         errs = ConfigErrors()
         errs.check(self.run.is_dir(), f"RUN {self.run}: no such directory; create it with `pipeline train CACHE --arch lora --out {self.run}`")
-        if self.out.exists() and not (self.out.is_dir() and not any(self.out.iterdir())):
-            if not self.overwrite:
-                errs.add(f"--out {self.out}: exists and is not empty; choose another folder or pass --overwrite")
-            elif not (self.out / EXPORT_RECORD).is_file():  # replace only what an export wrote
-                errs.add(f"--out {self.out}: is not a folder `pipeline export` wrote (no {EXPORT_RECORD}); choose another folder (nothing was deleted)")
-        errs.check(self.out.resolve() != self.run.resolve(), f"--out {self.out}: is the run folder itself; choose another folder")
         errs.raise_if_any()
+        ownership.claim_output(self.out, "model", "--out", overwrite=self.overwrite, inputs=[self.run], legacy=is_export)
         return self
+
+
+def is_export(folder: Path) -> bool:
+    """A model folder an export wrote before ownership markers: its export record."""
+    return (folder / EXPORT_RECORD).is_file()
 
 
 def run_export(config: ExportConfig) -> Path:
@@ -75,17 +75,11 @@ def run_export(config: ExportConfig) -> Path:
         "split": ckpt.config.get("split"),
         "graph_source": ckpt.graph_source,
     }
-    tmp = config.out.with_name(f".{config.out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        model.stepper.loaded.tokenizer.save_pretrained(tmp)
-        (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if config.out.exists():
-            shutil.rmtree(config.out)  # empty, or --overwrite of a folder we were told to replace
-        config.out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, config.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic.StagedFolder(config.out) as staged:
+        merged.save_pretrained(staged.path, safe_serialization=True)
+        model.stepper.loaded.tokenizer.save_pretrained(staged.path)
+        (staged.path / EXPORT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        ownership.write_marker(staged.path, "model")
+        staged.commit(ownership.replacer("model", "--out", config.overwrite, is_export))
     log(f"export: {model.arch} run {config.run} (seed {ckpt.seed}) -> {config.out}; encode it with `pipeline encode GRAPH --model {config.out}`")
     return config.out

@@ -230,6 +230,37 @@ def test_export_refusals(slice_cache, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_export_out_ownership(lora_run, tmp_path):
+    """--out: a foreign folder, a folder inside the run, or an earlier export without
+    --overwrite are refused before any work and left as they were; with --overwrite an
+    earlier export is replaced."""
+    from stage2_train.export import ExportConfig, run_export
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(InputError) as err:
+        run_export(ExportConfig(lora_run, foreign))
+    assert err.value.message == (f"--out {foreign}: exists and was not written by `pipeline export` (no .pipeline-artifact.json "
+                                 "marking it a model); choose a new or empty folder (nothing was changed)")
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    inside = lora_run / "tuned"
+    with pytest.raises(InputError) as err:
+        run_export(ExportConfig(lora_run, inside))
+    assert err.value.message.startswith(f"--out {inside}: ")
+    assert not inside.exists()
+
+    out = run_export(ExportConfig(lora_run, tmp_path / "tuned"))
+    first = (out / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(InputError) as err:
+        run_export(ExportConfig(lora_run, out))
+    assert err.value.message == (f"--out {out}: holds an earlier model; pass --overwrite to replace it, or choose another --out "
+                                 "(nothing was changed)")
+    run_export(ExportConfig(lora_run, out, overwrite=True))
+    assert (out / "model.safetensors").stat().st_mtime_ns != first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
 @pytest.mark.parametrize("arch", ["ladder", "mlp", "gcn", "sage"])
 def test_cache_arch_ledger(slice_cache, tmp_path, arch):
     from stage2_train.run import run

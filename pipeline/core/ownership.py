@@ -2,7 +2,7 @@
 own inputs.
 
 Every output folder carries a marker file, ``.pipeline-artifact.json``, naming its kind
-(``cache``, ``run``, ``predictions``, ``report``, ``graph``, ``job``, ``bench``) and the command
+(``cache``, ``run``, ``predictions``, ``report``, ``graph``, ``job``, ``bench``, ``model``) and the command
 that wrote it. :func:`claim_output` is called before any work and before any file is written:
 it refuses (InputError, exit 2, "nothing was changed") an output that is a symlink, a file,
 under a file, not writable, overlapping one of the command's inputs, a folder the pipeline
@@ -32,6 +32,7 @@ KINDS = {
     "graph": "pipeline datasets",
     "job": "pipeline run",
     "bench": "pipeline bench",
+    "model": "pipeline export",
 }
 UNCHANGED = "(nothing was changed)"
 
