@@ -151,8 +151,10 @@ def seeds_option(default: tuple[int, ...] = (0,), help: str = "Comma-separated s
     return option(default, help, parse=_parse_seeds)
 
 
-def overwrite_option(what: str) -> Any:
-    return option(False, f"Replace --out when it holds {what} this command wrote earlier.")
+def overwrite_option(what: str, target: str = "--out") -> Any:
+    """``--overwrite``; ``target`` names the output as the command line spells it (``OUT``
+    where the output folder is a positional argument)."""
+    return option(False, f"Replace {target} when it holds {what} this command wrote earlier.")
 
 
 def json_option(what: str = "the figures") -> Any:
