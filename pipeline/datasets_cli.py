@@ -9,9 +9,10 @@ from typing import Optional
 import typer
 
 from pipeline.core.config_file import ConfigOption, save_resolved_config
-from pipeline.core.options import config_file_name
+from pipeline.core.options import command, config_file_name
 from pipeline.core.builtin_datasets import BUILTINS, builtin_meta
 from pipeline.core.errors import plain_errors
+from pipeline.graph_synth import SynthConfig, run_synth
 
 EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
 GRAPH_HELP = "A built-in dataset name (cora, citeseer) or a folder with nodes.parquet and edges.parquet."
@@ -184,22 +185,7 @@ def subset_command(
     log(f"subset of '{full.name}': {sub.num_nodes} nodes, {sub.num_edges} edges, start node {start_id!r} -> {out}")
 
 
-@datasets_app.command("synth")
-@plain_errors
-def synth_command(
-    ctx: typer.Context,
-    out: Path = typer.Argument(..., help="Output graph folder (must not exist unless --overwrite).", show_default=False),
-    nodes: int = typer.Option(..., "--nodes", help="Number of nodes N.", show_default=False),
-    classes: int = typer.Option(7, "--classes", help="Number of classes C (2..1000)."),
-    seed: int = typer.Option(0, "--seed", help="Seed: the same flags and seed write the same files."),
-    homophily: float = typer.Option(0.8, "--homophily", help="Fraction of edges joining two nodes of the same class (Cora: 0.81)."),
-    avg_degree: float = typer.Option(5.0, "--avg-degree", help="Mean node degree: the graph gets round(N x D / 2) undirected edges."),
-    text_words: str = typer.Option("150:250", "--text-words", help="Words per text: MIN:MAX (uniform) or a mean (lognormal, Cora-like spread)."),
-    check: bool = typer.Option(False, "--check/--no-check", help="Read the written graph back through the full validation before moving it into place (holds every text in memory: ~6.6 GB and 2x the time at 1M nodes)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is an existing graph folder."),
-    config: Optional[Path] = ConfigOption,
-) -> None:
-    """Write a synthetic textual graph of N nodes for scale work, deterministic for a seed.
+datasets_app.command("synth")(command(SynthConfig, run_synth, """Write a synthetic textual graph of N nodes for scale work, deterministic for a seed.
 
     Texts are class-conditional bags of real words (the Cora and CiteSeer vocabulary and
     word frequencies, with sentence breaks); degrees follow a power law (hubs); exactly a
@@ -207,13 +193,4 @@ def synth_command(
     random 60/20/20 train/val/test split. OUT is written atomically in the standard format
     with meta.json (label order, generator settings) and datasets_synth_config.json. Memory is
     linear in N: texts are generated and written in chunks.
-    """
-    from pipeline.graph_synth import SynthConfig, synthesize
-
-    synthesize(
-        SynthConfig(
-            out=out, nodes=nodes, classes=classes, seed=seed, homophily=homophily, avg_degree=avg_degree,
-            text_words=text_words, check=check, overwrite=overwrite,
-        ),
-        extra_files={config_file_name("datasets_synth"): _config_writer(_resolved(ctx))},
-    )
+    """))
