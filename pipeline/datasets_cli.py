@@ -12,6 +12,7 @@ from pipeline.core.config_file import ConfigOption, save_resolved_config
 from pipeline.core.options import command, config_file_name
 from pipeline.core.builtin_datasets import BUILTINS, builtin_meta
 from pipeline.core.errors import plain_errors
+from pipeline.graph_import import ImportConfig, run_import
 from pipeline.graph_synth import SynthConfig, run_synth
 
 EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
@@ -105,46 +106,14 @@ def check_command(
         ownership.write_json_output(json, {**summary, "config": _resolved(ctx)}, "pipeline datasets check")
 
 
-@datasets_app.command("import")
-@plain_errors
-def import_command(
-    ctx: typer.Context,
-    nodes: Path = typer.Argument(..., help="Nodes file: CSV, TSV or JSONL with an id and a text column.", show_default=False),
-    edges: Path = typer.Argument(..., help="Edge list: CSV, TSV or JSONL with a source and a destination column.", show_default=False),
-    out: Path = typer.Argument(..., help="Output graph folder (must not exist unless --overwrite).", show_default=False),
-    id_col: str = typer.Option("node_id", "--id-col", help="Node id column of the nodes file."),
-    text_col: str = typer.Option("text", "--text-col", help="Text column of the nodes file."),
-    label_col: Optional[str] = typer.Option(None, "--label-col", help="Label column (default: 'label' when present)."),
-    split_col: Optional[str] = typer.Option(None, "--split-col", help="Split column, values train/val/test/empty (default: 'split' when present)."),
-    src_col: str = typer.Option("src", "--src-col", help="Source column of the edge list."),
-    dst_col: str = typer.Option("dst", "--dst-col", help="Destination column of the edge list."),
-    edges_header: bool = typer.Option(True, "--edges-header/--no-edges-header", help="Whether a CSV/TSV edge list starts with a header line; without one, the first two fields are source and destination."),
-    id_type: IdType = typer.Option(IdType.auto, "--id-type", help="Id type: auto = JSON types, or int when every CSV/TSV id is a plain integer."),
-    nodes_format: FileFormat = typer.Option(FileFormat.auto, "--nodes-format", help="Nodes file format (auto: by extension)."),
-    edges_format: FileFormat = typer.Option(FileFormat.auto, "--edges-format", help="Edge list format (auto: by extension)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is an existing graph folder."),
-    config: Optional[Path] = ConfigOption,
-) -> None:
-    """Turn a CSV/TSV/JSONL nodes file plus an edge list into a graph folder (Parquet).
+datasets_app.command("import")(command(ImportConfig, run_import, """Turn a CSV/TSV/JSONL nodes file plus an edge list into a graph folder (Parquet).
 
     The result is validated with the same checks as every other command (all problems at
     once, exit status 2, nothing written; rows count from 0, header and blank lines
     excluded), self-loops and duplicate edges are dropped with a warning, and OUT is
     written atomically with meta.json (provenance, label order) and datasets_import_config.json
     (this command's resolved configuration, reusable as --config).
-    """
-    from pipeline.graph_import import import_graph
-    from pipeline.core.progress import log
-
-    graph = import_graph(
-        nodes, edges, out,
-        overwrite=overwrite,
-        extra_files={config_file_name("datasets_import"): _config_writer(_resolved(ctx))},
-        id_col=id_col, text_col=text_col, label_col=label_col, split_col=split_col,
-        src_col=src_col, dst_col=dst_col, id_type=id_type.value,
-        nodes_format=nodes_format.value, edges_format=edges_format.value, edges_header=edges_header,
-    )
-    log(f"imported {graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_classes} classes -> {out}")
+    """))
 
 
 @datasets_app.command("subset")

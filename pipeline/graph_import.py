@@ -30,9 +30,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import ConfigErrors, InputError
 from pipeline.core.graph import TextGraph
-from pipeline.core.graph_format import FIRST_ROWS, build_graph, graph_edges_table, write_graph_folder
+from pipeline.core.graph_format import FIRST_ROWS, build_graph, check_output_folder, graph_edges_table, write_graph_folder
+from pipeline.core.options import argument, option
+from pipeline.core.progress import log
+from pipeline.graph_options import choices_metavar, flags_file, graph_overwrite_option, out_argument
 
 FORMATS = ("auto", "csv", "tsv", "jsonl")
 ID_TYPES = ("auto", "int", "string")
@@ -41,6 +44,53 @@ _INT_RE = re.compile(r"^-?(0|[1-9][0-9]*)$")
 _INT64 = (-(2**63), 2**63 - 1)
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class ImportConfig:
+    """Settings of ``pipeline datasets import``; the ``*_col`` fields name the user's columns."""
+
+    nodes: Path = argument(help="Nodes file: CSV, TSV or JSONL with an id and a text column.", show_default=False)
+    edges: Path = argument(help="Edge list: CSV, TSV or JSONL with a source and a destination column.", show_default=False)
+    out: Path = out_argument()
+    id_col: str = option("node_id", "Node id column of the nodes file.")
+    text_col: str = option("text", "Text column of the nodes file.")
+    label_col: str | None = option(None, "Label column (default: 'label' when present).")
+    split_col: str | None = option(None, "Split column, values train/val/test/empty (default: 'split' when present).")
+    src_col: str = option("src", "Source column of the edge list.")
+    dst_col: str = option("dst", "Destination column of the edge list.")
+    edges_header: bool = option(
+        True, "Whether a CSV/TSV edge list starts with a header line; without one, the first two fields are source and destination.",
+        off_flag="--no-edges-header",
+    )
+    id_type: str = option(
+        "auto", "Id type: auto = JSON types, or int when every CSV/TSV id is a plain integer.", metavar=choices_metavar(ID_TYPES)
+    )
+    nodes_format: str = option("auto", "Nodes file format (auto: by extension).", metavar=choices_metavar(FORMATS))
+    edges_format: str = option("auto", "Edge list format (auto: by extension).", metavar=choices_metavar(FORMATS))
+    overwrite: bool = graph_overwrite_option()
+
+    def validate(self) -> None:
+        """Raise one InputError naming every flag whose value is not one of its choices."""
+        errors = ConfigErrors()
+        for flag, value, choices in (("--id-type", self.id_type, ID_TYPES), ("--nodes-format", self.nodes_format, FORMATS),
+                                     ("--edges-format", self.edges_format, FORMATS)):
+            errors.check(value in choices, f"{flag} {value}: expected one of {', '.join(choices)}")
+        errors.raise_if_any()
+
+
+def run_import(config: ImportConfig) -> None:
+    """``pipeline datasets import``: the graph folder, with the flags that made it."""
+    config.validate()
+    graph = import_graph(
+        config.nodes, config.edges, config.out,
+        overwrite=config.overwrite,
+        extra_files=flags_file("datasets_import", config),
+        id_col=config.id_col, text_col=config.text_col, label_col=config.label_col, split_col=config.split_col,
+        src_col=config.src_col, dst_col=config.dst_col, id_type=config.id_type,
+        nodes_format=config.nodes_format, edges_format=config.edges_format, edges_header=config.edges_header,
+    )
+    log(f"imported {graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_classes} classes -> {config.out}")
 
 
 @dataclass
@@ -332,8 +382,6 @@ def parse_import(
 def import_graph(nodes_path: Path, edges_path: Path, out: Path, *, overwrite: bool = False,
                  extra_files: dict[str, str] | None = None, **options) -> TextGraph:
     """Parse, validate and write ``out`` (atomically); see :func:`parse_import` for options."""
-    from pipeline.core.graph_format import check_output_folder
-
     check_output_folder(out, overwrite, inputs=[nodes_path, edges_path])
     node_table, edge_table, graph = parse_import(nodes_path, edges_path, **options)
     meta = {

@@ -114,7 +114,7 @@ def test_import_round_trip(cli, tmp_path, nfmt, efmt, int_ids):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["label_names"] == ["db", "ml"] and meta["imported_from"]["nodes"] == str(nodes.resolve())
     config = json.loads((out / "datasets_import_config.json").read_text())
-    assert config["nodes"] == str(nodes.resolve()) and config["id_type"] == "auto"
+    assert config["nodes"] == str(nodes) and config["id-type"] == "auto"  # the flags as given
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folder left
 
 
@@ -196,6 +196,10 @@ def test_import_errors_write_nothing(cli, tmp_path):
           "['p1', 'p2', 'p3', 'p4', 'p5'] (--id-type int)",
           f"- {e}: column 'src' has non-integer ids at rows [0, 1, 2, 3], first: ['p1', 'p2', 'p3', 'p1'] (--id-type int)",
           f"- {e}: column 'dst' has non-integer ids at rows [0, 1, 2, 3], first: ['p2', 'p3', 'p4', 'p4'] (--id-type int)")
+    # choices are checked before any file is read, each naming its flag
+    result = cli("datasets", "import", n, e, out, "--id-type", "x", "--edges-format", "xml")
+    assert result.exit_code == 2 and result.stderr == (
+        "Error: - --id-type x: expected one of auto, int, string\n- --edges-format xml: expected one of auto, csv, tsv, jsonl\n")
     assert not out.exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
@@ -313,7 +317,7 @@ def test_config_yaml_toml_override_and_unknown_key(cli, tmp_path):
     (tmp_path / "imp.toml").write_text(f'nodes = "{n}"\nedges = "{e}"\nid-col = "pid"\nid_type = "string"\n')
     result = cli("datasets", "import", "--config", tmp_path / "imp.toml", n, e, tmp_path / "imp")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "imp" / "datasets_import_config.json").read_text())["id_col"] == "pid"
+    assert json.loads((tmp_path / "imp" / "datasets_import_config.json").read_text())["id-col"] == "pid"
     (tmp_path / "chk.yaml").write_text(f"json: {tmp_path / 'sum.json'}\n")
     assert cli("datasets", "check", "--config", tmp_path / "chk.yaml", tmp_path / "imp").exit_code == 0
     assert json.loads((tmp_path / "sum.json").read_text())["nodes"] == 5
