@@ -9,10 +9,11 @@ from typing import Optional
 import typer
 
 from pipeline.core.config_file import ConfigOption, save_resolved_config
-from pipeline.core.options import command, config_file_name
+from pipeline.core.options import command
 from pipeline.core.builtin_datasets import BUILTINS, builtin_meta
 from pipeline.core.errors import plain_errors
 from pipeline.graph_import import ImportConfig, run_import
+from pipeline.graph_subset import SubsetConfig, run_subset
 from pipeline.graph_synth import SynthConfig, run_synth
 
 EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
@@ -116,42 +117,12 @@ datasets_app.command("import")(command(ImportConfig, run_import, """Turn a CSV/T
     """))
 
 
-@datasets_app.command("subset")
-@plain_errors
-def subset_command(
-    ctx: typer.Context,
-    graph: str = typer.Argument(..., help=GRAPH_HELP, show_default=False),
-    out: Path = typer.Argument(..., help="Output graph folder (must not exist unless --overwrite).", show_default=False),
-    nodes: int = typer.Option(..., "--nodes", min=1, help="Number of nodes to keep.", show_default=False),
-    seed: int = typer.Option(0, "--seed", help="Seed choosing the start node."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is an existing graph folder."),
-    config: Optional[Path] = ConfigOption,
-) -> None:
-    """Write a connected induced subgraph of N nodes for quick trial runs.
+datasets_app.command("subset")(command(SubsetConfig, run_subset, """Write a connected induced subgraph of N nodes for quick trial runs.
 
     Breadth-first from a start node drawn with the seed among nodes whose connected
     component is large enough; deterministic. Labels, the split column, label order and
     named splits (restricted to the kept nodes) are kept; ids stay the user's ids.
-    """
-    from pipeline.core.graph import load_graph
-    from pipeline.core.graph_format import check_output_folder, read_nodes_table
-    from pipeline.graph_subset import bfs_subset, write_subset
-    from pipeline.core.progress import log
-
-    from pipeline.core.builtin_datasets import builtin_path
-
-    check_output_folder(out, overwrite, inputs=[builtin_path(graph) or Path(graph)])
-    full = load_graph(graph)
-    keep, start = bfs_subset(full, nodes, seed)
-    start_id = full.node_ids[start].item() if hasattr(full.node_ids[start], "item") else full.node_ids[start]
-    provenance = {"graph": full.source, "fingerprint": full.fingerprint, "nodes": nodes, "seed": seed, "start_node_id": start_id}
-    sub = write_subset(
-        full, read_nodes_table(full), keep, out,
-        provenance=provenance,
-        extra_files={config_file_name("datasets_subset"): _config_writer(_resolved(ctx))},
-        overwrite=overwrite,
-    )
-    log(f"subset of '{full.name}': {sub.num_nodes} nodes, {sub.num_edges} edges, start node {start_id!r} -> {out}")
+    """))
 
 
 datasets_app.command("synth")(command(SynthConfig, run_synth, """Write a synthetic textual graph of N nodes for scale work, deterministic for a seed.

@@ -27,6 +27,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 
@@ -380,7 +381,7 @@ def parse_import(
 
 
 def import_graph(nodes_path: Path, edges_path: Path, out: Path, *, overwrite: bool = False,
-                 extra_files: dict[str, str] | None = None, **options) -> TextGraph:
+                 extra_files: dict[str, str | Callable[[Path], None]] | None = None, **options) -> TextGraph:
     """Parse, validate and write ``out`` (atomically); see :func:`parse_import` for options."""
     check_output_folder(out, overwrite, inputs=[nodes_path, edges_path])
     node_table, edge_table, graph = parse_import(nodes_path, edges_path, **options)

@@ -14,13 +14,18 @@ import dataclasses
 import json
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.errors import InputError
-from pipeline.core.graph import TextGraph
-from pipeline.core.graph_format import graph_edges_table, write_graph_folder
+from pipeline.core.builtin_datasets import builtin_path
+from pipeline.core.errors import ConfigErrors, InputError
+from pipeline.core.graph import TextGraph, load_graph
+from pipeline.core.graph_format import check_output_folder, graph_edges_table, read_nodes_table, write_graph_folder
+from pipeline.core.options import option
+from pipeline.core.progress import log
+from pipeline.graph_options import flags_file, graph_argument, graph_overwrite_option, out_argument
 from pipeline.graph_summary import connected_components
 
 # Statistics in meta.json that describe the whole graph; a subset drops or recomputes them.
@@ -28,11 +33,44 @@ STALE_META_KEYS = ("name", "num_nodes", "num_undirected_edges", "num_classes", "
                    "isolated_nodes", "edge_homophily", "splits", "sha256")
 
 
+@dataclasses.dataclass
+class SubsetConfig:
+    """Settings of ``pipeline datasets subset``."""
+
+    graph: str = graph_argument()
+    out: Path = out_argument()
+    nodes: int = option(help="Number of nodes to keep.", show_default=False)
+    seed: int = option(0, "Seed choosing the start node.")
+    overwrite: bool = graph_overwrite_option()
+
+    def validate(self) -> None:
+        """Raise one InputError listing every problem the flags alone show, each naming its flag."""
+        errors = ConfigErrors()
+        errors.check(self.nodes >= 1, f"--nodes {self.nodes}: must be at least 1")
+        errors.check(self.seed >= 0, f"--seed {self.seed}: must be >= 0")
+        errors.raise_if_any()
+
+
+def run_subset(config: SubsetConfig) -> None:
+    """``pipeline datasets subset``: the subgraph folder, with the flags that made it."""
+    config.validate()
+    check_output_folder(config.out, config.overwrite, inputs=[builtin_path(config.graph) or Path(config.graph)])
+    full = load_graph(config.graph)
+    keep, start = bfs_subset(full, config.nodes, config.seed)
+    start_id = full.node_ids[start].item() if hasattr(full.node_ids[start], "item") else full.node_ids[start]
+    provenance = {"graph": full.source, "fingerprint": full.fingerprint, "nodes": config.nodes, "seed": config.seed,
+                  "start_node_id": start_id}
+    sub = write_subset(
+        full, read_nodes_table(full), keep, config.out,
+        provenance=provenance, extra_files=flags_file("datasets_subset", config), overwrite=config.overwrite,
+    )
+    log(f"subset of '{full.name}': {sub.num_nodes} nodes, {sub.num_edges} edges, start node {start_id!r} -> {config.out}")
+
+
 def bfs_subset(graph: TextGraph, num_nodes: int, seed: int) -> tuple[np.ndarray, int]:
-    """(sorted dense indices of the kept nodes, dense index of the start node)."""
+    """(sorted dense indices of the kept nodes, dense index of the start node); ``num_nodes``
+    is at least 1 (:meth:`SubsetConfig.validate`)."""
     n = graph.num_nodes
-    if num_nodes < 1:
-        raise InputError(f"--nodes {num_nodes}: must be at least 1")
     if num_nodes > n:
         raise InputError(f"--nodes {num_nodes}: graph '{graph.name}' has only {n} nodes")
     ei = graph.edge_index
@@ -71,7 +109,7 @@ def write_subset(
     out: Path,
     *,
     provenance: dict,
-    extra_files: dict[str, str] | None = None,
+    extra_files: dict[str, str | Callable[[Path], None]] | None = None,
     overwrite: bool = False,
 ) -> TextGraph:
     """Write the subgraph induced by dense indices ``keep`` (sorted) to ``out``.

@@ -244,7 +244,7 @@ def test_subset_connected_deterministic_splits_kept(cli, tmp_path):
     assert meta["subset_of"]["graph"] == "cora" and meta["subset_of"]["seed"] == 3
     assert "num_nodes" not in meta and "edge_homophily" not in meta
     assert json.loads((a / "datasets_subset_config.json").read_text()) == {
-        "graph": "cora", "nodes": 60, "seed": 3, "out": str(a.resolve()), "overwrite": False}
+        "graph": "cora", "nodes": 60, "seed": 3, "out": str(a), "overwrite": False}
 
 
 def test_subset_of_user_graph_with_string_ids_and_split_column(cli, write_graph, tmp_path):
@@ -274,7 +274,8 @@ def test_subset_errors_write_nothing(cli, write_graph, tmp_path):
     result = cli("datasets", "subset", "cora", out, "--nodes", 2600)
     assert result.exit_code == 2
     assert result.stderr == "Error: --nodes 2600: graph 'cora' has no connected component that large (largest: 2485 nodes)\n"
-    assert cli("datasets", "subset", "cora", out, "--nodes", 0).exit_code == 2
+    result = cli("datasets", "subset", "cora", out, "--nodes", 0, "--seed", -1)
+    assert result.exit_code == 2 and result.stderr == "Error: - --nodes 0: must be at least 1\n- --seed -1: must be >= 0\n"
     g = write_graph({"node_id": [1, 2], "text": ["a", None]}, {"src": [1], "dst": [2]})
     result = cli("datasets", "subset", g, out, "--nodes", 1)
     fails(result, f"- {g}/nodes.parquet: column 'text' has 1 null or empty text(s) at rows [1]")
