@@ -1,59 +1,31 @@
-"""``pipeline datasets``: list built-ins, check, import, subset and synthesize graphs."""
+"""``pipeline datasets``: list built-ins, check, import, subset and synthesize graphs.
+
+Each subcommand is generated from its config dataclass (pipeline/core/options.py), which
+declares every flag once; the dataclasses live beside the code that runs them.
+"""
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from pipeline.core.config_file import ConfigOption, save_resolved_config
-from pipeline.core.options import command
 from pipeline.core.builtin_datasets import BUILTINS, builtin_meta
+from pipeline.core.config_file import ConfigOption
 from pipeline.core.errors import plain_errors
+from pipeline.core.options import command
 from pipeline.graph_import import ImportConfig, run_import
 from pipeline.graph_subset import SubsetConfig, run_subset
+from pipeline.graph_summary import CheckConfig, run_check
 from pipeline.graph_synth import SynthConfig, run_synth
 
 EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
-GRAPH_HELP = "A built-in dataset name (cora, citeseer) or a folder with nodes.parquet and edges.parquet."
 
 datasets_app = typer.Typer(
     help="Built-in datasets and tools for your own graphs. " + EXIT_CODES_HELP,
     invoke_without_command=True,
 )
-
-
-
-class IdType(str, enum.Enum):
-    auto = "auto"
-    int = "int"
-    string = "string"
-
-
-class FileFormat(str, enum.Enum):
-    auto = "auto"
-    csv = "csv"
-    tsv = "tsv"
-    jsonl = "jsonl"
-
-
-def _resolved(ctx: typer.Context) -> dict:
-    """The command's resolved flag values, paths made absolute (reusable as ``--config``)."""
-
-    def plain(v):
-        if isinstance(v, enum.Enum):
-            return v.value
-        if isinstance(v, Path):
-            return str(v.resolve())
-        return v
-
-    return {k: plain(v) for k, v in ctx.params.items() if k != "config"}
-
-
-def _config_writer(values: dict):
-    return lambda path: save_resolved_config(path, values)
 
 
 @datasets_app.callback()
@@ -74,37 +46,12 @@ def list_datasets(ctx: typer.Context, config: Optional[Path] = ConfigOption) -> 
     Console().print(table)
 
 
-@datasets_app.command("check")
-@plain_errors
-def check_command(
-    ctx: typer.Context,
-    graph: str = typer.Argument(..., help=GRAPH_HELP, show_default=False),
-    json: Optional[Path] = typer.Option(
-        None, "--json", help="Also write the summary (and this command's resolved configuration) as JSON to this file.",
-        dir_okay=False,
-    ),
-    config: Optional[Path] = ConfigOption,
-) -> None:
-    """Validate a graph and print its summary: nodes, edges, classes, label counts, text
+datasets_app.command("check")(command(CheckConfig, run_check, """Validate a graph and print its summary: nodes, edges, classes, label counts, text
     length percentiles, edge homophily, isolated nodes, connected components, splits.
 
     Every problem is reported at once, naming file, column and the first offending rows
     (0-based data rows); an invalid graph exits with status 2.
-    """
-    from rich.console import Console
-
-    from pipeline.core import ownership
-    from pipeline.core.builtin_datasets import builtin_path
-    from pipeline.core.graph import load_graph
-    from pipeline.graph_summary import summarize, summary_table
-
-    if json is not None:
-        ownership.claim_file(json, "--json", "pipeline datasets check", inputs=[builtin_path(graph) or Path(graph)],
-                             legacy=lambda d: "config" in d and "num_nodes" in d)
-    summary = summarize(load_graph(graph))
-    Console().print(summary_table(summary))
-    if json is not None:
-        ownership.write_json_output(json, {**summary, "config": _resolved(ctx)}, "pipeline datasets check")
+    """))
 
 
 datasets_app.command("import")(command(ImportConfig, run_import, """Turn a CSV/TSV/JSONL nodes file plus an edge list into a graph folder (Parquet).

@@ -8,13 +8,45 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.graph import SPLIT_NAMES, TextGraph
+from pipeline.core.options import json_option
+from pipeline.graph_options import graph_argument
 
 TEXT_PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 FIRST_IDS = 10  # user ids quoted for e.g. isolated nodes
+
+
+@dataclass
+class CheckConfig:
+    """Settings of ``pipeline datasets check``."""
+
+    graph: str = graph_argument()
+    json_path: Path | None = json_option("the summary (and this command's resolved configuration)")
+
+
+def run_check(config: CheckConfig) -> None:
+    """``pipeline datasets check``: validate the graph, print its summary, and write it to
+    ``--json`` with the flags that made it."""
+    from rich.console import Console
+
+    from pipeline.core import ownership
+    from pipeline.core.builtin_datasets import builtin_path
+    from pipeline.core.graph import load_graph
+    from pipeline.core.options import flag_values
+
+    command = "pipeline datasets check"
+    if config.json_path is not None:  # claimed before the (slow) read, so a bad path fails at once
+        ownership.claim_file(config.json_path, "--json", command, inputs=[builtin_path(config.graph) or Path(config.graph)],
+                             legacy=lambda d: "config" in d and "num_nodes" in d)
+    summary = summarize(load_graph(config.graph))
+    Console().print(summary_table(summary))
+    if config.json_path is not None:
+        ownership.write_json_output(config.json_path, {**summary, "config": flag_values(config)}, command)
 
 
 def _plain_id(v):
