@@ -15,7 +15,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from pipeline.core.graph import load_graph
 from pipeline.core.options import cli_fields, command, config_file_name, save_flags
+from pipeline.graph_import import ImportConfig
+from pipeline.graph_subset import SubsetConfig
+from pipeline.graph_summary import CheckConfig
+from pipeline.graph_synth import SynthConfig
 from pipeline.main_job import MainJobConfig
 from pipeline.report.run import ReportConfig
 from stage1_encode.bench import BenchConfig as EncodeBenchConfig
@@ -55,6 +60,13 @@ CONFIGS = [
     MemoryBenchConfig(cache=Path("c.zarr"), memory_budget=1 << 20, epochs=2, batch_size=8, seed=1, fanout=3, readahead=0,
                       num_threads=2, json_path=Path("m.json")),
     InferBenchConfig(checkpoint=Path("r"), json_path=Path("b.json"), max_targets=4, batch_size=2, device="cpu", repeats=3),
+    CheckConfig(graph="citeseer", json_path=Path("s.json")),
+    ImportConfig(nodes=Path("n.csv"), edges=Path("e.tsv"), out=Path("g"), id_col="pid", text_col="body", label_col="y",
+                 split_col="part", src_col="a", dst_col="b", edges_header=False, id_type="string", nodes_format="csv",
+                 edges_format="tsv", overwrite=True),
+    SubsetConfig(graph="cora", out=Path("g"), nodes=30, seed=2, overwrite=True),
+    SynthConfig(out=Path("g"), nodes=50, classes=3, seed=1, homophily=0.5, avg_degree=2.0, text_words="40", check=True,
+                overwrite=True),
 ]
 
 
@@ -114,3 +126,23 @@ def test_encode_and_train_replay_end_to_end(tmp_path, write_graph, cli):
         return [{k: v for k, v in seed.items() if not k.endswith("_s")} for seed in per_seed]
 
     assert untimed(run1) == untimed(run2) and len(untimed(run1)) == 2
+
+
+def test_datasets_commands_replay_end_to_end(tmp_path, cli):
+    """The flags import, subset and synth save in their graph folder rebuild the same graph."""
+    (tmp_path / "n.csv").write_text("pid,text,label\na,first text,x\nb,second text,y\nc,third text,x\n")
+    (tmp_path / "e.tsv").write_text("a\tb\nb\tc\n")
+    made = {
+        "import": ["datasets", "import", tmp_path / "n.csv", tmp_path / "e.tsv", "--id-col", "pid", "--no-edges-header"],
+        "subset": ["datasets", "subset", "cora", "--nodes", "20", "--seed", "1"],
+        "synth": ["datasets", "synth", "--nodes", "30", "--classes", "3", "--text-words", "20"],
+    }
+    for name, args in made.items():
+        first, second = tmp_path / f"{name}1", tmp_path / f"{name}2"
+        assert cli(*args, first).exit_code == 0
+        flags = json.loads((first / config_file_name(f"datasets_{name}")).read_text())
+        assert flags["out"] == str(first)
+        (tmp_path / f"{name}.json").write_text(json.dumps({**flags, "out": str(second)}))  # positionals too
+        result = cli("datasets", name, "--config", tmp_path / f"{name}.json")
+        assert result.exit_code == 0, result.output
+        assert load_graph(first).fingerprint == load_graph(second).fingerprint, name
