@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.graph import SPLIT_NAMES, TextGraph
-from pipeline.core.options import json_option
+from pipeline.core import ownership
+from pipeline.core.builtin_datasets import builtin_path
+from pipeline.core.graph import SPLIT_NAMES, TextGraph, load_graph
+from pipeline.core.options import flag_values, json_option
 from pipeline.graph_options import graph_argument
 
 TEXT_PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
@@ -33,11 +35,6 @@ def run_check(config: CheckConfig) -> None:
     """``pipeline datasets check``: validate the graph, print its summary, and write it to
     ``--json`` with the flags that made it."""
     from rich.console import Console
-
-    from pipeline.core import ownership
-    from pipeline.core.builtin_datasets import builtin_path
-    from pipeline.core.graph import load_graph
-    from pipeline.core.options import flag_values
 
     command = "pipeline datasets check"
     if config.json_path is not None:  # claimed before the (slow) read, so a bad path fails at once
