@@ -51,8 +51,8 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 class ImportConfig:
     """Settings of ``pipeline datasets import``; the ``*_col`` fields name the user's columns."""
 
-    nodes: Path = argument(help="Nodes file: CSV, TSV or JSONL with an id and a text column.", show_default=False)
-    edges: Path = argument(help="Edge list: CSV, TSV or JSONL with a source and a destination column.", show_default=False)
+    nodes: Path = argument(help="Nodes file: CSV, TSV or JSONL with an id and a text column.", show_default=False, metavar="NODES")
+    edges: Path = argument(help="Edge list: CSV, TSV or JSONL with a source and a destination column.", show_default=False, metavar="EDGES")
     out: Path = out_argument()
     id_col: str = option("node_id", "Node id column of the nodes file.")
     text_col: str = option("text", "Text column of the nodes file.")

@@ -16,12 +16,12 @@ GRAPH_HELP = "A built-in dataset name (cora, citeseer) or a folder with nodes.pa
 
 def graph_argument() -> Any:
     """GRAPH: the graph a command reads."""
-    return argument(help=GRAPH_HELP, show_default=False)
+    return argument(help=GRAPH_HELP, show_default=False, metavar="GRAPH")
 
 
 def out_argument() -> Any:
     """OUT: the graph folder a command writes."""
-    return argument(help="Output graph folder (must not exist unless --overwrite).", show_default=False)
+    return argument(help="Output graph folder (must not exist unless --overwrite).", show_default=False, metavar="OUT")
 
 
 def graph_overwrite_option() -> Any:
