@@ -356,6 +356,7 @@ class CacheWriter:
                 f"node {node!r}: non-finite value in LLM state {self.manifest['layers'][rung]} "
                 f"as {self.manifest['storage_dtype']}; {hint}"
             )
+        self._remove_orphan_partials(start, end)
         if int8:
             q, scale = quantize_int8(stored)
             self.states[start:end] = q
@@ -364,6 +365,17 @@ class CacheWriter:
             self.states[start:end] = stored
         mark = {"nodes": [start, end], **({"seconds": float(seconds)} if seconds is not None else {})}
         (self.path / "blocks" / f"{b:06d}.done").write_text(json.dumps(mark) + "\n")
+
+    def _remove_orphan_partials(self, start: int, end: int) -> None:
+        """Delete Zarr's temporary chunk files (``<chunk>.<uuid>.partial``) of nodes
+        ``start..end``: only this block's shard writes these chunks, so any found before its
+        write were left by a writer killed mid-chunk, and would stay in the cache forever."""
+        c = int(self.manifest["chunk_nodes"])
+        for i in range(start // c, (end - 1) // c + 1):
+            for f in (chunk_file(self.path, i), scales_chunk_file(self.path, i)):
+                if f.parent.is_dir():
+                    for orphan in f.parent.glob(f"{f.name}.*.partial"):
+                        orphan.unlink(missing_ok=True)
 
     def finish(self) -> bool:
         """Record the completed ranges (and, once complete, the encode time) in the manifest;

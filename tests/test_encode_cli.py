@@ -115,6 +115,14 @@ def test_killed_then_resumed_is_bit_identical(tiny_graph: Path, storage: str, re
     assert "of 4 blocks missing" in err.value.message
     assert f"complete it with `pipeline encode {tiny_graph} --out {out} --model minilm-l6 --layers 0,1,2,3,4,5,6 --max-length 16" in err.value.message
     assert f"--storage-dtype {storage} --block-size 8" in err.value.message
+    # a writer killed inside a chunk write leaves Zarr's temporary file beside the chunk:
+    # plant one in the last (unfinished) block's chunks; the resumed encode removes it
+    from stage1_encode.cache import chunk_file, read_manifest, scales_chunk_file
+
+    last_chunk = (N - 1) // int(read_manifest(out)["chunk_nodes"])
+    for f in [chunk_file(out, last_chunk)] + ([scales_chunk_file(out, last_chunk)] if storage == "int8" else []):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        (f.parent / f"{f.name}.0123456789abcdef.partial").write_bytes(b"cut short")
 
     log = finish(encode(str(tiny_graph), "--out", str(out), *flags))
     assert f"encoded {N - 8 * done} nodes" in log
