@@ -146,3 +146,14 @@ def test_datasets_commands_replay_end_to_end(tmp_path, cli):
         result = cli("datasets", name, "--config", tmp_path / f"{name}.json")
         assert result.exit_code == 0, result.output
         assert load_graph(first).fingerprint == load_graph(second).fingerprint, name
+
+
+def test_every_help_text_is_shown_verbatim():
+    """Help texts are plain text: a bracketed part like ``[z_v || ...]`` must not vanish as rich markup."""
+    bracketed = [(cls, cli.help) for cls in {type(c) for c in CONFIGS} for _, cli in cli_fields(cls) if "[" in cli.help]
+    assert bracketed, "no help text with brackets left to check"
+    for cls, text in bracketed:
+        app = typer.Typer()
+        app.command()(command(cls, lambda config: None))
+        shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "4000", "TERMINAL_WIDTH": "4000"}).output
+        assert " ".join(text.split()) in " ".join(shown.split()), (cls.__name__, text)

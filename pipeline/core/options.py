@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import typer
+from rich.markup import escape
 
 from pipeline.core.config_file import ConfigOption, save_resolved_config
 from pipeline.core.errors import plain_errors
@@ -87,7 +88,8 @@ def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = No
         cli_default = default if default is ... or cli.parse is None else to_cli(default)
         kind = typer.Argument if cli.argument else typer.Option
         decls = [] if cli.argument else ["/".join(filter(None, (cli.flag_name(f.name), cli.off_flag)))]
-        info = kind(cli_default, *decls, help=cli.help, metavar=cli.metavar, show_default=cli.show_default)
+        # help is plain text: brackets in it are shown, not read as rich markup
+        info = kind(cli_default, *decls, help=escape(cli.help), metavar=cli.metavar, show_default=cli.show_default)
         annotation = cli.cli_type or (str | None if cli.parse is not None else hints[f.name])
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
     params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=ConfigOption, annotation=Path | None))
