@@ -72,11 +72,11 @@ DENSE_CHUNK_ROWS = 8  # wanted rows from which read_rows reads a whole chunk rat
 IDENTITY_KEYS = (
     "format", "weights_sha256", "tokenizer", "max_length", "pooling", "layers", "compute_dtype",
     "storage_dtype", "graph_fingerprint", "num_nodes", "hidden_size", "chunk_nodes", "block_nodes",
-    "batch_tokens",  # sets the batch sizes: resumed and reused rows come from the same kernel shapes
+    "batch_tokens",  # sets the batch sizes: a resumed block runs the same kernel shapes, so the same bits
     "backend",  # hf and vllm agree to ~1e-6 relative, not bit for bit: resuming must use the same
     "batching",  # how texts share a batch (see stage1_encode/run.py): padded batches change the last bits
 )
-BATCHING = "by-length"  # batches of texts with equal token counts, no padding: a row depends only on its text
+BATCHING = "by-length"  # batches of texts with equal token counts, no padding: a row depends on its text (last bits: batch size)
 IDENTITY_DEFAULTS = {"backend": "hf", "batching": "padded"}  # caches written before a key existed
 TEXT_HASH_BYTES = 16
 STORAGE_DTYPES = ("float16", "float32", "int8")

@@ -41,7 +41,8 @@ encode_command = command(EncodeConfig, _encode, """Encode every node text with a
     resumes where it stopped, shards (--num-shards/--shard-id) fill one cache together, and
     re-running a finished encode is a quick no-op. `pipeline encode --status CACHE_DIR`
     reports completion. `--reuse OLD_CACHE` updates a cache for a grown or edited graph: the
-    result is the same cache, bit for bit, as a full encode of GRAPH.
+    result is the cache a full encode of GRAPH gives (rows the LLM computes again may differ
+    from it by one storage step: the same text in a batch of another size can round differently).
     """)
 
 bench_encode_command = command(BenchConfig, _bench, """Time `encode` against a naive loop (batch 32, padded to max length, last layer only).

@@ -6,11 +6,13 @@ same settings (``REUSE_FLAGS``; anything else is refused, naming the flag). Ever
 (new, edited, or in an unfinished block of OLD) runs through the LLM; nodes of OLD absent
 from GRAPH are dropped. OLD is only read.
 
-Why a copied row equals a fresh one bit for bit: encode batches only texts of equal token
-count (``stage1_encode/run.py``), so a row depends on its own text alone, not on its block or
-batch neighbours. Caches written before text hashes and that batching cannot tell which texts
-they hold, or hold rows that depended on their batch: they are refused, and one full encode
-without ``--reuse`` makes a cache later runs can reuse.
+Why a copied row stands for a fresh one: encode batches only texts of equal token count
+(``stage1_encode/run.py``), so a row depends on its own text and, in its last bits, on the
+size of its batch (a BLAS kernel's summation order follows the matrix shape; seen on AVX2
+CPUs, and GPUs pick kernels by shape too): a fresh row equals the copied one to one storage
+step. Copied rows are the old cache's bytes. Caches written before text hashes and that
+batching cannot tell which texts they hold, or hold rows that depended on their padding:
+they are refused, and one full encode without ``--reuse`` makes a cache later runs can reuse.
 
 Shapes: N nodes of the new graph, N' rows of OLD.
 """

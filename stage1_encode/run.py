@@ -3,10 +3,12 @@
 The LLM's texts are taken a block at a time (an update with ``--reuse`` gathers the few texts
 of up to 64 blocks), grouped by token count, and each group is cut into batches under a
 token budget (B * T <= batch_tokens): no batch holds padding, so no compute goes to it, and a
-node's row depends only on its own text, not on which texts share its batch (padded batches
-change the last bits of some values: measured on Cora with both built-in models). That keeps a
-resumed or sharded run bit-identical, and lets ``--reuse`` copy rows of unchanged texts from an
-older cache (stage1_encode/reuse.py). Each block is committed as soon as it is done.
+node's row depends on its own text, not on which texts share its batch, up to the last bits
+a batch of another size can round differently (padded batches changed many more values:
+measured on Cora with both built-in models). A block's batches depend only on its texts, so a
+resumed or sharded run is bit-identical to an uninterrupted one, and ``--reuse`` can copy rows
+of unchanged texts from an older cache (stage1_encode/reuse.py). Each block is committed as
+soon as it is done.
 """
 
 from __future__ import annotations
