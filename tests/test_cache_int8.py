@@ -123,7 +123,9 @@ def test_int8_cache_infer_none_equals_training(caches):
         logits = ck.model(CachedFeatures(data)(sub.nodes), sub)[-1]  # (B, C)
     t = read_predictions(root / "pred").to_pydict()
     assert t["predicted_label"] == [ck.label_names[i] for i in logits.argmax(-1).tolist()]
-    assert np.abs(np.asarray(t["confidence"]) - torch.softmax(logits, -1).max(-1).values.numpy()).max() <= 1e-5
+    # infer batches the targets' texts otherwise than encode did: a state can round to the
+    # neighbouring int8 step (a BLAS kernel's summation order follows the batch's shape)
+    assert np.abs(np.asarray(t["confidence"]) - torch.softmax(logits, -1).max(-1).values.numpy()).max() <= 1e-3
     assert json.loads((i8 / "manifest.json").read_text())["storage_dtype"] == "int8"
 
 
