@@ -5,8 +5,9 @@ of up to 64 blocks), grouped by token count, and each group is cut into batches 
 token budget (B * T <= batch_tokens): no batch holds padding, so no compute goes to it, and a
 node's row depends on its own text, not on which texts share its batch, up to the last bits
 a batch of another size can round differently (padded batches changed many more values:
-measured on Cora with both built-in models). A block's batches depend only on its texts, so a
-resumed or sharded run is bit-identical to an uninterrupted one, and ``--reuse`` can copy rows
+measured on Cora with both built-in models). In a full encode a block's batches depend only
+on its texts, so a resumed or sharded run is bit-identical to an uninterrupted one (an update's
+windows span blocks: there, to one storage step), and ``--reuse`` can copy rows
 of unchanged texts from an older cache (stage1_encode/reuse.py). Each block is committed as
 soon as it is done.
 """
