@@ -65,7 +65,7 @@ def test_bf16_cache_infer_none_equals_training(bf16_run):
 
 
 def test_other_dtype_refused_naming_both_unless_allowed(bf16_run, cli, tmp_path):
-    root, run_dir, graph = bf16_run
+    root, run_dir, _ = bf16_run
     result = cli("infer", "--checkpoint", run_dir, "--out", tmp_path / "refused", "--dtype", "float32")
     assert result.exit_code == 2, result.output
     assert (f"Error: --dtype float32: cache {root / 'cache.zarr'} was encoded in bfloat16; the LLM must run in bfloat16 "
@@ -79,6 +79,10 @@ def test_other_dtype_refused_naming_both_unless_allowed(bf16_run, cli, tmp_path)
     assert saved["dtype"] == "float32" and saved["allow-dtype-mismatch"] is True
     summary = json.loads((tmp_path / "allowed" / "summary.json").read_text())
     assert summary["compute_dtype"] == "float32" and summary["cache_compute_dtype"] == "bfloat16" and summary["dtype_mismatch_allowed"]
+    # the LLM really ran in float32: the same targets in the same batches in bfloat16 answer otherwise
+    run(InferConfig(run_dir, tmp_path / "same", exit="none"))
+    confidence = [np.asarray(read_predictions(tmp_path / d).column("confidence").to_pylist()) for d in ("allowed", "same")]
+    assert not np.array_equal(*confidence)
 
 
 @pytest.mark.parametrize("args, message", [
