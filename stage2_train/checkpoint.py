@@ -59,6 +59,7 @@ def build_model(spec: dict, device: str = "cpu") -> nn.Module:
             spec["in_channels"], spec["hidden_channels"], spec["out_channels"], spec["num_rungs"],
             gnn=spec["gnn"], num_layers=spec["num_layers"], dropout=spec["dropout"], temperature=spec["temperature"],
             standardize=spec.get("standardize", False), readout=spec.get("readout", "target-mean"),  # older runs: the defaults then
+            rung_grad=spec.get("rung_grad") or "joint",  # runs before --rung-grad: the reference's joint training
         )
     return NodeBaseline(
         spec["arch"], spec["in_channels"], spec["hidden_channels"], spec["out_channels"],
@@ -224,13 +225,18 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
             model.load_state_dict(state)
     except RuntimeError as err:
         raise InputError(f"checkpoint {path}: weights do not match {run.config_file}: {err}") from err
+    layers = list(config["layers"])
+    depth = seed_depth(summary, seed, len(layers), path / SUMMARY, hint) if config["model"].get("arch") == "ladder" else len(layers)
+    if depth < len(layers):  # --depth val: this seed answers with head depth - 1 and never climbs past it
+        model.keep_rungs(depth)
+        layers = layers[:depth]
     model.to(device).eval()
     return Checkpoint(
         model=model,
         config=config,
         manifest=run.manifest,
         seed=seed,
-        layers=list(config["layers"]),
+        layers=layers,
         label_names=list(config["label_names"]),
         cache_path=Path(config["cache"]),
         graph_source=str(config["graph_source"]),
@@ -239,6 +245,16 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         summary=summary,
         path=path,
     )
+
+
+def seed_depth(summary: dict, seed: int, num_rungs: int, where: Path, hint: str) -> int:
+    """The rungs seed ``seed`` keeps (``per_seed[...]["depth"]``; runs without it keep all);
+    a value that is not a rung count of this ladder is refused as damage."""
+    row = next((r for r in summary.get("per_seed") or [] if isinstance(r, dict) and r.get("seed") == seed), {})
+    depth = row.get("depth", num_rungs)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= num_rungs:
+        raise guarded.damaged(where, f"seed {seed}'s depth {depth!r} is not a rung count in 1..{num_rungs}", hint)
+    return depth
 
 
 def run_arch(path: str | Path) -> str | None:

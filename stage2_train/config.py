@@ -28,6 +28,8 @@ GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
 READOUTS = ("target-mean", "ego")  # the ladder's head input: see stage2_train.ladder
 LOSSES = ("multi-exit", "last-head")  # ENGINE-Early (every head trained) / plain ENGINE (last head only)
+RUNG_GRADS = ("own", "joint")  # each rung trained by its own head only / by every head above it too (the reference)
+DEPTHS = ("val", "full")  # the best head on validation answers, deeper rungs dropped / the last head answers (the reference)
 
 
 @dataclass
@@ -91,6 +93,19 @@ class TrainConfig:
         "multi-exit: every rung's exit head is trained (ENGINE-Early; what early exit needs); last-head: only the last "
         "head's loss (plain ENGINE; the earlier heads stay untrained, so infer then runs full depth).",
     )
+    # ladder only; None: own and val, or joint and full with --loss last-head (only the last head is trained)
+    rung_grad: str | None = option(
+        None,
+        "own (default): each rung is trained by its own head only (the rung below enters as a constant), so shallow "
+        "rungs are not bent to serve the deeper heads; joint: each head's loss also trains every rung below it (the "
+        "reference; the default with --loss last-head).",
+    )
+    depth: str | None = option(
+        None,
+        "val (default): each seed answers with its head of best validation accuracy (early stopping watches it too) and "
+        "drops the rungs above it, so infer never runs the LLM past that state; full: the last head answers (the "
+        "reference; the default with --loss last-head).",
+    )
     rung_weights: tuple[float, ...] | None = option(
         None, "--loss multi-exit: weight of each rung's head, comma-separated (default all 1).", parse=parse_float_list
     )
@@ -138,6 +153,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.num_layers is None:
             self.num_layers = 1 if self.arch == "ladder" else 2
+        if self.arch == "ladder":  # plain ENGINE trains the last head alone: the reference's joint rungs and full depth
+            reference = self.loss == "last-head"
+            self.rung_grad = self.rung_grad or ("joint" if reference else "own")
+            self.depth = self.depth or ("full" if reference else "val")
         defaults = FINETUNE_DEFAULTS if self.arch in FINETUNE_ARCHS else CACHE_DEFAULTS
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -170,6 +189,9 @@ class TrainConfig:
         errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
         errs.check(self.readout in READOUTS, f"--readout {self.readout}: choose one of {', '.join(READOUTS)}")
         errs.check(self.loss in LOSSES, f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
+        errs.check(self.rung_grad is None or self.rung_grad in RUNG_GRADS,
+                   f"--rung-grad {self.rung_grad}: choose one of {', '.join(RUNG_GRADS)}")
+        errs.check(self.depth is None or self.depth in DEPTHS, f"--depth {self.depth}: choose one of {', '.join(DEPTHS)}")
         errs.check(self.gnn in GNNS, f"--gnn {self.gnn}: choose one of {', '.join(GNNS)}")
         errs.check(
             self.sampler is None or self.sampler in SAMPLERS, f"--sampler {self.sampler}: choose one of {', '.join(SAMPLERS)}"
@@ -202,6 +224,8 @@ class TrainConfig:
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")
             errs.check(self.loss == "multi-exit", "--loss is for --arch ladder; a baseline has one head")
             errs.check(self.readout == "target-mean", "--readout is for --arch ladder")
+            errs.check(self.rung_grad is None, "--rung-grad is for --arch ladder")
+            errs.check(self.depth is None, "--depth is for --arch ladder; a baseline has one head")
         else:
             errs.check(self.layer is None, "--layer is for the baselines; the ladder reads --rungs")
         if self.rungs is not None:
@@ -211,6 +235,10 @@ class TrainConfig:
         if self.rung_weights is not None:
             errs.check(all(w >= 0 for w in self.rung_weights), "--rung-weights: weights must be >= 0")
             errs.check(self.loss == "multi-exit", "--rung-weights weighs the multi-exit loss; --loss last-head trains the last head alone")
+        if self.loss == "last-head":
+            errs.check(self.depth != "val", "--depth val chooses among trained heads; --loss last-head trains the last head alone: use --depth full")
+            errs.check(self.rung_grad != "own",
+                       "--rung-grad own with --loss last-head would leave every rung but the last untrained: use --rung-grad joint")
         if self.split is not None and self.split.startswith("random:"):
             try:
                 parse_random_split(self.split)

@@ -7,6 +7,7 @@ For rung i with pooled LLM state h_i (n, H):
     g_i    = sigmoid(a_i / T)                      a_i learned, init 0; T = 0.1
     z_0    = GNN_0(P_0(h_0))
     z_i    = GNN_i(g_i * P_i(h_i) + (1 - g_i) * z_{i-1})
+             (--rung-grad own: z_{i-1} enters as a constant, so rung i's loss trains rung i alone)
     logits_i[v] = Linear(2K, C)([z_i[v] || mean of z_i over v's subgraph])             readout "target-mean"
     logits_i[v] = Linear(3K, C)([P_i(h_i)[v] || z_i[v] || mean of z_i over v's subgraph])  readout "ego"
 
@@ -17,6 +18,13 @@ weigh the node's own text against its neighbourhood instead of reading only mixe
 Each GNN_i is ``num_layers`` convolutions K -> K, each followed by LayerNorm, ReLU and
 dropout, except the final rung's last convolution, which stays linear (the reference adds
 an activation there by comparing layer ids with a count; we do not).
+
+With ``--rung-grad joint`` (the reference) every head's loss also trains the rungs below it;
+with ``own`` each rung is trained by its own head only, so a shallow rung learns what its own
+LLM state says instead of serving the deeper heads (on a graph whose deeper states or edges
+carry no extra signal, the deeper heads then fit the training nodes without dragging the
+shallow ones along). A run whose depth is chosen on validation keeps rungs ``0..d-1`` only
+(:meth:`GLadder.keep_rungs`).
 
 Rungs can be computed one at a time (:meth:`GLadder.rung`) so that stage 3 runs rung i as
 soon as LLM state i exists; :meth:`GLadder.forward` is the same loop over all rungs.
@@ -31,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stage2_train.config import RUNG_GRADS
 from stage2_train.sampling import SubgraphBatch
 from stage2_train.standardize import StateScaler
 
@@ -92,6 +101,8 @@ class GLadder(nn.Module):
         temperature: T of the gates.
         standardize: z-score each state with statistics set before training (``scaler``).
         readout: ``target-mean`` (the reference) or ``ego`` (also the node's own projected state).
+        rung_grad: ``joint`` (the reference: a head's loss reaches every rung below it) or ``own``
+            (each rung trained by its own head; the rung below enters as a constant).
     """
 
     def __init__(
@@ -106,12 +117,15 @@ class GLadder(nn.Module):
         temperature: float = 0.1,
         standardize: bool = False,
         readout: str = "target-mean",
+        rung_grad: str = "joint",
     ) -> None:
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
+        if rung_grad not in RUNG_GRADS:
+            raise ValueError(f"unknown rung_grad {rung_grad!r}; choose one of {', '.join(RUNG_GRADS)}")
         K = hidden_channels
-        self.readout = readout
+        self.readout, self.rung_grad = readout, rung_grad
         self.scaler = StateScaler(num_rungs, in_channels) if standardize else None
         self.num_rungs, self.temperature, self.dropout = num_rungs, temperature, dropout
         self.proj = nn.ModuleList(
@@ -141,6 +155,8 @@ class GLadder(nn.Module):
         own = self.proj[i](h_i)  # (n, K)
         x = own
         if i > 0:
+            if self.rung_grad == "own":
+                z_prev = z_prev.detach()
             g = torch.sigmoid(self.gate_logits[i] / self.temperature)
             x = g * own + (1 - g) * z_prev
         z = self.gnns[i](x, sub.edge_index)  # (n, K)
@@ -149,6 +165,18 @@ class GLadder(nn.Module):
             r = torch.cat([own[sub.targets], r], dim=1)  # (B, 3K)
         r = F.dropout(r, p=self.dropout, training=self.training)
         return z, self.heads[i](r)
+
+    def keep_rungs(self, depth: int) -> None:
+        """Keep rungs ``0..depth-1`` (their heads, gates and statistics) and drop the rest: the
+        ladder of a run whose depth was chosen on validation. Rung ``depth-1`` keeps the norm and
+        activation it was trained with."""
+        if not 1 <= depth <= self.num_rungs:
+            raise ValueError(f"depth {depth}: the ladder has {self.num_rungs} rungs")
+        self.proj, self.gnns, self.heads = self.proj[:depth], self.gnns[:depth], self.heads[:depth]
+        self.gate_logits = nn.Parameter(self.gate_logits.detach()[:depth].clone(), requires_grad=self.gate_logits.requires_grad)
+        if self.scaler is not None:
+            self.scaler.keep_states(depth)
+        self.num_rungs = depth
 
     def forward(self, states: torch.Tensor, sub: SubgraphBatch) -> torch.Tensor:
         """states: (n, S, H) -> logits (S, B, C), one row of logits per exit head."""

@@ -1,4 +1,8 @@
-"""The training loop for one seed: AdamW, early stopping on the last head, best weights kept.
+"""The training loop for one seed: AdamW, early stopping on the answering head, best weights kept.
+
+The answering head is the last one (``--depth full``), or with ``--depth val`` the head of best
+validation accuracy at each epoch (:func:`answer_head`): early stopping then keeps the epoch
+whose best head is best, and the seed's depth is that head's rung + 1.
 
 Every architecture has the same signature, ``model(states (n, S, H), sub) -> (S, B, C)``
 (S = 1 for the baselines), so one loop serves the ladder and the baselines. On CUDA the
@@ -72,6 +76,15 @@ def loss_weights(cfg, num_heads: int, device: str) -> torch.Tensor | None:
     return torch.as_tensor(cfg.rung_weights if cfg.rung_weights else [1.0] * num_heads, dtype=torch.float32, device=device)
 
 
+def answer_head(val_acc: list[float], depth: str) -> int:
+    """Index of the head that answers for a model whose heads score ``val_acc`` (S,) on
+    validation: the last for ``full``; for ``val`` the most accurate, ties to the shallower
+    (fewer LLM layers)."""
+    if depth == "full":
+        return len(val_acc) - 1
+    return max(range(len(val_acc)), key=lambda i: (val_acc[i], -i))
+
+
 @dataclass
 class EvalSet:
     """Fixed batches of targets (and labels) of one split. Their subgraphs are the sampler's
@@ -120,21 +133,37 @@ def evaluate(model, features: NodeFeatures, es: EvalSet, device: str, group=None
     return (correct.double() / max(total, 1)).tolist()
 
 
-def exit_policy_on_val(model, features: NodeFeatures, es: EvalSet, layers: list[int], device: str, group=None) -> dict:
-    """The exit policy ``pipeline infer`` uses by default, chosen on the validation set ``es``
-    from cached states (no LLM): the cheapest policy, in LLM layers run, within 1% relative of
-    full-depth validation accuracy (:func:`stage2_train.exit_policies.choose_policy`). Replayed per
+def policy_counts(model, features: NodeFeatures, es: EvalSet, layers: list[int], specs: tuple[str, ...], device: str,
+                  group=None) -> dict[str, list[float]]:
+    """:func:`stage2_train.exit_policies.replay_counts` of each policy in ``specs`` on an
+    evaluation set, over the first ``len(layers)`` heads (a run's chosen depth). Replayed per
     batch and summed (over ranks too), so memory stays one batch of logits."""
-    from stage2_train.exit_policies import CANDIDATES, choose_policy, replay_counts
+    from stage2_train.exit_policies import replay_counts
 
-    counts = {spec: [0.0, 0.0, 0.0] for spec in CANDIDATES}
+    counts = {spec: [0.0, 0.0, 0.0] for spec in specs}
     for logits, y in eval_logits(model, features, es, device):
-        for spec, c in replay_counts(logits, y, layers).items():
+        for spec, c in replay_counts(logits[: len(layers)], y, layers, specs).items():
             counts[spec] = [a + b for a, b in zip(counts[spec], c)]
     if group is not None and group.world_size > 1:
         flat = group.sum([v for c in counts.values() for v in c])
         counts = {spec: flat[3 * k : 3 * k + 3] for k, spec in enumerate(counts)}
-    return choose_policy(counts, layers[-1])
+    return counts
+
+
+def exit_policy_on_val(model, features: NodeFeatures, es: EvalSet, layers: list[int], device: str, group=None,
+                       test: EvalSet | None = None) -> dict:
+    """The exit policy ``pipeline infer`` uses by default, chosen on the validation set ``es``
+    from cached states (no LLM): the cheapest policy, in LLM layers run, within 1% relative of
+    full-depth validation accuracy (:func:`stage2_train.exit_policies.choose_policy`); ``layers``
+    are the LLM states of the rungs the run keeps. With ``test``, the choice also records its
+    accuracy there (``test_acc``: what ``pipeline infer`` answers by default; never used to choose)."""
+    from stage2_train.exit_policies import CANDIDATES, choose_policy
+
+    choice = choose_policy(policy_counts(model, features, es, layers, CANDIDATES, device, group), layers[-1])
+    if test is not None:
+        correct, total, _ = policy_counts(model, features, test, layers, (choice["policy"],), device, group)[choice["policy"]]
+        choice["test_acc"] = correct / total if total else float("nan")
+    return choice
 
 
 def epoch_batches(features: NodeFeatures, sampler: Sampler, nodes: np.ndarray, size: int, gen: torch.Generator,
@@ -221,6 +250,12 @@ class SeedResult:
     epoch_s: float  # mean wall time of a training epoch (without evaluation)
     exit_policy: dict | None = None  # the ladder's exit policy chosen on validation (exit_policy_on_val)
     state_dict: dict = field(repr=False, default_factory=dict)
+    depth: int | None = None  # rungs kept, the answering head is depth - 1 (--depth val); None: every head
+
+    @property
+    def answer(self) -> int:
+        """Index of the answering head in ``val_acc``/``test_acc``/``train_acc``."""
+        return (self.depth or len(self.val_acc)) - 1
 
 
 def train_seed(
@@ -259,6 +294,7 @@ def train_seed(
     S = model.num_rungs
     weights = loss_weights(cfg, S, device)
     gen = group.generator(seed)  # training subgraphs and batch order; separate from the init RNG
+    rule = getattr(cfg, "depth", None) or "full"  # the baselines' single head answers
     val_set = make_eval_set(sampler, mine["val"], labels, cfg.eval_batch_size)
     size = len(split["train"]) if sampler.mode == "full" else cfg.batch_size
     best_val, best_epoch, best_state, wait, epoch_times = -1.0, 0, None, 0, []
@@ -280,13 +316,14 @@ def train_seed(
         epoch_times.append(time.perf_counter() - t0)
         loss_sum, n_seen = group.sum([loss_sum, n_seen])
         val = evaluate(model, features, val_set, device, group)
-        line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": val[-1], "val_acc_heads": val,
+        score = val[answer_head(val, rule)]
+        line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": score, "val_acc_heads": val,
                 "epoch_s": epoch_times[-1]}
         on_epoch(line)
         if tracker is not None:
-            tracker.advance(1, loss=line["loss"], val_acc=val[-1])
-        if val[-1] > best_val:
-            best_val, best_epoch, wait = val[-1], epoch, 0
+            tracker.advance(1, loss=line["loss"], val_acc=score)
+        if score > best_val:
+            best_val, best_epoch, wait = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             wait += 1
@@ -295,15 +332,18 @@ def train_seed(
     model.load_state_dict(best_state)  # restore the best-validation epoch
     train_set = make_eval_set(sampler, mine["train"], labels, cfg.eval_batch_size)
     test_set = make_eval_set(sampler, mine["test"], labels, cfg.eval_batch_size) if len(split["test"]) else None
+    val = evaluate(model, features, val_set, device, group)  # the best epoch's, evaluation draws being fixed
+    depth = answer_head(val, rule) + 1
     return SeedResult(
         seed=seed,
         best_epoch=best_epoch,
         epochs_run=epoch,
-        val_acc=evaluate(model, features, val_set, device, group),
+        val_acc=val,
         test_acc=evaluate(model, features, test_set, device, group) if test_set else [float("nan")] * S,
         train_acc=evaluate(model, features, train_set, device, group),
         gates=[float(g) for g in model.gates().detach().cpu()],
         epoch_s=float(np.mean(epoch_times)),
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        exit_policy=exit_policy_on_val(model, features, val_set, layers, device, group) if layers else None,
+        exit_policy=exit_policy_on_val(model, features, val_set, layers[:depth], device, group, test_set) if layers else None,
+        depth=depth,
     )

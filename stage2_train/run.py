@@ -28,22 +28,30 @@ def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rung
         "temperature": config.temperature,
         "standardize": config.standardize,
         "readout": config.readout,
+        "rung_grad": config.rung_grad,
     }
 
 
 def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes: dict) -> dict:
-    """Mean ± std over seeds (population std, numpy's default) of the last head and of every head."""
+    """Mean ± std over seeds (population std, numpy's default) of the answering head (the last,
+    or each seed's best on validation with ``--depth val``) and of every head."""
     test = np.array([r.test_acc for r in results])  # (seeds, S)
     val = np.array([r.val_acc for r in results])
-    best = max(results, key=lambda r: (r.val_acc[-1], -r.seed))
+    answer_test = np.array([r.test_acc[r.answer] for r in results])  # (seeds,)
+    answer_val = np.array([r.val_acc[r.answer] for r in results])
+    best = max(results, key=lambda r: (r.val_acc[r.answer], -r.seed))
+    policies = [r.exit_policy for r in results if r.exit_policy and "test_acc" in r.exit_policy]
     return {
         "arch": config.arch,
         "layers": layers,
         "seeds": [r.seed for r in results],
-        "test_acc_mean": float(test[:, -1].mean()),
-        "test_acc_std": float(test[:, -1].std()),
-        "val_acc_mean": float(val[:, -1].mean()),
-        "val_acc_std": float(val[:, -1].std()),
+        "test_acc_mean": float(answer_test.mean()),
+        "test_acc_std": float(answer_test.std()),
+        "val_acc_mean": float(answer_val.mean()),
+        "val_acc_std": float(answer_val.std()),
+        # what `pipeline infer` answers by default: each seed's exit policy replayed on its test nodes (ladder only)
+        "exit_test_acc_mean": float(np.mean([p["test_acc"] for p in policies])) if len(policies) == len(results) else None,
+        "exit_test_acc_std": float(np.std([p["test_acc"] for p in policies])) if len(policies) == len(results) else None,
         "heads": [
             {
                 "layer": layer,
@@ -56,16 +64,17 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
         ],
         "gates_mean": np.mean([r.gates for r in results], axis=0).tolist() if results[0].gates else [],
         "epoch_s_mean": float(np.mean([r.epoch_s for r in results])),
-        "default_seed": best.seed,  # chosen on validation accuracy of the last head
+        "default_seed": best.seed,  # chosen on validation accuracy of the answering head
         "exit_policy": best.exit_policy,  # the default seed's, chosen on its validation nodes (ladder only)
         "per_seed": [
             {
                 "seed": r.seed,
                 "best_epoch": r.best_epoch,
                 "epochs_run": r.epochs_run,
-                "val_acc": r.val_acc[-1],
-                "test_acc": r.test_acc[-1],
-                "train_acc": r.train_acc[-1],
+                "depth": r.answer + 1,  # rungs kept: the ladder answers with head depth - 1, LLM state layers[depth - 1]
+                "val_acc": r.val_acc[r.answer],
+                "test_acc": r.test_acc[r.answer],
+                "train_acc": r.train_acc[r.answer],
                 "val_acc_heads": r.val_acc,
                 "test_acc_heads": r.test_acc,
                 "train_acc_heads": r.train_acc,
@@ -246,9 +255,11 @@ def _run(config: TrainConfig, group=None) -> dict:
             writer.save_weights(seed, r.state_dict)
             results.append(r)
             log(
-                f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, "
-                f"test {r.test_acc[-1]:.4f}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
+                f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, "
+                + (f"depth {r.answer + 1} of {len(r.val_acc)} rungs (LLM state {data.layers[r.answer]}), " if config.depth == "val" else "")
+                + f"val {r.val_acc[r.answer]:.4f}, test {r.test_acc[r.answer]:.4f}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
                 + (f", exit policy {describe_choice(r.exit_policy)}" if r.exit_policy else "")
+                + (f", test {100 * r.exit_policy['test_acc']:.2f}% with it" if r.exit_policy and "test_acc" in r.exit_policy else "")
             )
 
         # --- save
@@ -266,5 +277,7 @@ def _run(config: TrainConfig, group=None) -> dict:
 
 def summary_line(config, summary: dict) -> str:
     """The closing log line of a training run (every arch)."""
+    exits = (f" (with each seed's exit policy, what infer answers: test {100 * summary['exit_test_acc_mean']:.2f} ± "
+             f"{100 * summary['exit_test_acc_std']:.2f})" if summary.get("exit_test_acc_mean") is not None else "")
     return (f"{config.arch}: test {100 * summary['test_acc_mean']:.2f} ± {100 * summary['test_acc_std']:.2f}, "
-            f"val {100 * summary['val_acc_mean']:.2f} over seeds {list(config.seeds)} -> {config.out}")
+            f"val {100 * summary['val_acc_mean']:.2f}{exits} over seeds {list(config.seeds)} -> {config.out}")

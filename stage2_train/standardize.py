@@ -38,6 +38,10 @@ class StateScaler(nn.Module):
         self.mean.copy_(mean)
         self.std.copy_(std.clamp(min=MIN_STD))
 
+    def keep_states(self, count: int) -> None:
+        """Keep the statistics of the first ``count`` states (a ladder cut to its chosen depth)."""
+        self.mean, self.std = self.mean[:count].clone(), self.std[:count].clone()
+
     def forward(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """h: (n, H) state i -> (n, H) standardised."""
         return (h - self.mean[i]) / self.std[i]

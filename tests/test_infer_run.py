@@ -37,7 +37,8 @@ def trained(tmp_path_factory, cora_cache):
 
     root = tmp_path_factory.mktemp("infer")
     graph_dir, cache = cora_cache(NODES, max_length=32, block_size=16)
-    train(TrainConfig(cache=cache, out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3))
+    train(TrainConfig(cache=cache, out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3,
+                      depth="full"))  # every rung kept: the tests below climb all 7
     return root, root / "run", load_graph(graph_dir)
 
 
@@ -86,6 +87,25 @@ def test_early_exit_runs_fewer_layers_and_matches_cached_replay(trained):
     # each target's own text ran exactly to its exit layer (neighbours come from the cache)
     assert summary["llm_layer_evals"] == int(sum(t["exit_layer"])) < summary["llm_layer_evals_full_depth"]
     assert summary["num_targets"] == NODES and summary["policy"] == "patience:1"
+
+
+def test_a_run_cut_to_its_depth_never_climbs_past_it(trained, tmp_path):
+    """A seed whose depth was chosen on validation (``--depth val``) answers with head depth - 1,
+    running each target's text only to that rung's LLM state, whatever the policy."""
+    root, run_dir, graph = trained
+    cut = tmp_path / "cut"
+    shutil.copytree(run_dir, cut)
+    summary = json.loads((cut / "summary.json").read_text())
+    summary["per_seed"][0]["depth"] = 3
+    (cut / "summary.json").write_text(json.dumps(summary))
+    test = np.flatnonzero(graph.split == "test")
+    logits, _ = _cached_logits(run_dir, test)  # the full ladder, 7 heads
+    for policy in ("none", "patience:5"):
+        out = run(InferConfig(cut, tmp_path / f"pred_{policy[:4]}", exit=policy))
+        t = read_predictions(tmp_path / f"pred_{policy[:4]}").to_pydict()
+        assert t["exit_rung"] == [2] * len(test) and t["exit_layer"] == [LAYERS[2]] * len(test)
+        assert t["predicted_label"] == [graph.label_names[i] for i in logits[2].argmax(-1).tolist()]
+        assert out["llm_layer_evals"] == out["llm_layer_evals_full_depth"] == len(test) * LAYERS[2]
 
 
 def test_inductive_new_nodes_get_predictions(trained, tmp_path):

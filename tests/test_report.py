@@ -170,7 +170,7 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
         assert (f"| {i} | {head['layer']} | {100 * head['val_acc_mean']:.2f} ± {100 * head['val_acc_std']:.2f} | "
                 f"{100 * head['test_acc_mean']:.2f} ± {100 * head['test_acc_std']:.2f} | {gate:.3f} |") in md
     infer = json.loads((full_run / "infer" / "summary.json").read_text())
-    assert (f"| `infer` | patience:1 | {100 * infer['accuracy']:.2f} | – | – | {100 * infer['layer_fraction']:.2f} | "
+    assert (f"| `infer` | {infer['policy']} | {100 * infer['accuracy']:.2f} | – | – | {100 * infer['layer_fraction']:.2f} | "
             f"{infer['mean_exit_layer']:.1f} | 8 |") in md
     assert "Dashed: fixed depth `layer:I` (every node exits at rung I), the test accuracy of each exit head" in md
     assert "| `bench_infer.json` | patience:1 (chosen on val) | 84.50 | 0.59 | 2.90x | 38.00 | – | 1000 |" in md
@@ -192,7 +192,8 @@ def test_rerun_replaces_the_report_and_several_run_dirs(full_run, tmp_path):
     out = tmp_path / "rep"
     assert invoke(full_run / "infer", full_run / "baselines", "--out", out).exit_code == 0
     md = (out / "report.md").read_text()
-    assert "| infer output | `infer` | policy patience:1, 8 nodes," in md  # relative to the common parent
+    policy = json.loads((full_run / "infer" / "summary.json").read_text())["policy"]  # the run's choice on validation
+    assert f"| infer output | `infer` | policy {policy}, 8 nodes," in md  # relative to the common parent
     assert "| training run | `baselines/mlp` | mlp on graph (minilm-l6), seeds [0, 1]," in md
     assert sorted(p.name for p in out.iterdir()) == [MARKER,
         "accuracy.png", "cost_accuracy.png", "early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json", "training_baselines-mlp.png"]
@@ -200,7 +201,7 @@ def test_rerun_replaces_the_report_and_several_run_dirs(full_run, tmp_path):
     assert invoke(full_run / "infer", "--out", out).exit_code == 0  # a second report replaces the first
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "early_exit_tradeoff.png", "exit_layers.png", "report.md", "report_config.json"]
     md = (out / "report.md").read_text()
-    assert "| infer output | `.` | policy patience:1, 8 nodes," in md and "`baselines/mlp`" not in md
+    assert f"| infer output | `.` | policy {policy}, 8 nodes," in md and "`baselines/mlp`" not in md
     assert not list(tmp_path.glob(".rep.tmp-*"))
 
 

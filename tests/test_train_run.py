@@ -72,12 +72,13 @@ def test_checkpoint_roundtrip_identical_predictions_and_determinism(small):
         assert a[k] == b[k]
 
     ck = load_checkpoint(root / "det_a", seed=1)
-    assert ck.seed == 1 and ck.layers == [0, 3, 6] and ck.graph_source == json.loads((root / "det_a" / "manifest.json").read_text())["graph_source"]
+    depth = a["per_seed"][1]["depth"]  # the rungs seed 1 keeps (--depth val, the default)
+    assert ck.seed == 1 and ck.layers == [0, 3, 6][:depth] and ck.graph_source == json.loads((root / "det_a" / "manifest.json").read_text())["graph_source"]
     data = open_train_data(ck.cache_path, tuple(ck.layers), None, "ladder")
     feats = CachedFeatures(data)
     split = resolve_split(data.graph, None, 1)
     es = make_eval_set(Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler), split["val"], data.graph.labels, 512)
-    assert evaluate(ck.model, feats, es, "cpu") == a["per_seed"][1]["val_acc_heads"]
+    assert evaluate(ck.model, feats, es, "cpu") == a["per_seed"][1]["val_acc_heads"][:depth]
     # a second load gives bit-identical logits
     sub = es.subs[0]
     again = load_checkpoint(root / "det_b", seed=1).model
@@ -197,9 +198,10 @@ def test_standardize_statistics_come_from_training_nodes_only(small):
     assert all(torch.equal(a, b) for a, b in zip(training_stats(feats, split["train"]), training_stats(shifted, split["train"])))
     # the loaded checkpoint standardises as training did: the same validation accuracy per head
     ck = load_checkpoint(root / "std")
-    assert torch.equal(ck.model.scaler.mean, saved["scaler.mean"])
+    depth = s["per_seed"][0]["depth"]  # the rungs seed 0 keeps, with their statistics
+    assert torch.equal(ck.model.scaler.mean, saved["scaler.mean"][:depth])
     es = make_eval_set(Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler), split["val"], data.graph.labels, 512)
-    assert evaluate(ck.model, feats, es, "cpu") == s["per_seed"][0]["val_acc_heads"]
+    assert evaluate(ck.model, feats, es, "cpu") == s["per_seed"][0]["val_acc_heads"][:depth]
     assert "scaler.mean" not in load_file(str(_trained_plain(small) / "seed_0" / "model.safetensors"))
 
 
@@ -217,7 +219,7 @@ def test_last_head_loss_equals_multi_exit_with_weights_0_to_1(small):
     root = small[0]
     kw = dict(lr=1e-2, epochs=4, patience=4)
     engine = run(_cfg(small, "engine", loss="last-head", **kw))
-    weighted = run(_cfg(small, "weighted_001", rung_weights=(0.0, 0.0, 1.0), **kw))
+    weighted = run(_cfg(small, "weighted_001", rung_weights=(0.0, 0.0, 1.0), rung_grad="joint", depth="full", **kw))
     la, lb = read_metrics(root / "engine"), read_metrics(root / "weighted_001")
     assert [m["val_acc"] for m in la] == [m["val_acc"] for m in lb] and len(la) == 4
     assert [m["loss"] for m in la] == pytest.approx([m["loss"] for m in lb], rel=1e-5)
@@ -226,7 +228,7 @@ def test_last_head_loss_equals_multi_exit_with_weights_0_to_1(small):
     feeding_last_head = [k for k in wa if not k.startswith(("heads.0.", "heads.1."))]  # weight 0: never trained
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in feeding_last_head)
     assert engine["per_seed"][0]["test_acc"] == weighted["per_seed"][0]["test_acc"]
-    # all weights 1 (the default multi-exit loss) trains the same network differently
+    # all weights 1 (the multi-exit loss) trains the same network differently
     multi = load_file(str(_trained_plain(small) / "seed_0" / "model.safetensors"))
     assert not torch.allclose(multi["proj.0.0.weight"], wa["proj.0.0.weight"], atol=1e-5)
     assert json.loads((root / "engine" / "checkpoint.json").read_text())["loss"] == "last-head"
@@ -250,13 +252,25 @@ def test_exit_policy_is_chosen_on_validation_and_stored(small):
     sub = Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler).sample(val)
     with torch.no_grad():
         logits = ck.model(CachedFeatures(data)(sub.nodes), sub)  # (S, M, C)
-    counts = replay_counts(logits, torch.as_tensor(data.graph.labels[val]), [0, 3, 6])
-    assert choose_policy(counts, 6) == choice
+    layers, last = ck.layers, ck.layers[-1]  # the rungs the seed keeps (--depth val, the default)
+    assert layers == [0, 3, 6][: s["per_seed"][0]["depth"]] and logits.shape[0] == len(layers)
+    counts = replay_counts(logits, torch.as_tensor(data.graph.labels[val]), layers)
+    assert choose_policy(counts, last) == {k: v for k, v in choice.items() if k != "test_acc"}
+    # its accuracy on the test nodes (what infer answers by default) is recorded, never used to choose
+    test = resolve_split(data.graph, None, 0)["test"]
+    sub = Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler).sample(test)
+    with torch.no_grad():
+        correct, total, _ = replay_counts(ck.model(CachedFeatures(data)(sub.nodes), sub), torch.as_tensor(data.graph.labels[test]),
+                                          layers, (choice["policy"],))[choice["policy"]]
+    assert choice["test_acc"] == correct / total and s["exit_test_acc_mean"] == correct / total
     # the rule: within 1% relative of full depth, and no candidate within it runs fewer layers
     base = counts["none"][0] / counts["none"][1]
     assert (base - choice["val_acc"]) / base <= 0.01 + 1e-12 and choice["full_depth_val_acc"] == base
     within = [k for k, (c, n, _) in counts.items() if (base - c / n) / base <= 0.01 + 1e-12]
-    assert choice["layer_fraction"] == min(counts[k][2] / (counts[k][1] * 6) for k in within)
-    assert np.isclose(choice["layer_fraction"], counts[choice["policy"]][2] / (12 * 6))
+    def fraction(k):  # of the LLM layers up to the answering rung's state (a rung at state 0 runs none: 1.0)
+        return counts[k][2] / (counts[k][1] * last) if last else 1.0
+
+    assert choice["layer_fraction"] == min(fraction(k) for k in within)
+    assert np.isclose(choice["layer_fraction"], fraction(choice["policy"]))
     # baselines have no exit rungs: nothing stored
     assert run(_cfg(small, "mlp_exit", arch="mlp", epochs=1))["exit_policy"] is None

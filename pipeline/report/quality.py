@@ -87,6 +87,11 @@ def heads_section(found: Collected, doc: Document) -> None:
             [[i, h.get("layer"), pct(h.get("val_acc_mean"), h.get("val_acc_std")), pct(h.get("test_acc_mean"), h.get("test_acc_std")),
               f"{gmean[i]:.3f}" if i < len(gmean) else "–"] for i, h in enumerate(s["heads"])],
         )
+        depths = [(p.get("seed"), p["depth"]) for p in s.get("per_seed", [])
+                  if type(p.get("depth")) is int and 1 <= p["depth"] <= len(layers)]
+        if any(d < len(layers) for _, d in depths):
+            doc.add("Depth chosen on validation (`--depth val`; the rungs above are dropped): "
+                    + ", ".join(f"seed {seed} answers with rung {d - 1} (LLM state {layers[d - 1]})" for seed, d in depths) + ".", "")
         title = f"{r.dataset} / {r.encoder}: exit-head accuracy over depth ({len(s.get('per_seed', []))} seed(s))"
         doc.figure(figures.rung_heads, f"heads_{doc.slug(r.path)}.png", layers, s["heads"], gates, title,
                    alt=f"exit head accuracy and gates of {doc.rel(r.path)}")
