@@ -80,7 +80,7 @@ class TrainConfig:
     # None: CACHE_DEFAULTS or FINETUNE_DEFAULTS (epochs, patience, batch_size, dropout)
     epochs: int | None = option(None, "Maximum epochs (default 200; 3 for the fine-tuning archs).")
     patience: int | None = option(
-        None, "Stop after this many epochs without a better validation accuracy (last head); default 30, 1 for the fine-tuning archs."
+        None, "Stop after this many epochs without a better validation accuracy of the answering head (see --depth); default 30, 1 for the fine-tuning archs."
     )
     lr: float | None = option(
         None, "AdamW learning rate (default 3e-4 for the ladder, 1e-2 for the baselines; lora 1e-3, ia3 3e-3, prefix 1e-2, finetune 5e-5)."
