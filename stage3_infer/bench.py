@@ -5,9 +5,11 @@ timed end to end, against ``none`` (full depth). Two confidence thresholds are c
 VALIDATION nodes, never on test: the full-depth per-rung logits of the validation nodes
 (from the cache when present, else the LLM) are replayed through every candidate threshold
 (``policies.replay_counts``), and we keep the cheapest threshold within 0.5% and within 1.0%
-relative validation-accuracy drop. The policy ``pipeline train`` stores with the run (the
-cheapest within 1.0% on validation, ``policies.choose_policy``, the same rule on the same
-nodes) is marked ``chosen_on_val``.
+relative validation-accuracy drop. The cheapest within 1.0% on these validation nodes
+(``policies.choose_policy``, the rule ``pipeline train`` uses) is marked ``chosen_on_val``. The
+policy the run stored (chosen by ``pipeline train`` on all its validation nodes; what
+``pipeline infer`` runs unless ``--exit`` is given) is timed too and marked ``infer_default``:
+with ``--max-targets`` below the validation size the two can differ.
 
 Per policy: ``accuracy``, ``rel_drop`` = (acc_none - acc) / acc_none, ``speedup`` =
 wall(none) / wall(policy), ``layer_fraction`` = LLM layers run / layers at full depth.
@@ -50,7 +52,8 @@ def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
 def run_bench(config: BenchConfig) -> dict:
     from pipeline.core.devices import peak_memory, reset_peak_memory
     from stage3_infer.config import InferConfig
-    from stage2_train.exit_policies import CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit, replay_counts
+    from stage2_train.exit_policies import (CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit, replay_counts,
+                                            resolve_exit)
     from stage3_infer.run import open_session, predict
     from stage3_infer.targets import select_targets
 
@@ -68,9 +71,13 @@ def run_bench(config: BenchConfig) -> dict:
     labels = np.asarray(graph.labels)
 
     # --- thresholds on validation only
-    counts = replay_counts(val_rung_logits(session, val), torch.as_tensor(labels[val]), session.layers)
+    stored, why = resolve_exit(None, ckpt)  # what `pipeline infer` runs without --exit
+    val_logits = val_rung_logits(session, val)
+    counts = replay_counts(val_logits, torch.as_tensor(labels[val]), session.layers)
+    extra = {k: c for k, c in replay_counts(val_logits, torch.as_tensor(labels[val]), session.layers, (stored,)).items()
+             if k not in counts}  # a stored policy outside the candidates (e.g. layer:I): timed, never chosen here
     last = session.layers[-1]
-    replay = {k: (c / n if n else 0.0, run / (n * last) if n else 1.0) for k, (c, n, run) in counts.items()}  # (acc, layer fraction)
+    replay = {k: (c / n if n else 0.0, run / (n * last) if n else 1.0) for k, (c, n, run) in {**counts, **extra}.items()}  # (acc, layer fraction)
     base_acc = replay["none"][0]
     drop = {k: (base_acc - a) / base_acc if base_acc else 0.0 for k, (a, _) in replay.items()}
     chosen = []
@@ -78,16 +85,17 @@ def run_bench(config: BenchConfig) -> dict:
         pool = {k: c for k, c in counts.items() if k == "none" or (k.startswith("confidence:") and k not in chosen)}
         pick = choose_policy(pool, last, max_rel_drop=limit)["policy"]
         chosen.append(pick if pick != "none" else f"confidence:{CONFIDENCE_CANDIDATES[-1 - len(chosen)]}")
-    policies = [*FIXED_CANDIDATES, *dict.fromkeys(chosen)]
-    default = choose_policy(counts, last)["policy"]  # what `pipeline train` stored for the run (same rule, same nodes)
-    log(f"bench infer: thresholds chosen on {len(val)} validation nodes: {chosen}; cheapest within 1% on val: {default}")
+    default = choose_policy(counts, last)["policy"]  # `pipeline train`'s rule on these validation nodes
+    policies = list(dict.fromkeys([*FIXED_CANDIDATES, *chosen, stored]))
+    log(f"bench infer: thresholds chosen on {len(val)} validation nodes: {chosen}; cheapest within 1% on val: {default}; "
+        f"infer default: {stored} ({why})")
 
     # --- timed runs on test, texts re-encoded by the LLM
     predict(session, test[: min(len(test), 8)], parse_exit("none"), show_progress=False)  # warm-up
     rows = {}
     for spec in policies:
         reset_peak_memory(session.device)
-        runs = [predict(session, test, parse_exit(spec), show_progress=False) for _ in range(config.repeats)]
+        runs = [predict(session, test, parse_exit(spec, num_rungs=len(session.layers)), show_progress=False) for _ in range(config.repeats)]
         r = min(runs, key=lambda x: x.wall_time_s)
         acc = float((r.tracker.pred.numpy() == labels[test]).mean())
         rows[spec] = {"accuracy": acc, "wall_time_s": r.wall_time_s, "layer_fraction": r.layer_evals / r.full_depth_evals,
@@ -107,6 +115,7 @@ def run_bench(config: BenchConfig) -> dict:
             "val_accuracy": replay[spec][0],
             "val_rel_drop": drop[spec],
             "chosen_on_val": spec == default,
+            "infer_default": spec == stored,
             "num_test": int(len(test)),
             "num_val": int(len(val)),
             "texts_per_s": row["texts_per_s"],
@@ -130,7 +139,8 @@ def format_table(table: dict, session) -> str:
         f"{'policy':<18}{'accuracy':>10}{'rel. drop':>11}{'speed-up':>10}{'layers run':>12}{'wall s':>9}",
     ]
     for spec, r in table.items():
-        mark = "  <- chosen on val" if r["chosen_on_val"] else ""
+        marks = [m for m, on in (("chosen on val", r["chosen_on_val"]), ("infer default", r["infer_default"])) if on]
+        mark = "  <- " + ", ".join(marks) if marks else ""
         lines.append(
             f"{spec:<18}{100 * r['accuracy']:>9.2f}%{100 * r['rel_drop']:>10.2f}%{r['speedup']:>9.2f}x"
             f"{100 * r['layer_fraction']:>11.1f}%{r['wall_time_s']:>9.1f}{mark}"

@@ -30,4 +30,5 @@ infer_command = command(InferConfig, _infer, """Predict node labels with dynamic
 
 bench_infer_command = command(BenchConfig, _bench, """Early-exit benchmark on the test nodes, texts re-encoded by the LLM: accuracy, relative
     drop and wall-time speed-up against full depth (none), and the fraction of LLM layers run,
-    for none, patience:1, patience:2 and two confidence thresholds chosen on validation nodes.""")
+    for none, patience:1, patience:2, two confidence thresholds chosen on validation nodes and the run's stored
+    policy (what `pipeline infer` runs without --exit).""")

@@ -21,7 +21,8 @@ import torch
 from pipeline.core.bench_json import read_bench
 from pipeline.core.graph import load_graph
 from stage3_infer.config import InferConfig
-from stage2_train.exit_policies import decide, parse_exit
+from stage2_train.checkpoint import load_checkpoint
+from stage2_train.exit_policies import decide, parse_exit, resolve_exit
 from stage3_infer.predictions import read_predictions
 from stage3_infer.run import run
 
@@ -200,8 +201,10 @@ def test_bench_infer_json(trained, tmp_path, cli):
     assert result.exit_code == 0, result.output
     kind, table = read_bench(tmp_path / "bench.json")
     assert kind == "infer"
-    assert list(table)[:3] == ["none", "patience:1", "patience:2"] and len(table) == 5
-    assert all(k.startswith("confidence:") for k in list(table)[3:])
+    stored = resolve_exit(None, load_checkpoint(run_dir))[0]
+    assert list(table)[:3] == ["none", "patience:1", "patience:2"] and len(table) in (5, 6)
+    assert all(k.startswith("confidence:") for k in list(table)[3:5])
+    assert [k for k, row in table.items() if row["infer_default"]] == [stored]  # timed even when not among the two
     for row in table.values():
         assert {"accuracy", "rel_drop", "speedup", "layer_fraction"} <= set(row)
         assert row["num_test"] == 4 and row["num_val"] == 4
