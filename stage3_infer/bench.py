@@ -52,8 +52,8 @@ def val_rung_logits(session, targets: np.ndarray) -> torch.Tensor:
 def run_bench(config: BenchConfig) -> dict:
     from pipeline.core.devices import peak_memory, reset_peak_memory
     from stage3_infer.config import InferConfig
-    from stage2_train.exit_policies import (CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit, replay_counts,
-                                            resolve_exit)
+    from stage2_train.exit_policies import (CANDIDATES, CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit,
+                                            replay_counts, resolve_exit)
     from stage3_infer.run import open_session, predict
     from stage3_infer.targets import select_targets
 
@@ -72,12 +72,11 @@ def run_bench(config: BenchConfig) -> dict:
 
     # --- thresholds on validation only
     stored, why = resolve_exit(None, ckpt)  # what `pipeline infer` runs without --exit
-    val_logits = val_rung_logits(session, val)
-    counts = replay_counts(val_logits, torch.as_tensor(labels[val]), session.layers)
-    extra = {k: c for k, c in replay_counts(val_logits, torch.as_tensor(labels[val]), session.layers, (stored,)).items()
-             if k not in counts}  # a stored policy outside the candidates (e.g. layer:I): timed, never chosen here
+    replayed = replay_counts(val_rung_logits(session, val), torch.as_tensor(labels[val]), session.layers,
+                             tuple(dict.fromkeys([*CANDIDATES, stored])))
+    counts = {k: replayed[k] for k in CANDIDATES}  # a stored policy outside them (e.g. layer:I) is timed, never chosen here
     last = session.layers[-1]
-    replay = {k: (c / n if n else 0.0, run / (n * last) if n else 1.0) for k, (c, n, run) in {**counts, **extra}.items()}  # (acc, layer fraction)
+    replay = {k: (c / n if n else 0.0, run / (n * last) if n else 1.0) for k, (c, n, run) in replayed.items()}  # (acc, layer fraction)
     base_acc = replay["none"][0]
     drop = {k: (base_acc - a) / base_acc if base_acc else 0.0 for k, (a, _) in replay.items()}
     chosen = []
