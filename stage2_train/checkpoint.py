@@ -42,6 +42,15 @@ FLAGS = config_file_name("train")
 RUN_MARKS = (SUMMARY, METRICS)  # the files by which a folder is recognised as a run
 
 
+# What runs written before an option existed were trained with: the option's value for them.
+LEGACY_SPEC = {"rung_activation": "relu", "rung_norm": "layer"}
+
+
+def spec_value(spec: dict, key: str):
+    """``spec[key]``, or what a run written before that key existed used."""
+    return spec.get(key, LEGACY_SPEC.get(key))
+
+
 def build_model(spec: dict, device: str = "cpu") -> nn.Module:
     """The network described by ``config["model"]`` (arch, channels, rungs, gnn, ...); for a
     fine-tuning arch, the LLM it names with a fresh adapter (or its base weights) and head."""
@@ -60,6 +69,7 @@ def build_model(spec: dict, device: str = "cpu") -> nn.Module:
             gnn=spec["gnn"], num_layers=spec["num_layers"], dropout=spec["dropout"], temperature=spec["temperature"],
             standardize=spec.get("standardize", False), readout=spec.get("readout", "target-mean"),  # older runs: the defaults then
             rung_grad=spec.get("rung_grad") or "joint",  # runs before --rung-grad: the reference's joint training
+            activation=spec_value(spec, "rung_activation"), norm=spec_value(spec, "rung_norm"),
         )
     return NodeBaseline(
         spec["arch"], spec["in_channels"], spec["hidden_channels"], spec["out_channels"],
@@ -271,6 +281,7 @@ def run_arch(path: str | Path) -> str | None:
 # what a warm start needs to match: key of config["model"] -> the flag (or input) that sets it
 WARM_START_KEYS = {
     "arch": "--arch", "hidden_channels": "--hidden-channels", "gnn": "--gnn", "num_layers": "--num-layers",
+    "rung_norm": "--rung-norm", "rung_activation": "--rung-activation",
     "num_rungs": "--rungs", "in_channels": "the cache's LLM width (the encode --model)", "out_channels": "classes",
 }
 
@@ -291,8 +302,8 @@ def warm_start_weights(path: str | Path, spec: dict, layers: list[int], label_na
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"--init {path}: checkpoint format version {config.get('format_version')}, this version reads {FORMAT_VERSION}")
     problems = [
-        f"{flag}: {path} has {key} {config['model'].get(key)!r}, this run {spec.get(key)!r}"
-        for key, flag in WARM_START_KEYS.items() if config["model"].get(key) != spec.get(key)
+        f"{flag}: {path} has {key} {spec_value(config['model'], key)!r}, this run {spec_value(spec, key)!r}"
+        for key, flag in WARM_START_KEYS.items() if spec_value(config["model"], key) != spec_value(spec, key)
     ]
     if list(config["layers"]) != list(layers):
         problems.append(f"--rungs: {path} reads LLM states {config['layers']}, this run {layers}")

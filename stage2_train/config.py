@@ -30,6 +30,8 @@ READOUTS = ("target-mean", "ego")  # the ladder's head input: see stage2_train.l
 LOSSES = ("multi-exit", "last-head")  # ENGINE-Early (every head trained) / plain ENGINE (last head only)
 RUNG_GRADS = ("own", "joint")  # each rung trained by its own head only / by every head above it too (the reference)
 DEPTHS = ("val", "full")  # the best head on validation answers, deeper rungs dropped / the last head answers (the reference)
+RUNG_ACTIVATIONS = ("relu", "elu")  # the ladder's hidden activation (ELU: the ENGINE authors' choice on small graphs)
+RUNG_NORMS = ("layer", "none")  # LayerNorm before each hidden activation of the ladder, or none (the authors' small graphs)
 
 
 @dataclass
@@ -118,6 +120,12 @@ class TrainConfig:
         "Ladder head input: target-mean ([z_v || mean of z over v's subgraph], the reference) or ego (also v's own "
         "projected LLM state, untouched by neighbours: for heterophilous graphs).",
     )
+    rung_activation: str = option(
+        "relu", "Ladder: activation after each rung's projection and hidden convolutions: relu, or elu (as the ENGINE authors ran small graphs)."
+    )
+    rung_norm: str = option(
+        "layer", "Ladder: normalisation before each of those activations: layer (LayerNorm), or none (as the ENGINE authors ran small graphs)."
+    )
     batch_size: int | None = option(
         None, "Target nodes per training batch (default 64, 16 for the fine-tuning archs; ignored by --sampler full: full batch)."
     )
@@ -188,6 +196,9 @@ class TrainConfig:
                    "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)")
         errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
         errs.check(self.readout in READOUTS, f"--readout {self.readout}: choose one of {', '.join(READOUTS)}")
+        errs.check(self.rung_activation in RUNG_ACTIVATIONS,
+                   f"--rung-activation {self.rung_activation}: choose one of {', '.join(RUNG_ACTIVATIONS)}")
+        errs.check(self.rung_norm in RUNG_NORMS, f"--rung-norm {self.rung_norm}: choose one of {', '.join(RUNG_NORMS)}")
         errs.check(self.loss in LOSSES, f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
         errs.check(self.rung_grad is None or self.rung_grad in RUNG_GRADS,
                    f"--rung-grad {self.rung_grad}: choose one of {', '.join(RUNG_GRADS)}")
@@ -224,6 +235,8 @@ class TrainConfig:
             errs.check(not self.no_cache, "--no-cache is for --arch ladder")
             errs.check(self.loss == "multi-exit", "--loss is for --arch ladder; a baseline has one head")
             errs.check(self.readout == "target-mean", "--readout is for --arch ladder")
+            errs.check(self.rung_activation == "relu", "--rung-activation is for --arch ladder")
+            errs.check(self.rung_norm == "layer", "--rung-norm is for --arch ladder")
             errs.check(self.rung_grad is None, "--rung-grad is for --arch ladder")
             errs.check(self.depth is None, "--depth is for --arch ladder; a baseline has one head")
         else:

@@ -3,7 +3,7 @@
 For rung i with pooled LLM state h_i (n, H):
 
     h_i    <- (h_i - mean_i) / std_i               with --standardize (training-set statistics)
-    P_i(h) = Linear(H, K) -> LayerNorm(K) -> ReLU -> Linear(K, K)
+    P_i(h) = Linear(H, K) -> Norm(K) -> Act -> Linear(K, K)   Norm: LayerNorm (--rung-norm layer) or none; Act: ReLU or ELU
     g_i    = sigmoid(a_i / T)                      a_i learned, init 0; T = 0.1
     z_0    = GNN_0(P_0(h_0))
     z_i    = GNN_i(g_i * P_i(h_i) + (1 - g_i) * z_{i-1})
@@ -15,7 +15,7 @@ The ``ego`` readout also hands the head the node's own projected state, untouche
 neighbour, so that on heterophilous graphs (neighbours mostly of other classes) the head can
 weigh the node's own text against its neighbourhood instead of reading only mixed states.
 
-Each GNN_i is ``num_layers`` convolutions K -> K, each followed by LayerNorm, ReLU and
+Each GNN_i is ``num_layers`` convolutions K -> K, each followed by Norm, Act and
 dropout, except the final rung's last convolution, which stays linear (the reference adds
 an activation there by comparing layer ids with a count; we do not).
 
@@ -39,13 +39,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stage2_train.config import RUNG_GRADS
+from stage2_train.config import GNNS, READOUTS, RUNG_ACTIVATIONS, RUNG_GRADS, RUNG_NORMS
 from stage2_train.sampling import SubgraphBatch
 from stage2_train.standardize import StateScaler
-
-GNNS = ("sage", "gcn", "gat")
-READOUTS = ("target-mean", "ego")
-
 
 def make_conv(gnn: str, in_channels: int, out_channels: int) -> nn.Module:
     """One PyG convolution by name (``sage``, ``gcn``, ``gat``)."""
@@ -60,6 +56,20 @@ def make_conv(gnn: str, in_channels: int, out_channels: int) -> nn.Module:
     raise ValueError(f"unknown gnn {gnn!r}; choose one of {', '.join(GNNS)}")
 
 
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """``layer``: LayerNorm(channels); ``none``: identity."""
+    if norm not in RUNG_NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(RUNG_NORMS)}")
+    return nn.LayerNorm(channels) if norm == "layer" else nn.Identity()
+
+
+def make_activation(activation: str) -> nn.Module:
+    """``relu`` or ``elu`` (alpha 1)."""
+    if activation not in RUNG_ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(RUNG_ACTIVATIONS)}")
+    return nn.ReLU() if activation == "relu" else nn.ELU()
+
+
 def subgraph_readout(z: torch.Tensor, sub: SubgraphBatch) -> torch.Tensor:
     """``[z[target] || mean of z over the target's subgraph]``: (n, K) -> (B, 2K)."""
     num_graphs = int(sub.target_graph.max()) + 1 if sub.target_graph.numel() else 0
@@ -72,10 +82,14 @@ def subgraph_readout(z: torch.Tensor, sub: SubgraphBatch) -> torch.Tensor:
 class RungGNN(nn.Module):
     """``num_layers`` convolutions K -> K; ``last_linear`` leaves the last one without norm/activation."""
 
-    def __init__(self, hidden_channels: int, num_layers: int, gnn: str, dropout: float, last_linear: bool) -> None:
+    def __init__(
+        self, hidden_channels: int, num_layers: int, gnn: str, dropout: float, last_linear: bool,
+        activation: str = "relu", norm: str = "layer",
+    ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(make_conv(gnn, hidden_channels, hidden_channels) for _ in range(num_layers))
-        self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
+        self.norms = nn.ModuleList(make_norm(norm, hidden_channels) for _ in range(num_layers))
+        self.act = make_activation(activation)
         self.dropout, self.last_linear = dropout, last_linear
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
@@ -83,7 +97,7 @@ class RungGNN(nn.Module):
             x = conv(x, edge_index)
             if self.last_linear and j == len(self.convs) - 1:
                 break
-            x = F.dropout(F.relu(norm(x)), p=self.dropout, training=self.training)
+            x = F.dropout(self.act(norm(x)), p=self.dropout, training=self.training)
         return x
 
 
@@ -103,6 +117,8 @@ class GLadder(nn.Module):
         readout: ``target-mean`` (the reference) or ``ego`` (also the node's own projected state).
         rung_grad: ``joint`` (the reference: a head's loss reaches every rung below it) or ``own``
             (each rung trained by its own head; the rung below enters as a constant).
+        activation: ``relu`` or ``elu``, after every projection and hidden convolution.
+        norm: ``layer`` (LayerNorm before each of those activations) or ``none``.
     """
 
     def __init__(
@@ -118,6 +134,8 @@ class GLadder(nn.Module):
         standardize: bool = False,
         readout: str = "target-mean",
         rung_grad: str = "joint",
+        activation: str = "relu",
+        norm: str = "layer",
     ) -> None:
         super().__init__()
         if readout not in READOUTS:
@@ -129,11 +147,13 @@ class GLadder(nn.Module):
         self.scaler = StateScaler(num_rungs, in_channels) if standardize else None
         self.num_rungs, self.temperature, self.dropout = num_rungs, temperature, dropout
         self.proj = nn.ModuleList(
-            nn.Sequential(nn.Linear(in_channels, K), nn.LayerNorm(K), nn.ReLU(), nn.Linear(K, K)) for _ in range(num_rungs)
+            nn.Sequential(nn.Linear(in_channels, K), make_norm(norm, K), make_activation(activation), nn.Linear(K, K))
+            for _ in range(num_rungs)
         )
         self.gate_logits = nn.Parameter(torch.zeros(num_rungs))  # a_i; rung 0 has no z_{-1}, its a_0 is unused
         self.gnns = nn.ModuleList(
-            RungGNN(K, num_layers, gnn, dropout, last_linear=(i == num_rungs - 1)) for i in range(num_rungs)
+            RungGNN(K, num_layers, gnn, dropout, last_linear=(i == num_rungs - 1), activation=activation, norm=norm)
+            for i in range(num_rungs)
         )
         width = 3 * K if readout == "ego" else 2 * K
         self.heads = nn.ModuleList(nn.Linear(width, out_channels) for _ in range(num_rungs))

@@ -29,6 +29,8 @@ def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rung
         "standardize": config.standardize,
         "readout": config.readout,
         "rung_grad": config.rung_grad,
+        "rung_activation": config.rung_activation,
+        "rung_norm": config.rung_norm,
     }
 
 

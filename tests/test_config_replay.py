@@ -43,6 +43,7 @@ CONFIGS = [
     TrainConfig(cache=Path("c.zarr"), out=Path("r"), rungs=(0, 3, 6), rung_weights=(0.0, 0.5, 1.0), no_cache=True, rung_grad="joint",
                 depth="full"),
     TrainConfig(cache=Path("c.zarr"), out=Path("r"), loss="last-head", standardize=True, readout="ego", init=Path("old"),
+                rung_activation="elu", rung_norm="none",
                 dtype="bfloat16", allow_dtype_mismatch=True, no_cache=True),
     EncodeConfig(graph="cora", out=Path("new.zarr"), reuse=Path("old.zarr"), storage_dtype="int8"),
     InferConfig(checkpoint=Path("r"), out=Path("p"), exit="none", batch_tokens=512, dtype="float32",

@@ -77,3 +77,14 @@ def test_loss_and_standardize_refusals(tmp_path):
     assert "--readout max: choose one of target-mean, ego" in err.value.message
     with pytest.raises(InputError, match="--readout is for --arch ladder"):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="sage", readout="ego").validate()
+
+
+def test_rung_activation_and_norm_refusals(tmp_path):
+    with pytest.raises(InputError) as err:
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", rung_activation="tanh", rung_norm="batch").validate()
+    assert "--rung-activation tanh: choose one of relu, elu" in err.value.message
+    assert "--rung-norm batch: choose one of layer, none" in err.value.message
+    with pytest.raises(InputError, match="--rung-activation is for --arch ladder"):
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="gcn", rung_activation="elu").validate()
+    with pytest.raises(InputError, match="--rung-norm is for --arch ladder"):
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="mlp", rung_norm="none").validate()

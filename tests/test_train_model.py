@@ -118,3 +118,28 @@ def test_ego_readout_reads_the_nodes_own_state(cora):
     assert torch.allclose(a[1], own @ model.heads[1].weight[:, :K].T + model.heads[1].bias, atol=1e-5)
     with pytest.raises(ValueError, match="unknown readout 'max'"):
         GLadder(H, K, C, S, readout="max")
+
+
+def test_elu_without_norm_is_the_authors_rung(cora):
+    """--rung-activation elu --rung-norm none: P_i = Linear -> ELU -> Linear, each hidden
+    convolution followed by ELU alone (no LayerNorm anywhere), checked against a hand computation."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    S, H, K, C = 2, 16, 8, 7
+    model = GLadder(H, K, C, S, num_layers=2, activation="elu", norm="none", dropout=0.0).eval()
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego").sample(np.array([0, 1, 2]))
+    h0 = torch.randn(len(sub.nodes), H)
+    p = model.proj[0]
+    own = p[3](F.elu(p[0](h0)))  # (n, K)
+    conv = model.gnns[0].convs
+    z = F.elu(conv[1](F.elu(conv[0](own, sub.edge_index)), sub.edge_index))  # rung 0 is not the last: both layers activated
+    with torch.no_grad():
+        got, _ = model.rung(0, h0, None, sub)
+    assert torch.allclose(got, z, atol=1e-6)
+    assert (got > -1).all() and (got < 0).any()  # ELU: negative values, bounded below by -1
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        GLadder(H, K, C, S, activation="tanh")
+    with pytest.raises(ValueError, match="unknown norm 'batch'"):
+        GLadder(H, K, C, S, norm="batch")

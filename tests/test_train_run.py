@@ -86,6 +86,30 @@ def test_checkpoint_roundtrip_identical_predictions_and_determinism(small):
         assert torch.equal(ck.model(feats(sub.nodes), sub), again(feats(sub.nodes), sub))
 
 
+def test_rung_activation_and_norm_are_saved_and_rebuilt(small):
+    from torch import nn
+
+    root = small[0]
+    run(_cfg(small, "elu", rung_activation="elu", rung_norm="none", rungs=(0, 6), depth="full"))
+    config = json.loads((root / "elu" / "checkpoint.json").read_text())
+    assert (config["rung_activation"], config["rung_norm"]) == ("elu", "none")
+    assert (config["model"]["rung_activation"], config["model"]["rung_norm"]) == ("elu", "none")
+    model = load_checkpoint(root / "elu").model
+    kinds = {type(m) for m in model.modules()}
+    assert nn.ELU in kinds and nn.ReLU not in kinds and nn.LayerNorm not in kinds
+    with pytest.raises(InputError, match=r"--rung-norm: .* has rung_norm 'none', this run 'layer'"):
+        run(_cfg(small, "elu_warm", rungs=(0, 6), depth="full", init=root / "elu"))
+    # a run written before these options existed used ReLU and LayerNorm: it still loads and warm-starts
+    run(_cfg(small, "legacy", rungs=(0, 6), depth="full"))
+    path = root / "legacy" / "checkpoint.json"
+    config = json.loads(path.read_text())
+    for key in ("rung_activation", "rung_norm"):
+        del config[key], config["model"][key]
+    path.write_text(json.dumps(config))
+    assert nn.LayerNorm in {type(m) for m in load_checkpoint(root / "legacy").model.modules()}
+    assert run(_cfg(small, "legacy_warm", rungs=(0, 6), depth="full", init=root / "legacy"))["per_seed"]
+
+
 def test_baselines_and_ladder_write_the_same_format(small):
     root = small[0]
     summaries = {arch: run(_cfg(small, f"fmt_{arch}", arch=arch, epochs=2)) for arch in ("ladder", "mlp", "gcn", "sage")}
