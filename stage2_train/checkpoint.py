@@ -42,13 +42,15 @@ FLAGS = config_file_name("train")
 RUN_MARKS = (SUMMARY, METRICS)  # the files by which a folder is recognised as a run
 
 
-# What runs written before an option existed were trained with: the option's value for them.
-LEGACY_SPEC = {"rung_activation": "relu", "rung_norm": "layer"}
+# What runs written before an option existed were trained with: the option's value for them
+# (rung_grad: the reference's joint training).
+LEGACY_SPEC = {"standardize": False, "readout": "target-mean", "rung_grad": "joint", "rung_activation": "relu", "rung_norm": "layer"}
 
 
 def spec_value(spec: dict, key: str):
-    """``spec[key]``, or what a run written before that key existed used."""
-    return spec.get(key, LEGACY_SPEC.get(key))
+    """``spec[key]``, or (missing or null) what a run written before that key existed used."""
+    value = spec.get(key)
+    return LEGACY_SPEC.get(key) if value is None else value
 
 
 def build_model(spec: dict, device: str = "cpu") -> nn.Module:
@@ -67,13 +69,12 @@ def build_model(spec: dict, device: str = "cpu") -> nn.Module:
         return GLadder(
             spec["in_channels"], spec["hidden_channels"], spec["out_channels"], spec["num_rungs"],
             gnn=spec["gnn"], num_layers=spec["num_layers"], dropout=spec["dropout"], temperature=spec["temperature"],
-            standardize=spec.get("standardize", False), readout=spec.get("readout", "target-mean"),  # older runs: the defaults then
-            rung_grad=spec.get("rung_grad") or "joint",  # runs before --rung-grad: the reference's joint training
+            standardize=spec_value(spec, "standardize"), readout=spec_value(spec, "readout"), rung_grad=spec_value(spec, "rung_grad"),
             activation=spec_value(spec, "rung_activation"), norm=spec_value(spec, "rung_norm"),
         )
     return NodeBaseline(
         spec["arch"], spec["in_channels"], spec["hidden_channels"], spec["out_channels"],
-        num_layers=spec["num_layers"], dropout=spec["dropout"], standardize=spec.get("standardize", False),
+        num_layers=spec["num_layers"], dropout=spec["dropout"], standardize=spec_value(spec, "standardize"),
     )
 
 

@@ -43,6 +43,7 @@ from stage2_train.config import GNNS, READOUTS, RUNG_ACTIVATIONS, RUNG_GRADS, RU
 from stage2_train.sampling import SubgraphBatch
 from stage2_train.standardize import StateScaler
 
+
 def make_conv(gnn: str, in_channels: int, out_channels: int) -> nn.Module:
     """One PyG convolution by name (``sage``, ``gcn``, ``gat``)."""
     from torch_geometric.nn import GATConv, GCNConv, SAGEConv
