@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,8 @@ def main() -> None:
     p.add_argument("--memory-budget", default="256MB")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=0, help="train --batch-size (0: the default)")
+    p.add_argument("--train-flags", default="",
+                   help="more train flags, e.g. '--hops 1 --fanout 0' (the 1-hop ego graph, the sampler of the 2026-11-29 runs)")
     p.add_argument("--train-split", default="", help="train --split, e.g. random:0.05,0.01,0.02 for fewer targets than the split column")
     p.add_argument("--max-targets", type=int, default=0, help="infer --max-targets (0: the whole test split)")
     p.add_argument("--stages", default="synth,load_graph,encode,train,infer,train_in_memory", help="stages to run (the others' outputs in --work are reused)")
@@ -158,6 +161,9 @@ def main() -> None:
     train = [*pipeline, "train", str(cache), "--out", str(run), "--seeds", "0", "--epochs", str(a.epochs), "--num-threads", "1", "--overwrite"]
     if a.batch_size:
         train += ["--batch-size", str(a.batch_size)]
+    if a.train_flags:
+        train += shlex.split(a.train_flags)
+        facts["train_flags"] = a.train_flags
     if a.train_split:
         train += ["--split", a.train_split]
         sizes = labelled_split(sizes, a.train_split)

@@ -96,7 +96,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     base = TrainConfig(cache=cache, out=out / "runs" / "ladder", seeds=cfg.seeds, epochs=cfg.epochs, overwrite=True, device=device)
     graph, labels = data.graph, np.asarray(data.graph.labels)
     split = resolve_split(graph, base.split, seed)
-    sampler = Sampler(graph.edge_index, graph.num_nodes, mode=base.resolved_sampler, hops=base.hops)
+    sampler = Sampler(graph.edge_index, graph.num_nodes, mode=base.resolved_sampler, hops=base.hops, fanout=base.fanout)
     spec = model_spec(base, data.reader.hidden_size, graph.num_classes, len(data.layers))
 
     def timed(features, max_batches):

@@ -30,6 +30,7 @@ from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.options import argument, json_option, option
 from pipeline.core.parsers import format_size, parse_size
 from pipeline.core.progress import log
+from stage2_train.config import EGO_FANOUT, EGO_HOPS, FANOUT_HELP, HOPS_HELP
 
 
 WARM_UP_STEPS = 5
@@ -47,7 +48,8 @@ class MemoryBenchConfig:
     epochs: int = option(1, "Training epochs timed in each mode.")
     batch_size: int = option(64, "Target nodes per batch.")
     seed: int = option(0, "Seed of the model, split and sampling (the same in both modes).")
-    fanout: int | None = option(None, "Ego sampler: keep at most this many neighbours per node (default: all).")
+    hops: int = option(EGO_HOPS, HOPS_HELP)
+    fanout: int = option(EGO_FANOUT, FANOUT_HELP)
     readahead: int = option(1, "Micro-batches the out-of-core reader prepares ahead (0: none).")
     num_threads: int = option(1, "Torch CPU threads of each child.")
     json_path: Path | None = json_option()
@@ -59,7 +61,8 @@ class MemoryBenchConfig:
         errs.check(Path(self.cache).is_dir(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
-        errs.check(self.fanout is None or self.fanout > 0, f"--fanout {self.fanout}: must be > 0")
+        errs.check(1 <= self.hops <= 3, f"--hops {self.hops}: must be 1..3")
+        errs.check(self.fanout >= 0, f"--fanout {self.fanout}: must be >= 0 (0 keeps every neighbour)")
         errs.check(self.readahead >= 0, f"--readahead {self.readahead}: must be >= 0")
         errs.check(self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")
         errs.raise_if_any()
@@ -128,7 +131,7 @@ def child(mode: str, cfg: MemoryBenchConfig) -> dict:
     tc = TrainConfig(cache=cfg.cache, out=Path("unused"), batch_size=cfg.batch_size)
     graph, labels = data.graph, np.asarray(data.graph.labels)
     split = resolve_split(graph, None, cfg.seed)
-    sampler = Sampler(graph.edge_index, graph.num_nodes, mode="ego", fanout=cfg.fanout)
+    sampler = Sampler(graph.edge_index, graph.num_nodes, mode="ego", hops=cfg.hops, fanout=cfg.fanout)
     seed_everything(cfg.seed)
     spec = model_spec(tc, data.reader.hidden_size, graph.num_classes, len(data.layers))
     model = build_model(spec)
@@ -204,7 +207,7 @@ def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     allowance = ooc["baseline_rss"] + cfg.memory_budget + ooc["model_bytes"]
     result = {
         "cache": str(cfg.cache), "num_nodes": n, "rungs": s, "hidden_size": h, "rungs_bytes": rungs_bytes,
-        "memory_budget": cfg.memory_budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "fanout": cfg.fanout,
+        "memory_budget": cfg.memory_budget, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "hops": cfg.hops, "fanout": cfg.fanout,
         "readahead": cfg.readahead,
         "num_threads": cfg.num_threads, "in_memory": mem, "out_of_core": ooc,
         "epoch_ratio": ooc["epoch_s"] / mem["epoch_s"], "epoch_ratio_target": 1.5,
@@ -221,7 +224,7 @@ def _print(r: dict) -> None:
     mb = lambda b: f"{b / 2**20:8.1f} MiB"  # noqa: E731
     print(f"bench train-memory {r['cache']}: {r['num_nodes']} nodes x {r['rungs']} rungs x {r['hidden_size']} fp16 = "
           f"{format_size(r['rungs_bytes'])}, budget {format_size(r['memory_budget'])}, {r['epochs']} epoch(s), "
-          f"{r['in_memory']['batches_per_epoch']} batches of {r['batch_size']}, fanout {r['fanout'] or 'all'}, "
+          f"{r['in_memory']['batches_per_epoch']} batches of {r['batch_size']}, {r['hops']}-hop ego, fanout {r['fanout'] or 'all'}, "
           f"{r['num_threads']} thread(s)")
     print(f"  {'mode':12s} {'load s':>8s} {'epoch s':>9s} {'val pass s':>10s} {'baseline RSS':>14s} {'peak RSS':>14s} {'peak - base':>14s}")
     for key in ("in_memory", "out_of_core"):

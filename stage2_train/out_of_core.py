@@ -22,14 +22,18 @@ budget (N x S x H x 2 bytes), as before; otherwise features come from
   trained, the one being read and ``readahead`` waiting ones. A batch whose subgraphs
   exceed that share is cut into micro-batches of whole subgraphs, their gradients
   accumulated into one optimiser step; evaluation batches are cut the same way. A target
-  whose subgraph alone exceeds it (a hub without ``--fanout``) is refused before training,
+  whose subgraph alone exceeds it (a hub with ``--fanout 0``) is refused before training,
   with the budget it needs.
 - **Read-ahead.** A background thread samples and reads the next micro-batches (queue depth
   ``readahead``), so reads overlap the model's compute; it stops when the epoch ends, breaks
   or raises. Sampling stays in batch order on the one generator, so a run is reproducible.
 
 Evaluation reads through the same LRU (``features(nodes)``). Memory: the LRU plus the
-micro-batches in flight and the step's working set, on top of the graph, sampler and model.
+micro-batches in flight and the step's working set, on top of the graph, sampler and model;
+the sampler induces a batch's edges a bounded number of candidates at a time
+(``sampling.CANDIDATE_CHUNK``), and buffers over 64 KiB are unmapped when freed
+(:func:`pin_mmap_threshold`), so neither a 512-target evaluation batch nor a fragmented
+heap outgrows the budget.
 Shapes: N nodes, n batch rows, S rungs, H LLM width, c nodes per chunk.
 """
 
@@ -51,6 +55,21 @@ from stage2_train.step_memory import MicroBatch, StepCost, select_graphs, split_
 MIN_BUDGET_CHUNKS = 2  # the chunk cache (half the budget) must hold at least one chunk
 CHECK_HUBS = 16  # targets of highest degree whose step memory is checked before training
 WHOLE_CHUNK_ROWS = DENSE_CHUNK_ROWS  # wanted rows from which a missing chunk is read whole (and cached)
+M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 64 << 10  # glibc's mallopt parameter, and the bytes it is pinned at
+
+
+def pin_mmap_threshold() -> None:
+    """Serve every buffer over ``MMAP_THRESHOLD`` bytes by its own mapping, unmapped when freed
+    (glibc ``mallopt``; a no-op elsewhere), for the rest of the process. glibc otherwise raises
+    the threshold to the largest buffer freed (up to 32 MiB), so a step's freed buffers stay in
+    a fragmented heap and the RSS outgrows the budget (docs/scale.md). The step estimate
+    (:mod:`stage2_train.step_memory`) was fitted under this setting."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
 
 
 def chunk_group_batches(nodes: np.ndarray, size: int, chunk_nodes: int, gen: torch.Generator) -> list[np.ndarray]:
@@ -152,6 +171,7 @@ class OutOfCoreFeatures:
             raise InputError(f"--memory-budget {format_size(budget)}: too small for out-of-core training of this cache; give at "
                              f"least {format_size(MIN_BUDGET_CHUNKS * chunk_bytes)} ({MIN_BUDGET_CHUNKS} chunks of {format_size(chunk_bytes)})")
         self.budget, self.cost = budget, cost
+        pin_mmap_threshold()
         self.lru = ChunkLRU(budget // 2, (self.chunk_nodes, len(self.positions), reader.hidden_size), self.dtype)
         self._all_rungs = list(self.positions) == list(range(reader.shape[1]))
         self._scratch = None if self._all_rungs else np.empty((self.chunk_nodes, *reader.shape[1:]), dtype=self.dtype)
@@ -182,8 +202,8 @@ class OutOfCoreFeatures:
     def _advice(self, need: int) -> str:
         budget = -(-need * self.budget // self.step_limit) + 1  # the budget whose step limit fits ``need``
         return (f" (half the budget is the chunk cache, the other half holds the step, the micro-batch being read and "
-                f"{self.readahead} read ahead); give --memory-budget {format_size(budget)} or more, or cap neighbours per hop "
-                "with --fanout")
+                f"{self.readahead} read ahead); give --memory-budget {format_size(budget)} or more, or smaller subgraphs "
+                "(a lower --fanout or --hops)")
 
     def rows(self, nodes: np.ndarray) -> np.ndarray:
         """(n, S, H) storage-dtype rows of ``nodes`` (any order, repeats allowed), gathered in chunk order."""

@@ -4,7 +4,8 @@ Pure torch/numpy (CSR slicing), because ``pyg-lib``/``torch-sparse`` have no whe
 this torch. Modes:
 
 - ``ego``: the target and its neighbours up to ``hops`` hops (1: the reference) with the
-  induced edges; ``fanout`` caps the neighbours kept per node and hop (a random subset, seeded).
+  induced edges; ``fanout`` caps the neighbours kept per node and hop (a random subset,
+  seeded); None or 0 keeps them all.
 - ``rwr``: nodes visited by ``num_walks`` random walks of ``walk_length`` steps with restart
   probability ``restart_p`` from the target, with the induced edges.
 - ``full``: the whole graph as one subgraph shared by every target (small graphs, and the
@@ -57,6 +58,12 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+# Candidate edges (CSR edges leaving a subgraph's nodes) examined at once when inducing edges:
+# a batch of 2-hop subgraphs around hubs has millions, and seven int64 arrays of them would
+# outweigh an out-of-core step (--memory-budget); 65,536 keep the transient near 4 MB.
+CANDIDATE_CHUNK = 1 << 16
+
+
 class Sampler:
     """Samples subgraph batches from a fixed graph held as CSR.
 
@@ -82,7 +89,7 @@ class Sampler:
         self.rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
         self.rowptr[1:] = torch.cumsum(torch.bincount(self.src, minlength=num_nodes), 0)
         self.deg = self.rowptr[1:] - self.rowptr[:-1]  # (N,)
-        self.num_nodes, self.mode, self.fanout = num_nodes, mode, fanout
+        self.num_nodes, self.mode, self.fanout = num_nodes, mode, fanout or None  # 0: no cap
         self.num_walks, self.walk_length, self.restart_p = num_walks, walk_length, restart_p
         self.hops = hops
         self.full_edge_index = torch.stack([self.src, self.col])
@@ -161,14 +168,28 @@ class Sampler:
         """Deduplicate (subgraph, node) pairs and add every edge between nodes of the same subgraph."""
         key = torch.unique(graph_of * self.num_nodes + node)  # sorted: subgraph-major, then node
         batch, nodes = key // self.num_nodes, key % self.num_nodes  # (n,)
-        # candidate edges: every CSR edge leaving a local node, kept when its end is local too
         deg = self.deg[nodes]
-        src_local = torch.repeat_interleave(torch.arange(len(nodes)), deg)
-        offset = torch.arange(int(deg.sum())) - torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
-        dst_global = self.col[torch.repeat_interleave(self.rowptr[nodes], deg) + offset]
-        dst_key = batch[src_local] * self.num_nodes + dst_global
-        pos = torch.searchsorted(key, dst_key).clamp(max=len(key) - 1)
-        hit = key[pos] == dst_key
-        edge_index = torch.stack([src_local[hit], pos[hit]])  # (2, e) local
+        edge_index = torch.cat([self._local_edges(key, batch, nodes, deg, a, b) for a, b in _chunks(deg, CANDIDATE_CHUNK)]
+                               or [torch.empty(2, 0, dtype=torch.long)], dim=1)  # (2, e) local, src-major
         target_pos = torch.searchsorted(key, torch.arange(len(targets)) * self.num_nodes + targets)
         return SubgraphBatch(nodes, edge_index, batch, target_pos, torch.arange(len(targets)))
+
+    def _local_edges(self, key: torch.Tensor, batch: torch.Tensor, nodes: torch.Tensor, deg: torch.Tensor,
+                     a: int, b: int) -> torch.Tensor:
+        """(2, e) local edges leaving local nodes a..b-1: each CSR edge of theirs whose end is in the same subgraph."""
+        d = deg[a:b]
+        src_local = torch.repeat_interleave(torch.arange(a, b), d)
+        offset = torch.arange(int(d.sum())) - torch.repeat_interleave(torch.cumsum(d, 0) - d, d)
+        dst_key = batch[src_local] * self.num_nodes + self.col[torch.repeat_interleave(self.rowptr[nodes[a:b]], d) + offset]
+        pos = torch.searchsorted(key, dst_key).clamp(max=len(key) - 1)
+        hit = key[pos] == dst_key
+        return torch.stack([src_local[hit], pos[hit]])
+
+
+def _chunks(deg: torch.Tensor, limit: int) -> list[tuple[int, int]]:
+    """Consecutive ranges [a, b) of nodes whose degrees sum to about ``limit`` (plus at most one node's)."""
+    ends = torch.cumsum(deg, 0)
+    total = int(ends[-1]) if len(ends) else 0
+    cuts = torch.searchsorted(ends, torch.arange(1, -(-total // limit)) * limit, right=True).tolist()
+    bounds = sorted({0, *cuts, len(deg)})
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]

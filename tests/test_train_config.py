@@ -88,3 +88,11 @@ def test_rung_activation_and_norm_refusals(tmp_path):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="gcn", rung_activation="elu").validate()
     with pytest.raises(InputError, match="--rung-norm is for --arch ladder"):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="mlp", rung_norm="none").validate()
+
+
+def test_sampler_flag_refusals(tmp_path):
+    with pytest.raises(InputError) as err:
+        TrainConfig(cache=tmp_path, out=tmp_path / "r", hops=4, fanout=-1).validate()
+    assert "--hops 4: must be 1..3" in err.value.message
+    assert "--fanout -1: must be >= 0 (0 keeps every neighbour)" in err.value.message
+    TrainConfig(cache=tmp_path, out=tmp_path / "r", hops=1, fanout=0).validate()  # the reference's ego graph

@@ -31,7 +31,9 @@ from cora_slice import write_cora_slice
 REPO = Path(__file__).resolve().parents[1]
 NODES = 160
 FLAGS = ["--seeds", "0", "--epochs", "10", "--patience", "10", "--batch-size", "512", "--dropout", "0", "--lr", "1e-3",
-         "--hidden-channels", "32", "--rungs", "0,3,6", "--num-threads", "1"]
+         "--hidden-channels", "32", "--rungs", "0,3,6", "--num-threads", "1",
+         "--hops", "1", "--fanout", "0"]  # every neighbour (a rank's own neighbour draws would differ from one process's),
+# one hop (so a rank holds fewer rows than the whole 160-node slice)
 FILES = [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
 
 
@@ -98,7 +100,8 @@ def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_pa
     # each rank read the rows of its share's subgraphs only, and says so
     data = open_train_data(cache, (0, 3, 6), None, "ladder")
     split = resolve_split(data.graph, None, 0)
-    sampler = Sampler(data.graph.edge_index, data.graph.num_nodes, mode="ego")
+    ck = load_checkpoint(two)
+    sampler = Sampler(data.graph.edge_index, data.graph.num_nodes, **ck.sampler)  # the run's own: 1 hop, every neighbour
     for rank in (0, 1):
         mine = Group(rank=rank, world_size=2).shares(split, 0)
         targets = sum(len(v) for v in mine.values())
@@ -107,7 +110,6 @@ def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_pa
         assert f"seed 0, rank {rank}: {targets} targets; holds {rows} of {NODES} cache rows" in logs["two"]
 
     # the checkpoint loads and predicts what the job measured
-    ck = load_checkpoint(two)
     test_set = make_eval_set(sampler, split["test"], data.graph.labels, 512)
     depth = s2["per_seed"][0]["depth"]  # the rungs kept (--depth val, the default): the same on every rank
     assert evaluate(ck.model, CachedFeatures(data), test_set, "cpu") == s2["per_seed"][0]["test_acc_heads"][:depth]

@@ -17,13 +17,13 @@ def cora():
     return load_graph("cora")
 
 
-@pytest.mark.parametrize("hops", [1, 2])
-def test_ego_sampler_matches_pyg_k_hop_subgraph(cora, hops):
+@pytest.mark.parametrize("hops, fanout", [(1, None), (2, None), (1, 0), (2, 0)])  # fanout 0: no cap, as None
+def test_ego_sampler_matches_pyg_k_hop_subgraph(cora, hops, fanout):
     from torch_geometric.utils import k_hop_subgraph
 
     ei = torch.as_tensor(cora.edge_index)
     targets = np.array([0, 5, 1358, 2707])  # includes a hub and a leaf
-    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego", hops=hops).sample(targets)
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego", hops=hops, fanout=fanout).sample(targets)
     assert sub.nodes[sub.targets].tolist() == targets.tolist()
     for b, t in enumerate(targets):
         subset, sub_ei, _, _ = k_hop_subgraph(int(t), hops, ei, relabel_nodes=False, num_nodes=cora.num_nodes)
@@ -32,6 +32,41 @@ def test_ego_sampler_matches_pyg_k_hop_subgraph(cora, hops):
         local = sub.edge_index[:, sub.batch[sub.edge_index[0]] == b]
         got = {(int(sub.nodes[u]), int(sub.nodes[v])) for u, v in local.t().tolist()}
         assert got == {(int(u), int(v)) for u, v in sub_ei.t().tolist()}
+
+
+def test_default_sampler_is_a_capped_two_hop_ego_graph(cora, tmp_path):
+    """The training default, --hops 2 --fanout 5: inside the 2-hop neighbourhood, at most 1 + 5 + 25 nodes."""
+    from torch_geometric.utils import k_hop_subgraph
+
+    from stage2_train.config import TrainConfig
+
+    cfg = TrainConfig(cache=tmp_path, out=tmp_path / "r")
+    assert (cfg.resolved_sampler, cfg.hops, cfg.fanout) == ("ego", 2, 5)
+    targets = np.arange(0, 2708, 13)
+    sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego", hops=cfg.hops, fanout=cfg.fanout).sample(targets)
+    sizes = torch.bincount(sub.batch)
+    hub = int(np.argmax(np.bincount(np.asarray(cora.edge_index[0]))))  # 168 neighbours
+    assert int(sizes.max()) <= 31 and int(sizes.max()) > 6  # 2 hops reach past the target's own 5
+    for b, t in enumerate(targets):
+        subset, _, _, _ = k_hop_subgraph(int(t), 2, torch.as_tensor(cora.edge_index), num_nodes=cora.num_nodes)
+        assert set(sub.nodes[sub.batch == b].tolist()) <= set(subset.tolist())
+    assert len(Sampler(cora.edge_index, cora.num_nodes, mode="ego", hops=2, fanout=5).sample(np.array([hub])).nodes) <= 31
+
+
+def test_edges_induced_in_chunks_equal_one_pass(cora, monkeypatch):
+    """Candidate edges are examined CANDIDATE_CHUNK at a time (bounded memory); any chunk size gives the same subgraphs."""
+    import stage2_train.sampling as sampling
+
+    targets = np.arange(0, 2708, 5)
+    for hops, fanout in ((1, 0), (2, 5), (2, 0)):
+        s = Sampler(cora.edge_index, cora.num_nodes, mode="ego", hops=hops, fanout=fanout)
+        whole = s.sample(targets)
+        assert int(s.deg[whole.nodes].sum()) > 1000  # several chunks below
+        for chunk in (1, 7, 1000):
+            monkeypatch.setattr(sampling, "CANDIDATE_CHUNK", chunk)
+            cut = s.sample(targets)
+            assert all(torch.equal(getattr(cut, f), getattr(whole, f)) for f in ("nodes", "edge_index", "batch", "targets"))
+        monkeypatch.undo()
 
 
 def test_fanout_and_rwr_are_seeded_and_deterministic_for_eval(cora):

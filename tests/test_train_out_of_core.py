@@ -27,7 +27,7 @@ from stage2_train.out_of_core import OutOfCoreFeatures, ReadAhead, chunk_group_b
 NODES = 120
 RUNGS = (0, 3, 6)
 BUDGET = 200_000  # bytes; the 3 rungs take 120 x 3 x 384 x 2 = 276,480
-FANOUT = 2  # at most 3 nodes a subgraph: fits the 40,740-byte step limit of BUDGET (12,672 bytes a node)
+FANOUT = 2  # with 1 hop, at most 3 nodes a subgraph: fits the 40,740-byte step limit of BUDGET (12,672 bytes a node)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _data(cache):
 
 def _cfg(small, name, **kw):
     root, cache = small
-    base = dict(cache=cache, out=root / name, epochs=3, patience=3, batch_size=16, hidden_channels=32, rungs=RUNGS, num_threads=1)
+    base = dict(cache=cache, out=root / name, hops=1, epochs=3, patience=3, batch_size=16, hidden_channels=32, rungs=RUNGS, num_threads=1)
     return TrainConfig(**{**base, **kw})
 
 
@@ -135,7 +135,7 @@ def test_same_losses_in_memory_and_out_of_core_for_the_same_order(small):
 def test_train_cli_out_of_core_writes_the_same_files(small, cli):
     root, cache = small
     args = ["train", cache, "--rungs", "0,3,6", "--epochs", "2", "--batch-size", "16", "--hidden-channels", "32", "--num-threads", "1",
-            "--fanout", str(FANOUT)]
+            "--hops", "1", "--fanout", str(FANOUT)]
     for name, extra in (("cli_mem", ["--memory-budget", "1MB"]), ("cli_ooc", ["--memory-budget", "200KB"]), ("cli_default", [])):
         res = cli(*args, "--out", root / name, *extra)
         assert res.exit_code == 0, res.output
@@ -213,13 +213,17 @@ def test_bad_memory_budget(small, cli, value, message):
 
 HUB = ("Error: --memory-budget 195.3 KiB: the subgraph of target node 34 (35 nodes) needs about 440.2 KiB for one "
        "training step, more than the 39.8 KiB a step may use (half the budget is the chunk cache, the other half holds "
-       "the step, the micro-batch being read and 1 read ahead); give --memory-budget 2.1 MiB or more, or cap neighbours "
-       "per hop with --fanout")
+       "the step, the micro-batch being read and 1 read ahead); give --memory-budget 2.1 MiB or more, or smaller "
+       "subgraphs (a lower --fanout or --hops)")
+DEFAULT = ("Error: --memory-budget 195.3 KiB: the subgraph of target node 44 (22 nodes) needs about 277.7 KiB for one "
+           "training step, more than the 39.8 KiB a step may use (half the budget is the chunk cache, the other half holds "
+           "the step, the micro-batch being read and 1 read ahead); give --memory-budget 1.3 MiB or more, or smaller "
+           "subgraphs (a lower --fanout or --hops)")  # the default 2-hop ego graph, at most 5 neighbours per node and hop
 FULL = ("Error: --sampler full: a step over the whole graph (120 nodes) needs about 1.5 MiB, more than the 39.8 KiB a step "
         "may use out of core; train out of core with --sampler ego (or rwr), or give a --memory-budget the cache's rungs fit in")
 
 
-@pytest.mark.parametrize("extra, message", [([], HUB), (["--sampler", "full"], FULL)])
+@pytest.mark.parametrize("extra, message", [(["--hops", "1", "--fanout", "0"], HUB), ([], DEFAULT), (["--sampler", "full"], FULL)])
 def test_steps_over_the_budget_refused_before_training(small, cli, extra, message):
     root, cache = small
     res = cli("train", cache, "--out", root / "hub", "--rungs", "0,3,6", "--hidden-channels", "32", "--memory-budget", "200KB", *extra)
@@ -281,8 +285,8 @@ def test_bench_train_memory_child_and_refusal(small, cli):
     from stage2_train.bench_memory import MemoryBenchConfig, child
 
     root, cache = small
-    # all 7 rungs (645,120 bytes), K = 128: 53,760 bytes a node, so 2-node subgraphs (fanout 1) fit the step limit
-    r = child("out-of-core", MemoryBenchConfig(cache=cache, memory_budget=500_000, batch_size=16, fanout=1))
+    # all 7 rungs (645,120 bytes), K = 128: 53,760 bytes a node, so 2-node subgraphs (1 hop, fanout 1) fit the step limit
+    r = child("out-of-core", MemoryBenchConfig(cache=cache, memory_budget=500_000, batch_size=16, hops=1, fanout=1))
     assert r["mode"] == "out-of-core" and r["batches_per_epoch"] == 5 and len(r["loss_per_epoch"]) == 1
     assert r["lru_capacity"] == 250_000 and r["chunks_read"] + r["rows_read"] > 0 and r["peak_rss"] >= r["baseline_rss"] > 0
     assert r["step_limit"] == 138_888 and r["micro_batches"] > r["batches_per_epoch"]
