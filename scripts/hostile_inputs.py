@@ -323,7 +323,7 @@ def cases() -> dict:
         C[f"{cmd} --device {dev}"] = (make, 2, lambda sb, out: not any((sb / n).exists() for n in ("r2", "p2", "c2.zarr")))
 
     for flag, value in (("--hidden-channels", "100000000"), ("--batch-size", "10000000000"), ("--epochs", "10000000000"),
-                        ("--num-walks", "100000000"), ("--fanout", "1000000000")):
+                        ("--num-walks", "100000000"), ("--fanout", "1000000000"), ("--fanout", "-1"), ("--hops", "0")):
         C[f"train {flag} {value}"] = (
             lambda sb, flag=flag, value=value: (["train", sb / "cache.zarr", "--out", sb / "r2", flag, value], []), 2,
             lambda sb, out: not (sb / "r2").exists())
