@@ -32,8 +32,8 @@ Evaluation reads through the same LRU (``features(nodes)``). Memory: the LRU plu
 micro-batches in flight and the step's working set, on top of the graph, sampler and model;
 the sampler induces a batch's edges a bounded number of candidates at a time
 (``sampling.CANDIDATE_CHUNK``), and buffers over 64 KiB are unmapped when freed
-(:func:`pin_mmap_threshold`), so neither a 512-target evaluation batch nor a fragmented
-heap outgrows the budget.
+(:func:`pin_mmap_threshold`): without either, a 512-target evaluation batch of 2-hop
+subgraphs and a fragmented heap took the RSS well past the budget (docs/scale.md).
 Shapes: N nodes, n batch rows, S rungs, H LLM width, c nodes per chunk.
 """
 
