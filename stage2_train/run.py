@@ -167,6 +167,8 @@ def run(config: TrainConfig) -> dict:
 
 
 def _run(config: TrainConfig, group=None) -> dict:
+    from stage2_train import cache_binding
+    from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, build_model
     from stage2_train.data import LiveFeatures, open_train_data, resolve_split
     from stage2_train.distributed import NoWriter, ShardFeatures, load_share
@@ -181,6 +183,7 @@ def _run(config: TrainConfig, group=None) -> dict:
 
     # --- setup
     memory = PeakMemory(config.device)
+    bound = identity_of(config.cache)  # checked again before the run is written: an encode meanwhile is refused
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
     graph = data.graph
     if config.rung_weights is not None and len(config.rung_weights) != len(data.layers):
@@ -210,9 +213,9 @@ def _run(config: TrainConfig, group=None) -> dict:
     )
     spec = model_spec(config, data.reader.hidden_size, graph.num_classes, len(data.layers))
     if config.init is not None:
-        from stage2_train.checkpoint import warm_start_weights
+        from stage2_train.checkpoint import load_warm_start, warm_start_weights
 
-        warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, config.seeds[0])  # refuse before training
+        load_warm_start(build_model(spec), warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, config.seeds[0]), config.init)  # refuse before training
     if not config.no_cache and group is None:
         t0 = time.perf_counter()
         features, feature_mode = open_features(data, config.memory_budget, cost=step_cost(spec))
@@ -225,6 +228,7 @@ def _run(config: TrainConfig, group=None) -> dict:
         "cache": str(data.cache_path.resolve()),
         "graph_source": data.manifest["graph_source"],
         "graph_fingerprint": graph.fingerprint,
+        cache_binding.KEY: bound,
         "num_nodes": graph.num_nodes,
         "layers": data.layers,
         "label_names": list(graph.label_names),
@@ -246,7 +250,7 @@ def _run(config: TrainConfig, group=None) -> dict:
             seed_everything(seed)
             model = build_model(spec)
             if config.init is not None:
-                model.load_state_dict(warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed))
+                load_warm_start(model, warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed), config.init)
             t_seed = time.perf_counter()
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
                 r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group,
@@ -272,6 +276,8 @@ def _run(config: TrainConfig, group=None) -> dict:
                                  max_batches=config.max_batches)
         summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         writer.write_summary(summary)
+        if not config.no_cache:
+            cache_binding.check_unchanged(config.cache, bound, "training")
         writer.commit()
     log(summary_line(config, summary))
     return summary

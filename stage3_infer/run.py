@@ -155,6 +155,11 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
     return Result(tracker, evals, full, time.perf_counter() - start)
 
 
+def no_targets_reason(config: InferConfig) -> str:
+    """Why a run selected no node (only ``--new-only`` can select none without an error)."""
+    return f" (no node is new since {config.new_only})" if config.new_only is not None else ""
+
+
 class _null:
     def __enter__(self):
         return None
@@ -166,6 +171,7 @@ class _null:
 def run(config: InferConfig) -> dict:
     """Predict the chosen targets with early exit and write ``config.out``; returns the summary.
     A fine-tuning run predicts at full depth (:mod:`stage3_infer.finetune_infer`)."""
+    from stage2_train import cache_binding
     from stage2_train.checkpoint import run_arch
     from stage2_train.config import FINETUNE_ARCHS
     from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
@@ -190,6 +196,8 @@ def run(config: InferConfig) -> dict:
     targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed, config.new_only)
     if config.max_targets is not None:
         targets = targets[: config.max_targets]
+    if len(targets) == 0:  # a quiet night: an empty, valid predictions file
+        log(f"infer: no target{no_targets_reason(config)}; writing an empty predictions file")
     log(f"infer: {len(targets)} target(s), rungs at LLM states {session.layers}, exit policy {policy}: {why}")
 
     # --- loop
@@ -197,6 +205,8 @@ def run(config: InferConfig) -> dict:
     result = predict(session, targets, policy)
 
     # --- save
+    if session.cached is not None and isinstance(ckpt.config.get(cache_binding.KEY), dict):  # no mixed states
+        cache_binding.check_unchanged(ckpt.cache_path, ckpt.config[cache_binding.KEY], "infer")
     graph, t = session.g.graph, result.tracker
     preds = Predictions(
         node_ids=graph.node_ids[targets],
@@ -231,11 +241,11 @@ def run(config: InferConfig) -> dict:
     )
     resolved = replace(config, device=session.device, dtype=session.compute_dtype, exit=exit_spec)  # what ran, replayable
     write_outputs(config.out, preds, summary, config=flag_values(resolved), overwrite=config.overwrite)
-    acc = summary["accuracy"]
+    acc, mean_exit = summary["accuracy"], summary["mean_exit_layer"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "
         + (f"accuracy {100 * acc:.2f}%, " if acc is not None else "")
-        + f"mean exit layer {summary['mean_exit_layer']:.1f}/{session.layers[-1]}, "
-        f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth{peak_memory_text(session.device)} -> {config.out}"
+        + (f"mean exit layer {mean_exit:.1f}/{session.layers[-1]}, " if mean_exit is not None else "")
+        + f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth{peak_memory_text(session.device)} -> {config.out}"
     )
     return summary
