@@ -272,6 +272,11 @@ def claim(path: str | Path, overwrite: bool, inputs=()) -> bool:
     return ownership.claim_output(path, "cache", "--out", overwrite=overwrite, inputs=inputs, resume=True, legacy=is_cache)
 
 
+def remove_cache(path: str | Path) -> None:
+    """Delete the cache at ``path`` (only if it is one this pipeline wrote)."""
+    ownership.remove_owned(path, "cache", is_cache)
+
+
 def completion_command(manifest: dict, path: str | Path, shard: int | None = None) -> str:
     """The exact ``pipeline encode`` command that (re)fills the missing blocks."""
     cmd = (
