@@ -354,3 +354,52 @@ def test_reuse_of_an_unfinished_cache_reencodes_its_unfinished_blocks(nights, tm
     a, b = open_cache(new), open_cache(v1_cache)
     a.check_complete()
     assert torch.allclose(torch.from_numpy(a.read()), torch.from_numpy(b.read()), atol=1e-3)
+
+
+# ------------------------------------------- fine-tuning archs: --new-only and --init
+FINETUNE = dict(arch="lora", lr=3e-3, epochs=1, patience=1, batch_size=16, max_batches=2, num_threads=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lora_v2(nights):
+    """A lora run on the 48-node cache."""
+    from stage2_train.config import TrainConfig
+    from stage2_train.run import run as train
+
+    root, _, _, v2_cache = nights
+    train(TrainConfig(cache=v2_cache, out=root / "lora2", **FINETUNE))
+    return root / "lora2"
+
+
+def test_finetune_infer_honours_new_only(nights, lora_v2, tmp_path, cli) -> None:
+    from pipeline.core.graph import load_graph
+
+    _, v1_cache, _, v2_cache = nights
+    result = cli("infer", "--checkpoint", lora_v2, "--out", tmp_path / "new", "--new-only", v1_cache, "--batch-size", "16")
+    assert result.exit_code == 0, result.output
+    graph = load_graph(json.loads((v2_cache / "manifest.json").read_text())["graph_source"])
+    table = pq.read_table(tmp_path / "new" / "predictions.parquet")
+    assert table.column("node_id").to_pylist() == graph.node_ids[40:].tolist() or sorted(table.column("node_id").to_pylist()) == sorted(
+        set(graph.node_ids.tolist()) - set(load_graph(json.loads((v1_cache / "manifest.json").read_text())["graph_source"]).node_ids.tolist()))
+    assert table.num_rows == 8 and table.schema.metadata[b"graph_fingerprint"].decode() == graph.fingerprint
+    result = cli("infer", "--checkpoint", lora_v2, "--out", tmp_path / "none", "--new-only", v2_cache)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "none" / "predictions.parquet").num_rows == 0
+
+
+def test_finetune_init_warm_starts(nights, lora_v2, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from stage2_train.config import TrainConfig
+    from stage2_train.run import run as train
+
+    _, _, _, v2_cache = nights
+    still = dict(FINETUNE, lr=1e-12, weight_decay=0.0, max_batches=1)  # a step too small to move: a run keeps its start
+    train(TrainConfig(cache=v2_cache, out=tmp_path / "warm", init=lora_v2, **still))
+    train(TrainConfig(cache=v2_cache, out=tmp_path / "cold", **still))
+    before, warm, cold = (load_file(str(p / "seed_0" / "model.safetensors")) for p in (lora_v2, tmp_path / "warm", tmp_path / "cold"))
+    assert set(warm) == set(before)
+    assert all(torch.allclose(warm[k], before[k], atol=1e-6) for k in before)  # it continues from the earlier run
+    assert not all(torch.allclose(cold[k], before[k], atol=1e-4) for k in before)  # a fresh run does not
+    with pytest.raises(InputError, match=r"--arch: .* has arch 'lora', this run 'ia3'"):
+        train(TrainConfig(cache=v2_cache, out=tmp_path / "x", init=lora_v2, **dict(still, arch="ia3")))
