@@ -14,7 +14,8 @@ Layout of ``CACHE_DIR`` (a Zarr v3 group plus two JSON files and a marker folder
     manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``)
     encode_config.json    the resolved ``pipeline encode`` config that created it
     blocks/000012.done    completion mark of node block 12 (written after its data): its node
-                          range and the seconds its encode took
+                          range, the digest of the bytes it stored (``content_digest``)
+                          and the seconds its encode took
     .pipeline-artifact.json  the ownership marker (kind "cache"; pipeline/core/ownership.py)
 
 Work is split into chunk-aligned node blocks of ``block_nodes`` nodes. A block's data is
