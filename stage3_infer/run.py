@@ -180,6 +180,11 @@ def run(config: InferConfig) -> dict:
     # --- setup
     config.validate()
     arch = run_arch(config.checkpoint)
+    from stage2_train.arch_options import infer_no_effect_problems
+
+    problems = infer_no_effect_problems(config, arch) if arch is not None else []
+    if problems:
+        raise InputError(problems)
     if arch in FINETUNE_ARCHS:
         if config.exit not in (None, "none"):
             raise InputError(

@@ -387,6 +387,15 @@ def test_finetune_infer_honours_new_only(nights, lora_v2, tmp_path, cli) -> None
     assert pq.read_table(tmp_path / "none" / "predictions.parquet").num_rows == 0
 
 
+@pytest.mark.parametrize("flags,flag", [(["--batch-tokens", "99"], "--batch-tokens"), (["--no-cache-neighbours"], "--cache-neighbours"),
+                                        (["--model", "minilm-l6"], "--model"), (["--dtype", "float32"], "--dtype")])
+def test_infer_options_without_effect_on_a_finetune_run(lora_v2, tmp_path, cli, flags, flag) -> None:
+    result = cli("infer", "--checkpoint", lora_v2, "--out", tmp_path / "p", *flags)
+    assert result.exit_code == 2, result.output
+    assert f"{flag} is for --arch ladder; it has no effect with the --arch lora run {lora_v2}: leave it out" in plain(result.output)
+    assert not (tmp_path / "p").exists()
+
+
 def test_finetune_init_warm_starts(nights, lora_v2, tmp_path) -> None:
     from safetensors.torch import load_file
 
