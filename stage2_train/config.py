@@ -140,6 +140,11 @@ class TrainConfig:
     num_threads: int | None = option(
         None, "Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
     )
+    deterministic: bool = option(
+        False, "GPU: torch.use_deterministic_algorithms (and CUBLAS_WORKSPACE_CONFIG=:4096:8), so the same command gives the "
+        "same weights on every run, at a cost in speed; ops without a deterministic CUDA kernel are named in a warning. "
+        "CPU runs give the same bits without it (docs/design.md, Reproducibility).",
+    )
     overwrite: bool = overwrite_option("a run")
     max_batches: int | None = option(
         None, "Cap the training batches of every epoch (a partial epoch, e.g. to fit a fine-tuning run into CPU time); recorded in summary.json."

@@ -248,6 +248,7 @@ class SeedResult:
     train_acc: list[float]
     gates: list[float]
     epoch_s: float  # mean wall time of a training epoch (without evaluation)
+    epoch_s_each: list[float] = field(default_factory=list)  # each epoch's (cost.json, not metrics.jsonl: measured)
     exit_policy: dict | None = None  # the ladder's exit policy chosen on validation (exit_policy_on_val)
     state_dict: dict = field(repr=False, default_factory=dict)
     depth: int | None = None  # rungs kept, the answering head is depth - 1 (--depth val); None: every head
@@ -317,8 +318,7 @@ def train_seed(
         loss_sum, n_seen = group.sum([loss_sum, n_seen])
         val = evaluate(model, features, val_set, device, group)
         score = val[answer_head(val, rule)]
-        line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": score, "val_acc_heads": val,
-                "epoch_s": epoch_times[-1]}
+        line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": score, "val_acc_heads": val}
         on_epoch(line)
         if tracker is not None:
             tracker.advance(1, loss=line["loss"], val_acc=score)
@@ -343,6 +343,7 @@ def train_seed(
         train_acc=evaluate(model, features, train_set, device, group),
         gates=[float(g) for g in model.gates().detach().cpu()],
         epoch_s=float(np.mean(epoch_times)),
+        epoch_s_each=epoch_times,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         exit_policy=exit_policy_on_val(model, features, val_set, layers[:depth], device, group, test_set) if layers else None,
         depth=depth,

@@ -59,7 +59,8 @@ def run_bench(config: BenchConfig) -> dict:
 
     # --- setup
     config.validate()
-    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_tokens=config.batch_tokens, batch_size=config.batch_size,
+    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_invariant=config.batch_invariant,
+                                       batch_tokens=config.batch_tokens, batch_size=config.batch_size,
                                        device=config.device,
                                        dtype=config.dtype, allow_dtype_mismatch=config.allow_dtype_mismatch))
     ckpt, graph = session.checkpoint, session.g.graph
