@@ -94,11 +94,15 @@ def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = No
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
     params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=ConfigOption, annotation=Path | None))
 
+    takes_explicit = any(f.name == EXPLICIT_FIELD for f in fields(config_cls))
+
     def run_command(**values: Any) -> Any:
         values.pop("config", None)
         for f, cli in specs:
             if cli.parse is not None and values[f.name] is not None:
                 values[f.name] = cli.parse(values[f.name], cli.flag_name(f.name))
+        if takes_explicit:  # which values the user gave (a preset fills only the others)
+            values[EXPLICIT_FIELD] = given_flags(list(values))
         return runner(config_cls(**values))
 
     run_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -106,6 +110,19 @@ def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = No
     run_command.__doc__ = doc
     run_command.__name__ = f"{config_cls.__name__}_command"
     return plain_errors(run_command)
+
+
+EXPLICIT_FIELD = "explicit_flags"  # a config field of this name receives the names of the options given explicitly
+
+
+def given_flags(names: list[str]) -> frozenset[str]:
+    """Of the parameters ``names`` of the running command, those given on the command line, in
+    the environment or in ``--config``: not left at their default."""
+    import click
+
+    ctx = click.get_current_context()
+    default = (click.core.ParameterSource.DEFAULT, None)
+    return frozenset(n for n in names if ctx.get_parameter_source(n) not in default)
 
 
 def flag_values(config: Any) -> dict[str, Any]:
