@@ -70,7 +70,7 @@ def render(page: str) -> str:
         pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.S)
         if not pattern.search(page):
             raise SystemExit(f"{PAGE}: no <!-- results:{name} --> ... <!-- /results:{name} --> block")
-        page = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), page)
+        page = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), page)
     return page
 
 
