@@ -229,7 +229,7 @@ def describe_choice(choice: dict) -> str:
 
 def resolve_exit(given: str | None, checkpoint) -> tuple[str, str]:
     """The policy ``pipeline infer`` runs and why: ``--exit`` when given, else the one the run
-    chose on its validation nodes for the checkpoint's seed, else (older runs) full depth."""
+    chose (or was fixed to) for the checkpoint's seed, else full depth for a run that stores none."""
     if given is not None:
         return given, "given with --exit"
     for row in checkpoint.summary.get("per_seed", []):
