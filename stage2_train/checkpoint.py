@@ -51,8 +51,9 @@ RUN_MARKS = (SUMMARY, METRICS)  # the files by which a folder is recognised as a
 
 
 # What runs written before an option existed were trained with: the option's value for them
-# (rung_grad: the reference's joint training).
-LEGACY_SPEC = {"standardize": False, "readout": "target-mean", "rung_grad": "joint", "rung_activation": "relu", "rung_norm": "layer"}
+# (rung_grad: the reference's joint training; proj_follows_rung: their projections used the rung's norm and activation).
+LEGACY_SPEC = {"standardize": False, "readout": "target-mean", "rung_grad": "joint", "rung_activation": "relu", "rung_norm": "layer",
+               "proj_follows_rung": True}
 
 
 def spec_value(spec: dict, key: str):
@@ -79,6 +80,7 @@ def build_model(spec: dict, device: str = "cpu") -> nn.Module:
             gnn=spec["gnn"], num_layers=spec["num_layers"], dropout=spec["dropout"], temperature=spec["temperature"],
             standardize=spec_value(spec, "standardize"), readout=spec_value(spec, "readout"), rung_grad=spec_value(spec, "rung_grad"),
             activation=spec_value(spec, "rung_activation"), norm=spec_value(spec, "rung_norm"),
+            proj_follows_rung=spec_value(spec, "proj_follows_rung"),
         )
     return NodeBaseline(
         spec["arch"], spec["in_channels"], spec["hidden_channels"], spec["out_channels"],
@@ -326,6 +328,7 @@ WARM_START_KEYS = {
     "arch": "--arch", "hidden_channels": "--hidden-channels", "gnn": "--gnn", "num_layers": "--num-layers",
     "rung_norm": "--rung-norm", "rung_activation": "--rung-activation",
     "num_rungs": "--rungs", "in_channels": "the cache's LLM width (the encode --model)", "out_channels": "classes",
+    "proj_follows_rung": "the projections' norm and activation (RUN_DIR predates their fixed LayerNorm and ReLU: retrain it)",
 }
 
 

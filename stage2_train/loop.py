@@ -151,15 +151,20 @@ def policy_counts(model, features: NodeFeatures, es: EvalSet, layers: list[int],
 
 
 def exit_policy_on_val(model, features: NodeFeatures, es: EvalSet, layers: list[int], device: str, group=None,
-                       test: EvalSet | None = None) -> dict:
+                       test: EvalSet | None = None, fixed: str | None = None) -> dict:
     """The exit policy ``pipeline infer`` uses by default, chosen on the validation set ``es``
     from cached states (no LLM): the cheapest policy, in LLM layers run, within 1% relative of
-    full-depth validation accuracy (:func:`stage2_train.exit_policies.choose_policy`); ``layers``
-    are the LLM states of the rungs the run keeps. With ``test``, the choice also records its
-    accuracy there (``test_acc``: what ``pipeline infer`` answers by default; never used to choose)."""
-    from stage2_train.exit_policies import CANDIDATES, choose_policy
+    full-depth validation accuracy (:func:`stage2_train.exit_policies.choose_policy`), or
+    ``fixed`` (``train --exit``) with its validation figures; ``layers`` are the LLM states of
+    the rungs the run keeps. With ``test``, the choice also records its accuracy there
+    (``test_acc``: what ``pipeline infer`` answers by default; never used to choose)."""
+    from stage2_train.exit_policies import CANDIDATES, choose_policy, fixed_policy
 
-    choice = choose_policy(policy_counts(model, features, es, layers, CANDIDATES, device, group), layers[-1])
+    if fixed is not None:
+        specs = ("none", fixed) if fixed != "none" else ("none",)
+        choice = fixed_policy(policy_counts(model, features, es, layers, specs, device, group), fixed, layers[-1])
+    else:
+        choice = choose_policy(policy_counts(model, features, es, layers, CANDIDATES, device, group), layers[-1])
     if test is not None:
         correct, total, _ = policy_counts(model, features, test, layers, (choice["policy"],), device, group)[choice["policy"]]
         choice["test_acc"] = correct / total if total else float("nan")
@@ -345,6 +350,7 @@ def train_seed(
         epoch_s=float(np.mean(epoch_times)),
         epoch_s_each=epoch_times,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        exit_policy=exit_policy_on_val(model, features, val_set, layers[:depth], device, group, test_set) if layers else None,
+        exit_policy=exit_policy_on_val(model, features, val_set, layers[:depth], device, group, test_set,
+                                       fixed=None if getattr(cfg, "exit", "val") == "val" else cfg.exit) if layers else None,
         depth=depth,
     )

@@ -31,6 +31,7 @@ def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rung
         "rung_grad": config.rung_grad,
         "rung_activation": config.rung_activation,
         "rung_norm": config.rung_norm,
+        "proj_follows_rung": False,  # projections: LayerNorm and ReLU, the reference's
     }
 
 
