@@ -23,7 +23,7 @@ CACHE_KINDS = ("ladder", "gnn")  # trained on the cached states, with a side net
 OPTION_KINDS: dict[str, tuple[str, ...]] = {
     # the ladder's rungs, gates, heads and the live LLM of --no-cache
     **dict.fromkeys(("rungs", "temperature", "loss", "rung_grad", "depth", "rung_weights", "readout", "rung_activation",
-                     "rung_norm", "gnn", "no_cache", "dtype", "allow_dtype_mismatch"), ("ladder",)),
+                     "rung_norm", "gnn", "no_cache", "dtype", "allow_dtype_mismatch", "exit"), ("ladder",)),
     "layer": ("gnn",),  # the one cached state a baseline reads
     # a side network over cached states, fed by the graph sampler, in or out of core, on torchrun ranks
     **dict.fromkeys(("hidden_channels", "num_layers", "standardize", "sampler", "hops", "fanout", "num_walks", "walk_length",

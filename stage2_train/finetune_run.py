@@ -38,7 +38,7 @@ def run_finetune(config: TrainConfig) -> dict:
     from stage1_encode.cache import open_cache
     from stage2_train import cache_binding
     from stage2_train.cache_binding import identity_of
-    from stage2_train.checkpoint import CheckpointWriter, load_warm_start, warm_start_weights
+    from stage2_train.checkpoint import CheckpointWriter, load_warm_start, split_cost, warm_start_weights
     from stage2_train.data import resolve_split
     from stage2_train.finetune_loop import TextBatches, train_finetune_seed
     from stage2_train.finetune_model import build_classifier
@@ -106,7 +106,7 @@ def run_finetune(config: TrainConfig) -> dict:
             entry["train_s"] = cost["train_s"]
         summary["cost"] = ledger(costs, counted["trainable"], counted.get("backward", counted["trainable"]), memory, manifest, reads_cache=False,
                                  max_batches=config.max_batches)
-        writer.write_summary(summary)
+        writer.write_summary(*split_cost(summary))
         writer.commit()
     log(summary_line(config, summary))
     return summary
