@@ -24,7 +24,7 @@ ENV = {
     "PIPELINE": f"{sys.executable} -m pipeline",
     "ENCODE_FLAGS": "--model minilm-l6 --max-length 16 --block-size 16 --device cpu",
     "TRAIN_FLAGS": "--epochs 2 --patience 2 --batch-size 16 --hidden-channels 32 --num-threads 1",
-    "INFER_FLAGS": "--batch-size 16",
+    "INFER_FLAGS": "",
 }
 
 

@@ -48,7 +48,7 @@ def plain(output: str) -> str:
 def test_new_only_with_no_new_node_writes_an_empty_valid_file(nights, tmp_path, cli) -> None:
     _, v1_cache, run1, _ = nights
     out = tmp_path / "pred"
-    result = cli("infer", "--checkpoint", run1, "--out", out, "--new-only", v1_cache, "--batch-size", "16")
+    result = cli("infer", "--checkpoint", run1, "--out", out, "--new-only", v1_cache)
     assert result.exit_code == 0, result.output
     table = pq.read_table(out / "predictions.parquet")
     assert table.num_rows == 0 and table.column_names[:2] == ["node_id", "predicted_label"]
@@ -278,7 +278,7 @@ def on_full_disk(tmp_path: Path, size: str, prepare: str, args: list) -> tuple[i
 DISK_CASES = [  # (writer, tmpfs size, what to copy onto it, the command with DISK for the tmpfs)
     ("train", "24k", "true", ["train", "{v1_cache}", "--out", "DISK/run", "--epochs", "1", "--batch-size", "16",
                               "--hidden-channels", "256", "--num-threads", "1"]),
-    ("infer", "8k", "true", ["infer", "--checkpoint", "{run1}", "--out", "DISK/pred", "--split", "all", "--batch-size", "16"]),
+    ("infer", "8k", "true", ["infer", "--checkpoint", "{run1}", "--out", "DISK/pred", "--split", "all"]),
     ("encode", "48k", "true", ["encode", "{graph}", "--out", "DISK/cache.zarr", "--model", "minilm-l6", "--max-length", "16",
                                "--block-size", "8", "--device", "cpu"]),
     ("report", "4k", "true", ["report", "{run1}", "--out", "DISK/report"]),
@@ -375,7 +375,7 @@ def test_finetune_infer_honours_new_only(nights, lora_v2, tmp_path, cli) -> None
     from pipeline.core.graph import load_graph
 
     _, v1_cache, _, v2_cache = nights
-    result = cli("infer", "--checkpoint", lora_v2, "--out", tmp_path / "new", "--new-only", v1_cache, "--batch-size", "16")
+    result = cli("infer", "--checkpoint", lora_v2, "--out", tmp_path / "new", "--new-only", v1_cache)
     assert result.exit_code == 0, result.output
     graph = load_graph(json.loads((v2_cache / "manifest.json").read_text())["graph_source"])
     table = pq.read_table(tmp_path / "new" / "predictions.parquet")
@@ -387,7 +387,7 @@ def test_finetune_infer_honours_new_only(nights, lora_v2, tmp_path, cli) -> None
     assert pq.read_table(tmp_path / "none" / "predictions.parquet").num_rows == 0
 
 
-@pytest.mark.parametrize("flags,flag", [(["--batch-tokens", "99"], "--batch-tokens"), (["--no-cache-neighbours"], "--cache-neighbours"),
+@pytest.mark.parametrize("flags,flag", [(["--no-batch-invariant", "--batch-tokens", "99"], "--batch-tokens"), (["--no-cache-neighbours"], "--cache-neighbours"),
                                         (["--model", "minilm-l6"], "--model"), (["--dtype", "float32"], "--dtype")])
 def test_infer_options_without_effect_on_a_finetune_run(lora_v2, tmp_path, cli, flags, flag) -> None:
     result = cli("infer", "--checkpoint", lora_v2, "--out", tmp_path / "p", *flags)
