@@ -44,7 +44,8 @@ def run_finetune_infer(config: InferConfig) -> dict:
     last = int(ckpt.layers[-1])
     log(f"infer: {len(targets)} target(s) with the {model.arch} run at full depth (LLM state {last})")
     texts = TextBatches(model.stepper, [g.graph.texts[i] for i in targets.tolist()], int(ckpt.config["model"]["max_length"]))
-    batch = config.batch_size or 32  # texts per forward (None: 32)
+    # texts per forward: one with --batch-invariant (a node's answer independent of its batch-mates), else --batch-size or 32
+    batch = 1 if config.batch_invariant else (config.batch_size or 32)
     start = time.perf_counter()
     probs = torch.empty(len(targets), len(ckpt.label_names))
     model.eval()
