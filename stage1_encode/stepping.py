@@ -146,7 +146,7 @@ class LayerStepper:
         ids = torch.zeros((1, 2), dtype=torch.long, device=self.loaded.device)
         hook = self.layers[0].register_forward_hook(first_layer_out)
         try:
-            out = self.model(**self._forward_inputs(ids, torch.ones_like(ids), None), use_cache=False, return_dict=True)
+            out = self.model(**self.forward_inputs(TokenBatch(ids, torch.ones_like(ids))), use_cache=False, return_dict=True)
         finally:
             hook.remove()
         self._output_arity = seen["arity"]
@@ -154,10 +154,12 @@ class LayerStepper:
         if width != self.hidden_size:
             self._refuse(f"returns a last state {width} wide, its other states {self.hidden_size}")
 
-    def _forward_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None) -> dict:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
+    @staticmethod
+    def forward_inputs(batch: TokenBatch | StepState) -> dict:
+        """The keyword arguments of the model's ``forward`` for a batch's tokens."""
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            inputs["token_type_ids"] = batch.token_type_ids
         return inputs
 
     def _run_forward(self, state: StepState, last: torch.Tensor | None = None) -> tuple[torch.Tensor, list[LayerCall], torch.Tensor]:
@@ -188,7 +190,7 @@ class LayerStepper:
         for i, layer in enumerate(self.layers):
             layer.forward = stand_in(i)  # an instance attribute: nn.Module.__call__ finds it first
         try:
-            out = self.model(**self._forward_inputs(state.input_ids, state.attention_mask, state.token_type_ids), use_cache=False, return_dict=True)
+            out = self.model(**self.forward_inputs(state), use_cache=False, return_dict=True)
         finally:
             for layer in self.layers:
                 del layer.forward
