@@ -135,10 +135,15 @@ def make_encoder(config: EncodeConfig, spec: ModelSpec, device: str, dtype: str,
         from stage1_encode import vllm_backend
 
         engine, record = vllm_backend.checked_encoder(spec, config, layers, check_texts, device, dtype)
-        return Encoder(functools.partial(vllm_backend.encode_block, engine), engine.close, record)
-    stepper = LayerStepper(load_model(spec, device, getattr(torch, dtype)))
-    record = check_stepper(stepper, check_texts, layers, config.pooling, config.max_length)
-    return Encoder(functools.partial(encode_block, stepper), self_check=record)
+        encoder = Encoder(functools.partial(vllm_backend.encode_block, engine), engine.close, record)
+    else:
+        stepper = LayerStepper(load_model(spec, device, getattr(torch, dtype)))
+        record = check_stepper(stepper, check_texts, layers, config.pooling, config.max_length)
+        encoder = Encoder(functools.partial(encode_block, stepper), self_check=record)
+    if record is not None:
+        log(f"self-check: {record['texts']} texts match the model's own forward to {record['max_rel_deviation']:.1e} relative "
+            f"(tolerance {record['tolerance']:.0e}; {record['seconds']:.1f}s)")
+    return encoder
 
 
 def check_texts(graph: TextGraph, source: np.ndarray, config: EncodeConfig) -> list[str]:

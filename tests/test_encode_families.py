@@ -276,6 +276,7 @@ def test_encode_records_its_self_check_and_equals_the_forward(tiny_granite, cli,
     out = tmp_path / "cache"
     result = cli("encode", graph, "--out", out, "--model", tiny_granite, "--max-length", "16", "--layers", "all", "--storage-dtype", "float32")
     assert result.exit_code == 0, result.output
+    assert "self-check: 8 texts match the model's own forward to 0.0e+00 relative (tolerance 1e-04; " in result.output
     reader = open_cache(out)
     check = reader.manifest["self_check"]
     assert check["texts"] == 8 and check["backend"] == "hf" and check["compute_dtype"] == "float32"
