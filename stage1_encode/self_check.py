@@ -11,7 +11,8 @@ Deviation: the largest relative L2 error ``|ours - ref| / |ref|`` over the batch
 vectors, per state; beyond the tolerance of the backend and compute dtype (``TOLERANCES``)
 the run stops with exit 2 naming the architecture, the state and the deviation, before its
 output exists. The HF path runs the very modules of ``forward`` with its own arguments, so it
-matches to the last bits (0.0 on every family of the matrix, float32 on CPU); vLLM's kernels
+matches to the last bits (0.0 on every family of the matrix in float32, bfloat16 and float16 on
+CPU, and on the real Gemma 3 270M past its 512-token sliding window); vLLM's kernels
 differ from HF's (the tolerance its equality test uses). The passing record goes into the
 cache manifest (``self_check``).
 
