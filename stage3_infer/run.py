@@ -92,6 +92,9 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     check_weights(spec)
     stepper = LayerStepper(load_model(spec, device=device, dtype=getattr(torch, dtype)))
     check_model(spec, manifest, ckpt.layers, config.checkpoint, stepper=stepper)
+    from stage1_encode.self_check import check_stepper, first_texts
+
+    check_stepper(stepper, first_texts(g.graph.texts), list(ckpt.layers), manifest.get("pooling", "mean"), int(manifest.get("max_length", 256)))
 
     cached = None
     if config.cache_neighbours:
