@@ -129,6 +129,21 @@ def train_inputs(config: TrainConfig) -> list:
     return inputs + ([folder] if folder is not None else [])
 
 
+def refuse_budget_under_torchrun(config: TrainConfig) -> None:
+    """``--memory-budget`` with several ``torchrun`` ranks: refused before any work. A rank keeps
+    the cache rows its share's subgraphs reach in memory (stage2_train/distributed.py); its
+    out-of-core reader is the one-process path only, so a budget there would not be honoured."""
+    from stage2_train.distributed import world_from_env
+
+    world = world_from_env()[0]
+    if config.memory_budget is not None and world > 1:
+        raise InputError(
+            f"--memory-budget: not supported under torchrun ({world} ranks): each rank holds in memory the cache rows "
+            "its share of the targets reaches within --hops (rank 0 logs how many); drop --memory-budget and add ranks "
+            "to shrink each rank's share, or train out of core in one process (without torchrun)"
+        )
+
+
 def run(config: TrainConfig) -> dict:
     """Train one model per seed from the cache (or the live LLM) and write ``config.out``.
 
@@ -141,6 +156,7 @@ def run(config: TrainConfig) -> dict:
     from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()  # resolves --device: cpu, cuda or, under torchrun, cuda:LOCAL_RANK (saved so)
+    refuse_budget_under_torchrun(config)
     from stage2_train.checkpoint import claim
 
     claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
@@ -201,9 +217,7 @@ def _run(config: TrainConfig, group=None) -> dict:
         warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
     elif group is not None:
         features = ShardFeatures(data)  # each rank reads only its share's rows, per seed below
-        feature_mode = {"mode": "rank-share", "memory_budget": config.memory_budget}
-        if config.memory_budget is not None:
-            warn("--memory-budget: not used under torchrun; each rank holds the rows of its share in memory")
+        feature_mode = {"mode": "rank-share"}  # --memory-budget is refused under torchrun (run)
     sampler = Sampler(
         graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout, hops=config.hops,
         num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,

@@ -165,3 +165,12 @@ def test_rows_needed_are_the_nodes_of_the_ego_subgraphs(cache):
         assert rows.tolist() == torch.unique(sampler.sample(targets).nodes).tolist()
         assert len(rows) < NODES
     assert rows_needed(Sampler(graph.edge_index, graph.num_nodes, mode="full"), targets).tolist() == list(range(NODES))
+
+
+def test_memory_budget_under_torchrun_is_refused(cache, tmp_path, cli, monkeypatch):
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():  # what torchrun sets
+        monkeypatch.setenv(name, value)
+    res = cli("train", cache, "--out", tmp_path / "run", *FLAGS, "--memory-budget", "1MiB")
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("Error: --memory-budget: not supported under torchrun (2 ranks): each rank holds in memory")
+    assert list(tmp_path.iterdir()) == []
