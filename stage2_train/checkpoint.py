@@ -17,6 +17,9 @@ on the same ``--out`` removes)::
                              ``finetune``) and the head, never the frozen base weights
     .pipeline-artifact.json  the ownership marker (kind "run"; pipeline/core/ownership.py)
 
+While training, the resumable state lives next to the run, in ``RUN_DIR.resume/``
+(:mod:`stage2_train.resume`), and is deleted once the run is in place.
+
 ``read_run(RUN_DIR)`` reads the JSON files (the report uses it); ``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
 (``summary["default_seed"]``), or of ``seed=``; ``pipeline infer`` needs nothing else.
 ``warm_start_weights(RUN_DIR, ...)`` gives ``pipeline train --init RUN_DIR`` its starting weights.
