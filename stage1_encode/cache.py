@@ -331,11 +331,14 @@ class CacheWriter:
     def damaged_blocks(self) -> dict[int, str]:
         return damaged_blocks(self.path, self.manifest)
 
-    def write_block(self, b: int, values: np.ndarray, node_ids: np.ndarray, seconds: float | None = None) -> None:
+    def write_block(self, b: int, values: np.ndarray, node_ids: np.ndarray, seconds: float | None = None,
+                    peak_bytes: int | None = None) -> None:
         """Commit block ``b``: ``values`` (n, S, H) float32 -> storage dtype; data, then mark.
 
         ``seconds``: wall time of the block's encode, kept in its mark so that the one-off
         encode cost adds up across resumes and shards (``finish`` sums it into ``encode_s``).
+        ``peak_bytes``: the encoding process's peak memory so far (``finish`` keeps the largest
+        over the marks as ``encode_peak_memory_bytes``).
 
         Non-finite values (fp16 overflow, or the model's own) stop the run naming the node;
         nothing is marked. int8: rows and their scales are written before the mark.
@@ -363,7 +366,8 @@ class CacheWriter:
             self.scales[start:end] = scale
         else:
             self.states[start:end] = stored
-        mark = {"nodes": [start, end], **({"seconds": float(seconds)} if seconds is not None else {})}
+        mark = {"nodes": [start, end], **({"seconds": float(seconds)} if seconds is not None else {}),
+                **({"peak_bytes": int(peak_bytes)} if peak_bytes is not None else {})}
         (self.path / "blocks" / f"{b:06d}.done").write_text(json.dumps(mark) + "\n")
 
     def _remove_orphan_partials(self, start: int, end: int) -> None:
@@ -387,6 +391,9 @@ class CacheWriter:
             seconds = encode_seconds(self.path)
             if seconds is not None:
                 m["encode_s"] = seconds
+            peak = encode_peak_bytes(self.path)
+            if peak is not None:
+                m["encode_peak_memory_bytes"] = peak
         atomic.write_json(self.path / MANIFEST_FILE, m)
         self.manifest = m
         self.blocks_left = self.n_blocks - len(done)
@@ -529,6 +536,22 @@ def encode_seconds(path: str | Path) -> float | None:
             return None
         total += float(seconds)
     return total
+
+
+def encode_peak_bytes(path: str | Path) -> int | None:
+    """The largest peak memory of the processes that encoded a cache (all shards and resumes;
+    LLM loading included): the largest ``peak_bytes`` of its block marks. None when a mark
+    lacks it (blocks written by an encode that did not record it): unknown, never 0."""
+    peak = 0
+    for mark in (Path(path) / "blocks").glob("*.done"):
+        try:
+            value = json.loads(mark.read_text()).get("peak_bytes")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(value, int):
+            return None
+        peak = max(peak, value)
+    return peak
 
 
 # ---------------------------------------------------------------------------- reader

@@ -49,6 +49,18 @@ def tokenizer_hash(spec: ModelSpec) -> str:
     return h.hexdigest()
 
 
+def process_peak_bytes(device: str) -> int:
+    """This process's peak memory so far, LLM loading included: on GPU the device's
+    ``max_memory_allocated``, on CPU the peak resident set (``ru_maxrss``)."""
+    import resource
+
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+
+
 def pick_device(config: EncodeConfig) -> tuple[str, str]:
     """(device, compute dtype name): bf16 on GPU, fp32 on CPU unless told."""
     from pipeline.core.devices import is_cuda, resolve_device
@@ -220,7 +232,7 @@ def run(config: EncodeConfig) -> Path:
                     values[copied] = plan.reader.read(src[copied])  # storage dtype -> float32 and back: exact
                     reused += len(copied)
                     bar.advance(len(copied), reused=reused)
-                writer.write_block(b, values, graph.node_ids, seconds=per_row * len(fresh))
+                writer.write_block(b, values, graph.node_ids, seconds=per_row * len(fresh), peak_bytes=process_peak_bytes(device))
     encoder.close()  # vLLM: stops its engine process and frees its shared memory
     complete = writer.finish()
     elapsed = time.perf_counter() - start

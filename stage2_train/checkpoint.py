@@ -12,10 +12,17 @@ on the same ``--out`` removes)::
     manifest.json            copy of the cache manifest (model, pooling, max length, ...)
     metrics.jsonl            one line per epoch and seed: loss, val accuracy of every head
     summary.json             test/val mean and std, per-seed results, every head, gates
+    cost.json                what was measured, not computed: wall times (per epoch, per
+                             seed), peak memory, device, the memory budget found free
+                             (the cost ledger, ``stage2_train/ledger.py``)
     seed_{s}/model.safetensors   weights of seed s (safetensors only, never pickle); for the
                              fine-tuning archs the adapter (or every LLM weight for
                              ``finetune``) and the head, never the frozen base weights
     .pipeline-artifact.json  the ownership marker (kind "run"; pipeline/core/ownership.py)
+
+Every file but ``cost.json`` is a function of the command, its inputs and the thread count: the
+same command gives the same bytes (``docs/design.md``, "Reproducibility"). ``read_run`` merges
+``cost.json`` back into the summary it returns, so readers see one summary.
 
 While training, the resumable state lives next to the run, in ``RUN_DIR.resume/``
 (:mod:`stage2_train.resume`), and is deleted once the run is in place.
@@ -40,14 +47,16 @@ from pipeline.core.options import config_file_name
 
 FORMAT_VERSION = 1
 CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "checkpoint.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
+COST = "cost.json"
 LEGACY_CONFIG = "config.json"  # the name of CONFIG in runs written before train_config.json existed
 FLAGS = config_file_name("train")
 RUN_MARKS = (SUMMARY, METRICS)  # the files by which a folder is recognised as a run
 
 
 # What runs written before an option existed were trained with: the option's value for them
-# (rung_grad: the reference's joint training).
-LEGACY_SPEC = {"standardize": False, "readout": "target-mean", "rung_grad": "joint", "rung_activation": "relu", "rung_norm": "layer"}
+# (rung_grad: the reference's joint training; proj_follows_rung: their projections used the rung's norm and activation).
+LEGACY_SPEC = {"standardize": False, "readout": "target-mean", "rung_grad": "joint", "rung_activation": "relu", "rung_norm": "layer",
+               "proj_follows_rung": True}
 
 
 def spec_value(spec: dict, key: str):
@@ -74,6 +83,7 @@ def build_model(spec: dict, device: str = "cpu") -> nn.Module:
             gnn=spec["gnn"], num_layers=spec["num_layers"], dropout=spec["dropout"], temperature=spec["temperature"],
             standardize=spec_value(spec, "standardize"), readout=spec_value(spec, "readout"), rung_grad=spec_value(spec, "rung_grad"),
             activation=spec_value(spec, "rung_activation"), norm=spec_value(spec, "rung_norm"),
+            proj_follows_rung=spec_value(spec, "proj_follows_rung"),
         )
     return NodeBaseline(
         spec["arch"], spec["in_channels"], spec["hidden_channels"], spec["out_channels"],
@@ -141,10 +151,14 @@ class CheckpointWriter:
         folder = self.tmp / f"seed_{seed}"
         folder.mkdir(exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        save_file(tensors, str(folder / WEIGHTS), metadata={"seed": str(seed), "format_version": str(FORMAT_VERSION)})
+        # one metadata key: safetensors writes its metadata map in hash order, so two keys
+        # would come out in either order and the same weights in different bytes
+        save_file(tensors, str(folder / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
 
-    def write_summary(self, summary: dict) -> None:
+    def write_summary(self, summary: dict, cost: dict) -> None:
+        """``summary``: the results (deterministic); ``cost``: what was measured (cost.json)."""
         _json(self.tmp / SUMMARY, summary)
+        _json(self.tmp / COST, cost)
 
     def commit(self) -> Path:
         return self.staged.commit(ownership.replacer("run", "--out", self.overwrite, is_run))
@@ -193,6 +207,34 @@ class RunFiles:
     metrics: list[dict]
 
 
+def split_cost(summary: dict) -> tuple[dict, dict]:
+    """``(results, cost)``: the measured entries of a summary (``MEASURED`` keys, and the same
+    keys of each ``per_seed`` row) moved into ``cost``; :func:`merge_cost` undoes it."""
+    results = {k: v for k, v in summary.items() if k not in MEASURED}
+    cost = {k: summary[k] for k in MEASURED if k in summary}
+    if "per_seed" in summary:
+        results["per_seed"] = [{k: v for k, v in row.items() if k not in MEASURED} for row in summary["per_seed"]]
+        cost["per_seed"] = [{"seed": row.get("seed"), **{k: row[k] for k in MEASURED if k in row}} for row in summary["per_seed"]]
+    return results, cost
+
+
+def merge_cost(summary: dict, cost: dict) -> dict:
+    """The summary with ``cost.json``'s entries put back (rows matched by seed)."""
+    if not isinstance(cost, dict):
+        return summary
+    merged = {**summary, **{k: v for k, v in cost.items() if k != "per_seed"}}
+    rows = {row.get("seed"): row for row in cost.get("per_seed") or [] if isinstance(row, dict)}
+    if isinstance(summary.get("per_seed"), list):
+        merged["per_seed"] = [{**row, **{k: v for k, v in rows.get(row.get("seed"), {}).items() if k != "seed"}}
+                              if isinstance(row, dict) else row for row in summary["per_seed"]]
+    return merged
+
+
+# Summary entries that are measured (wall times, memory, where it ran), not computed from the
+# inputs: they live in cost.json so that summary.json is the same on every run.
+MEASURED = ("cost", "epoch_s_mean", "epoch_s", "epoch_s_each", "train_s", "device", "gpu_peak_memory_bytes", "memory_limit_bytes")
+
+
 def read_run(path: str | Path) -> RunFiles:
     """Read a run folder's JSON files; what is missing is named with the command that creates it."""
     path = Path(path)
@@ -206,6 +248,8 @@ def read_run(path: str | Path) -> RunFiles:
     config = guarded.read_json(path / config_file, retrain_hint(path))
     hint = retrain_hint(path, config)
     summary, manifest = guarded.read_json(path / SUMMARY, hint), guarded.read_json(path / MANIFEST, hint)
+    if (path / COST).is_file():
+        summary = merge_cost(summary, guarded.read_json(path / COST, hint))
     metrics = read_metrics(path) if (path / METRICS).is_file() else []
     return RunFiles(path, config, config_file, manifest, summary, metrics)
 
@@ -287,6 +331,7 @@ WARM_START_KEYS = {
     "arch": "--arch", "hidden_channels": "--hidden-channels", "gnn": "--gnn", "num_layers": "--num-layers",
     "rung_norm": "--rung-norm", "rung_activation": "--rung-activation",
     "num_rungs": "--rungs", "in_channels": "the cache's LLM width (the encode --model)", "out_channels": "classes",
+    "proj_follows_rung": "the projections' norm and activation (RUN_DIR predates their fixed LayerNorm and ReLU: retrain it)",
 }
 
 

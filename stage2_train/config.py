@@ -5,10 +5,10 @@ Light on purpose (no torch import): the CLI module imports it at start-up.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from pipeline.core.errors import ConfigErrors
+from pipeline.core.errors import ConfigErrors, InputError
 from pipeline.core.options import argument, device_option, option, out_option, overwrite_option, seeds_option
 from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from pipeline.core.parsers import parse_float_list, parse_int_list, parse_random_split, parse_size
@@ -17,10 +17,11 @@ CACHE_ARCHS = ("ladder", "mlp", "gcn", "sage")  # trained on the cached states
 PEFT_ARCHS = ("lora", "ia3", "prefix")  # peft adapters on the frozen LLM
 FINETUNE_ARCHS = (*PEFT_ARCHS, "finetune")  # the LLM in the loop, trained on the node's own text
 ARCHS = (*CACHE_ARCHS, *FINETUNE_ARCHS)
-# Fine-tuning defaults: learning rates of peft's examples for each method (not tuned here),
-# batch 16, the head's dropout 0.1 (LoRA's own), and few epochs (an LLM epoch is costly).
+# Fine-tuning defaults: learning rates of peft's examples for each method (scripts/finetune_lr_grid.sh
+# chooses one on validation), batch 16, the head's dropout 0.1, few epochs (an LLM epoch is costly)
+# and patience 2 (one noisy epoch does not end the run).
 FINETUNE_LR = {"lora": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "finetune": 5e-5}
-FINETUNE_DEFAULTS = {"epochs": 3, "patience": 1, "batch_size": 16, "dropout": 0.1}
+FINETUNE_DEFAULTS = {"epochs": 3, "patience": 2, "batch_size": 16, "dropout": 0.1}
 CACHE_DEFAULTS = {"epochs": 200, "patience": 30, "batch_size": 64, "dropout": 0.5}
 # Sane upper bounds: beyond them a flag is a typo, and would reach the allocator or run for ever.
 MAX_HIDDEN, MAX_BATCH, MAX_EPOCHS, MAX_FANOUT, MAX_WALK, MAX_THREADS, MAX_SEEDS = 16384, 10**7, 10**6, 10**5, 1024, 4096, 1000
@@ -30,8 +31,8 @@ READOUTS = ("target-mean", "ego")  # the ladder's head input: see stage2_train.l
 LOSSES = ("multi-exit", "last-head")  # ENGINE-Early (every head trained) / plain ENGINE (last head only)
 RUNG_GRADS = ("own", "joint")  # each rung trained by its own head only / by every head above it too (the reference)
 DEPTHS = ("val", "full")  # the best head on validation answers, deeper rungs dropped / the last head answers (the reference)
-RUNG_ACTIVATIONS = ("relu", "elu")  # the ladder's hidden activation (ELU: the ENGINE authors' choice on small graphs)
-RUNG_NORMS = ("layer", "none")  # LayerNorm before each hidden activation of the ladder, or none (the authors' small graphs)
+RUNG_ACTIVATIONS = ("relu", "elu")  # after the ladder's hidden convolutions (ELU: the ENGINE authors' Cora and CiteSeer)
+RUNG_NORMS = ("layer", "none")  # LayerNorm before each of those activations, or none (the authors' Cora and CiteSeer)
 # The ego sampler's defaults, 2 hops and at most 5 neighbours per node and hop: the only setting
 # that scored best on validation on Cora and CiteSeer, random and few-label splits (256 tokens,
 # docs/results.md). --hops 1 --fanout 0 is the reference's ego graph.
@@ -86,7 +87,7 @@ class TrainConfig:
     # None: CACHE_DEFAULTS or FINETUNE_DEFAULTS (epochs, patience, batch_size, dropout)
     epochs: int | None = option(None, "Maximum epochs (default 200; 3 for the fine-tuning archs).")
     patience: int | None = option(
-        None, "Stop after this many epochs without a better validation accuracy of the answering head (see --depth); default 30, 1 for the fine-tuning archs."
+        None, "Stop after this many epochs without a better validation accuracy of the answering head (see --depth); default 30, 2 for the fine-tuning archs."
     )
     lr: float | None = option(
         None, "AdamW learning rate (default 3e-4 for the ladder, 1e-2 for the baselines; lora 1e-3, ia3 3e-3, prefix 1e-2, finetune 5e-5)."
@@ -125,10 +126,10 @@ class TrainConfig:
         "projected LLM state, untouched by neighbours: for heterophilous graphs).",
     )
     rung_activation: str = option(
-        "relu", "Ladder: activation after each rung's projection and hidden convolutions: relu, or elu (as the ENGINE authors ran small graphs)."
+        "relu", "Ladder: activation after each rung's hidden convolutions: relu, or elu (as the ENGINE authors ran Cora and CiteSeer; the projection keeps ReLU, as theirs)."
     )
     rung_norm: str = option(
-        "layer", "Ladder: normalisation before each of those activations: layer (LayerNorm), or none (as the ENGINE authors ran small graphs)."
+        "layer", "Ladder: normalisation before each of those activations: layer (LayerNorm), or none (as the ENGINE authors ran Cora and CiteSeer; the projection keeps LayerNorm)."
     )
     batch_size: int | None = option(
         None, "Target nodes per training batch (default 64, 16 for the fine-tuning archs; ignored by --sampler full: full batch)."
@@ -139,6 +140,11 @@ class TrainConfig:
     allow_dtype_mismatch: bool = option(False, "--no-cache: " + MISMATCH_HELP)
     num_threads: int | None = option(
         None, "Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
+    )
+    deterministic: bool = option(
+        False, "GPU: torch.use_deterministic_algorithms (and CUBLAS_WORKSPACE_CONFIG=:4096:8), so the same command gives the "
+        "same weights on every run, at a cost in speed; ops without a deterministic CUDA kernel are named in a warning. "
+        "CPU runs give the same bits without it (docs/design.md, Reproducibility).",
     )
     overwrite: bool = overwrite_option("a run")
     max_batches: int | None = option(
@@ -164,9 +170,24 @@ class TrainConfig:
         "--num-layers, rungs, classes and LLM; else refused naming what differs), e.g. last night's run on a grown graph.",
         metavar="RUN_DIR",
     )
+    exit: str = option(
+        "val",
+        "Ladder: the exit policy `pipeline infer` uses by default: val (the cheapest within 1% relative of full-depth "
+        "validation accuracy, chosen per seed) or a fixed policy, e.g. patience:1 (the ENGINE authors').",
+    )
+    preset: str | None = option(
+        None,
+        "engine: the ENGINE authors' released settings for the cache's graph (cora, citeseer; engine:cora names the "
+        "dataset, e.g. for a subset), listed in docs/design.md. Flags given explicitly win over the preset.",
+    )
     extra: dict = field(default_factory=dict)  # free-form notes stored with the config
+    # fields given explicitly (command line or --config); None: those differing from their default
+    explicit_flags: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._preset_problem = None
+        if self.preset is not None:
+            self._apply_preset()
         if self.num_layers is None:
             self.num_layers = 1 if self.arch == "ladder" else 2
         if self.arch == "ladder":  # plain ENGINE trains the last head alone: the reference's joint rungs and full depth
@@ -186,6 +207,19 @@ class TrainConfig:
             self.lr = 3e-4 if self.arch == "ladder" else 1e-2
         self.cache, self.out = Path(self.cache), Path(self.out)
 
+    def _apply_preset(self) -> None:
+        """Set the preset's values on every field not given explicitly."""
+        from stage2_train.presets import preset_values
+
+        values, self._preset_problem = preset_values(self.preset, Path(self.cache))
+        given = self.explicit_flags
+        if given is None:
+            given = {f.name for f in fields(self) if f.name in values and f.default is not MISSING and getattr(self, f.name) != f.default}
+        for name, value in values.items():
+            if name not in given:
+                setattr(self, name, value)
+        self.explicit_flags = None  # resolved: a copy of this config keeps its values
+
     @property
     def resolved_sampler(self) -> str:
         if self.sampler is not None:
@@ -198,6 +232,16 @@ class TrainConfig:
         from stage1_encode.precision import dtype_problem
 
         errs = ConfigErrors()
+        errs.check(self._preset_problem is None, self._preset_problem or "")
+        errs.check(self.preset is None or self.arch == "ladder", f"--preset {self.preset} sets the ladder's options; not with --arch {self.arch}")
+        errs.check(self.exit == "val" or self.arch == "ladder", "--exit is for --arch ladder; a baseline has one head")
+        if self.exit != "val":
+            from stage2_train.exit_policies import parse_exit
+
+            try:
+                parse_exit(self.exit)
+            except InputError as err:  # names --exit and the policies
+                errs.add(f"{err}; or val (chosen on validation)")
         errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
         errs.check(self.no_cache or (self.dtype is None and not self.allow_dtype_mismatch),
@@ -286,4 +330,5 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sampler"] = self.resolved_sampler
+        d.pop("explicit_flags")
         return d

@@ -8,7 +8,7 @@ overwrote it on later rungs: ``==`` where ``&`` was meant). Targets that never e
 last rung's head. Everything here is pure tensor logic: no model, no LLM, no I/O.
 
 Policies (``--exit``; without it, ``pipeline infer`` uses the policy ``pipeline train`` chose
-on the run's validation nodes, :func:`choose_policy`):
+on the run's validation nodes, :func:`choose_policy`, or fixed with ``train --exit``):
   ``patience:P``    exit at the first rung whose argmax equals that of the previous P rungs
                     (ENGINE uses P = 1);
   ``confidence:T``  exit at the first rung whose max softmax probability is >= T (0 < T <= 1);
@@ -165,13 +165,7 @@ def replay_counts(rung_logits: torch.Tensor, labels: torch.Tensor, layers: list[
     return out
 
 
-def choose_policy(counts: dict[str, list[float]], last_layer: int, max_rel_drop: float = MAX_VAL_REL_DROP) -> dict:
-    """The cheapest policy (fewest LLM layers run) whose accuracy is within ``max_rel_drop``
-    relative of full depth (``none``); ties go to the more accurate, then the safer (later) one.
-
-    ``counts``: :func:`replay_counts` output, which must include ``none``. Returns the choice
-    with its evidence: policy, val_acc, full_depth_val_acc, val_rel_drop, layer_fraction, num_val.
-    """
+def _accuracy_and_fraction(counts: dict[str, list[float]], last_layer: int):
     def acc(spec: str) -> float:
         correct, total, _ = counts[spec]
         return correct / total if total else 0.0
@@ -180,6 +174,33 @@ def choose_policy(counts: dict[str, list[float]], last_layer: int, max_rel_drop:
         _, total, layers_run = counts[spec]
         return layers_run / (total * last_layer) if total and last_layer else 1.0
 
+    return acc, fraction
+
+
+def fixed_policy(counts: dict[str, list[float]], spec: str, last_layer: int) -> dict:
+    """The record of a policy fixed by ``train --exit`` (not chosen), with :func:`choose_policy`'s
+    evidence on validation; ``counts`` must hold ``none`` and ``spec``."""
+    acc, fraction = _accuracy_and_fraction(counts, last_layer)
+    base = acc("none")
+    return {
+        "policy": spec,
+        "val_acc": acc(spec),
+        "full_depth_val_acc": base,
+        "val_rel_drop": (base - acc(spec)) / base if base else 0.0,
+        "layer_fraction": fraction(spec),
+        "num_val": int(counts[spec][1]),
+        "rule": "fixed by train --exit",
+    }
+
+
+def choose_policy(counts: dict[str, list[float]], last_layer: int, max_rel_drop: float = MAX_VAL_REL_DROP) -> dict:
+    """The cheapest policy (fewest LLM layers run) whose accuracy is within ``max_rel_drop``
+    relative of full depth (``none``); ties go to the more accurate, then the safer (later) one.
+
+    ``counts``: :func:`replay_counts` output, which must include ``none``. Returns the choice
+    with its evidence: policy, val_acc, full_depth_val_acc, val_rel_drop, layer_fraction, num_val.
+    """
+    acc, fraction = _accuracy_and_fraction(counts, last_layer)
     base = acc("none")
     drop = {s: (base - acc(s)) / base if base else 0.0 for s in counts}
     ok = [s for s in counts if drop[s] <= max_rel_drop + 1e-12]  # "none" always qualifies
@@ -198,8 +219,9 @@ def choose_policy(counts: dict[str, list[float]], last_layer: int, max_rel_drop:
 
 def describe_choice(choice: dict) -> str:
     """One line on an exit policy chosen on validation (training's log and ``pipeline infer``)."""
+    how = choice["rule"] if choice["rule"].startswith("fixed") else f"chosen on {choice['num_val']} validation nodes: {choice['rule']}"
     return (
-        f"{choice['policy']} (chosen on {choice['num_val']} validation nodes: {choice['rule']}; val accuracy "
+        f"{choice['policy']} ({how}; val accuracy "
         f"{100 * choice['val_acc']:.2f}% vs {100 * choice['full_depth_val_acc']:.2f}% at full depth, "
         f"{100 * choice['layer_fraction']:.1f}% of the LLM layers)"
     )
@@ -207,7 +229,7 @@ def describe_choice(choice: dict) -> str:
 
 def resolve_exit(given: str | None, checkpoint) -> tuple[str, str]:
     """The policy ``pipeline infer`` runs and why: ``--exit`` when given, else the one the run
-    chose on its validation nodes for the checkpoint's seed, else (older runs) full depth."""
+    chose (or was fixed to) for the checkpoint's seed, else full depth for a run that stores none."""
     if given is not None:
         return given, "given with --exit"
     for row in checkpoint.summary.get("per_seed", []):

@@ -96,7 +96,7 @@ def train_finetune_seed(model, texts: TextBatches, split: dict[str, np.ndarray],
         epoch_times.append(time.perf_counter() - t0)
         val = accuracy(model, texts, split["val"], labels, cfg.eval_batch_size)
         line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(seen, 1), "val_acc": val, "val_acc_heads": [val],
-                "train_acc_running": hits / max(seen, 1), "epoch_s": epoch_times[-1]}
+                "train_acc_running": hits / max(seen, 1)}
         on_epoch(line)
         if tracker is not None:
             tracker.advance(0, val_acc=val)
@@ -111,5 +111,5 @@ def train_finetune_seed(model, texts: TextBatches, split: dict[str, np.ndarray],
     test = accuracy(model, texts, split["test"], labels, cfg.eval_batch_size)
     return SeedResult(
         seed=seed, best_epoch=best_epoch, epochs_run=epoch, val_acc=[best_val], test_acc=[test], train_acc=[best_train],
-        gates=[], epoch_s=float(np.mean(epoch_times)), state_dict=best_state,
+        gates=[], epoch_s=float(np.mean(epoch_times)), epoch_s_each=epoch_times, state_dict=best_state,
     )

@@ -1,9 +1,9 @@
 """The fine-tuning baselines' network: the LLM -> pooled last state -> linear head.
 
-``--arch lora|ia3|prefix`` wrap the frozen LLM with a ``peft`` adapter (the settings ENGINE's
-authors ran: LoRA r=8, alpha 32, dropout 0.1 on the attention query/value projections;
-prefix tuning with 20 virtual tokens; IA3 on peft's defaults); ``--arch finetune`` trains
-every LLM weight. The head reads the last LLM state pooled as the cache was (the manifest's
+``--arch lora|ia3|prefix`` wrap the frozen LLM with a ``peft`` adapter, set as the ENGINE
+authors' ``utils/peft.py`` sets them: LoRA r=8, alpha 32, dropout 0.05 on the attention
+query/value projections; IA3 on the same projections; prefix tuning with 20 virtual tokens.
+``--arch finetune`` trains every LLM weight. The head reads the last LLM state pooled as the cache was (the manifest's
 ``pooling``), which is the state a baseline on the cache reads, so ``pipeline export`` of a
 tuned model gives caches whose last state is this network's pooled feature.
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from stage2_train.config import PEFT_ARCHS
 
-LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 8, 32, 0.1
+LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 8, 32, 0.05  # the ENGINE authors' utils/peft.py
 PREFIX_TOKENS = 20
 LORA_TARGETS = {"decoder": ["q_proj", "v_proj"], "encoder": ["query", "value"]}  # attention query/value projections
 HEAD, ADAPTER, LLM = "head.", "adapter.", "llm."  # key prefixes in the saved state
@@ -35,7 +35,7 @@ def peft_config(arch: str, family: str):
     if arch == "lora":
         return LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=LORA_TARGETS[family], task_type=task)
     if arch == "ia3":
-        return IA3Config(task_type=task)
+        return IA3Config(target_modules=LORA_TARGETS[family], feedforward_modules=[], task_type=task)
     if arch == "prefix":
         return PrefixTuningConfig(num_virtual_tokens=PREFIX_TOKENS, task_type=task)
     raise ValueError(f"no peft configuration for arch {arch!r}")

@@ -36,7 +36,7 @@ def run_finetune(config: TrainConfig) -> dict:
     """Train ``config.arch`` on the cache's graph and write ``config.out``; returns the summary."""
     from pipeline.core.graph import load_graph
     from stage1_encode.cache import open_cache
-    from stage2_train.checkpoint import CheckpointWriter
+    from stage2_train.checkpoint import CheckpointWriter, split_cost
     from stage2_train.data import resolve_split
     from stage2_train.finetune_loop import TextBatches, train_finetune_seed
     from stage2_train.finetune_model import build_classifier
@@ -96,7 +96,7 @@ def run_finetune(config: TrainConfig) -> dict:
             entry["train_s"] = cost["train_s"]
         summary["cost"] = ledger(costs, counted["trainable"], counted.get("backward", counted["trainable"]), memory, manifest, reads_cache=False,
                                  max_batches=config.max_batches)
-        writer.write_summary(summary)
+        writer.write_summary(*split_cost(summary))
         writer.commit()
     log(summary_line(config, summary))
     return summary

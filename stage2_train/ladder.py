@@ -3,7 +3,7 @@
 For rung i with pooled LLM state h_i (n, H):
 
     h_i    <- (h_i - mean_i) / std_i               with --standardize (training-set statistics)
-    P_i(h) = Linear(H, K) -> Norm(K) -> Act -> Linear(K, K)   Norm: LayerNorm (--rung-norm layer) or none; Act: ReLU or ELU
+    P_i(h) = Linear(H, K) -> LayerNorm(K) -> ReLU -> Linear(K, K)     as the reference, whatever --rung-norm/--rung-activation
     g_i    = sigmoid(a_i / T)                      a_i learned, init 0; T = 0.1
     z_0    = GNN_0(P_0(h_0))
     z_i    = GNN_i(g_i * P_i(h_i) + (1 - g_i) * z_{i-1})
@@ -15,8 +15,8 @@ The ``ego`` readout also hands the head the node's own projected state, untouche
 neighbour, so that on heterophilous graphs (neighbours mostly of other classes) the head can
 weigh the node's own text against its neighbourhood instead of reading only mixed states.
 
-Each GNN_i is ``num_layers`` convolutions K -> K, each followed by Norm, Act and
-dropout, except the final rung's last convolution, which stays linear (the reference adds
+Each GNN_i is ``num_layers`` convolutions K -> K, each followed by Norm (LayerNorm, or none
+with --rung-norm none), Act (ReLU, or ELU with --rung-activation elu) and dropout, except the final rung's last convolution, which stays linear (the reference adds
 an activation there by comparing layer ids with a count; we do not).
 
 With ``--rung-grad joint`` (the reference) every head's loss also trains the rungs below it;
@@ -118,8 +118,10 @@ class GLadder(nn.Module):
         readout: ``target-mean`` (the reference) or ``ego`` (also the node's own projected state).
         rung_grad: ``joint`` (the reference: a head's loss reaches every rung below it) or ``own``
             (each rung trained by its own head; the rung below enters as a constant).
-        activation: ``relu`` or ``elu``, after every projection and hidden convolution.
+        activation: ``relu`` or ``elu``, after every hidden convolution.
         norm: ``layer`` (LayerNorm before each of those activations) or ``none``.
+        proj_follows_rung: the projections use ``norm`` and ``activation`` too (runs written before
+            the projection was fixed to LayerNorm and ReLU, the reference's; loaded as trained).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class GLadder(nn.Module):
         rung_grad: str = "joint",
         activation: str = "relu",
         norm: str = "layer",
+        proj_follows_rung: bool = False,
     ) -> None:
         super().__init__()
         if readout not in READOUTS:
@@ -147,8 +150,9 @@ class GLadder(nn.Module):
         self.readout, self.rung_grad = readout, rung_grad
         self.scaler = StateScaler(num_rungs, in_channels) if standardize else None
         self.num_rungs, self.temperature, self.dropout = num_rungs, temperature, dropout
+        proj_norm, proj_act = (norm, activation) if proj_follows_rung else ("layer", "relu")
         self.proj = nn.ModuleList(
-            nn.Sequential(nn.Linear(in_channels, K), make_norm(norm, K), make_activation(activation), nn.Linear(K, K))
+            nn.Sequential(nn.Linear(in_channels, K), make_norm(proj_norm, K), make_activation(proj_act), nn.Linear(K, K))
             for _ in range(num_rungs)
         )
         self.gate_logits = nn.Parameter(torch.zeros(num_rungs))  # a_i; rung 0 has no z_{-1}, its a_0 is unused

@@ -9,6 +9,12 @@
   start (after imports, before data and model are loaded; freed heap memory is first returned
   to the OS and the kernel's peak reset through ``/proc/self/clear_refs``), on GPU
   ``torch.cuda.max_memory_allocated``;
+- ``encode_peak_memory_bytes``: the encode's peak memory (LLM loaded), from the cache manifest
+  (cache archs; None when the cache did not record it); ``pipeline_peak_memory_bytes``: the
+  larger of it and training's own peak in the same terms (CPU: training's peak RSS including
+  its start, GPU: max allocated), what the machine must hold for encode then train; None when
+  the encode's is unknown. For the fine-tuning archs, which run the LLM themselves, it is
+  training's peak;
 - ``epoch_s_mean``, ``epochs_run`` (per seed), ``train_s`` (per seed: wall time of the seed's
   training, evaluation included, model loading excluded) and its mean;
 - ``encode_s``: the one-off encode time of the cache the run read (cache archs), from the
@@ -133,11 +139,16 @@ def ledger(per_seed: list[dict], trainable: int, backward: int | None, memory: P
     tuning = manifest.get("model_tuning") if reads_cache else None
     tuning_s = (tuning or {}).get("train_s") if tuning is not None else 0.0
     known = (not reads_cache or encode_s is not None) and tuning_s is not None
+    encode_peak = manifest.get("encode_peak_memory_bytes") if reads_cache else None
+    train_peak = int(memory.peak_bytes()) + int(memory.start)  # CPU: RSS above start + start; GPU: start is 0
+    pipeline_peak = max(int(encode_peak), train_peak) if encode_peak is not None else (None if reads_cache else train_peak)
     return {
         "trainable_params": int(trainable),
         "backward_params": None if backward is None else int(backward),
         "peak_memory_bytes": int(memory.peak_bytes()),
         "peak_memory_kind": memory.kind,
+        "encode_peak_memory_bytes": None if encode_peak is None else int(encode_peak),
+        "pipeline_peak_memory_bytes": pipeline_peak,
         "epoch_s_mean": sum(float(r["epoch_s"]) for r in per_seed) / len(per_seed),
         "epochs_run": [int(r["epochs_run"]) for r in per_seed],
         "max_batches_per_epoch": max_batches,

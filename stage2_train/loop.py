@@ -151,15 +151,20 @@ def policy_counts(model, features: NodeFeatures, es: EvalSet, layers: list[int],
 
 
 def exit_policy_on_val(model, features: NodeFeatures, es: EvalSet, layers: list[int], device: str, group=None,
-                       test: EvalSet | None = None) -> dict:
+                       test: EvalSet | None = None, fixed: str | None = None) -> dict:
     """The exit policy ``pipeline infer`` uses by default, chosen on the validation set ``es``
     from cached states (no LLM): the cheapest policy, in LLM layers run, within 1% relative of
-    full-depth validation accuracy (:func:`stage2_train.exit_policies.choose_policy`); ``layers``
-    are the LLM states of the rungs the run keeps. With ``test``, the choice also records its
-    accuracy there (``test_acc``: what ``pipeline infer`` answers by default; never used to choose)."""
-    from stage2_train.exit_policies import CANDIDATES, choose_policy
+    full-depth validation accuracy (:func:`stage2_train.exit_policies.choose_policy`), or
+    ``fixed`` (``train --exit``) with its validation figures; ``layers`` are the LLM states of
+    the rungs the run keeps. With ``test``, the choice also records its accuracy there
+    (``test_acc``: what ``pipeline infer`` answers by default; never used to choose)."""
+    from stage2_train.exit_policies import CANDIDATES, choose_policy, fixed_policy
 
-    choice = choose_policy(policy_counts(model, features, es, layers, CANDIDATES, device, group), layers[-1])
+    if fixed is not None:
+        specs = ("none", fixed) if fixed != "none" else ("none",)
+        choice = fixed_policy(policy_counts(model, features, es, layers, specs, device, group), fixed, layers[-1])
+    else:
+        choice = choose_policy(policy_counts(model, features, es, layers, CANDIDATES, device, group), layers[-1])
     if test is not None:
         correct, total, _ = policy_counts(model, features, test, layers, (choice["policy"],), device, group)[choice["policy"]]
         choice["test_acc"] = correct / total if total else float("nan")
@@ -248,6 +253,7 @@ class SeedResult:
     train_acc: list[float]
     gates: list[float]
     epoch_s: float  # mean wall time of a training epoch (without evaluation)
+    epoch_s_each: list[float] = field(default_factory=list)  # each epoch's (cost.json, not metrics.jsonl: measured)
     exit_policy: dict | None = None  # the ladder's exit policy chosen on validation (exit_policy_on_val)
     state_dict: dict = field(repr=False, default_factory=dict)
     depth: int | None = None  # rungs kept, the answering head is depth - 1 (--depth val); None: every head
@@ -331,8 +337,7 @@ def train_seed(
         loss_sum, n_seen = group.sum([loss_sum, n_seen])
         val = evaluate(model, features, val_set, device, group)
         score = val[answer_head(val, rule)]
-        line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": score, "val_acc_heads": val,
-                "epoch_s": epoch_times[-1]}
+        line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": score, "val_acc_heads": val}
         on_epoch(line)
         if tracker is not None:
             tracker.advance(1, loss=line["loss"], val_acc=score)
@@ -359,7 +364,9 @@ def train_seed(
         train_acc=evaluate(model, features, train_set, device, group),
         gates=[float(g) for g in model.gates().detach().cpu()],
         epoch_s=float(np.mean(epoch_times)),
+        epoch_s_each=epoch_times,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        exit_policy=exit_policy_on_val(model, features, val_set, layers[:depth], device, group, test_set) if layers else None,
+        exit_policy=exit_policy_on_val(model, features, val_set, layers[:depth], device, group, test_set,
+                                       fixed=None if getattr(cfg, "exit", "val") == "val" else cfg.exit) if layers else None,
         depth=depth,
     )

@@ -300,13 +300,13 @@ def finished_leftover(out: str | Path, flags: dict, seeds, world_size: int, is_m
     """A run killed after ``RUN`` was renamed into place but before ``RUN.resume`` was deleted:
     ``RUN`` holds that very run (the state's flags, every seed finished). Deletes the state (rank
     0) and returns ``RUN``'s summary; None in every other case."""
-    from stage2_train.checkpoint import FLAGS, SUMMARY
+    from stage2_train.checkpoint import COST, FLAGS, SUMMARY, merge_cost
 
     out, folder = Path(out), state_dir(out)
     try:
         data = json.loads((folder / STATE_FILE).read_text())
         saved = json.loads((out / FLAGS).read_text())
-        summary = json.loads((out / SUMMARY).read_text())
+        summary = merge_cost(json.loads((out / SUMMARY).read_text()), json.loads((out / COST).read_text()))
     except (OSError, ValueError):
         return None
     mine = comparable(flags, world_size)

@@ -31,6 +31,7 @@ def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rung
         "rung_grad": config.rung_grad,
         "rung_activation": config.rung_activation,
         "rung_norm": config.rung_norm,
+        "proj_follows_rung": False,  # projections: LayerNorm and ReLU, the reference's
     }
 
 
@@ -82,6 +83,7 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
                 "train_acc_heads": r.train_acc,
                 "gates": r.gates,
                 "epoch_s": r.epoch_s,
+                "epoch_s_each": r.epoch_s_each,
                 "split_sizes": split_sizes[r.seed],
                 "exit_policy": r.exit_policy,
             }
@@ -170,6 +172,12 @@ def run(config: TrainConfig) -> dict:
     threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if config.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace (read at first use)
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if config.arch in FINETUNE_ARCHS:
         from stage2_train.finetune_run import run_finetune
 
@@ -177,6 +185,7 @@ def run(config: TrainConfig) -> dict:
             return run_finetune(config)
         finally:
             torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
     group, failed = init_group(config.device, config.dist_timeout), True
     if group is not None and group.device != "cpu":
         config = replace(config, device=group.device)  # this rank's GPU, cuda:LOCAL_RANK
@@ -187,6 +196,7 @@ def run(config: TrainConfig) -> dict:
     finally:
         close_group(group, failed)
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
 def open_state(config: TrainConfig, group):
@@ -208,7 +218,7 @@ def open_state(config: TrainConfig, group):
 
 
 def _run(config: TrainConfig, group=None) -> dict:
-    from stage2_train.checkpoint import CheckpointWriter, build_model
+    from stage2_train.checkpoint import CheckpointWriter, build_model, split_cost
     from stage2_train.resume import kill_point
     from stage2_train.data import LiveFeatures, open_train_data, resolve_split
     from stage2_train.distributed import NoWriter, ShardFeatures, load_share
@@ -271,8 +281,11 @@ def _run(config: TrainConfig, group=None) -> dict:
         "label_names": list(graph.label_names),
         "model": spec,
         "world_size": group.world_size if group is not None else 1,
-        "features": feature_mode,  # in-memory, out-of-core (and its budget), rank shares or the live LLM
+        # in-memory, out-of-core (and its budget), rank shares or the live LLM; the budget found
+        # free without --memory-budget is measured, so it goes to cost.json
+        "features": {k: v for k, v in feature_mode.items() if not (k == "limit_bytes" and config.memory_budget is None)},
     }
+    memory_limit = feature_mode.get("limit_bytes")
 
     # --- loop, one model per seed; RUN.resume keeps what a rerun of the same command continues from
     reset_peak_memory(config.device)
@@ -328,7 +341,8 @@ def _run(config: TrainConfig, group=None) -> dict:
         summary["cost"] = ledger(costs, count_trainable(build_model(spec)), backward, memory, data.manifest,
                                  reads_cache=not config.no_cache, max_batches=config.max_batches)
         summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
-        writer.write_summary(summary)
+        summary["memory_limit_bytes"] = memory_limit
+        writer.write_summary(*split_cost(summary))
         kill_point("commit")
         writer.commit()
     kill_point("committed")

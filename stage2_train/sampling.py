@@ -11,8 +11,11 @@ this torch. Modes:
 - ``full``: the whole graph as one subgraph shared by every target (small graphs, and the
   full-batch GNN baselines).
 
-Training passes a seeded ``torch.Generator``; evaluation passes none, which means
-``generator(EVAL_SEED)`` so the same targets give the same subgraphs on every call.
+Training passes a seeded ``torch.Generator``: fresh draws every epoch. Evaluation and
+``pipeline infer`` pass none: every random choice is then a hash of the target, the node it is
+made at and the candidate (:func:`keyed`), never a position in a random stream, so a target's
+subgraph is a function of the graph and the target alone, whatever batch, order, subset or
+shard it is drawn in. An isolated target's subgraph is the target alone (no edge).
 
 Shapes: N graph nodes, B targets, n nodes and e edges in the batch of subgraphs.
 """
@@ -26,6 +29,36 @@ import torch
 
 SAMPLERS = ("ego", "rwr", "full")
 EVAL_SEED = 0
+
+# splitmix64 (Steele, Lea & Flood 2014) on int64 tensors; constants as signed int64
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15 - (1 << 64), 0xBF58476D1CE4E5B9 - (1 << 64), 0x94D049BB133111EB - (1 << 64)
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 ``z`` (torch's ``>>`` is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix64(z: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser of int64 ``z`` (wrapping arithmetic, bits as uint64's)."""
+    z = z + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def keyed(*parts: torch.Tensor | int) -> torch.Tensor:
+    """An int64 hash of equal-length int64 tensors (or ints), combined in order: the random
+    draw of the evaluation sampler, one per row, that depends on nothing but its parts."""
+    h = splitmix64(torch.as_tensor(EVAL_SEED, dtype=torch.long))
+    for p in parts:
+        h = splitmix64(h ^ torch.as_tensor(p, dtype=torch.long))
+    return h
+
+
+def keyed_uniform(*parts: torch.Tensor | int) -> torch.Tensor:
+    """Floats in [0, 1) from :func:`keyed` (the top 53 bits)."""
+    return _shr(keyed(*parts), 11).double() / float(1 << 53)
 
 
 @dataclass
@@ -95,9 +128,9 @@ class Sampler:
         self.full_edge_index = torch.stack([self.src, self.col])
 
     def sample(self, targets: np.ndarray | torch.Tensor, gen: torch.Generator | None = None) -> SubgraphBatch:
-        """Subgraphs for ``targets`` (B,) global indices; ``gen=None`` is the deterministic eval draw."""
-        targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-        gen = gen if gen is not None else generator(EVAL_SEED)
+        """Subgraphs for ``targets`` (B,) global indices; ``gen=None`` is the keyed evaluation draw
+        (each target's subgraph independent of the others in the batch)."""
+        targets = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1)
         if self.mode == "full":
             n = self.num_nodes
             return SubgraphBatch(
@@ -113,7 +146,7 @@ class Sampler:
             graph_of, node = self._rwr_nodes(targets, gen)
         return self._induce(targets, graph_of, node)
 
-    def _ego_hops(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ego_hops(self, targets: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(subgraph id, global node) pairs within ``hops`` hops of each target.
 
         Each hop expands only the nodes first reached at the previous hop (the frontier), so
@@ -123,7 +156,7 @@ class Sampler:
         front_graph, front = torch.arange(len(targets)), targets
         seen = front_graph * n + front  # (subgraph, node) keys reached so far
         for _ in range(self.hops):
-            local_graph, reached = self._ego_nodes(front, gen)
+            local_graph, reached = self._ego_nodes(front, gen, targets[front_graph])
             key = torch.unique(front_graph[local_graph] * n + reached)  # frontier-local ids -> target subgraph ids
             new = key[~torch.isin(key, seen)]
             if len(new) == 0:
@@ -132,33 +165,45 @@ class Sampler:
             front_graph, front = new // n, new % n
         return seen // n, seen % n
 
-    def _ego_nodes(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(subgraph id, global node) pairs: each target plus (up to ``fanout`` of) its neighbours."""
+    def _ego_nodes(self, targets: torch.Tensor, gen: torch.Generator | None, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(subgraph id, global node) pairs: each of ``targets`` (the frontier) plus (up to
+        ``fanout`` of) its neighbours; ``owner`` (same length): the target whose subgraph each
+        frontier node grows, which keys the evaluation draw."""
         deg = self.deg[targets]  # (B,)
         graph_of = torch.repeat_interleave(torch.arange(len(targets)), deg)
         # position of each neighbour inside its target's CSR row
         offset = torch.arange(int(deg.sum())) - torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
         neigh = self.col[torch.repeat_interleave(self.rowptr[targets], deg) + offset]
         if self.fanout is not None and len(deg) and int(deg.max()) > self.fanout:
-            # keep a random `fanout` of each row: rank a random key within each subgraph
-            key = torch.rand(len(neigh), generator=gen)
-            order = torch.argsort(graph_of.double() * 2 + key.double(), stable=True)
+            # keep a random `fanout` of each row: rank a random key within each row
+            if gen is not None:
+                key = torch.rand(len(neigh), generator=gen).double()
+            else:  # keyed by (subgraph's target, frontier node, neighbour): the same in any batch
+                key = keyed_uniform(torch.repeat_interleave(owner, deg), torch.repeat_interleave(targets, deg), neigh)
+            order = torch.argsort(graph_of.double() * 2 + key, stable=True)
             graph_of, neigh = graph_of[order], neigh[order]
             keep = offset < self.fanout  # offsets are still 0..deg-1 per row after the shuffle
             graph_of, neigh = graph_of[keep], neigh[keep]
         graph_of = torch.cat([torch.arange(len(targets)), graph_of])
         return graph_of, torch.cat([targets, neigh])
 
-    def _rwr_nodes(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rwr_nodes(self, targets: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(subgraph id, global node) pairs visited by random walks with restart from each target."""
         start = targets.repeat_interleave(self.num_walks)  # (B * W,)
         walker_graph = torch.arange(len(targets)).repeat_interleave(self.num_walks)
+        walker = torch.arange(self.num_walks).repeat(len(targets))  # (B * W,) walker number within its target
         cur, seen_nodes, seen_graph = start.clone(), [targets], [torch.arange(len(targets))]
-        for _ in range(self.walk_length):
+
+        def uniform(t: int, draw: int) -> torch.Tensor:  # (B * W,) in [0, 1): step t's draw of each walker
+            if gen is not None:
+                return torch.rand(len(cur), generator=gen)
+            return keyed_uniform(start, walker, t, draw)  # keyed by (target, walker, step, which draw)
+
+        for t in range(self.walk_length):
             deg = self.deg[cur]
-            step = (torch.rand(len(cur), generator=gen) * deg).long().clamp(max=(deg - 1).clamp(min=0))
+            step = (uniform(t, 0) * deg).long().clamp(max=(deg - 1).clamp(min=0))
             nxt = torch.where(deg > 0, self.col[(self.rowptr[cur] + step).clamp(max=max(len(self.col) - 1, 0))], start)
-            restart = torch.rand(len(cur), generator=gen) < self.restart_p
+            restart = uniform(t, 1) < self.restart_p
             cur = torch.where(restart | (deg == 0), start, nxt)
             seen_nodes.append(cur)
             seen_graph.append(walker_graph)
@@ -190,6 +235,8 @@ def _chunks(deg: torch.Tensor, limit: int) -> list[tuple[int, int]]:
     """Consecutive ranges [a, b) of nodes whose degrees sum to about ``limit`` (plus at most one node's)."""
     ends = torch.cumsum(deg, 0)
     total = int(ends[-1]) if len(ends) else 0
+    if total == 0:  # no candidate edge (isolated nodes, a graph without edges): nothing to induce
+        return []
     cuts = torch.searchsorted(ends, torch.arange(1, -(-total // limit)) * limit, right=True).tolist()
     bounds = sorted({0, *cuts, len(deg)})
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]

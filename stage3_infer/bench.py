@@ -12,7 +12,12 @@ policy the run stored (chosen by ``pipeline train`` on all its validation nodes;
 with ``--max-targets`` below the validation size the two can differ.
 
 Per policy: ``accuracy``, ``rel_drop`` = (acc_none - acc) / acc_none, ``speedup`` =
-wall(none) / wall(policy), ``layer_fraction`` = LLM layers run / layers at full depth.
+wall(none) / wall(policy) (against the run's chosen depth: its last rung's LLM state),
+``layer_fraction`` = LLM layers run / layers at the run's depth; and against the whole LLM:
+``speedup_vs_full_llm`` = full_llm_s / wall(policy), where ``full_llm_s`` times the LLM alone
+running all its layers over the same test texts (no ladder: a full-depth ladder costs at
+least that, so this speed-up is a lower bound), ``llm_layer_fraction`` = LLM layers run /
+(texts x all layers).
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ def run_bench(config: BenchConfig) -> dict:
 
     # --- setup
     config.validate()
-    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_tokens=config.batch_tokens, batch_size=config.batch_size,
+    session = open_session(InferConfig(config.checkpoint, out=Path("."), batch_invariant=config.batch_invariant,
+                                       batch_tokens=config.batch_tokens, batch_size=config.batch_size,
                                        device=config.device,
                                        dtype=config.dtype, allow_dtype_mismatch=config.allow_dtype_mismatch))
     ckpt, graph = session.checkpoint, session.g.graph
@@ -101,6 +107,8 @@ def run_bench(config: BenchConfig) -> dict:
                       "mean_exit_layer": float(np.asarray(session.layers)[r.tracker.exit_rung.numpy()].mean()),
                       "texts_per_s": len(test) / r.wall_time_s, "gpu_peak_memory_bytes": peak_memory(session.device)}
         log(f"bench infer: {spec}: accuracy {100 * acc:.2f}%, {r.wall_time_s:.1f}s, layers {100 * rows[spec]['layer_fraction']:.1f}%")
+    full_llm_s, llm_layers = time_full_llm(session, test)
+    log(f"bench infer: the whole LLM ({llm_layers} layers) over the {len(test)} test texts: {full_llm_s:.1f}s")
     base = rows["none"]
     table = {}
     for spec, row in rows.items():
@@ -109,6 +117,9 @@ def run_bench(config: BenchConfig) -> dict:
             "rel_drop": (base["accuracy"] - row["accuracy"]) / base["accuracy"] if base["accuracy"] else 0.0,
             "speedup": base["wall_time_s"] / row["wall_time_s"],
             "layer_fraction": row["layer_fraction"],
+            "speedup_vs_full_llm": full_llm_s / row["wall_time_s"],
+            "llm_layer_fraction": row["layer_fraction"] * session.layers[-1] / llm_layers,
+            "full_llm_s": round(full_llm_s, 3),
             "wall_time_s": round(row["wall_time_s"], 3),
             "mean_exit_layer": row["mean_exit_layer"],
             "val_accuracy": replay[spec][0],
@@ -130,18 +141,37 @@ def run_bench(config: BenchConfig) -> dict:
     return table
 
 
+def time_full_llm(session, targets: np.ndarray) -> tuple[float, int]:
+    """Seconds to run the LLM alone through all its layers over the texts of ``targets``,
+    batched as infer batches them, and the number of layers."""
+    import time
+
+    from stage3_infer.llm_runner import TextRunner
+
+    texts = session.g.graph.texts
+    layers = session.stepper.num_states - 1
+    start = time.perf_counter()
+    runner = TextRunner(session.stepper, [texts[int(u)] for u in targets], session.batch_tokens, session.max_length,
+                        session.pooling, session.batch_size)
+    runner.advance(layers, torch.ones(len(targets), dtype=torch.bool))
+    return time.perf_counter() - start, layers
+
+
 def format_table(table: dict, session) -> str:
     name = session.stepper.loaded.spec.name
     lines = [
         f"pipeline bench infer: {session.checkpoint.path} ({name} on {session.device} {session.compute_dtype}, rungs {session.layers}), "
-        f"{next(iter(table.values()))['num_test']} test nodes re-encoded; thresholds chosen on validation",
-        f"{'policy':<18}{'accuracy':>10}{'rel. drop':>11}{'speed-up':>10}{'layers run':>12}{'wall s':>9}",
+        f"{next(iter(table.values()))['num_test']} test nodes re-encoded; thresholds chosen on validation; speed-up and "
+        f"layers run against the run's depth (LLM state {session.layers[-1]}), 'vs all L' against the whole LLM alone "
+        f"({next(iter(table.values()))['full_llm_s']:.1f}s)",
+        f"{'policy':<18}{'accuracy':>10}{'rel. drop':>11}{'speed-up':>10}{'layers run':>12}{'vs all L':>10}{'of all L':>10}{'wall s':>9}",
     ]
     for spec, r in table.items():
         marks = [m for m, on in (("chosen on val", r["chosen_on_val"]), ("infer default", r["infer_default"])) if on]
         mark = "  <- " + ", ".join(marks) if marks else ""
         lines.append(
             f"{spec:<18}{100 * r['accuracy']:>9.2f}%{100 * r['rel_drop']:>10.2f}%{r['speedup']:>9.2f}x"
-            f"{100 * r['layer_fraction']:>11.1f}%{r['wall_time_s']:>9.1f}{mark}"
+            f"{100 * r['layer_fraction']:>11.1f}%{r['speedup_vs_full_llm']:>9.2f}x{100 * r['llm_layer_fraction']:>9.1f}%"
+            f"{r['wall_time_s']:>9.1f}{mark}"
         )
     return "\n".join(lines)

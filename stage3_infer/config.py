@@ -21,12 +21,36 @@ def checkpoint_option() -> Path:
     return option(help="Training run folder written by `pipeline train`.", metavar="RUN_DIR")
 
 
+BATCH_TOKENS = 4096
+
+
 def batch_tokens_option() -> int:
-    return option(4096, "Token budget of an LLM batch: texts x padded length, length-sorted as `pipeline encode` batches.")
+    return option(BATCH_TOKENS, "With --no-batch-invariant: token budget of an LLM batch: texts x padded length, length-sorted as `pipeline encode` batches.")
 
 
 def batch_size_option() -> int | None:
-    return option(None, "At most this many texts per LLM batch (default: the token budget alone).")
+    return option(None, "With --no-batch-invariant: at most this many texts per LLM batch (default: the token budget alone).")
+
+
+BATCH_INVARIANT_HELP = (
+    "Each target climbs the ladder alone and each text runs through the LLM alone, so a node's prediction is the same "
+    "bits in any batch, subset, order or shard (default). --no-batch-invariant packs a batch's texts into LLM "
+    "micro-batches under --batch-tokens and --batch-size: faster on a GPU, but a node's confidences can then differ in "
+    "the last bits with its batch-mates."
+)
+
+
+def batch_invariant_option() -> bool:
+    return option(True, BATCH_INVARIANT_HELP, flag="--batch-invariant", off_flag="--no-batch-invariant")
+
+
+def packing_problems(batch_invariant: bool, batch_tokens: int, batch_size: int | None) -> list[str]:
+    """The packing flags given without --no-batch-invariant (they would do nothing)."""
+    if not batch_invariant:
+        return []
+    given = [f for f, on in (("--batch-tokens", batch_tokens != BATCH_TOKENS), ("--batch-size", batch_size is not None)) if on]
+    return [f"{f}: packs LLM micro-batches, which only --no-batch-invariant does (by default every text runs alone); "
+            f"add --no-batch-invariant or drop {f}" for f in given]
 
 
 def dtype_option() -> str | None:
@@ -48,9 +72,11 @@ class InferConfig:
     ``model`` None: the model named in the checkpoint's cache manifest.
     ``dtype`` None: the compute dtype the cache manifest records (another one is refused
     unless ``allow_dtype_mismatch``); ``device`` auto: CUDA when available, else CPU.
-    LLM batches hold length-sorted texts under ``batch_tokens`` (texts x padded length), as
-    ``pipeline encode`` batches, and at most ``batch_size`` texts when given; subgraphs are
-    sampled in the training run's evaluation batches so that they are the same subgraphs training saw.
+    ``batch_invariant`` (default): every target climbs alone and every text runs through the LLM
+    alone, so a prediction depends on the model, the graph and the node only. Otherwise LLM
+    batches hold length-sorted texts under ``batch_tokens`` (texts x padded length), as
+    ``pipeline encode`` batches, and at most ``batch_size`` texts when given. Either way a
+    target's subgraph is the sampler's keyed evaluation draw, the one training evaluated.
     """
 
     checkpoint: Path = checkpoint_option()
@@ -65,6 +91,7 @@ class InferConfig:
     node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line.")
     nodes: Path | None = option(None, "New nodes (node_id, text, optional label), never cached; they become the targets.")
     edges: Path | None = option(None, "Edges (src, dst) of the new nodes, to each other or to known nodes.")
+    batch_invariant: bool = batch_invariant_option()
     batch_tokens: int = batch_tokens_option()
     batch_size: int | None = batch_size_option()
     cache_neighbours: bool = option(
@@ -111,6 +138,8 @@ class InferConfig:
         errs.check(0 < self.batch_tokens, f"--batch-tokens {self.batch_tokens}: must be > 0")
         errs.check(self.batch_size is None or 0 < self.batch_size <= MAX_BATCH, f"--batch-size {self.batch_size}: must be in 1..{MAX_BATCH}")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
+        for problem in packing_problems(self.batch_invariant, self.batch_tokens, self.batch_size):
+            errs.add(problem)
         errs.check(self.checkpoint.is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check((self.nodes is None) == (self.edges is None), "--nodes and --edges go together: give both (the edges may be an empty table)")
         for flag, path in (("--nodes", self.nodes), ("--edges", self.edges), ("--node-ids", self.node_ids)):
@@ -155,6 +184,7 @@ class BenchConfig:
     checkpoint: Path = checkpoint_option()
     json_path: Path | None = json_option("the table (per policy accuracy, rel_drop, speedup, layer_fraction)")
     max_targets: int | None = option(None, "Use only the first N test (and validation) nodes.")
+    batch_invariant: bool = batch_invariant_option()
     batch_tokens: int = batch_tokens_option()
     batch_size: int | None = batch_size_option()
     device: str = device_option()
@@ -169,6 +199,8 @@ class BenchConfig:
         errs = ConfigErrors()
         errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
+        for problem in packing_problems(self.batch_invariant, self.batch_tokens, self.batch_size):
+            errs.add(problem)
         errs.check(Path(self.checkpoint).is_dir(), f"--checkpoint {self.checkpoint}: no such directory; create it with `pipeline train CACHE_DIR --out {self.checkpoint}`")
         errs.check(self.max_targets is None or self.max_targets > 0, f"--max-targets {self.max_targets}: must be > 0")
         errs.check(self.batch_tokens > 0, f"--batch-tokens {self.batch_tokens}: must be > 0")

@@ -40,6 +40,7 @@ class Session:
     max_length: int
     batch_tokens: int  # token budget of an LLM micro-batch (texts x padded length)
     batch_size: int | None  # at most this many texts per LLM micro-batch
+    batch_invariant: bool  # each target climbs alone, each text runs alone (InferConfig.batch_invariant)
     storage_dtype: str  # how the cache stores states: fresh states are rounded the same way
     device: str  # where the LLM runs (resolved --device)
     compute_dtype: str  # the LLM's dtype: the cache's unless a mismatch was allowed
@@ -101,7 +102,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     return Session(
         checkpoint=ckpt, g=g, stepper=stepper, sampler=sampler, cached=cached, layers=list(ckpt.layers),
         pooling=manifest.get("pooling", "mean"), max_length=int(manifest.get("max_length", 256)),
-        batch_tokens=config.batch_tokens, batch_size=config.batch_size, storage_dtype=manifest.get("storage_dtype", "float16"), device=device, compute_dtype=dtype,
+        batch_tokens=config.batch_tokens, batch_size=config.batch_size, batch_invariant=config.batch_invariant, storage_dtype=manifest.get("storage_dtype", "float16"), device=device, compute_dtype=dtype,
         sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
     )
 
@@ -123,12 +124,16 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
     texts = s.g.graph.texts
     tracker = ExitTracker(policy, len(targets), len(s.layers))
     evals = 0
+    exited_early = 0  # targets done so far that exited before the last rung
     full = 0
     start = time.perf_counter()
-    chunks = [np.arange(a, min(a + s.sample_batch, len(targets))) for a in range(0, len(targets), s.sample_batch)]
+    # batch-invariant: one target a chunk, one text an LLM micro-batch, so no float reduction ever
+    # mixes two targets (matrix kernels pick their paths by shape, and rows can round differently)
+    step = 1 if s.batch_invariant else s.sample_batch
+    chunks = [np.arange(a, min(a + step, len(targets))) for a in range(0, len(targets), step)]
     with progress(len(targets), f"infer {policy}", unit="nodes") if show_progress else _null() as bar:
         for rows in chunks:
-            sub = s.sampler.sample(targets[rows])  # deterministic: the subgraphs training evaluated
+            sub = s.sampler.sample(targets[rows])  # keyed: the subgraphs training evaluated, in any batch
             # fresh (LLM) states for each target's own node, for new nodes, and for every node
             # when no cache is used; known neighbours read the cache
             fresh = torch.zeros(len(sub.nodes), dtype=torch.bool)
@@ -143,7 +148,8 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
             if s.cached is not None:
                 known = sub.nodes.clamp(max=s.g.num_known - 1)  # new nodes' rows are never read
                 cached = s.cached(known)  # (n, S, H)
-            runner = TextRunner(s.stepper, [texts[u] for u in uniq.tolist()], s.batch_tokens, s.max_length, s.pooling, s.batch_size)
+            runner = TextRunner(s.stepper, [texts[u] for u in uniq.tolist()], s.batch_tokens, s.max_length, s.pooling,
+                                1 if s.batch_invariant else s.batch_size)
             logits = climb(ladder, sub, BatchSources(fresh_slot, cached), runner, s.layers, tracker,
                   torch.as_tensor(rows), round_states=round_like_cache)
             if collect is not None:
@@ -151,7 +157,8 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
             evals += runner.layer_evals
             full += len(uniq) * s.layers[-1]
             if bar is not None:
-                bar.advance(len(rows), exited_early=f"{float((tracker.exit_rung[: rows[-1] + 1] < len(s.layers) - 1).float().mean()):.2f}")
+                exited_early += int((tracker.exit_rung[rows] < len(s.layers) - 1).sum())
+                bar.advance(len(rows), exited_early=f"{exited_early / (rows[-1] + 1):.2f}")
     return Result(tracker, evals, full, time.perf_counter() - start)
 
 

@@ -149,7 +149,7 @@ def test_run_writes_adapters_ledger_and_reloads(lora_run, slice_cache):
     from stage2_train.finetune_loop import TextBatches, accuracy
 
     summary = json.loads((lora_run / "summary.json").read_text())
-    cost = summary["cost"]
+    cost = json.loads((lora_run / "cost.json").read_text())["cost"]  # measured, beside the results
     assert all(cost[k] > 0 for k in COST_FIELDS), cost
     assert cost["epochs_run"] == [2, 2] and cost["encode_used"] is False and cost["encode_s"] is None
     assert cost["backward_params"] > 100 * cost["trainable_params"]  # the backward runs through the frozen LLM
@@ -268,7 +268,7 @@ def test_cache_arch_ledger(slice_cache, tmp_path, arch):
     _, cache = slice_cache
     out = tmp_path / arch
     run(_config_cache(cache, out, arch))
-    cost = json.loads((out / "summary.json").read_text())["cost"]
+    cost = json.loads((out / "cost.json").read_text())["cost"]
     assert all(cost[k] > 0 for k in (*COST_FIELDS, "encode_s")), cost
     assert cost["encode_used"] is True and cost["epochs_run"] == [3]
     manifest = json.loads((cache / "manifest.json").read_text())

@@ -159,7 +159,9 @@ def test_full_run_has_every_section_and_valid_figures(full_run):
     assert md.rstrip().splitlines()[-1].startswith(f"Files in `{out}`: `report.md` and 10 figure(s): `accuracy.png`, `cost_accuracy.png`, ")
 
     # the numbers of the real run come through exactly
-    ladder = json.loads((full_run / "checkpoint" / "summary.json").read_text())
+    from stage2_train.checkpoint import read_run
+
+    ladder = read_run(full_run / "checkpoint").summary  # summary.json with cost.json merged in
     mlp = json.loads((full_run / "baselines" / "mlp" / "summary.json").read_text())
     def row(s, states):
         return (f"| graph | minilm-l6 | {states} | {100 * s['test_acc_mean']:.2f} ± {100 * s['test_acc_std']:.2f} | "

@@ -34,7 +34,7 @@ FLAGS = ["--seeds", "0", "--epochs", "10", "--patience", "10", "--batch-size", "
          "--hidden-channels", "32", "--rungs", "0,3,6", "--num-threads", "1",
          "--hops", "1", "--fanout", "0"]  # every neighbour (a rank's own neighbour draws would differ from one process's),
 # one hop (so a rank holds fewer rows than the whole 160-node slice)
-FILES = [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
+FILES = [".pipeline-artifact.json", "checkpoint.json", "cost.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
 
 
 def free_port() -> int:

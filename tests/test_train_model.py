@@ -156,24 +156,43 @@ def test_ego_readout_reads_the_nodes_own_state(cora):
 
 
 def test_elu_without_norm_is_the_authors_rung(cora):
-    """--rung-activation elu --rung-norm none: P_i = Linear -> ELU -> Linear, each hidden
-    convolution followed by ELU alone (no LayerNorm anywhere), checked against a hand computation."""
+    """--rung-activation elu --rung-norm none, as the ENGINE authors ran Cora: P_i keeps
+    Linear -> LayerNorm -> ReLU -> Linear (their projection), each hidden convolution is
+    followed by ELU alone; checked against a hand computation."""
     from torch.nn import functional as F
 
     torch.manual_seed(0)
     S, H, K, C = 2, 16, 8, 7
     model = GLadder(H, K, C, S, num_layers=2, activation="elu", norm="none", dropout=0.0).eval()
-    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert [type(m).__name__ for m in model.proj[0]] == ["Linear", "LayerNorm", "ReLU", "Linear"]
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.gnns.modules())
     sub = Sampler(cora.edge_index, cora.num_nodes, mode="ego").sample(np.array([0, 1, 2]))
     h0 = torch.randn(len(sub.nodes), H)
     p = model.proj[0]
-    own = p[3](F.elu(p[0](h0)))  # (n, K)
+    own = p[3](F.relu(p[1](p[0](h0))))  # (n, K)
     conv = model.gnns[0].convs
     z = F.elu(conv[1](F.elu(conv[0](own, sub.edge_index)), sub.edge_index))  # rung 0 is not the last: both layers activated
     with torch.no_grad():
         got, _ = model.rung(0, h0, None, sub)
     assert torch.allclose(got, z, atol=1e-6)
     assert (got > -1).all() and (got < 0).any()  # ELU: negative values, bounded below by -1
+
+
+def test_runs_written_before_the_fixed_projection_load_as_trained():
+    """A model spec without ``proj_follows_rung`` (older runs) rebuilds projections with the
+    rung's norm and activation, as they were trained; new runs keep LayerNorm and ReLU."""
+    from stage2_train.checkpoint import build_model
+
+    spec = {"arch": "ladder", "in_channels": 16, "hidden_channels": 8, "out_channels": 3, "num_rungs": 2, "gnn": "sage",
+            "num_layers": 1, "dropout": 0.5, "temperature": 0.1, "rung_activation": "elu", "rung_norm": "none"}
+    legacy = build_model(spec)
+    assert [type(m).__name__ for m in legacy.proj[0]] == ["Linear", "Identity", "ELU", "Linear"]
+    fixed = build_model({**spec, "proj_follows_rung": False})
+    assert [type(m).__name__ for m in fixed.proj[0]] == ["Linear", "LayerNorm", "ReLU", "Linear"]
+
+
+def test_unknown_rung_activation_or_norm_is_refused():
+    S, H, K, C = 2, 16, 8, 7
     with pytest.raises(ValueError, match="unknown activation 'tanh'"):
         GLadder(H, K, C, S, activation="tanh")
     with pytest.raises(ValueError, match="unknown norm 'batch'"):

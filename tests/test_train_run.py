@@ -66,8 +66,7 @@ def test_checkpoint_roundtrip_identical_predictions_and_determinism(small):
     root = small[0]
     a = run(_cfg(small, "det_a", seeds=(0, 1)))
     b = run(_cfg(small, "det_b", seeds=(0, 1)))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_s"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(root / "det_a")) == strip(read_metrics(root / "det_b"))
+    assert read_metrics(root / "det_a") == read_metrics(root / "det_b")  # wall times live in cost.json
     for k in ("test_acc_mean", "val_acc_mean", "heads", "gates_mean", "default_seed"):
         assert a[k] == b[k]
 
@@ -117,7 +116,7 @@ def test_baselines_and_ladder_write_the_same_format(small):
     assert keys["mlp"] == keys["ladder"] == keys["gcn"] == keys["sage"]
     for arch, s in summaries.items():
         files = sorted(str(p.relative_to(root / f"fmt_{arch}")) for p in (root / f"fmt_{arch}").rglob("*") if p.is_file())
-        assert files == [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
+        assert files == [".pipeline-artifact.json", "checkpoint.json", "cost.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "summary.json", "train_config.json"]
         assert sorted(s["per_seed"][0]) == sorted(summaries["ladder"]["per_seed"][0])
     assert summaries["gcn"]["layers"] == [6] and summaries["mlp"]["gates_mean"] == []
     assert load_checkpoint(root / "fmt_sage").config["model"]["arch"] == "sage"
@@ -178,7 +177,7 @@ def test_cli_end_to_end_exact_files(small, cli):
               "--rungs", "0,6", "--num-threads", "1")
     assert res.exit_code == 0, res.output
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == [".pipeline-artifact.json", "checkpoint.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json", "train_config.json"]
+    assert files == [".pipeline-artifact.json", "checkpoint.json", "cost.json", "manifest.json", "metrics.jsonl", "seed_0/model.safetensors", "seed_1/model.safetensors", "summary.json", "train_config.json"]
     s = json.loads((out / "summary.json").read_text())
     assert s["seeds"] == [0, 1] and len(read_metrics(out)) == sum(p["epochs_run"] for p in s["per_seed"])
     assert [h["layer"] for h in s["heads"]] == [0, 6]

@@ -93,12 +93,18 @@ def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = No
         annotation = cli.cli_type or (str | None if cli.parse is not None else hints[f.name])
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
     params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=ConfigOption, annotation=Path | None))
+    takes_explicit = any(f.name == EXPLICIT_FIELD for f in fields(config_cls))
+    if takes_explicit:  # typer passes the click context to a parameter annotated typer.Context
+        params.insert(0, inspect.Parameter(CONTEXT_PARAM, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context))
 
-    def run_command(**values: Any) -> Any:
+    def run_command(*args: Any, **values: Any) -> Any:
+        ctx = args[0] if args else values.pop(CONTEXT_PARAM, None)
         values.pop("config", None)
         for f, cli in specs:
             if cli.parse is not None and values[f.name] is not None:
                 values[f.name] = cli.parse(values[f.name], cli.flag_name(f.name))
+        if takes_explicit:  # which values the user gave (a preset fills only the others)
+            values[EXPLICIT_FIELD] = given_flags(ctx, list(values))
         return runner(config_cls(**values))
 
     run_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -106,6 +112,20 @@ def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = No
     run_command.__doc__ = doc
     run_command.__name__ = f"{config_cls.__name__}_command"
     return plain_errors(run_command)
+
+
+EXPLICIT_FIELD = "explicit_flags"  # a config field of this name receives the names of the options given explicitly
+CONTEXT_PARAM = "_click_context"
+
+
+def given_flags(ctx: typer.Context, names: list[str]) -> frozenset[str]:
+    """Of the parameters ``names`` of the running command, those given on the command line, in
+    the environment or in ``--config``: not left at their default."""
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name != "DEFAULT"
+
+    return frozenset(n for n in names if given(n))
 
 
 def flag_values(config: Any) -> dict[str, Any]:

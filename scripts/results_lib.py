@@ -1,0 +1,47 @@
+"""Shared by the scripts/results_*.py: read run folders and bench JSON, write and render the
+small JSON tables under docs/results/ that docs/results.md shows (scripts/results_page.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+PAGE = ROOT / "docs" / "results.md"
+
+
+def summary(run: str | Path) -> dict:
+    """A run folder's summary.json (written by `pipeline train`)."""
+    path = Path(run) / "summary.json"
+    if not path.is_file():
+        raise SystemExit(f"{run}: no summary.json; give a RUN_DIR written by `pipeline train`")
+    return json.loads(path.read_text())
+
+
+def pct(x: float | None) -> float | None:
+    return None if x is None else round(100 * float(x), 2)
+
+
+def write(out: str | Path, table: dict) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(table, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def fmt(x, digits: int = 2, unit: str = "") -> str:
+    """A number as the page shows it; None as 'not measured'."""
+    if x is None:
+        return "not measured"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def mean_std(mean, std) -> str:
+    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def seeds_text(seeds) -> str:
+    seeds = list(seeds or [])
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
