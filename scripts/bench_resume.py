@@ -10,7 +10,7 @@ Runs ``pipeline train CACHE`` three ways, one after the other, in fresh processe
    ``PIPELINE_TEST_KILL_AT``), then the same command again: its wall time, and the time it
    took to read the state (its log line).
 
-Prints mean epoch seconds of 1 and 2 (``summary.json``'s ``epoch_s_mean``) and their ratio,
+Prints mean epoch seconds of 1 and 2 (``cost.json``'s ``epoch_s_mean``) and their ratio,
 the wall times, and whether the resumed run's weights equal run 2's bit for bit.
 """
 
@@ -49,9 +49,9 @@ def main() -> None:
         for name, every in (("state after each seed", "1e9"), ("state after every epoch", "0")):
             wall, log, rc = train(args.cache, root / name.replace(" ", "_"), [*flags, "--state-every", every])
             assert rc == 0, log
-            summary = json.loads((root / name.replace(" ", "_") / "summary.json").read_text())
-            rows[name] = (summary["epoch_s_mean"], wall)
-            print(f"{name}: {summary['epoch_s_mean']:.4f} s/epoch, {wall:.1f} s wall")
+            cost = json.loads((root / name.replace(" ", "_") / "cost.json").read_text())  # the measured entries
+            rows[name] = (cost["epoch_s_mean"], wall)
+            print(f"{name}: {cost['epoch_s_mean']:.4f} s/epoch, {wall:.1f} s wall", flush=True)
         (base, _), (every, full_wall) = rows.values()
         print(f"epoch time ratio (every epoch / after each seed): {every / base:.3f}")
 

@@ -45,12 +45,15 @@ def train_process(cache: Path, out: Path, *extra: str, **env: str) -> subprocess
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def run_files(run: Path) -> tuple[dict, list[dict], dict]:
+def run_files(run: Path) -> tuple[dict, list[dict], dict, dict]:
     summary = untimed(json.loads((run / "summary.json").read_text()))
     metrics = [untimed(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
     weights = {p.parent.name: {k: (str(t.dtype), tuple(t.shape), t.numpy().tobytes()) for k, t in load_file(str(p)).items()}
                for p in sorted(run.glob("seed_*/model.safetensors"))}  # bit for bit
-    return summary, metrics, weights
+    # every file byte for byte, but the measured cost.json and the two that name --out
+    files = {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+             if p.is_file() and p.name not in ("cost.json", "train_config.json", "checkpoint.json")}
+    return summary, metrics, weights, files
 
 
 @pytest.fixture(scope="module")
