@@ -17,7 +17,7 @@ from stage2_train.cli import bench_train_command, bench_train_memory_command, ex
 from stage3_infer.cli import bench_infer_command, infer_command
 
 EXIT_CODES_HELP = ("Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running; "
-                   "3 `encode --status`: the cache is incomplete.")
+                   "3 `encode --status` / `infer --status`: the work is incomplete.")
 
 app = typer.Typer(
     name="pipeline",

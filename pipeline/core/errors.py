@@ -2,7 +2,7 @@
 
 Exit statuses (documented in ``pipeline --help``):
   0 success, 2 bad input or usage (nothing written), 1 failure while running,
-  3 a ``--status`` query found the work incomplete.
+  3 a ``--status`` query (encode, infer) found the work incomplete.
 """
 
 from __future__ import annotations
