@@ -126,6 +126,17 @@ class StepLedger:
         return True
 
 
+def check_graph_and_splits(config: MainJobConfig) -> None:
+    """Refuse a missing or invalid graph, or a --split it cannot give every seed, before the
+    job folder is created or anything is encoded (InputError naming the graph and the split)."""
+    from pipeline.core.graph import load_graph
+    from stage2_train.data import resolve_split
+
+    graph = load_graph(config.dataset)
+    for seed in config.seeds:
+        resolve_split(graph, config.split, seed)
+
+
 def run(config: MainJobConfig) -> Path:
     """Run the whole job; returns the report path (or the run folder when no report module)."""
     from stage1_encode.config import EncodeConfig
@@ -155,6 +166,7 @@ def run(config: MainJobConfig) -> Path:
 
     spec = resolve_model(config.model)
     check_max_length(spec, config.max_length)
+    check_graph_and_splits(config)
     inputs = [p for p in (Path(config.dataset), Path(spec.path)) if p.is_dir()]
     if not ownership.claim_output(out, "job", "--out", resume=True, inputs=inputs, legacy=is_job):
         out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ Layout of ``CACHE_DIR`` (a Zarr v3 group plus two JSON files and a marker folder
     manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``)
     encode_config.json    the resolved ``pipeline encode`` config that created it
     blocks/000012.done    completion mark of node block 12 (written after its data): its node
-                          range and the seconds its encode took
+                          range, the digest of the bytes it stored (``content_digest``)
+                          and the seconds its encode took
     .pipeline-artifact.json  the ownership marker (kind "cache"; pipeline/core/ownership.py)
 
 Work is split into chunk-aligned node blocks of ``block_nodes`` nodes. A block's data is
@@ -246,7 +247,13 @@ def read_manifest(path: str | Path) -> dict:
     file = Path(path) / MANIFEST_FILE
     if not file.is_file():
         raise InputError(f"{path}: not an encode cache (no manifest.json); create one with `pipeline encode GRAPH --out {path}`")
+    if not (Path(path) / "zarr.json").is_file() and ownership.marker_kind(path) != "cache":
+        raise InputError(f"{path}: not an encode cache (a manifest.json but no Zarr group, and no cache marker); "
+                         f"give a folder written by `pipeline encode GRAPH --out DIR`")
     manifest = guarded.read_json(file, rebuild_hint(path))
+    if not str(manifest.get("format", "")).startswith(FORMAT.split("/")[0] + "/"):
+        raise InputError(f"{path}: not an encode cache (its manifest.json has no cache format, found {manifest.get('format')!r}); "
+                         f"give a folder written by `pipeline encode GRAPH --out DIR`")
     if manifest.get("format") != FORMAT:
         raise InputError(f"{path}: cache format {manifest.get('format')!r}, this version reads {FORMAT!r}; re-encode with --overwrite")
     guarded.require(manifest, MANIFEST_KEYS, file, rebuild_hint(path))
@@ -264,6 +271,11 @@ def claim(path: str | Path, overwrite: bool, inputs=()) -> bool:
     """Check ``--out`` before any work (see :func:`pipeline.core.ownership.claim_output`); True
     when it holds a cache (resumed, or replaced with ``--overwrite`` if its settings differ)."""
     return ownership.claim_output(path, "cache", "--out", overwrite=overwrite, inputs=inputs, resume=True, legacy=is_cache)
+
+
+def remove_cache(path: str | Path) -> None:
+    """Delete the cache at ``path`` (only if it is one this pipeline wrote)."""
+    ownership.remove_owned(path, "cache", is_cache)
 
 
 def completion_command(manifest: dict, path: str | Path, shard: int | None = None) -> str:
@@ -360,13 +372,17 @@ class CacheWriter:
                 f"as {self.manifest['storage_dtype']}; {hint}"
             )
         self._remove_orphan_partials(start, end)
+        digest = hashlib.blake2b(digest_size=16)  # of the bytes stored: what content_digest binds a run to
         if int8:
             q, scale = quantize_int8(stored)
             self.states[start:end] = q
             self.scales[start:end] = scale
+            digest.update(np.ascontiguousarray(q).data)
+            digest.update(np.ascontiguousarray(scale).data)
         else:
             self.states[start:end] = stored
-        mark = {"nodes": [start, end], **({"seconds": float(seconds)} if seconds is not None else {}),
+            digest.update(np.ascontiguousarray(stored).data)
+        mark = {"nodes": [start, end], "digest": digest.hexdigest(), **({"seconds": float(seconds)} if seconds is not None else {}),
                 **({"peak_bytes": int(peak_bytes)} if peak_bytes is not None else {})}
         (self.path / "blocks" / f"{b:06d}.done").write_text(json.dumps(mark) + "\n")
 
@@ -520,6 +536,26 @@ def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = N
             if b in out:
                 break
     return out
+
+
+def content_digest(path: str | Path, manifest: dict) -> str:
+    """BLAKE2b-128 (hex) of what a reader gets from the cache: its identity settings, node ids
+    and every block mark with the digest of the bytes that block stored (written by
+    ``write_block``). Equal digests mean equal states, so a run can tell that the cache at its
+    path is still the one it read; reading the marks costs one small file per block. Caches
+    written before block digests are bound by settings, node ids and completed blocks only."""
+    path = Path(path)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({k: manifest.get(k, IDENTITY_DEFAULTS.get(k)) for k in (*IDENTITY_KEYS, "model")}, sort_keys=True).encode())
+    ids = path / "node_ids" / "c" / "0"
+    h.update(ids.read_bytes() if ids.is_file() else b"")
+    for b in sorted(_done_blocks(path)):
+        try:
+            mark = json.loads((path / "blocks" / f"{b:06d}.done").read_text())
+        except (OSError, ValueError):
+            mark = None  # gone or rewritten while read: it counts as a change
+        h.update(json.dumps([b, mark.get("nodes"), mark.get("digest")] if isinstance(mark, dict) else [b, None]).encode())
+    return h.hexdigest()
 
 
 def encode_seconds(path: str | Path) -> float | None:

@@ -56,6 +56,13 @@ class ReusePlan:
     source: np.ndarray
     kind: np.ndarray
     dropped: int  # ids of OLD absent from the new graph
+    unfinished: bool = False  # OLD has unfinished (or damaged) blocks: their chunks are never read
+
+    def copy_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(n, S, H) float32 rows of OLD (rows of its complete blocks only). An unfinished OLD
+        is read row by row, so that a missing or truncated chunk of a block it never finished
+        is not read; a complete one whole, once (faster for many rows)."""
+        return self.reader.read_rows(rows) if self.unfinished else self.reader.read(rows)
 
     def counts(self, rows: np.ndarray | slice = slice(None)) -> dict[str, int]:
         """Nodes of each kind among ``rows`` (default: all)."""
@@ -134,7 +141,8 @@ def plan_reuse(old_path: Path, out: Path, manifest: dict, node_ids: np.ndarray, 
     same_text[known] = (old_hashes[rows[known]] == hashes[known]).all(axis=1)
     done = np.zeros(reader.num_nodes, dtype=bool)
     block = reader.manifest["block_nodes"]
-    for b in set(range(cache_format.num_blocks(reader.num_nodes, block))) - set(reader.missing_blocks()):
+    missing = set(reader.missing_blocks())
+    for b in set(range(cache_format.num_blocks(reader.num_nodes, block))) - missing:
         lo, hi = cache_format.block_range(b, reader.num_nodes, block)
         done[lo:hi] = True
     usable = same_text.copy()
@@ -145,4 +153,4 @@ def plan_reuse(old_path: Path, out: Path, manifest: dict, node_ids: np.ndarray, 
     kind[known & ~same_text] = KINDS.index("edited")
     kind[same_text & ~usable] = KINDS.index("unfinished")
     kind[usable] = KINDS.index("reused")
-    return ReusePlan(reader=reader, source=np.where(usable, rows, -1), kind=kind, dropped=int((~kept).sum()))
+    return ReusePlan(reader=reader, source=np.where(usable, rows, -1), kind=kind, dropped=int((~kept).sum()), unfinished=bool(missing))

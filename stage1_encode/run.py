@@ -179,6 +179,19 @@ def run(config: EncodeConfig) -> Path:
     resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
     # a new cache is created only once the model has loaded (a damaged model leaves nothing behind)
     encoder = None if exists else make_encoder(config, spec, device, dtype)
+    try:
+        return _fill(config, out, graph, manifest, resolved, hashes, plan, layers, hidden, spec, device, dtype, encoder)
+    except Exception as err:
+        from pipeline.core.errors import disk_full
+
+        if disk_full(err) is not None and not exists and config.num_shards == 1 and out.is_dir():
+            # a full disk in the cache this run created: remove it (a resumed cache keeps its whole blocks)
+            cache_format.remove_cache(out)
+        raise
+
+
+def _fill(config, out, graph, manifest, resolved, hashes, plan, layers, hidden, spec, device, dtype, encoder) -> Path:
+    """Create or open the cache and encode (or copy) the blocks this shard still lacks."""
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite, hashes=hashes)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
@@ -229,7 +242,7 @@ def run(config: EncodeConfig) -> Path:
                 if len(fresh):
                     values[fresh] = encoded[np.searchsorted(rows, lo + fresh)]
                 if len(copied):
-                    values[copied] = plan.reader.read(src[copied])  # storage dtype -> float32 and back: exact
+                    values[copied] = plan.copy_rows(src[copied])  # storage dtype -> float32 and back: exact
                     reused += len(copied)
                     bar.advance(len(copied), reused=reused)
                 writer.write_block(b, values, graph.node_ids, seconds=per_row * len(fresh), peak_bytes=process_peak_bytes(device))

@@ -38,6 +38,8 @@ def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of each text truncated to ``max_length`` (special tokens included), as
     ``tokenizer(texts, truncation=True, max_length=max_length)`` gives them, reading each
     long text only as far as its first ``max_length`` tokens need."""
+    if not texts:
+        return []  # tokenizers fail on an empty batch
     bound = CHARS_PER_TOKEN * max_length
     clipped = [cut_text(t, bound) for t in texts]
     ids = tokenizer(clipped, truncation=True, max_length=max_length)["input_ids"]

@@ -281,8 +281,10 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
             model.load_trained_state(state)
         else:
             model.load_state_dict(state)
-    except RuntimeError as err:
-        raise InputError(f"checkpoint {path}: weights do not match {run.config_file}: {err}") from err
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"checkpoint {path}: weights {weights.relative_to(path)} do not match the network {run.config_file} describes "
+                         f"({first}); {hint}") from None
     layers = list(config["layers"])
     depth = seed_depth(summary, seed, len(layers), path / SUMMARY, hint) if config["model"].get("arch") == "ladder" else len(layers)
     if depth < len(layers):  # --depth val: this seed answers with head depth - 1 and never climbs past it
@@ -335,14 +337,16 @@ WARM_START_KEYS = {
 }
 
 
+# cache settings a warm start needs unchanged (new, edited and removed nodes are what it is for)
+WARM_START_CACHE_KEYS = ("weights_sha256", "pooling", "max_length", "compute_dtype", "storage_dtype")
+
+
 def warm_start_weights(path: str | Path, spec: dict, layers: list[int], label_names: list[str], manifest: dict, seed: int) -> dict:
     """Weights of run ``path`` to start seed ``seed`` from (its own seed when trained, else its
     default seed); InputError naming every difference in architecture, rungs, classes or LLM.
 
     ``spec``: this run's ``config["model"]``; ``layers`` (S,) LLM state per rung; ``manifest``: this run's cache manifest.
     """
-    from safetensors.torch import load_file
-
     try:
         run = read_run(path)
     except InputError as err:
@@ -350,6 +354,11 @@ def warm_start_weights(path: str | Path, spec: dict, layers: list[int], label_na
     path, config, old_manifest, summary = run.path, run.config, run.manifest, run.summary
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(f"--init {path}: checkpoint format version {config.get('format_version')}, this version reads {FORMAT_VERSION}")
+    hint = "retrain it, or start without --init"
+    guarded.require(config, ("model", "layers", "label_names"), path / run.config_file, hint)
+    for key, kind in (("model", dict), ("layers", list), ("label_names", list)):
+        if not isinstance(config[key], kind):
+            raise guarded.damaged(path / run.config_file, f'its "{key}" entry is not a JSON {kind.__name__}', hint)
     problems = [
         f"{flag}: {path} has {key} {spec_value(config['model'], key)!r}, this run {spec_value(spec, key)!r}"
         for key, flag in WARM_START_KEYS.items() if spec_value(config["model"], key) != spec_value(spec, key)
@@ -358,16 +367,30 @@ def warm_start_weights(path: str | Path, spec: dict, layers: list[int], label_na
         problems.append(f"--rungs: {path} reads LLM states {config['layers']}, this run {layers}")
     if list(config["label_names"]) != list(label_names):
         problems.append(f"classes: {path} has {config['label_names']}, this graph {label_names}")
-    for key in ("weights_sha256", "pooling", "max_length"):
+    for key in WARM_START_CACHE_KEYS:
         if old_manifest.get(key) != manifest.get(key):
             problems.append(f"cache: {path} was trained on {key} {str(old_manifest.get(key))[:16]!r}, this cache has {str(manifest.get(key))[:16]!r}")
     if problems:
         raise InputError(f"--init {path}: cannot warm-start from it: " + "; ".join(problems))
-    chosen = seed if (path / f"seed_{seed}" / WEIGHTS).is_file() else int(summary["default_seed"])
+    chosen = seed if (path / f"seed_{seed}" / WEIGHTS).is_file() else summary.get("default_seed")
     weights = path / f"seed_{chosen}" / WEIGHTS
     if not weights.is_file():
         raise InputError(f"--init {path}: no weights {weights}; the run is damaged, retrain it or start without --init")
-    return load_file(str(weights), device="cpu")
+    return guarded.load_safetensors(weights, hint)
+
+
+def load_warm_start(model: nn.Module, state: dict, init: str | Path) -> None:
+    """Load ``--init`` weights into a freshly built model; weights that do not fit the network
+    its checkpoint.json describes (a damaged run) are refused, naming the run."""
+    try:
+        if hasattr(model, "load_trained_state"):  # fine-tuning archs: adapter (or LLM) and head
+            model.load_trained_state(state)
+        else:
+            model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"--init {init}: its weights do not match the network its {CONFIG} describes (damaged run: {first}); "
+                         "retrain it, or start without --init") from None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

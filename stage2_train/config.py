@@ -188,7 +188,7 @@ class TrainConfig:
         self._preset_problem = None
         if self.preset is not None:
             self._apply_preset()
-        if self.num_layers is None:
+        if self.num_layers is None and self.arch in CACHE_ARCHS:  # the fine-tuning archs have no side network
             self.num_layers = 1 if self.arch == "ladder" else 2
         if self.arch == "ladder":  # plain ENGINE trains the last head alone: the reference's joint rungs and full depth
             reference = self.loss == "last-head"
@@ -234,7 +234,6 @@ class TrainConfig:
         errs = ConfigErrors()
         errs.check(self._preset_problem is None, self._preset_problem or "")
         errs.check(self.preset is None or self.arch == "ladder", f"--preset {self.preset} sets the ladder's options; not with --arch {self.arch}")
-        errs.check(self.exit == "val" or self.arch == "ladder", "--exit is for --arch ladder; a baseline has one head")
         if self.exit != "val":
             from stage2_train.exit_policies import parse_exit
 
@@ -262,7 +261,7 @@ class TrainConfig:
         errs.check(len(self.seeds) > 0, "--seeds: give at least one seed, e.g. 0,1,2")
         errs.check(len(set(self.seeds)) == len(self.seeds), f"--seeds {self.seeds}: seeds repeat")
         errs.check(self.hidden_channels > 0, f"--hidden-channels {self.hidden_channels}: must be > 0")
-        errs.check(1 <= self.num_layers <= 4, f"--num-layers {self.num_layers}: must be 1..4")
+        errs.check(self.num_layers is None or 1 <= self.num_layers <= 4, f"--num-layers {self.num_layers}: must be 1..4")
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         errs.check(self.patience > 0, f"--patience {self.patience}: must be > 0")
         errs.check(self.lr > 0, f"--lr {self.lr}: must be > 0")
@@ -280,20 +279,10 @@ class TrainConfig:
         errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
         errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
         errs.check(self.memory_budget is None or not self.no_cache, "--memory-budget is for training from the cache, not --no-cache")
-        if self.arch in FINETUNE_ARCHS:
-            errs.check(self.layer is None, f"--layer is for the cache baselines; --arch {self.arch} reads the LLM's last state")
-            errs.check(self.memory_budget is None, f"--memory-budget is for training from the cache, not --arch {self.arch}")
-        if self.arch != "ladder":
-            errs.check(self.rungs is None, "--rungs is for --arch ladder; baselines read one state: use --layer")
-            errs.check(not self.no_cache, "--no-cache is for --arch ladder")
-            errs.check(self.loss == "multi-exit", "--loss is for --arch ladder; a baseline has one head")
-            errs.check(self.readout == "target-mean", "--readout is for --arch ladder")
-            errs.check(self.rung_activation == "relu", "--rung-activation is for --arch ladder")
-            errs.check(self.rung_norm == "layer", "--rung-norm is for --arch ladder")
-            errs.check(self.rung_grad is None, "--rung-grad is for --arch ladder")
-            errs.check(self.depth is None, "--depth is for --arch ladder; a baseline has one head")
-        else:
-            errs.check(self.layer is None, "--layer is for the baselines; the ladder reads --rungs")
+        from stage2_train.arch_options import no_effect_problems
+
+        for problem in no_effect_problems(self):  # one declared table of which options act on which arch kind
+            errs.add(problem)
         if self.rungs is not None:
             errs.check(len(self.rungs) > 0, "--rungs: give at least one LLM state index")
             errs.check(len(set(self.rungs)) == len(self.rungs), f"--rungs {self.rungs}: indices repeat")

@@ -36,7 +36,9 @@ def run_finetune(config: TrainConfig) -> dict:
     """Train ``config.arch`` on the cache's graph and write ``config.out``; returns the summary."""
     from pipeline.core.graph import load_graph
     from stage1_encode.cache import open_cache
-    from stage2_train.checkpoint import CheckpointWriter, split_cost
+    from stage2_train import cache_binding
+    from stage2_train.cache_binding import identity_of
+    from stage2_train.checkpoint import CheckpointWriter, load_warm_start, split_cost, warm_start_weights
     from stage2_train.data import resolve_split
     from stage2_train.finetune_loop import TextBatches, train_finetune_seed
     from stage2_train.finetune_model import build_classifier
@@ -60,6 +62,7 @@ def run_finetune(config: TrainConfig) -> dict:
         "cache": str(config.cache.resolve()),
         "graph_source": manifest["graph_source"],
         "graph_fingerprint": graph.fingerprint,
+        cache_binding.KEY: identity_of(config.cache),  # its settings name the LLM; its states are not read
         "num_nodes": graph.num_nodes,
         "layers": [layer],
         "label_names": list(graph.label_names),
@@ -67,6 +70,11 @@ def run_finetune(config: TrainConfig) -> dict:
         "world_size": 1,
         "features": {"mode": "llm-in-the-loop", "max_length": spec["max_length"], "pooling": spec["pooling"]},
     }
+    def init_weights(seed: int) -> dict:
+        return warm_start_weights(config.init, spec, [layer], list(graph.label_names), manifest, seed)
+
+    if config.init is not None:  # refuse a run that cannot warm-start this one before loading the LLM
+        init_weights(config.seeds[0])
     results, sizes, costs, counted = [], {}, [], {}
     with CheckpointWriter(config.out, config.overwrite) as writer:
         writer.write_config(resolved, manifest, flag_values(config))
@@ -75,6 +83,8 @@ def run_finetune(config: TrainConfig) -> dict:
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}
             seed_everything(seed)
             model = build_classifier(spec, config.device)
+            if config.init is not None:  # warm start: the earlier run's adapter (or LLM weights) and head
+                load_warm_start(model, init_weights(seed), config.init)
             texts = TextBatches(model.stepper, graph.texts, spec["max_length"])
             counted["trainable"] = count_trainable(model)
 

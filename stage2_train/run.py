@@ -218,6 +218,8 @@ def open_state(config: TrainConfig, group):
 
 
 def _run(config: TrainConfig, group=None) -> dict:
+    from stage2_train import cache_binding
+    from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, build_model, split_cost
     from stage2_train.resume import kill_point
     from stage2_train.data import LiveFeatures, open_train_data, resolve_split
@@ -234,6 +236,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     # --- setup
     state = open_state(config, group)  # refuses a state of other flags, or a damaged one, before any work
     memory = PeakMemory(config.device)
+    bound = identity_of(config.cache)  # checked again before the run is written: an encode meanwhile is refused
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
     graph = data.graph
     if config.rung_weights is not None and len(config.rung_weights) != len(data.layers):
@@ -261,9 +264,9 @@ def _run(config: TrainConfig, group=None) -> dict:
     )
     spec = model_spec(config, data.reader.hidden_size, graph.num_classes, len(data.layers))
     if config.init is not None:
-        from stage2_train.checkpoint import warm_start_weights
+        from stage2_train.checkpoint import load_warm_start, warm_start_weights
 
-        warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, config.seeds[0])  # refuse before training
+        load_warm_start(build_model(spec), warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, config.seeds[0]), config.init)  # refuse before training
     if not config.no_cache and group is None:
         t0 = time.perf_counter()
         features, feature_mode = open_features(data, config.memory_budget, cost=step_cost(spec))
@@ -276,6 +279,7 @@ def _run(config: TrainConfig, group=None) -> dict:
         "cache": str(data.cache_path.resolve()),
         "graph_source": data.manifest["graph_source"],
         "graph_fingerprint": graph.fingerprint,
+        cache_binding.KEY: bound,
         "num_nodes": graph.num_nodes,
         "layers": data.layers,
         "label_names": list(graph.label_names),
@@ -314,7 +318,7 @@ def _run(config: TrainConfig, group=None) -> dict:
             seed_everything(seed)
             model = build_model(spec)
             if config.init is not None:
-                model.load_state_dict(warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed))
+                load_warm_start(model, warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed), config.init)
             t_seed = time.perf_counter()
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
                 r = train_seed(model, features, sampler, split, labels, config, seed, on_epoch, tracker, group,
@@ -343,6 +347,8 @@ def _run(config: TrainConfig, group=None) -> dict:
         summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         summary["memory_limit_bytes"] = memory_limit
         writer.write_summary(*split_cost(summary))
+        if not config.no_cache:
+            cache_binding.check_unchanged(config.cache, bound, "training")
         kill_point("commit")
         writer.commit()
     kill_point("committed")

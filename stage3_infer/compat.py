@@ -72,6 +72,11 @@ def check_cache(ckpt, graph) -> "CacheRows | None":
     path = Path(ckpt.cache_path)
     if not path.exists():
         return None
+    from stage2_train import cache_binding
+
+    fix = ("retrain on it (`pipeline train " + str(path) + " --out NEW_RUN`), or pass --no-cache-neighbours to run "
+           "neighbours through the LLM")
+    cache_binding.check_bound(path, ckpt.config.get(cache_binding.KEY), f"the run {ckpt.path}", fix)
     reader = open_cache(path)
     reader.check_complete()
     theirs, ours = dict(reader.manifest), ckpt.manifest

@@ -20,6 +20,7 @@ from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress
 from stage3_infer.config import InferConfig
 from stage3_infer.predictions import Predictions, summarize, write_outputs
+from stage3_infer.run import no_targets_reason
 
 
 def run_finetune_infer(config: InferConfig) -> dict:
@@ -35,13 +36,16 @@ def run_finetune_infer(config: InferConfig) -> dict:
     g = InferGraph(graph, graph.num_nodes)
     if config.nodes is not None:
         g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)
-    targets = select_targets(g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed)
+    targets = select_targets(g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed, config.new_only)
     if config.max_targets is not None:
         targets = targets[: config.max_targets]
+    if len(targets) == 0:  # a quiet night: an empty, valid predictions file
+        log(f"infer: no target{no_targets_reason(config)}; writing an empty predictions file")
     last = int(ckpt.layers[-1])
     log(f"infer: {len(targets)} target(s) with the {model.arch} run at full depth (LLM state {last})")
     texts = TextBatches(model.stepper, [g.graph.texts[i] for i in targets.tolist()], int(ckpt.config["model"]["max_length"]))
-    batch = config.batch_size or 32  # texts per forward (None: 32)
+    # texts per forward: one with --batch-invariant (a node's answer independent of its batch-mates), else --batch-size or 32
+    batch = 1 if config.batch_invariant else (config.batch_size or 32)
     start = time.perf_counter()
     probs = torch.empty(len(targets), len(ckpt.label_names))
     model.eval()
@@ -55,7 +59,7 @@ def run_finetune_infer(config: InferConfig) -> dict:
     preds = Predictions(
         node_ids=g.graph.node_ids[targets], pred=pred.numpy(), confidence=conf.numpy(),
         exit_rung=np.zeros(len(targets), dtype=np.int64), exit_layer=np.full(len(targets), last, dtype=np.int64),
-        labels=np.asarray(g.graph.labels)[targets], label_names=ckpt.label_names,
+        labels=np.asarray(g.graph.labels)[targets], label_names=ckpt.label_names, graph_fingerprint=g.graph.fingerprint,
     )
     evals = len(targets) * last
     summary = summarize(
@@ -64,6 +68,8 @@ def run_finetune_infer(config: InferConfig) -> dict:
             "checkpoint": str(Path(config.checkpoint).resolve()), "seed": ckpt.seed, "arch": model.arch,
             "model": ckpt.config["model"]["llm"], "rung_layers": [last],
             "new_nodes": int(g.graph.num_nodes - g.num_known), "cache_neighbours": False,
+            "graph_source": g.graph.source, "graph_fingerprint": g.graph.fingerprint,
+            **({"new_only_since": str(Path(config.new_only).resolve())} if config.new_only else {}),
         },
     )
     write_outputs(config.out, preds, summary, config=flag_values(replace(config, exit="none")), overwrite=config.overwrite)

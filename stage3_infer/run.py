@@ -162,6 +162,11 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
     return Result(tracker, evals, full, time.perf_counter() - start)
 
 
+def no_targets_reason(config: InferConfig) -> str:
+    """Why a run selected no node (only ``--new-only`` can select none without an error)."""
+    return f" (no node is new since {config.new_only})" if config.new_only is not None else ""
+
+
 class _null:
     def __enter__(self):
         return None
@@ -173,6 +178,7 @@ class _null:
 def run(config: InferConfig) -> dict:
     """Predict the chosen targets with early exit and write ``config.out``; returns the summary.
     A fine-tuning run predicts at full depth (:mod:`stage3_infer.finetune_infer`)."""
+    from stage2_train import cache_binding
     from stage2_train.checkpoint import run_arch
     from stage2_train.config import FINETUNE_ARCHS
     from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
@@ -181,6 +187,11 @@ def run(config: InferConfig) -> dict:
     # --- setup
     config.validate()
     arch = run_arch(config.checkpoint)
+    from stage2_train.arch_options import infer_no_effect_problems
+
+    problems = infer_no_effect_problems(config, arch) if arch is not None else []
+    if problems:
+        raise InputError(problems)
     if arch in FINETUNE_ARCHS:
         if config.exit not in (None, "none"):
             raise InputError(
@@ -211,6 +222,8 @@ def run(config: InferConfig) -> dict:
         if (out / "summary.json").is_file():
             log(f"infer: part {i}/{n} is done already ({out}); nothing to do")
             return read_summary(out)
+    if len(targets) == 0:  # a quiet night: an empty, valid predictions file
+        log(f"infer: no target{no_targets_reason(config)}; writing an empty predictions file")
     log(f"infer: {len(targets)} target(s), rungs at LLM states {session.layers}, exit policy {policy}: {why}")
 
     # --- loop
@@ -218,6 +231,8 @@ def run(config: InferConfig) -> dict:
     result = predict(session, targets, policy)
 
     # --- save
+    if session.cached is not None and isinstance(ckpt.config.get(cache_binding.KEY), dict):  # no mixed states
+        cache_binding.check_unchanged(ckpt.cache_path, ckpt.config[cache_binding.KEY], "infer")
     graph, t = session.g.graph, result.tracker
     preds = Predictions(
         node_ids=graph.node_ids[targets],
@@ -252,11 +267,11 @@ def run(config: InferConfig) -> dict:
     )
     resolved = replace(config, device=session.device, dtype=session.compute_dtype, exit=exit_spec)  # what ran, replayable
     write_outputs(out, preds, summary, config=flag_values(resolved), overwrite=config.overwrite and config.shard is None)
-    acc = summary["accuracy"]
+    acc, mean_exit = summary["accuracy"], summary["mean_exit_layer"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "
         + (f"accuracy {100 * acc:.2f}%, " if acc is not None else "")
-        + f"mean exit layer {summary['mean_exit_layer']:.1f}/{session.layers[-1]}, "
-        f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth{peak_memory_text(session.device)} -> {out}"
+        + (f"mean exit layer {mean_exit:.1f}/{session.layers[-1]}, " if mean_exit is not None else "")
+        + f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth{peak_memory_text(session.device)} -> {out}"
     )
     return summary

@@ -73,9 +73,11 @@ def tree(path: Path) -> dict[str, bytes]:
     config = json.loads(files.pop("encode_config.json"))
     config.pop("out"), config.pop("reuse", None)  # flags only: absent when not given
     files["encode_config.json"] = json.dumps(config).encode()
-    for name in [n for n in files if n.startswith("blocks/")] + ["manifest.json"]:  # without the encode seconds they record
+    for name in [n for n in files if n.startswith("blocks/")] + ["manifest.json"]:  # without the seconds and memory measured
         data = json.loads(files[name])
         assert data.pop("seconds" if name.startswith("blocks/") else "encode_s") >= 0, name
+        for measured in ("peak_bytes", "encode_peak_memory_bytes"):
+            assert data.pop(measured, 0) >= 0, name
         files[name] = json.dumps(data).encode()
     return files
 

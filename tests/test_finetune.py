@@ -309,6 +309,6 @@ def test_finetune_flags_refused(slice_cache, tmp_path):
     with pytest.raises(InputError) as err:
         TrainConfig(cache, tmp_path / "x", arch="lora", layer=3, rungs=(1, 2)).validate()
     assert err.value.message == (
-        "- --layer is for the cache baselines; --arch lora reads the LLM's last state\n"
-        "- --rungs is for --arch ladder; baselines read one state: use --layer"
+        "- --rungs is for --arch ladder; it has no effect with --arch lora: leave it out\n"
+        "- --layer is for --arch mlp/gcn/sage; it has no effect with --arch lora: leave it out"
     )

@@ -31,7 +31,7 @@ def test_config_errors_are_collected_and_name_the_flags(tmp_path):
 def test_baseline_flags_are_refused_for_the_wrong_arch(tmp_path):
     with pytest.raises(InputError, match="--rungs is for --arch ladder"):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="gcn", rungs=(0, 1)).validate()
-    with pytest.raises(InputError, match="--layer is for the baselines"):
+    with pytest.raises(InputError, match="--layer is for --arch mlp/gcn/sage; it has no effect with --arch ladder: leave it out"):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", layer=3).validate()
     assert TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="sage").num_layers == 2
     assert TrainConfig(cache=tmp_path, out=tmp_path / "r").num_layers == 1
@@ -68,7 +68,7 @@ def test_loss_and_standardize_refusals(tmp_path):
     assert "--loss first-head: choose one of multi-exit, last-head" in err.value.message
     with pytest.raises(InputError, match="--rung-weights weighs the multi-exit loss; --loss last-head trains the last head alone"):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", loss="last-head", rung_weights=(0.0, 1.0)).validate()
-    with pytest.raises(InputError, match="--loss is for --arch ladder; a baseline has one head"):
+    with pytest.raises(InputError, match="--loss is for --arch ladder; it has no effect with --arch mlp: leave it out"):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="mlp", loss="last-head").validate()
     cfg = TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="gcn", standardize=True).validate()
     assert cfg.to_dict()["standardize"] is True and cfg.to_dict()["loss"] == "multi-exit"

@@ -145,7 +145,7 @@ def test_defaults_and_flag_refusals(tmp_path):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", rung_grad="own", loss="last-head").validate()
     with pytest.raises(InputError, match="--rung-grad is for --arch ladder"):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="gcn", rung_grad="own").validate()
-    with pytest.raises(InputError, match="--depth is for --arch ladder; a baseline has one head"):
+    with pytest.raises(InputError, match="--depth is for --arch ladder; it has no effect with --arch mlp: leave it out"):
         TrainConfig(cache=tmp_path, out=tmp_path / "r", arch="mlp", depth="val").validate()
 
 

@@ -17,11 +17,47 @@ import yaml
 from pipeline.core.errors import InputError
 
 
+# A config file is a flat mapping of flags to scalars or lists of scalars: anything far larger or
+# deeper is a mistake or an attack (a "billion laughs" YAML expands aliases exponentially).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 3  # the mapping, a list value, and one more level of slack
+MAX_CONFIG_NODES = 100_000
+
+
+def _check_yaml_shape(path: Path, text: str) -> None:
+    """Refuse YAML aliases and excessive nesting from the event stream, before anything is built."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise InputError(f"--config {path}: YAML aliases (*{event.anchor}) are not allowed in a config file; write the values out")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                raise InputError(f"--config {path}: nested more than {MAX_CONFIG_DEPTH} levels deep; a config file maps flag names to values")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        nodes += 1
+        if nodes > MAX_CONFIG_NODES:
+            raise InputError(f"--config {path}: more than {MAX_CONFIG_NODES} YAML nodes; a config file maps flag names to values")
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a YAML (.yaml/.yml) or TOML (.toml) file into a flat dict of flag values."""
+    """Parse a YAML (.yaml/.yml, or .json) or TOML (.toml) file into a flat dict of flag values,
+    refusing files over ``MAX_CONFIG_BYTES``, nested over ``MAX_CONFIG_DEPTH`` or with YAML aliases."""
     if not path.is_file():
         raise InputError(f"--config {path}: file not found")
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise InputError(f"--config {path}: {size} bytes, more than a config file's {MAX_CONFIG_BYTES} (flag names and values only)")
         text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise InputError(f"--config {path}: cannot be read ({err.strerror or err})") from None
@@ -31,11 +67,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml", ".json"):
+            _check_yaml_shape(path, text)
             data = yaml.safe_load(text) or {}
         else:
             raise InputError(f"--config {path}: unknown extension '{path.suffix}'; use .yaml, .yml or .toml")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
         raise InputError(f"--config {path}: cannot parse: {err}") from err
+    except RecursionError:
+        raise InputError(f"--config {path}: nested too deeply; a config file maps flag names to values") from None
+    if isinstance(data, dict) and _depth(data) > MAX_CONFIG_DEPTH:
+        raise InputError(f"--config {path}: nested more than {MAX_CONFIG_DEPTH} levels deep; a config file maps flag names to values")
     if not isinstance(data, dict):
         raise InputError(f"--config {path}: expected a mapping of flag names to values")
     return data

@@ -68,9 +68,37 @@ def plain_errors(func):
         except PipelineError as err:
             typer.echo(f"Error: {err.format_message()}", err=True)
             raise typer.Exit(err.exit_code) from err
-        except OSError as err:  # the disk or the OS refused while running (full disk, lost mount): no traceback
+        except Exception as err:
+            full = disk_full(err)
+            if full is not None:  # a full disk is the user's to fix: exit 2, like bad input
+                where = f"{full.filename}: " if getattr(full, "filename", None) else ""
+                typer.echo(f"Error: {where}no space left on device; free some space and rerun (what this command was "
+                           "writing was removed: outputs are written whole or not at all)", err=True)
+                raise typer.Exit(EXIT_BAD_INPUT) from err
+            if not isinstance(err, OSError):
+                raise
+            # the disk or the OS refused while running (lost mount, permissions): no traceback
             where = f"{err.filename}: " if err.filename else ""
             typer.echo(f"Error: {where}{err.strerror or err} (while running; outputs are written whole or not at all)", err=True)
             raise typer.Exit(EXIT_FAILURE) from err
 
     return wrapper
+
+
+DISK_FULL_TEXTS = ("no space left on device", "os error 28", "disk quota exceeded")  # libraries that wrap ENOSPC in their own errors
+
+
+def disk_full(err: BaseException) -> BaseException | None:
+    """The error of ``err``'s chain that says the disk is full (ENOSPC or EDQUOT, or a library's
+    wrapper of them: safetensors, zarr, arrow), else None."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        if any(t in str(err).lower() for t in DISK_FULL_TEXTS):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

@@ -363,6 +363,9 @@ def _check_meta(meta_path: Path, problems: list[str]) -> dict:
         return {}
     try:
         meta = json.loads(meta_path.read_text())
+    except RecursionError:
+        problems.append(f"{meta_path}: nested too deeply to be a graph's meta.json")
+        return {}
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         problems.append(f"{meta_path}: not valid JSON ({err})")
         return {}
@@ -506,6 +509,8 @@ def _read_split_files(folder: Path, problems: list[str]) -> tuple[dict[str, Path
     for split_name, p in paths.items():
         try:
             data[split_name] = (str(p), json.loads(p.read_text()))
+        except RecursionError:
+            problems.append(f"{p}: nested too deeply to be a split file (lists of node ids)")
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             problems.append(f"{p}: not valid JSON ({err})")
     return paths, data
