@@ -149,6 +149,21 @@ def test_two_shards_fill_one_cache(tiny_graph: Path, clean_cache: Path, tmp_path
     assert complete and "blocks done 4/4 (8 nodes each)" in text
 
 
+def test_status_exit_codes(cli, clean_cache: Path, tmp_path: Path) -> None:
+    """Schedulers read the exit status: 0 complete, 3 (EXIT_INCOMPLETE) blocks missing, 2 no cache."""
+    import shutil
+
+    done = cli("encode", "--status", clean_cache)
+    assert done.exit_code == 0 and done.stdout.endswith("  complete\n"), done.output
+    partial = shutil.copytree(clean_cache, tmp_path / "partial.zarr")
+    sorted((partial / "blocks").glob("*.done"))[2].unlink()
+    missing = cli("encode", "--status", partial)
+    assert missing.exit_code == 3, missing.output
+    assert "blocks done 3/4 (8 nodes each)" in missing.stdout and "  complete\n" not in missing.stdout
+    absent = cli("encode", "--status", tmp_path / "absent.zarr")
+    assert absent.exit_code == 2 and str(tmp_path / "absent.zarr") in absent.output
+
+
 def test_reader(clean_cache: Path) -> None:
     reader = open_cache(clean_cache)
     assert reader.layers == [0, 1, 2, 3, 4, 5, 6] and reader.num_nodes == N and reader.hidden_size == 384
