@@ -90,7 +90,7 @@ class MainJobConfig:
 
 def is_job(path: Path) -> bool:
     """A main-job folder written before ownership markers: its state or config file and its cache."""
-    from stage1_encode.cache import is_cache
+    from stage1_encode.cache.manifest import is_cache
 
     return ((path / STATE_FILE).is_file() or (path / config_file_name("run")).is_file()) and is_cache(path / "cache.zarr")
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_graph_versions import make_versions  # noqa: E402
 
-from stage1_encode.cache import read_manifest  # noqa: E402
+from stage1_encode.cache.manifest import read_manifest  # noqa: E402
 
 
 def encode(args: list[str], log: Path) -> tuple[float, int]:

@@ -94,7 +94,7 @@ def cache_rel_error(a: Path, b: Path) -> float:
     """Largest relative error (row norm) between two caches' pooled states."""
     import numpy as np
 
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     x, y = open_cache(a).read().astype(np.float32), open_cache(b).read().astype(np.float32)
     return float((np.linalg.norm(x - y, axis=-1) / np.maximum(np.linalg.norm(x, axis=-1), 1e-12)).max())
@@ -141,7 +141,7 @@ def main() -> int:
         return 2
     from pipeline.core.config_file import read_config_file
     from pipeline.core.options import config_file_name
-    from stage1_encode.cache import read_manifest
+    from stage1_encode.cache.manifest import read_manifest
     from stage2_train.checkpoint import read_run
     from stage3_infer.predictions import read_predictions, read_summary
 

@@ -138,7 +138,7 @@ def cases() -> dict:
     @case("encode --overwrite a user's folder holding a manifest.json")
     def _(sb):
         (sb / "mine").mkdir()
-        (sb / "mine" / "manifest.json").write_text('{"format": "engine-encode-cache/1"}')
+        (sb / "mine" / "manifest.json").write_text('{"format": "engine-encode-cache", "format_version": 1}')
         (sb / "mine" / "data.csv").write_text("1,2,3")
         return ["encode", sb / "graph", "--out", sb / "mine", "--model", "minilm-l6", "--max-length", "8", "--overwrite"], [sb / "mine"]
 
@@ -432,13 +432,13 @@ _STATES: dict = {}
 
 
 def _remember_states(sb: Path) -> None:
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     _STATES[str(sb)] = open_cache(sb / "cache.zarr").read().copy()
 
 
 def _same_states(sb: Path) -> bool:
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     r = open_cache(sb / "cache.zarr")
     r.check_complete()

@@ -23,7 +23,10 @@ from pipeline.core.bench_json import claim_bench, write_bench
 from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.options import argument, device_option, json_option, option
 from pipeline.core.progress import log
-from stage1_encode import cache as cache_format
+from stage1_encode.cache.geometry import DEFAULT_BLOCK_NODES, block_range, disk_bytes
+from stage1_encode.cache.manifest import text_hashes
+from stage1_encode.cache.quantize import STORAGE_DTYPES, stored_bytes_per_node
+from stage1_encode.cache.writer import CacheWriter
 from stage1_encode.config import EncodeConfig, model_option
 
 NAIVE_BATCH = 32
@@ -108,17 +111,17 @@ def run_bench(config: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         manifest = temp_cache_manifest(enc, graph, n, layers, stepper.hidden_size, dtype)
         block = manifest["block_nodes"]
-        writer = cache_format.CacheWriter.create_or_open(Path(tmp) / "bench.zarr", manifest, graph.node_ids[:n], {})
+        writer = CacheWriter.create_or_open(Path(tmp) / "bench.zarr", manifest, graph.node_ids[:n], {}, text_hashes(texts))
         start = time.perf_counter()
         padded = 0
         for b in range(writer.n_blocks):
-            lo, hi = cache_format.block_range(b, n, block)
+            lo, hi = block_range(b, n, block)
             values, _, p = encode_block(stepper, texts[lo:hi], layers, enc, lambda *_: None)
             writer.write_block(b, values, graph.node_ids)
             padded += p
         sync()
         ours_s = time.perf_counter() - start
-        disk = cache_format.disk_bytes(Path(tmp) / "bench.zarr")
+        disk = disk_bytes(Path(tmp) / "bench.zarr")
 
     # -- naive loop: batch 32, padded to max_length, last state only, nothing kept
     start = time.perf_counter()
@@ -147,12 +150,12 @@ def run_bench(config: BenchConfig) -> dict:
         "matmul_flops_per_s": peak, "model_flops_per_s": useful / ours_s, "flops_fraction": useful / ours_s / peak,
         # Array bytes per node (S * H * 2 in float16): on a few texts, the padded last chunk and
         # the metadata would dominate a disk-size figure; that one is reported beside it.
-        "bytes_per_node": cache_format.stored_bytes_per_node(len(layers), stepper.hidden_size, manifest["storage_dtype"]),
+        "bytes_per_node": stored_bytes_per_node(len(layers), stepper.hidden_size, manifest["storage_dtype"]),
         "disk_bytes_per_node": disk / n,
         "reference_bytes_per_node": stepper.num_states * stepper.hidden_size * 4,
         # per --storage-dtype: S x H values (+ S float32 scales for int8)
-        **{f"bytes_per_node_{d}": cache_format.stored_bytes_per_node(len(layers), stepper.hidden_size, d)
-           for d in cache_format.STORAGE_DTYPES},
+        **{f"bytes_per_node_{d}": stored_bytes_per_node(len(layers), stepper.hidden_size, d)
+           for d in STORAGE_DTYPES},
         "gpu_peak_memory_bytes": peak_memory(device),
     }
     result["bytes_ratio_vs_reference"] = result["bytes_per_node"] / result["reference_bytes_per_node"]
@@ -177,7 +180,7 @@ def _bench_vllm(config: BenchConfig, enc: EncodeConfig, texts: list[str], layers
     encoder = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
     try:
         encoder.encode_batch(texts[:2], layers, "mean", 16)  # warm-up (hooks installed, first-call allocations)
-        block = cache_format.DEFAULT_BLOCK_NODES
+        block = DEFAULT_BLOCK_NODES
         start = time.perf_counter()
         for lo in range(0, len(texts), block):
             vllm_backend.encode_block(encoder, texts[lo : lo + block], layers, enc, lambda *_: None)

@@ -16,7 +16,7 @@ from stage1_encode.config import EncodeConfig
 
 def _encode(config: EncodeConfig) -> None:
     if config.status is not None:
-        from stage1_encode.cache import status_text
+        from stage1_encode.cache.status import status_text
 
         text, complete = status_text(config.status)
         typer.echo(text)

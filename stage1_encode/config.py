@@ -9,7 +9,8 @@ from pathlib import Path
 from pipeline.core.errors import ConfigErrors
 from pipeline.core.devices import device_problem
 from pipeline.core.options import argument, device_option, option, out_option, overwrite_option
-from stage1_encode.cache import DEFAULT_BLOCK_NODES, STORAGE_DTYPES
+from stage1_encode.cache.geometry import DEFAULT_BLOCK_NODES
+from stage1_encode.cache.quantize import STORAGE_DTYPES
 from stage1_encode.models import DEFAULT_MODEL
 
 MODEL_HELP = (

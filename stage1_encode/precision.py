@@ -12,7 +12,6 @@ from __future__ import annotations
 from pipeline.core.errors import InputError
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-LEGACY_COMPUTE_DTYPE = "float32"  # manifests without the key were all encoded in float32
 DTYPE_HELP = ("LLM compute dtype: float32, bfloat16 or float16. Default: the one the cache was encoded in "
               "(another is refused unless --allow-dtype-mismatch).")
 MISMATCH_HELP = ("Run the LLM in a --dtype other than the cache's (fresh states then differ slightly from the "
@@ -30,7 +29,7 @@ def cache_compute_dtype(manifest: dict, requested: str | None, allow_mismatch: b
     """The dtype to load the LLM in: the manifest's, or ``requested`` when it agrees or a
     mismatch is allowed (warned); a disagreeing ``requested`` otherwise raises InputError
     naming both dtypes."""
-    recorded = manifest.get("compute_dtype", LEGACY_COMPUTE_DTYPE)
+    recorded = manifest["compute_dtype"]
     if requested is None or requested == recorded:
         return recorded
     if not allow_mismatch:

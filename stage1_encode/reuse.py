@@ -10,9 +10,7 @@ Why a copied row stands for a fresh one: encode batches only texts of equal toke
 (``stage1_encode/run.py``), so a row depends on its own text and, in its last bits, on the
 size of its batch (a BLAS kernel's summation order follows the matrix shape; seen on AVX2
 CPUs, and GPUs pick kernels by shape too): a fresh row equals the copied one to one storage
-step. Copied rows are the old cache's bytes. Caches written before text hashes and that
-batching cannot tell which texts they hold, or hold rows that depended on their padding:
-they are refused, and one full encode without ``--reuse`` makes a cache later runs can reuse.
+step. Copied rows are the old cache's bytes.
 
 Shapes: N nodes of the new graph, N' rows of OLD.
 """
@@ -25,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import InputError
-from stage1_encode import cache as cache_format
+from stage1_encode.cache.geometry import block_range, num_blocks
+from stage1_encode.cache.manifest import TEXT_HASH_BYTES
+from stage1_encode.cache.reader import CacheReader, open_cache
 
 # manifest key -> the flag that sets it: what OLD and the new cache must share
 REUSE_FLAGS = {
-    "format": "(cache format: re-encode OLD with this version)",
     "weights_sha256": "--model",
     "tokenizer": "--model",
     "hidden_size": "--model",
@@ -40,7 +39,6 @@ REUSE_FLAGS = {
     "storage_dtype": "--storage-dtype",
     "batch_tokens": "--batch-tokens",
     "backend": "--backend",
-    "batching": "(batching of an older version: encode once without --reuse)",
 }
 
 
@@ -52,7 +50,7 @@ class ReusePlan:
     """Per node of the new graph: ``source`` (N,) int64 row of OLD to copy, -1 = run the LLM;
     ``kind`` (N,) int8 index into ``KINDS`` (unfinished: same id and text in a block OLD never finished)."""
 
-    reader: cache_format.CacheReader
+    reader: CacheReader
     source: np.ndarray
     kind: np.ndarray
     dropped: int  # ids of OLD absent from the new graph
@@ -97,8 +95,7 @@ def check_settings(old: dict, manifest: dict, path: Path) -> None:
     """Refuse OLD when any setting that changes a row differs; every difference is named."""
     problems = []
     for key, flag in REUSE_FLAGS.items():
-        was = old.get(key, cache_format.IDENTITY_DEFAULTS.get(key))
-        now = manifest.get(key, cache_format.IDENTITY_DEFAULTS.get(key))
+        was, now = old[key], manifest[key]
         if was != now:
             shown = f"{old.get('model')!r} ({str(was)[:12]}...)" if key in ("weights_sha256", "tokenizer") else repr(was)
             now_shown = f"{manifest.get('model')!r} ({str(now)[:12]}...)" if key in ("weights_sha256", "tokenizer") else repr(now)
@@ -114,7 +111,7 @@ def check_settings(old: dict, manifest: dict, path: Path) -> None:
 def plan_reuse(old_path: Path, out: Path, manifest: dict, node_ids: np.ndarray, hashes: np.ndarray) -> ReusePlan:
     """Check OLD against this encode (``manifest``) and match its rows to the new graph's nodes.
 
-    ``hashes`` (N, 16): :func:`cache_format.text_hashes` of the new graph's texts.
+    ``hashes`` (N, 16): :func:`stage1_encode.cache.manifest.text_hashes` of the new graph's texts.
     """
     old_path = Path(old_path)
     if not old_path.is_dir():
@@ -122,17 +119,15 @@ def plan_reuse(old_path: Path, out: Path, manifest: dict, node_ids: np.ndarray, 
     if old_path.resolve() == Path(out).resolve():
         raise InputError(f"--reuse {old_path}: is the --out cache itself; write the new version to another --out (the old cache is only read)")
     try:
-        reader = cache_format.open_cache(old_path)
+        reader = open_cache(old_path)
     except InputError as err:
         raise InputError(f"--reuse {err.message}") from err
-    old_hashes = reader.text_hashes()
-    if old_hashes is None:
-        raise InputError(
-            f"--reuse {old_path}: the cache has no per-node text hashes (written by an older version), so its unchanged "
-            "texts cannot be told apart; encode this graph once without --reuse, and reuse that cache next time"
-        )
+    try:
+        old_hashes = reader.text_hashes()
+    except InputError as err:
+        raise InputError(f"--reuse {err.message}") from err
     check_settings(reader.manifest, manifest, old_path)
-    if old_hashes.shape != (reader.num_nodes, cache_format.TEXT_HASH_BYTES) or len(reader.node_ids) != reader.num_nodes:
+    if old_hashes.shape != (reader.num_nodes, TEXT_HASH_BYTES) or len(reader.node_ids) != reader.num_nodes:
         raise InputError(f"--reuse {old_path}: damaged cache (text_hashes or node_ids do not match its {reader.num_nodes} nodes); encode without --reuse")
 
     rows = match_rows(reader.node_ids, node_ids)
@@ -142,8 +137,8 @@ def plan_reuse(old_path: Path, out: Path, manifest: dict, node_ids: np.ndarray, 
     done = np.zeros(reader.num_nodes, dtype=bool)
     block = reader.manifest["block_nodes"]
     missing = set(reader.missing_blocks())
-    for b in set(range(cache_format.num_blocks(reader.num_nodes, block))) - missing:
-        lo, hi = cache_format.block_range(b, reader.num_nodes, block)
+    for b in set(range(num_blocks(reader.num_nodes, block))) - missing:
+        lo, hi = block_range(b, reader.num_nodes, block)
         done[lo:hi] = True
     usable = same_text.copy()
     usable[known] &= done[rows[known]]

@@ -26,7 +26,10 @@ from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.graph_format import graph_folder
 from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress, warn
-from stage1_encode import cache as cache_format
+from stage1_encode.cache.blocks import marked_blocks
+from stage1_encode.cache.geometry import block_range, disk_bytes, num_blocks, shard_blocks
+from stage1_encode.cache.manifest import claim, new_manifest, remove_cache, text_hashes
+from stage1_encode.cache.writer import CacheWriter
 from stage1_encode.config import EncodeConfig, default_out
 from stage1_encode.families import check_supported
 from stage1_encode.layers import parse_layers
@@ -73,9 +76,9 @@ def pick_device(config: EncodeConfig) -> tuple[str, str]:
 
 def build_manifest(config: EncodeConfig, graph: TextGraph, spec: ModelSpec, layers: list[int], hidden: int, dtype: str,
                    num_nodes: int | None = None) -> dict:
-    """The manifest (:func:`stage1_encode.cache.new_manifest`) of ``config``'s cache of ``graph``,
+    """The manifest (:func:`stage1_encode.cache.manifest.new_manifest`) of ``config``'s cache of ``graph``,
     or of its first ``num_nodes`` nodes."""
-    return cache_format.new_manifest(
+    return new_manifest(
         model=config.model, model_path=spec.path, weights_sha256=weights_hash(spec.path), tokenizer=tokenizer_hash(spec),
         max_length=config.max_length, pooling=config.pooling, layers=layers, compute_dtype=dtype,
         storage_dtype=config.storage_dtype, graph_source=graph.source, graph_fingerprint=graph.fingerprint,
@@ -162,10 +165,10 @@ def check_texts(graph: TextGraph, source: np.ndarray, config: EncodeConfig) -> l
     """The first texts this shard sends to the LLM (``source`` (N,) < 0), for the self-check."""
     from stage1_encode.self_check import first_texts
 
-    n_blocks = cache_format.num_blocks(graph.num_nodes, config.block_size)
+    n_blocks = num_blocks(graph.num_nodes, config.block_size)
     rows: list[int] = []
-    for b in cache_format.shard_blocks(n_blocks, config.num_shards, config.shard_id):
-        lo, hi = cache_format.block_range(b, graph.num_nodes, config.block_size)
+    for b in shard_blocks(n_blocks, config.num_shards, config.shard_id):
+        lo, hi = block_range(b, graph.num_nodes, config.block_size)
         rows.extend((lo + np.flatnonzero(source[lo:hi] < 0)).tolist()[: 32 - len(rows)])
         if len(rows) >= 32:
             break
@@ -193,7 +196,7 @@ def run(config: EncodeConfig) -> Path:
     check_weights(spec)
     out = Path(config.out) if config.out is not None else default_out(graph.name, config.model)
     manifest = build_manifest(config, graph, spec, layers, hidden, dtype)
-    hashes = cache_format.text_hashes(graph.texts)  # (N, 16)
+    hashes = text_hashes(graph.texts)  # (N, 16)
     plan = None
     if config.reuse is not None:
         from stage1_encode.reuse import plan_reuse
@@ -202,7 +205,7 @@ def run(config: EncodeConfig) -> Path:
         log(plan.describe())
     # every check before the first write (the weights hash memo, the cache folder); --reuse is an input too
     inputs = [graph_folder(graph), spec.path] + ([Path(config.reuse)] if config.reuse is not None else [])
-    exists = cache_format.claim(out, config.overwrite, inputs=inputs)
+    exists = claim(out, config.overwrite, inputs=inputs)
     resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
     source = plan.source if plan is not None else np.full(graph.num_nodes, -1, dtype=np.int64)  # (N,) row of --reuse, -1 = LLM
     first = check_texts(graph, source, config)
@@ -218,20 +221,20 @@ def run(config: EncodeConfig) -> Path:
 
         if disk_full(err) is not None and not exists and config.num_shards == 1 and out.is_dir():
             # a full disk in the cache this run created: remove it (a resumed cache keeps its whole blocks)
-            cache_format.remove_cache(out)
+            remove_cache(out)
         raise
 
 
 def _fill(config, out, graph, manifest, resolved, hashes, plan, source, first, layers, hidden, spec, device, dtype, encoder) -> Path:
     """Create or open the cache and encode (or copy) the blocks this shard still lacks; ``source`` (N,): each
     row's row in the --reuse cache, -1 for the LLM; ``first``: the self-check's texts."""
-    writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite, hashes=hashes)
+    writer = CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, hashes, config.overwrite)
 
-    mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
+    mine = shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
     damaged = writer.damaged_blocks()  # one pass over the chunk files (0.85 s at 1M nodes)
     for b in sorted(set(damaged) & set(mine)):
         warn(f"block {b}: {damaged[b]}; re-encoding it")
-    done = cache_format.marked_blocks(out) - set(damaged)
+    done = marked_blocks(out) - set(damaged)
     todo = [b for b in mine if b not in done]
     shard = f" (shard {config.shard_id}/{config.num_shards})" if config.num_shards > 1 else ""
     if not todo:
@@ -239,7 +242,7 @@ def _fill(config, out, graph, manifest, resolved, hashes, plan, source, first, l
         log(f"{out}: already {'complete' if complete else 'done for this shard'}{shard}; nothing to do")
         return out
 
-    ranges = [cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo]
+    ranges = [block_range(b, graph.num_nodes, config.block_size) for b in todo]
     n_todo = sum(e - s for s, e in ranges)
     todo_rows = np.concatenate([np.arange(s, e) for s, e in ranges])
     n_llm = int((source[todo_rows] < 0).sum())
@@ -288,7 +291,7 @@ def _fill(config, out, graph, manifest, resolved, hashes, plan, source, first, l
         done += f": {n_todo - n_llm} rows reused from {config.reuse}, {n_llm} texts through the LLM ({_kinds(plan, todo_rows)}), {plan.dropped} dropped"
     done += (
         f"; LLM {n_llm / max(elapsed, 1e-9):.1f} texts/s, {real / max(elapsed, 1e-9):.0f} tokens/s;"
-        f" {real} LLM tokens, padding {1 - real / max(padded, 1):.1%}{peak_memory_text(device)}; cache {cache_format.disk_bytes(out) / 1e6:.1f} MB on disk; "
+        f" {real} LLM tokens, padding {1 - real / max(padded, 1):.1%}{peak_memory_text(device)}; cache {disk_bytes(out) / 1e6:.1f} MB on disk; "
     )
     log(done + ("complete" if complete else f"{writer.blocks_left} block(s) left for other shards"))
     return out

@@ -79,7 +79,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     # the bench's own folder (its cache and runs are reused or replaced); nothing else is
-    from stage1_encode.cache import is_cache
+    from stage1_encode.cache.manifest import is_cache
 
     if cfg.json_path:
         claim_bench(cfg.json_path, "train")

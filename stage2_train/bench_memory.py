@@ -180,7 +180,7 @@ def child(mode: str, cfg: MemoryBenchConfig) -> dict:
 
 def run_bench_memory(cfg: MemoryBenchConfig) -> dict:
     """Both modes, each in a child process; prints and returns the comparison."""
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     cfg.validate()
     if cfg.json_path:

@@ -23,7 +23,8 @@ SETTINGS = ("model", "weights_sha256", "layers", "max_length", "pooling", "compu
 
 def identity_of(cache: str | Path) -> dict:
     """The identity of the cache at ``cache`` now: settings and content digest."""
-    from stage1_encode.cache import content_digest, read_manifest
+    from stage1_encode.cache.blocks import content_digest
+    from stage1_encode.cache.manifest import read_manifest
 
     manifest = read_manifest(cache)
     return {**{k: manifest.get(k) for k in SETTINGS}, "digest": content_digest(cache, manifest)}

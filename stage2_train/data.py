@@ -24,7 +24,7 @@ import torch
 from pipeline.core.errors import InputError
 from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.parsers import parse_random_split
-from stage1_encode.cache import memory_budget
+from stage1_encode.cache.reader import memory_budget
 
 
 
@@ -45,7 +45,7 @@ class TrainData:
 
 def open_train_data(cache_path: Path, rungs: tuple[int, ...] | None, layer: int | None, arch: str) -> TrainData:
     """Open and check the cache: complete, made from its graph, holding the requested rungs."""
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     reader = open_cache(cache_path)
     reader.check_complete()
@@ -161,6 +161,6 @@ class LiveFeatures:
             idx = order[a : a + self.group_size]
             states = self.stepper.encode_batch([texts[j] for j in idx], self.data.layers, self.pooling, self.max_length)
             out[idx] = states.float().cpu()
-        from stage1_encode.cache import round_like_storage
+        from stage1_encode.cache.quantize import round_like_storage
 
         return round_like_storage(out, self.storage_dtype)[inverse]  # as the cache gives them back

@@ -35,7 +35,7 @@ def finetune_spec(config: TrainConfig, manifest: dict, num_classes: int) -> dict
 def run_finetune(config: TrainConfig) -> dict:
     """Train ``config.arch`` on the cache's graph and write ``config.out``; returns the summary."""
     from pipeline.core.graph import load_graph
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
     from stage2_train import cache_binding
     from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, load_warm_start, split_cost, warm_start_weights

@@ -48,7 +48,7 @@ import torch
 
 from pipeline.core.errors import InputError
 from pipeline.core.parsers import format_size
-from stage1_encode.cache import DENSE_CHUNK_ROWS, memory_budget
+from stage1_encode.cache.reader import DENSE_CHUNK_ROWS, memory_budget
 from stage2_train.sampling import SubgraphBatch
 from stage2_train.step_memory import MicroBatch, StepCost, select_graphs, split_batch, step_limit
 

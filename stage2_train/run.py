@@ -117,7 +117,7 @@ def measure_backward(model, features, sampler, targets: np.ndarray, labels: np.n
 def train_inputs(config: TrainConfig) -> list:
     """What training reads, which ``--out`` must not be, contain or lie inside: the cache and,
     when its manifest names a graph folder, that folder."""
-    from stage1_encode.cache import read_manifest
+    from stage1_encode.cache.manifest import read_manifest
 
     inputs = [config.cache] + ([config.init] if config.init is not None else [])  # --init is read too
     try:

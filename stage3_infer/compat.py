@@ -16,7 +16,7 @@ import torch
 
 from pipeline.core.errors import InputError
 from pipeline.core.progress import warn
-from stage1_encode.cache import memory_budget
+from stage1_encode.cache.reader import memory_budget
 
 def manifest_model(manifest: dict) -> str:
     """The model a cache was encoded with (the manifest's ``model``, as ``pipeline encode`` writes it)."""
@@ -67,7 +67,7 @@ def check_cache(ckpt, graph) -> "CacheRows | None":
     A cache that exists but was encoded differently from the checkpoint's manifest (other
     model, weights or layers) is refused rather than silently mixed with fresh states.
     """
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     path = Path(ckpt.cache_path)
     if not path.exists():

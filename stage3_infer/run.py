@@ -116,7 +116,7 @@ def predict(session: Session, targets: np.ndarray, policy: ExitPolicy, show_prog
 
     ``collect``: with policy ``none``, receives each batch's logits (S, B, C).
     """
-    from stage1_encode.cache import round_like_storage
+    from stage1_encode.cache.quantize import round_like_storage
     from stage3_infer.early_exit import BatchSources, climb
     from stage3_infer.llm_runner import TextRunner
 

@@ -81,7 +81,8 @@ def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
 
 def ids_of(since: Path) -> np.ndarray:
     """Node ids an earlier version covered: those of an encode cache, or of the cache a training run read."""
-    from stage1_encode.cache import MANIFEST_FILE, open_cache
+    from stage1_encode.cache.manifest import MANIFEST_FILE
+    from stage1_encode.cache.reader import open_cache
     from stage2_train.checkpoint import SUMMARY, read_run
 
     since = Path(since)

@@ -132,7 +132,7 @@ def test_train_overwrite_never_deletes_a_users_folder_or_its_own_cache(cli, sb):
 def test_encode_overwrite_never_deletes_a_folder_that_merely_holds_a_manifest(cli, sb):
     mine = sb / "mine"
     mine.mkdir()
-    (mine / "manifest.json").write_text(json.dumps({"format": "engine-encode-cache/1"}))
+    (mine / "manifest.json").write_text(json.dumps({"format": "engine-encode-cache", "format_version": 1}))
     (mine / "data.csv").write_text("1,2,3")
     before = snapshot(sb)
     refused(cli("encode", sb / "graph", "--out", mine, *ENCODE, "--overwrite"),
@@ -145,7 +145,8 @@ def test_encode_overwrite_never_deletes_a_folder_that_merely_holds_a_manifest(cl
 
 # ------------------------------------------------------------------ 4. cache integrity
 def test_a_missing_chunk_is_refused_reported_and_repaired(cli, sb):
-    from stage1_encode.cache import completion_command, open_cache
+    from stage1_encode.cache.manifest import completion_command
+    from stage1_encode.cache.reader import open_cache
 
     original = open_cache(sb / "cache.zarr").read().copy()
     lost = chunk(sb, 1)
@@ -168,7 +169,7 @@ def test_a_missing_chunk_is_refused_reported_and_repaired(cli, sb):
 
 
 def test_a_truncated_chunk_is_not_called_complete(cli, sb):
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     original = open_cache(sb / "cache.zarr").read().copy()
     with open(chunk(sb, 2), "r+b") as f:
@@ -182,7 +183,7 @@ def test_a_truncated_chunk_is_not_called_complete(cli, sb):
 
 def test_readers_refuse_a_truncated_chunk_rather_than_read_zeros(sb):
     from pipeline.core.errors import InputError
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     reader = open_cache(sb / "cache.zarr")
     with open(chunk(sb, 0), "r+b") as f:
@@ -410,13 +411,23 @@ def test_an_unwritable_place_is_refused_before_any_work(cli, sb, monkeypatch):
     assert snapshot(sb) == before
 
 
+def test_a_cache_without_its_marker_is_read_but_never_replaced(cli, sb):
+    """The ownership marker alone proves a cache is the pipeline's own: without it the cache is
+    still read, but neither resumed nor replaced."""
+    (sb / "cache.zarr" / MARKER).unlink()
+    before = snapshot(sb)
+    refused(cli("encode", sb / "graph", "--out", sb / "cache.zarr", *ENCODE, "--overwrite"),
+            f"--out {sb / 'cache.zarr'}: exists and was not written by `pipeline encode` (no {MARKER} marking it a cache); "
+            f"choose a new or empty folder {UNCHANGED}")
+    assert snapshot(sb) == before
+    assert cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL).exit_code == 0
+
+
 def test_outputs_of_earlier_versions_are_recognised_by_their_own_files(cli, sb):
-    """No marker (written before it existed): a cache with its manifest AND Zarr layout, a run
-    with its description, summary and weights, are still the pipeline's own."""
-    for folder in ("cache.zarr", "run", "pred"):
+    """No marker (written before it existed): a run with its description, summary and weights,
+    and predictions, are still the pipeline's own."""
+    for folder in ("run", "pred"):
         (sb / folder / MARKER).unlink()
-    again = cli("encode", sb / "graph", "--out", sb / "cache.zarr", *ENCODE)
-    assert again.exit_code == 0 and "already complete" in again.stderr
     assert cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL).exit_code == 0
     assert (sb / "run" / MARKER).is_file()  # the replacement carries the marker
     assert cli("infer", "--checkpoint", sb / "run", "--out", sb / "pred", "--max-targets", "2", "--overwrite").exit_code == 0

@@ -16,11 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cache_helpers import small_manifest
 
 from pipeline.core.bench_json import read_bench
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.graph import load_graph
-from stage1_encode.cache import CacheWriter, open_cache, status_text
+from stage1_encode.cache.manifest import text_hashes
+from stage1_encode.cache.reader import open_cache
+from stage1_encode.cache.status import status_text
+from stage1_encode.cache.writer import CacheWriter
 from stage1_encode.config import EncodeConfig
 from stage1_encode.run import run
 
@@ -119,7 +123,8 @@ def test_killed_then_resumed_is_bit_identical(tiny_graph: Path, storage: str, re
     assert f"--storage-dtype {storage} --block-size 8" in err.value.message
     # a writer killed inside a chunk write leaves Zarr's temporary file beside the chunk:
     # plant one in the last (unfinished) block's chunks; the resumed encode removes it
-    from stage1_encode.cache import chunk_file, read_manifest, scales_chunk_file
+    from stage1_encode.cache.geometry import chunk_file, scales_chunk_file
+    from stage1_encode.cache.manifest import read_manifest
 
     last_chunk = (N - 1) // int(read_manifest(out)["chunk_nodes"])
     for f in [chunk_file(out, last_chunk)] + ([scales_chunk_file(out, last_chunk)] if storage == "int8" else []):
@@ -209,11 +214,8 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_graph: Path, tmp_path: Path) 
 
 
 def test_non_finite_values_name_the_node(tmp_path: Path) -> None:
-    manifest = {
-        "format": "engine-encode-cache/1", "model": "m", "layers": [0, 3], "num_nodes": 10, "hidden_size": 4,
-        "chunk_nodes": 8, "block_nodes": 8, "storage_dtype": "float16", "num_shards": 1,
-    }
-    writer = CacheWriter.create_or_open(tmp_path / "c.zarr", manifest, np.arange(100, 110), {})
+    manifest = small_manifest(layers=[0, 3], num_nodes=10, hidden_size=4, block_nodes=8, storage_dtype="float16")
+    writer = CacheWriter.create_or_open(tmp_path / "c.zarr", manifest, np.arange(100, 110), {}, text_hashes(["t"] * 10))
     values = np.zeros((8, 2, 4), dtype=np.float32)
     values[5, 1, 2] = 1e6  # overflows float16
     with pytest.raises(PipelineError, match=r"node 105: non-finite value in LLM state 3 as float16; rerun with --storage-dtype float32"):
@@ -224,7 +226,7 @@ def test_non_finite_values_name_the_node(tmp_path: Path) -> None:
 def test_bench_cache_manifest_is_encodes(clean_cache: Path, tiny_graph: Path) -> None:
     """The bench's temporary cache gets the manifest ``pipeline encode`` writes (no model run here)."""
     from stage1_encode.bench import temp_cache_manifest
-    from stage1_encode.cache import read_manifest
+    from stage1_encode.cache.manifest import read_manifest
 
     written = read_manifest(clean_cache)
     enc = EncodeConfig(str(tiny_graph), model="minilm-l6", max_length=16, block_size=8, batch_tokens=64)

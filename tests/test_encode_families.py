@@ -269,7 +269,7 @@ def tiny_granite(tmp_path_factory) -> Path:
 
 def test_encode_records_its_self_check_and_equals_the_forward(tiny_granite, cli, cora_graph, tmp_path) -> None:
     from pipeline.core.graph import load_graph
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
     from stage1_encode.models import load_model, resolve_model
 
     graph = cora_graph(20)

@@ -1,6 +1,7 @@
 """``pipeline encode --reuse``: an incremental encode equals a full encode of the new graph bit
 for bit (added, edited and removed nodes, rows shifted across block boundaries, shards, a
-SIGKILL and resume); other settings and older caches are refused; the old cache is only read.
+SIGKILL and resume); other settings, other format versions and damaged caches are refused; the old cache
+is only read.
 
 Real MiniLM on Cora texts cut to 2-10 words, so token counts differ within every block.
 """
@@ -93,7 +94,7 @@ def assert_same_cache(got: Path, want: Path, skip: tuple[str, ...] = ()) -> None
     """Every file but the value chunks (and ``skip``) byte for byte; values within one storage
     step (one float16 spacing, or for int8 the row's scale) plus float32 noise: a value near
     zero rounds at a finer float16 spacing than the noise of the sums that made it."""
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     files_got, files_want = tree(got), tree(want)
     assert files_got.keys() == files_want.keys()
@@ -111,7 +112,7 @@ def assert_same_cache(got: Path, want: Path, skip: tuple[str, ...] = ()) -> None
 
 def assert_copied_rows(out: Path, old: Path, new_graph: Path) -> None:
     """Rows of texts the old cache holds unchanged are its rows, byte for byte."""
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     old_reader = open_cache(old)
     row_of = {i: r for r, i in enumerate(old_reader.node_ids.tolist())}
@@ -198,7 +199,7 @@ def test_killed_reuse_encode_resumes(versions, caches, tmp_path) -> None:
     assert_copied_rows(out, old_cache, new)
 
 
-def test_other_settings_and_old_caches_refused(versions, caches, tmp_path, cli) -> None:
+def test_other_settings_and_damaged_caches_refused(versions, caches, tmp_path, cli) -> None:
     _, new = versions
     old_cache, _ = caches
     out = tmp_path / "new.zarr"
@@ -220,15 +221,15 @@ def test_other_settings_and_old_caches_refused(versions, caches, tmp_path, cli) 
         (tmp_path / "nope").mkdir()
         encode_here(new, out, reuse=tmp_path / "nope")
 
-    older = tmp_path / "older.zarr"  # a cache from before text hashes
-    shutil.copytree(old_cache, older)
-    shutil.rmtree(older / "text_hashes")
-    with pytest.raises(InputError, match="the cache has no per-node text hashes .* encode this graph once without --reuse"):
-        encode_here(new, out, reuse=older)
-    manifest = json.loads((older / "manifest.json").read_text())  # and before by-length batching
-    del manifest["batching"]
-    (older / "manifest.json").write_text(json.dumps(manifest))
-    shutil.copytree(old_cache / "text_hashes", older / "text_hashes")
-    with pytest.raises(InputError, match=r"\(batching of an older version: encode once without --reuse\): .* has batching 'padded', this run 'by-length'"):
-        encode_here(new, out, reuse=older)
+    damaged = tmp_path / "damaged.zarr"  # its text hashes lost
+    shutil.copytree(old_cache, damaged)
+    shutil.rmtree(damaged / "text_hashes")
+    with pytest.raises(InputError) as err:
+        encode_here(new, out, reuse=damaged)
+    assert err.value.message.startswith(f"--reuse {damaged}: the text_hashes array is missing or unreadable; rebuild it with `pipeline encode ")
+    shutil.copytree(old_cache / "text_hashes", damaged / "text_hashes")
+    manifest = json.loads((damaged / "manifest.json").read_text())  # another format version
+    (damaged / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(InputError, match=rf"--reuse {re.escape(str(damaged / 'manifest.json'))}: format_version 2, this pipeline reads cache format version 1; re-encode"):
+        encode_here(new, out, reuse=damaged)
     assert not out.exists()

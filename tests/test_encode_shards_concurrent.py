@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cache_helpers import small_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 NODES, BLOCK, SHARDS, KILLED = 72, 8, 3, 1  # 9 blocks, 3 per shard; shard 1 is killed
@@ -75,7 +76,7 @@ def stored(cache: Path) -> tuple[bytes, np.ndarray, dict]:
     """(states as raw bytes, node ids, identity fields of the manifest)."""
     import zarr
 
-    from stage1_encode.cache import IDENTITY_KEYS, read_manifest
+    from stage1_encode.cache.manifest import IDENTITY_KEYS, read_manifest
 
     group = zarr.open_group(str(cache), mode="r")
     manifest = read_manifest(cache)
@@ -194,7 +195,7 @@ def test_completion_command_keeps_batch_tokens() -> None:
     """The batching changes the last bit of some values (measured: 56 of 43,008 fp16 values
     of 16 Cora texts at --max-length 256, --batch-tokens 256 vs 4096), so the command that
     `--status` prints to complete a shard must repeat the cache's --batch-tokens."""
-    from stage1_encode.cache import completion_command
+    from stage1_encode.cache.manifest import completion_command
 
     manifest = {"graph_source": "g", "model": "minilm-l6", "layers": [0, 6], "max_length": 32, "pooling": "mean",
                 "compute_dtype": "float32", "storage_dtype": "float16", "block_nodes": 8, "num_shards": 3, "batch_tokens": 256}
@@ -204,13 +205,13 @@ def test_completion_command_keeps_batch_tokens() -> None:
 def test_creation_does_not_delete_another_creators_temp_folder(tmp_path: Path) -> None:
     """Pods of a Kubernetes indexed job (and tasks on different hosts) often have the same
     PID; a creator must not delete another's in-progress temp folder (nor rename it)."""
-    from stage1_encode.cache import FORMAT, CacheWriter
+    from stage1_encode.cache.manifest import text_hashes
+    from stage1_encode.cache.writer import CacheWriter
 
     out = tmp_path / "c.zarr"
     other = tmp_path / f".c.zarr.tmp-{os.getpid()}"  # another host's creator, same PID
     other.mkdir()
     (other / "in-progress").write_text("")
-    manifest = {"format": FORMAT, "num_nodes": 16, "layers": [0, 1], "hidden_size": 4, "chunk_nodes": 8, "block_nodes": 8,
-                "storage_dtype": "float16", "num_shards": 2}
-    CacheWriter.create_or_open(out, manifest, np.arange(16), {})
+    manifest = small_manifest(layers=[0, 1], num_nodes=16, hidden_size=4, block_nodes=8, storage_dtype="float16", num_shards=2)
+    CacheWriter.create_or_open(out, manifest, np.arange(16), {}, text_hashes(["t"] * 16))
     assert (other / "in-progress").exists()

@@ -34,7 +34,7 @@ def _config(cache: Path, out: Path, arch: str, **kw):
 
 def _classifier_and_texts(cache: Path, arch: str, cfg):
     from pipeline.core.graph import load_graph
-    from stage1_encode.cache import read_manifest
+    from stage1_encode.cache.manifest import read_manifest
     from stage2_train.finetune_loop import TextBatches
     from stage2_train.finetune_model import build_classifier
     from stage2_train.finetune_run import finetune_spec
@@ -184,7 +184,7 @@ def test_infer_full_depth_and_early_exit_refused(lora_run, tmp_path, cli):
 
 
 def test_export_encode_equals_adapted_forward(lora_run, slice_cache, tmp_path):
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
     from stage1_encode.config import EncodeConfig
     from stage1_encode.run import run as encode
     from stage2_train.checkpoint import load_checkpoint
@@ -286,7 +286,7 @@ def _config_cache(cache: Path, out: Path, arch: str):
 def test_encode_time_recorded_and_unknown_for_old_caches(slice_cache, tmp_path):
     import shutil
 
-    from stage1_encode.cache import encode_seconds
+    from stage1_encode.cache.blocks import encode_seconds
     from stage2_train.ledger import PeakMemory, ledger
 
     _, cache = slice_cache

@@ -349,7 +349,7 @@ def test_reuse_of_an_unfinished_cache_reencodes_its_unfinished_blocks(nights, tm
                  "--batch-tokens", "128", "--storage-dtype", "float32", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "in blocks it never finished" in plain(result.output), result.output
-    from stage1_encode.cache import open_cache
+    from stage1_encode.cache.reader import open_cache
 
     a, b = open_cache(new), open_cache(v1_cache)
     a.check_complete()

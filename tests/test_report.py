@@ -40,16 +40,17 @@ ALL_FIGURES = {
 
 # --------------------------------------------------------------------- artifacts, as the stages write them
 def make_cache(path: Path, num_nodes=40, layers=(0, 2, 4, 6), hidden=8, complete=True):
-    from stage1_encode.cache import CacheWriter, FORMAT, num_blocks, block_range
-    CHUNK_NODES = 8
-    manifest = {
-        "format": FORMAT, "model": "minilm-l6", "weights_sha256": "ab" * 32, "tokenizer": "bert",
-        "max_length": 128, "pooling": "mean", "layers": list(layers), "compute_dtype": "float32",
-        "storage_dtype": "float16", "graph_fingerprint": "f" * 64, "graph_source": "cora", "num_nodes": num_nodes,
-        "hidden_size": hidden, "chunk_nodes": CHUNK_NODES, "block_nodes": 16, "num_shards": 1,
-    }
+    from stage1_encode.cache.geometry import block_range, num_blocks
+    from stage1_encode.cache.manifest import new_manifest, text_hashes
+    from stage1_encode.cache.writer import CacheWriter
+    manifest = new_manifest(
+        model="minilm-l6", model_path="minilm-l6", weights_sha256="ab" * 32, tokenizer="bert", max_length=128,
+        pooling="mean", layers=list(layers), compute_dtype="float32", storage_dtype="float16", graph_source="cora",
+        graph_fingerprint="f" * 64, num_nodes=num_nodes, hidden_size=hidden, block_nodes=16, num_shards=1,
+        batch_tokens=4096, backend="hf",
+    )
     ids = np.arange(num_nodes)
-    w = CacheWriter.create_or_open(path, manifest, ids, {"graph": "cora"})
+    w = CacheWriter.create_or_open(path, manifest, ids, {"graph": "cora"}, text_hashes([str(i) for i in ids]))
     rng = np.random.default_rng(0)
     blocks = range(num_blocks(num_nodes, 16)) if complete else [0]
     for b in blocks:

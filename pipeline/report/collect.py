@@ -89,7 +89,8 @@ def dataset_name(source) -> str:
 
 
 def read_cache(folder: Path) -> CacheInfo:
-    from stage1_encode.cache import disk_bytes, open_cache
+    from stage1_encode.cache.geometry import disk_bytes
+    from stage1_encode.cache.reader import open_cache
 
     reader = open_cache(folder)
     total = reader.num_blocks
@@ -116,7 +117,7 @@ def read_infer(folder: Path) -> InferRun:
 
 def _walk(root: Path):
     """Yield (folder, file names) under ``root``; skips hidden/temporary folders and cache internals."""
-    from stage1_encode.cache import CACHE_MARKS
+    from stage1_encode.cache.manifest import CACHE_MARKS
 
     for folder, dirs, files in os.walk(root):
         names = set(files)
@@ -129,7 +130,7 @@ def _walk(root: Path):
 
 def collect(roots: list[Path]) -> Collected:
     """Everything found under ``roots``; unreadable pieces are listed in ``problems``."""
-    from stage1_encode.cache import CACHE_MARKS
+    from stage1_encode.cache.manifest import CACHE_MARKS
     from stage2_train.checkpoint import RUN_MARKS
     from stage3_infer.predictions import PREDICTIONS_FILE
 

@@ -87,7 +87,7 @@ def _missing(found: Collected, doc: Document) -> None:
 
 
 def _completion(c) -> str:
-    from stage1_encode.cache import completion_command
+    from stage1_encode.cache.manifest import completion_command
 
     try:
         return completion_command(c.manifest, c.path)
