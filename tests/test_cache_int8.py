@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from stage1_encode.cache.quantize import dequantize_int8, quantize_int8, round_like_storage, stored_bytes_per_node
-
 from stage1_encode.cache.reader import open_cache
 
 NODES = 120
