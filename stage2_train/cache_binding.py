@@ -1,7 +1,7 @@
 """A run is bound to the cache it read: the identity recorded at train time, checked on reuse.
 
 ``pipeline train`` records ``checkpoint.json["cache_identity"]``: the cache's settings and its
-content digest (:func:`stage1_encode.cache.content_digest`: settings, node ids and the digest of
+content digest (:func:`stage1_encode.cache.blocks.content_digest`: settings, node ids and the digest of
 every block's stored bytes, read from the block marks, so computing it costs one small file
 read per block). Infer (and ``bench infer``) refuse a cache whose identity differs from the
 recorded one, naming what changed, rather than mix states the ladder was not trained on with

@@ -33,7 +33,7 @@ class TrainData:
     """The cache, its graph and the rung positions (into the cache's S axis) used."""
 
     cache_path: Path
-    reader: object  # stage1_encode.cache.CacheReader
+    reader: object  # stage1_encode.cache.reader.CacheReader
     graph: TextGraph
     layers: list[int]  # LLM state index of each used rung
     positions: list[int]  # their positions in the cache's rung axis

@@ -188,7 +188,7 @@ def test_multi_gpu_script_one_process_per_gpu(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- stage-1 bugs found
-# Both were in stage1_encode/cache.py; these tests keep them fixed.
+# Both were in the cache writer (stage1_encode/cache/); these tests keep them fixed.
 
 
 def test_completion_command_keeps_batch_tokens() -> None:
