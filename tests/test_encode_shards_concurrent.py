@@ -198,7 +198,7 @@ def test_completion_command_keeps_batch_tokens() -> None:
     from stage1_encode.cache.manifest import completion_command
 
     manifest = {"graph_source": "g", "model": "minilm-l6", "layers": [0, 6], "max_length": 32, "pooling": "mean",
-                "compute_dtype": "float32", "storage_dtype": "float16", "block_nodes": 8, "num_shards": 3, "batch_tokens": 256}
+                "compute_dtype": "float32", "storage_dtype": "float16", "block_nodes": 8, "num_shards": 3, "batch_tokens": 256, "backend": "hf"}
     assert "--batch-tokens 256" in completion_command(manifest, "c.zarr", 1)
 
 

@@ -283,7 +283,7 @@ def _config_cache(cache: Path, out: Path, arch: str):
     return TrainConfig(cache, out, arch=arch, epochs=3, num_threads=1)
 
 
-def test_encode_time_recorded_and_unknown_for_old_caches(slice_cache, tmp_path):
+def test_encode_time_recorded_unknown_for_untimed_blocks_and_marks_versioned(slice_cache, tmp_path):
     import shutil
 
     from stage1_encode.cache.blocks import encode_seconds
@@ -293,11 +293,17 @@ def test_encode_time_recorded_and_unknown_for_old_caches(slice_cache, tmp_path):
     marks = sorted((cache / "blocks").glob("*.done"))
     total = sum(json.loads(m.read_text())["seconds"] for m in marks)
     assert json.loads((cache / "manifest.json").read_text())["encode_s"] == total > 0
-    old = tmp_path / "old.zarr"
-    shutil.copytree(cache, old)
-    mark = sorted((old / "blocks").glob("*.done"))[0]
-    mark.write_text(json.dumps({"nodes": json.loads(mark.read_text())["nodes"]}) + "\n")
-    assert encode_seconds(old) is None
+    untimed = tmp_path / "untimed.zarr"
+    shutil.copytree(cache, untimed)
+    mark = sorted((untimed / "blocks").glob("*.done"))[0]
+    nodes = json.loads(mark.read_text())["nodes"]
+    mark.write_text(json.dumps({"format_version": 1, "nodes": nodes}) + "\n")
+    assert encode_seconds(untimed) is None
+    mark.write_text(json.dumps({"nodes": nodes}) + "\n")  # a mark of no known format version
+    with pytest.raises(InputError) as err:
+        encode_seconds(untimed)
+    assert err.value.message == (f"{mark}: no format_version, this pipeline reads cache format version 1; "
+                                 f"re-encode the cache with `pipeline encode GRAPH --out {untimed} --overwrite`")
     cost = ledger([{"train_s": 2.0, "epoch_s": 1.0, "epochs_run": 2}], 10, 10, PeakMemory(), {}, reads_cache=True)
     assert cost["encode_s"] is None and cost["total_s"] is None  # unknown, never 0
 
