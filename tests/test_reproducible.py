@@ -211,3 +211,18 @@ def test_packing_flags_need_no_batch_invariant(ladder_run, cli, tmp_path):
             "add --no-batch-invariant or drop --batch-size") in result.output
     assert not (tmp_path / "p").exists()
     assert cli("infer", "--checkpoint", run_dir, "--out", tmp_path / "p", "--batch-size", "4", "--no-batch-invariant").exit_code == 0
+
+
+def test_deterministic_flag_gives_the_same_weights_on_cpu_and_restores_torch(cora_cache, tmp_path):
+    from stage2_train.config import TrainConfig
+    from stage2_train.run import run as train
+
+    _, cache = cora_cache(NODES, max_length=32, block_size=16)
+    weights = []
+    for name, deterministic in (("plain", False), ("det", True)):
+        train(TrainConfig(cache=cache, out=tmp_path / name, seeds=(0,), epochs=3, batch_size=8, hidden_channels=16, lr=3e-3,
+                          deterministic=deterministic))
+        weights.append((tmp_path / name / "seed_0" / "model.safetensors").read_bytes())
+        assert not torch.are_deterministic_algorithms_enabled()  # the process's setting is given back
+    assert weights[0] == weights[1]  # CPU kernels are deterministic already
+    assert json.loads((tmp_path / "det" / "train_config.json").read_text())["deterministic"] is True
