@@ -16,7 +16,8 @@ from stage1_encode.cli import bench_encode_command, encode_command
 from stage2_train.cli import bench_train_command, bench_train_memory_command, export_command, train_command
 from stage3_infer.cli import bench_infer_command, infer_command
 
-EXIT_CODES_HELP = "Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running."
+EXIT_CODES_HELP = ("Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running; "
+                   "3 `encode --status` / `infer --status`: the work is incomplete.")
 
 app = typer.Typer(
     name="pipeline",
@@ -41,8 +42,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no log lines (warnings, errors and results are still printed)."),
 ) -> None:
-    pass
+    from pipeline.core.progress import set_quiet
+
+    set_quiet(quiet)
 
 
 bench_app = typer.Typer(help="Side-by-side benchmarks that print measured ratios. " + EXIT_CODES_HELP, no_args_is_help=True)

@@ -159,6 +159,9 @@ def run(config: MainJobConfig) -> Path:
     )
     # every check that needs no earlier step's output, before the first write
     encode_cfg.validate()
+    from pipeline.report.run import check_matplotlib
+
+    check_matplotlib()  # the report is the last step: refuse before hours of work, not after
     from stage1_encode.models import check_max_length, resolve_model
 
     spec = resolve_model(config.model)

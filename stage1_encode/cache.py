@@ -11,7 +11,9 @@ Layout of ``CACHE_DIR`` (a Zarr v3 group plus two JSON files and a marker folder
     node_ids/             (N,) the user's node ids (int64 or string), in graph order
     text_hashes/          (N, 16) uint8: BLAKE2b-128 of each node's UTF-8 text, in graph order
                           (what ``pipeline encode --reuse`` compares; absent in older caches)
-    manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``)
+    manifest.json         what makes the cache reproducible (see ``IDENTITY_KEYS``), and
+                          ``self_check``: the first texts' deviation from the model's own
+                          forward (stage1_encode/self_check.py)
     encode_config.json    the resolved ``pipeline encode`` config that created it
     blocks/000012.done    completion mark of node block 12 (written after its data): its node
                           range, the digest of the bytes it stored (``content_digest``)
@@ -396,6 +398,16 @@ class CacheWriter:
                 if f.parent.is_dir():
                     for orphan in f.parent.glob(f"{f.name}.*.partial"):
                         orphan.unlink(missing_ok=True)
+
+    def record_self_check(self, record: dict | None) -> None:
+        """Keep a resumed run's self-check (stage1_encode/self_check.py) in a manifest that has none
+        (a cache created before the check existed); the creating run's record is kept otherwise."""
+        m = read_manifest(self.path)
+        if record is None or "self_check" in m:
+            return
+        m["self_check"] = record
+        atomic.write_json(self.path / MANIFEST_FILE, m)
+        self.manifest = m
 
     def finish(self) -> bool:
         """Record the completed ranges (and, once complete, the encode time) in the manifest;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import EXIT_INCOMPLETE, InputError
 from pipeline.core.options import command
 from stage1_encode.bench import BenchConfig
 from stage1_encode.config import EncodeConfig
@@ -18,8 +18,10 @@ def _encode(config: EncodeConfig) -> None:
     if config.status is not None:
         from stage1_encode.cache import status_text
 
-        text, _ = status_text(config.status)
+        text, complete = status_text(config.status)
         typer.echo(text)
+        if not complete:  # schedulers chain on the exit status, not the text
+            raise typer.Exit(EXIT_INCOMPLETE)
         return
     if config.graph is None:
         raise InputError("missing GRAPH: give a built-in dataset (cora, citeseer) or a graph folder, or --status CACHE_DIR")
@@ -40,7 +42,7 @@ encode_command = command(EncodeConfig, _encode, """Encode every node text with a
     (N, S, H) float16 array with a manifest. Work is committed in node blocks: a killed run
     resumes where it stopped, shards (--num-shards/--shard-id) fill one cache together, and
     re-running a finished encode is a quick no-op. `pipeline encode --status CACHE_DIR`
-    reports completion. `--reuse OLD_CACHE` updates a cache for a grown or edited graph: the
+    reports completion: exit 0 complete, 3 incomplete. `--reuse OLD_CACHE` updates a cache for a grown or edited graph: the
     result is the cache a full encode of GRAPH gives (rows the LLM computes again may differ
     from it by one storage step: the same text in a batch of another size can round differently).
     """)

@@ -209,10 +209,24 @@ def rebuild_model_hint(spec: ModelSpec) -> str:
     return f"restore the model folder {spec.path} (e.g. download it again)"
 
 
+# config.json keys of the same setting across families (GPT-2: n_layer, n_embd, n_positions;
+# DistilBERT: n_layers, dim): the first is the name the rest of the pipeline reads.
+CONFIG_ALIASES = {
+    "num_hidden_layers": ("n_layer", "n_layers"),
+    "hidden_size": ("n_embd", "dim"),
+    "max_position_embeddings": ("n_positions",),
+}
+
+
 def model_config(spec: ModelSpec) -> dict:
-    """The model's ``config.json`` (the text model's part for multimodal configs), guarded."""
+    """The model's ``config.json`` (the text model's part for multimodal configs), guarded,
+    with ``CONFIG_ALIASES`` read under their common names."""
     cfg = guarded.read_json(Path(spec.path) / "config.json", rebuild_model_hint(spec))
     cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    for key, aliases in CONFIG_ALIASES.items():
+        alias = next((a for a in aliases if a in cfg), None)
+        if key not in cfg and alias is not None:
+            cfg[key] = cfg[alias]
     guarded.require(cfg, ("num_hidden_layers", "hidden_size"), Path(spec.path) / "config.json", rebuild_model_hint(spec))
     return cfg
 

@@ -28,6 +28,7 @@ from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress, warn
 from stage1_encode import cache as cache_format
 from stage1_encode.config import EncodeConfig, default_out
+from stage1_encode.families import check_supported
 from stage1_encode.layers import parse_layers
 from stage1_encode.models import ModelSpec, check_max_length, check_weights, model_config, resolve_model, weights_hash
 
@@ -123,17 +124,21 @@ def encode_block(stepper, texts: list[str], layers: list[int], config: EncodeCon
 
 
 class Encoder:
-    """The loaded model of one backend: ``encode(texts, layers, config, on_batch)`` and ``close()``."""
+    """The loaded model of one backend: ``encode(texts, layers, config, on_batch)``, ``close()``,
+    and ``self_check``: the record of its check against the model's own forward (or None)."""
 
-    def __init__(self, encode, close=lambda: None) -> None:
-        self.encode, self.close = encode, close
+    def __init__(self, encode, close=lambda: None, self_check: dict | None = None) -> None:
+        self.encode, self.close, self.self_check = encode, close, self_check
 
 
-def make_encoder(config: EncodeConfig, spec: ModelSpec, device: str, dtype: str) -> Encoder:
-    """Load the model on the chosen backend (a damaged model folder is refused here)."""
+def make_encoder(config: EncodeConfig, spec: ModelSpec, device: str, dtype: str, layers: list[int], check_texts: list[str]) -> Encoder:
+    """Load the model on the chosen backend and check it on ``check_texts`` against the model's
+    own forward (stage1_encode/self_check.py); a damaged model folder, or a deviating one, is
+    refused here, before anything is written."""
     import torch
 
     from stage1_encode.models import load_model
+    from stage1_encode.self_check import check_stepper
     from stage1_encode.stepping import LayerStepper
 
     if device == "cpu" and dtype == "float32":
@@ -141,9 +146,30 @@ def make_encoder(config: EncodeConfig, spec: ModelSpec, device: str, dtype: str)
     if config.backend == "vllm":
         from stage1_encode import vllm_backend
 
-        engine = vllm_backend.VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
-        return Encoder(functools.partial(vllm_backend.encode_block, engine), engine.close)
-    return Encoder(functools.partial(encode_block, LayerStepper(load_model(spec, device, getattr(torch, dtype)))))
+        engine, record = vllm_backend.checked_encoder(spec, config, layers, check_texts, device, dtype)
+        encoder = Encoder(functools.partial(vllm_backend.encode_block, engine), engine.close, record)
+    else:
+        stepper = LayerStepper(load_model(spec, device, getattr(torch, dtype)))
+        record = check_stepper(stepper, check_texts, layers, config.pooling, config.max_length)
+        encoder = Encoder(functools.partial(encode_block, stepper), self_check=record)
+    if record is not None:
+        log(f"self-check: {record['texts']} texts match the model's own forward to {record['max_rel_deviation']:.1e} relative "
+            f"(tolerance {record['tolerance']:.0e}; {record['seconds']:.1f}s)")
+    return encoder
+
+
+def check_texts(graph: TextGraph, source: np.ndarray, config: EncodeConfig) -> list[str]:
+    """The first texts this shard sends to the LLM (``source`` (N,) < 0), for the self-check."""
+    from stage1_encode.self_check import first_texts
+
+    n_blocks = cache_format.num_blocks(graph.num_nodes, config.block_size)
+    rows: list[int] = []
+    for b in cache_format.shard_blocks(n_blocks, config.num_shards, config.shard_id):
+        lo, hi = cache_format.block_range(b, graph.num_nodes, config.block_size)
+        rows.extend((lo + np.flatnonzero(source[lo:hi] < 0)).tolist()[: 32 - len(rows)])
+        if len(rows) >= 32:
+            break
+    return first_texts(graph.texts, rows)
 
 
 def run(config: EncodeConfig) -> Path:
@@ -155,6 +181,7 @@ def run(config: EncodeConfig) -> Path:
     config.validate()
     graph = load_graph(config.graph)
     spec = resolve_model(config.model, config.trust_remote_code)
+    check_supported(spec)  # a family the stepping is not checked for is refused by name, listing those it is
     if config.backend == "vllm":
         from stage1_encode.vllm_backend import check_architecture
 
@@ -177,10 +204,15 @@ def run(config: EncodeConfig) -> Path:
     inputs = [graph_folder(graph), spec.path] + ([Path(config.reuse)] if config.reuse is not None else [])
     exists = cache_format.claim(out, config.overwrite, inputs=inputs)
     resolved = flag_values(replace(config, out=out, layers=",".join(map(str, layers)), dtype=dtype, device=device))
-    # a new cache is created only once the model has loaded (a damaged model leaves nothing behind)
-    encoder = None if exists else make_encoder(config, spec, device, dtype)
+    source = plan.source if plan is not None else np.full(graph.num_nodes, -1, dtype=np.int64)  # (N,) row of --reuse, -1 = LLM
+    first = check_texts(graph, source, config)
+    # a new cache is created only once the model has loaded and passed its self-check (a damaged
+    # or deviating model leaves nothing behind); the manifest records the check
+    encoder = None if exists else make_encoder(config, spec, device, dtype, layers, first)
+    if encoder is not None and encoder.self_check is not None:
+        manifest["self_check"] = encoder.self_check
     try:
-        return _fill(config, out, graph, manifest, resolved, hashes, plan, layers, hidden, spec, device, dtype, encoder)
+        return _fill(config, out, graph, manifest, resolved, hashes, plan, source, first, layers, hidden, spec, device, dtype, encoder)
     except Exception as err:
         from pipeline.core.errors import disk_full
 
@@ -190,8 +222,9 @@ def run(config: EncodeConfig) -> Path:
         raise
 
 
-def _fill(config, out, graph, manifest, resolved, hashes, plan, layers, hidden, spec, device, dtype, encoder) -> Path:
-    """Create or open the cache and encode (or copy) the blocks this shard still lacks."""
+def _fill(config, out, graph, manifest, resolved, hashes, plan, source, first, layers, hidden, spec, device, dtype, encoder) -> Path:
+    """Create or open the cache and encode (or copy) the blocks this shard still lacks; ``source`` (N,): each
+    row's row in the --reuse cache, -1 for the LLM; ``first``: the self-check's texts."""
     writer = cache_format.CacheWriter.create_or_open(out, manifest, graph.node_ids, resolved, config.overwrite, hashes=hashes)
 
     mine = cache_format.shard_blocks(writer.n_blocks, config.num_shards, config.shard_id)
@@ -209,9 +242,10 @@ def _fill(config, out, graph, manifest, resolved, hashes, plan, layers, hidden, 
     ranges = [cache_format.block_range(b, graph.num_nodes, config.block_size) for b in todo]
     n_todo = sum(e - s for s, e in ranges)
     todo_rows = np.concatenate([np.arange(s, e) for s, e in ranges])
-    source = plan.source if plan is not None else np.full(graph.num_nodes, -1, dtype=np.int64)  # (N,) row of --reuse, -1 = LLM
     n_llm = int((source[todo_rows] < 0).sum())
-    encoder = encoder or make_encoder(config, spec, device, dtype)
+    if encoder is None:  # resuming: checked before its first block is written
+        encoder = make_encoder(config, spec, device, dtype, layers, first)
+        writer.record_self_check(encoder.self_check)
     encode = encoder.encode
     from pipeline.core.devices import peak_memory_text, reset_peak_memory
 

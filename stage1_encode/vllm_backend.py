@@ -16,7 +16,8 @@ vLLM's other route, the ``extract_hidden_states`` speculative method with a KV c
 writes every token's states to disk (T x S x H per text) and leaves pooling and the final
 norm to us: far more I/O for the same numbers, so it is not used.
 These are vLLM internals: the version is pinned (``TESTED_VLLM_VERSIONS``), an unknown
-one gets a warning, and ``tests/test_encode_vllm.py`` checks equality with the HF path.
+one gets a warning, ``tests/test_encode_vllm.py`` checks equality with the HF path, and every
+encode checks its first texts against the HF model's own forward (:func:`checked_encoder`).
 
 Shapes: B texts, S selected states, H hidden size.
 """
@@ -215,6 +216,44 @@ class VllmEncoder:
                 shutdown()
             del llm
         gc.collect()
+
+
+def checked_encoder(spec: ModelSpec, config: Any, layers: list[int], texts: list[str], device: str, dtype: str) -> tuple[VllmEncoder, dict | None]:
+    """Start the engine and check it on the first of ``texts`` against the HF model's own forward
+    (stage1_encode/self_check.py): returns (engine, the manifest's record), or InputError with the
+    engine closed. The HF reference is computed and freed before the engine starts, so only one
+    copy of the model is in memory at a time. ``config`` needs ``max_length``, ``pooling``, ``batch_tokens``."""
+    import gc
+
+    import torch
+
+    from stage1_encode.models import load_model
+    from stage1_encode.self_check import check_batch, judge, reference_states
+    from stage1_encode.stepping import LayerStepper
+
+    start = time.perf_counter()
+    stepper = LayerStepper(load_model(spec, device, getattr(torch, dtype)))
+    what, batch = stepper.describe(), check_batch(stepper, texts, config.max_length)
+    ref = ids = None
+    if batch is not None:
+        ref = reference_states(stepper, batch, layers, config.pooling).cpu()  # (B, S, H)
+        ids = [row[:n] for row, n in zip(batch.input_ids.tolist(), batch.lengths.tolist())]  # unpadded: vLLM packs prompts
+    del stepper, batch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    reference_s = time.perf_counter() - start
+    engine = VllmEncoder(spec, config.max_length, dtype, max_num_batched_tokens=max(config.batch_tokens, config.max_length))
+    if ref is None:
+        return engine, None
+    start = time.perf_counter()
+    try:
+        ours = engine.encode_ids(ids, layers, config.pooling)  # (B, S, H)
+        record = judge(what, spec.name, ours, ref, layers, config.pooling, "vllm", engine.dtype, reference_s + time.perf_counter() - start)
+    except BaseException:
+        engine.close()
+        raise
+    return engine, record
 
 
 def encode_block(encoder: VllmEncoder, texts: list[str], layers: list[int], config: Any, on_batch: Any) -> tuple[Any, int, int]:

@@ -27,7 +27,7 @@ OPTION_KINDS: dict[str, tuple[str, ...]] = {
     "layer": ("gnn",),  # the one cached state a baseline reads
     # a side network over cached states, fed by the graph sampler, in or out of core, on torchrun ranks
     **dict.fromkeys(("hidden_channels", "num_layers", "standardize", "sampler", "hops", "fanout", "num_walks", "walk_length",
-                     "restart_p", "memory_budget", "dist_timeout"), CACHE_KINDS),
+                     "restart_p", "memory_budget", "dist_timeout", "state_every"), CACHE_KINDS),
 }
 
 # TrainConfig field -> the samplers (TrainConfig.resolved_sampler) that read it
@@ -39,7 +39,7 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
 # InferConfig field -> the arch kinds of the checkpoint it acts on (infer runs ladder and fine-tuning runs)
 INFER_OPTION_KINDS: dict[str, tuple[str, ...]] = {
     # the ladder's layer-by-layer climb: LLM micro-batches by tokens, cached neighbours, the LLM loaded anew
-    **dict.fromkeys(("batch_tokens", "cache_neighbours", "model", "dtype", "allow_dtype_mismatch"), ("ladder",)),
+    **dict.fromkeys(("batch_tokens", "cache_neighbours", "model", "dtype", "allow_dtype_mismatch", "shard"), ("ladder",)),
 }
 
 

@@ -24,6 +24,9 @@ Every file but ``cost.json`` is a function of the command, its inputs and the th
 same command gives the same bytes (``docs/design.md``, "Reproducibility"). ``read_run`` merges
 ``cost.json`` back into the summary it returns, so readers see one summary.
 
+While training, the resumable state lives next to the run, in ``RUN_DIR.resume/``
+(:mod:`stage2_train.resume`), and is deleted once the run is in place.
+
 ``read_run(RUN_DIR)`` reads the JSON files (the report uses it); ``load_checkpoint(RUN_DIR)`` rebuilds the model of the seed chosen on validation
 (``summary["default_seed"]``), or of ``seed=``; ``pipeline infer`` needs nothing else.
 ``warm_start_weights(RUN_DIR, ...)`` gives ``pipeline train --init RUN_DIR`` its starting weights.

@@ -161,6 +161,10 @@ class TrainConfig:
         "Default: 8 GiB or half the available memory, whichever is less.",
         parse=parse_size, metavar="SIZE",
     )
+    state_every: float = option(
+        60.0, "Seconds between writes of the resumable state (RUN.resume/, also written after every seed) within a seed; "
+        "0: after every epoch. Running the same command again continues from it.", metavar="SECONDS",
+    )
     init: Path | None = option(
         None, "Warm start: begin every seed from the weights of this earlier run (same --arch, --hidden-channels, --gnn, "
         "--num-layers, rungs, classes and LLM; else refused naming what differs), e.g. last night's run on a grown graph.",
@@ -271,6 +275,7 @@ class TrainConfig:
         errs.check(self.num_walks > 0 and self.walk_length > 0, "--num-walks/--walk-length: must be > 0")
         errs.check(self.num_threads is None or self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")
         errs.check(self.max_batches is None or self.max_batches > 0, f"--max-batches {self.max_batches}: must be > 0")
+        errs.check(self.state_every >= 0, f"--state-every {self.state_every}: must be >= 0 seconds")
         errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
         errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
         errs.check(self.memory_budget is None or not self.no_cache, "--memory-budget is for training from the cache, not --no-cache")

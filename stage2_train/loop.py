@@ -276,6 +276,7 @@ def train_seed(
     tracker=None,
     group=None,
     layers: list[int] | None = None,
+    state=None,
 ) -> SeedResult:
     """Train one model; ``on_epoch`` receives each epoch's metrics (the JSONL line).
 
@@ -285,7 +286,12 @@ def train_seed(
     ``group``: the ranks of a ``torchrun`` job (:class:`stage2_train.distributed.Group`; None:
     this process alone). Each rank trains and evaluates on its share of ``split``, gradients
     and counts are summed over ranks, so every rank returns the same result.
+
+    ``state``: the run's :class:`stage2_train.resume.TrainState`; given, the seed continues
+    where it was last saved and is saved after epochs (``--state-every``).
     """
+    from stage2_train.resume import Progress, kill_point
+
     from pipeline.core.devices import resolve_device
     from stage2_train.distributed import Group
 
@@ -304,21 +310,29 @@ def train_seed(
     val_set = make_eval_set(sampler, mine["val"], labels, cfg.eval_batch_size)
     size = len(split["train"]) if sampler.mode == "full" else cfg.batch_size
     best_val, best_epoch, best_state, wait, epoch_times = -1.0, 0, None, 0, []
-    for epoch in range(1, cfg.epochs + 1):
+    saved = state.progress(seed, model, opt, gen, device) if state is not None else None
+    if saved is not None:  # continue after the last saved epoch, RNG streams as they were then
+        best_val, best_epoch, best_state, wait, epoch_times = saved.best_val, saved.best_epoch, saved.best_state, saved.wait, saved.epoch_times
+        if tracker is not None:
+            tracker.advance(saved.epoch)
+    first = saved.epoch + 1 if saved is not None else 1  # a state is never saved after the last epoch: one runs at least
+    for epoch in range(first, cfg.epochs + 1):
         model.train()
         t0, loss_sum, n_seen = time.perf_counter(), 0.0, 0
         if group.world_size == 1 and features.orders_batches:  # out of core: chunk-grouped batches, read-ahead
             opt.zero_grad(set_to_none=True)
             with contextlib.closing(epoch_batches(features, sampler, mine["train"], size, gen, cfg.max_batches)) as epoch_iter:
-                for piece in epoch_iter:
+                for k, piece in enumerate(epoch_iter):
                     loss = accumulate_step(model, opt, piece, labels, weights, device)
                     loss_sum, n_seen = loss_sum + loss * len(piece.targets), n_seen + len(piece.targets)
+                    kill_point(f"seed {seed} epoch {epoch} batch {k + 1}")
         else:
             for k, b in enumerate(group.batches(mine["train"], len(split["train"]), size, gen)):
                 if cfg.max_batches is not None and k >= cfg.max_batches:
                     break
                 loss = group.train_step(model, opt, features, sampler, b, labels, weights, gen, device)
                 loss_sum, n_seen = loss_sum + loss * len(b), n_seen + len(b)
+                kill_point(f"seed {seed} epoch {epoch} batch {k + 1}")
         epoch_times.append(time.perf_counter() - t0)
         loss_sum, n_seen = group.sum([loss_sum, n_seen])
         val = evaluate(model, features, val_set, device, group)
@@ -334,6 +348,8 @@ def train_seed(
             wait += 1
         if group.end_epoch(wait >= cfg.patience):
             break
+        if state is not None and epoch < cfg.epochs:
+            state.save_epoch(seed, model, opt, gen, device, Progress(epoch, best_val, best_epoch, wait, epoch_times, best_state))
     model.load_state_dict(best_state)  # restore the best-validation epoch
     train_set = make_eval_set(sampler, mine["train"], labels, cfg.eval_batch_size)
     test_set = make_eval_set(sampler, mine["test"], labels, cfg.eval_batch_size) if len(split["test"]) else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.options import flag_values
 from pipeline.core.progress import log, warn
 from stage2_train.config import TrainConfig
@@ -131,6 +131,21 @@ def train_inputs(config: TrainConfig) -> list:
     return inputs + ([folder] if folder is not None else [])
 
 
+def refuse_budget_under_torchrun(config: TrainConfig) -> None:
+    """``--memory-budget`` with several ``torchrun`` ranks: refused before any work. A rank keeps
+    the cache rows its share's subgraphs reach in memory (stage2_train/distributed.py); its
+    out-of-core reader is the one-process path only, so a budget there would not be honoured."""
+    from stage2_train.distributed import world_from_env
+
+    world = world_from_env()[0]
+    if config.memory_budget is not None and world > 1:
+        raise InputError(
+            f"--memory-budget: not supported under torchrun ({world} ranks): each rank holds in memory the cache rows "
+            "its share of the targets reaches within --hops (rank 0 logs how many); drop --memory-budget and add ranks "
+            "to shrink each rank's share, or train out of core in one process (without torchrun)"
+        )
+
+
 def run(config: TrainConfig) -> dict:
     """Train one model per seed from the cache (or the live LLM) and write ``config.out``.
 
@@ -143,7 +158,15 @@ def run(config: TrainConfig) -> dict:
     from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()  # resolves --device: cpu, cuda or, under torchrun, cuda:LOCAL_RANK (saved so)
+    refuse_budget_under_torchrun(config)
     from stage2_train.checkpoint import claim
+    from stage2_train.distributed import world_from_env
+    from stage2_train.resume import finished_leftover
+
+    world, rank, _ = world_from_env()
+    if config.arch not in FINETUNE_ARCHS and (done := finished_leftover(config.out, flag_values(config), config.seeds, world, rank == 0)):
+        log(f"{config.out}: already complete (it was stopped after writing it, before deleting its resumable state); nothing to do")
+        return done
 
     claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
     threads = torch.get_num_threads()
@@ -176,10 +199,29 @@ def run(config: TrainConfig) -> dict:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
+def open_state(config: TrainConfig, group):
+    """The run's :class:`stage2_train.resume.TrainState`, continuing ``RUN.resume`` when there is one
+    (every rank reads it; under torchrun they check they read the same one)."""
+    from stage2_train.distributed import Group, gather_stats
+    from stage2_train.resume import TrainState
+
+    t0 = time.perf_counter()
+    state = TrainState(config.out, flag_values(config), group or Group(), config.state_every).load()
+    if group is not None and len({int(w) for (w,) in gather_stats(group, [state.writes])}) > 1:
+        raise PipelineError(f"{state.folder}: the ranks read different states (is it on a file system every rank sees?)")
+    if state.writes:
+        finished = sorted(int(s) for s in state.data["finished"])
+        current = state.data["current"]
+        log(f"resuming from {state.folder} (read in {time.perf_counter() - t0:.2f}s): seeds {finished} finished"
+            + (f", seed {current['seed']} continues after epoch {current['epoch']}" if current else ""))
+    return state
+
+
 def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train import cache_binding
     from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, build_model, split_cost
+    from stage2_train.resume import kill_point
     from stage2_train.data import LiveFeatures, open_train_data, resolve_split
     from stage2_train.distributed import NoWriter, ShardFeatures, load_share
     from stage2_train.out_of_core import describe_mode, open_features
@@ -192,6 +234,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from pipeline.core.progress import progress
 
     # --- setup
+    state = open_state(config, group)  # refuses a state of other flags, or a damaged one, before any work
     memory = PeakMemory(config.device)
     bound = identity_of(config.cache)  # checked again before the run is written: an encode meanwhile is refused
     data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
@@ -214,9 +257,7 @@ def _run(config: TrainConfig, group=None) -> dict:
         warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
     elif group is not None:
         features = ShardFeatures(data)  # each rank reads only its share's rows, per seed below
-        feature_mode = {"mode": "rank-share", "memory_budget": config.memory_budget}
-        if config.memory_budget is not None:
-            warn("--memory-budget: not used under torchrun; each rank holds the rows of its share in memory")
+        feature_mode = {"mode": "rank-share"}  # --memory-budget is refused under torchrun (run)
     sampler = Sampler(
         graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout, hops=config.hops,
         num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,
@@ -250,14 +291,28 @@ def _run(config: TrainConfig, group=None) -> dict:
     }
     memory_limit = feature_mode.get("limit_bytes")
 
-    # --- loop, one model per seed
+    # --- loop, one model per seed; RUN.resume keeps what a rerun of the same command continues from
     reset_peak_memory(config.device)
-    results, sizes, costs, backward = [], {}, [], None
+    results, sizes, costs, backward = [], {}, [], state.backward_params
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
         writer.write_config(resolved, data.manifest, flag_values(config))
+        for line in state.metrics:
+            writer.append_metrics(line)
+
+        def on_epoch(line: dict) -> None:
+            writer.append_metrics(line)
+            state.add_metrics(line)
+
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}
+            if (done := state.finished(seed)) is not None:  # finished before the run was stopped: never redone
+                r, cost = done
+                writer.save_weights(seed, r.state_dict)
+                results.append(r)
+                costs.append(cost)
+                log(f"seed {seed}: finished before the run was interrupted (restored from {state.folder})")
+                continue
             if isinstance(features, ShardFeatures):
                 load_share(group, features, sampler, split, seed)
             seed_everything(seed)
@@ -266,12 +321,14 @@ def _run(config: TrainConfig, group=None) -> dict:
                 load_warm_start(model, warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed), config.init)
             t_seed = time.perf_counter()
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
-                r = train_seed(model, features, sampler, split, labels, config, seed, writer.append_metrics, tracker, group,
-                               layers=data.layers if config.arch == "ladder" else None)
+                r = train_seed(model, features, sampler, split, labels, config, seed, on_epoch, tracker, group,
+                               layers=data.layers if config.arch == "ladder" else None, state=state)
             costs.append({"train_s": time.perf_counter() - t_seed, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run})
             if backward is None and group is None:  # ranks hold only their share of the features
                 backward = measure_backward(model, features, sampler, split["train"][: config.batch_size], labels, config)
             writer.save_weights(seed, r.state_dict)
+            state.finish_seed(r, costs[-1], backward)
+            kill_point(f"after seed {seed}")
             results.append(r)
             log(
                 f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, "
@@ -285,14 +342,17 @@ def _run(config: TrainConfig, group=None) -> dict:
         summary = summarize(results, data.layers, config, sizes)
         for entry, cost in zip(summary["per_seed"], costs):
             entry["train_s"] = cost["train_s"]
-        summary["cost"] = ledger(costs, count_trainable(model), backward, memory, data.manifest, reads_cache=not config.no_cache,
-                                 max_batches=config.max_batches)
+        summary["cost"] = ledger(costs, count_trainable(build_model(spec)), backward, memory, data.manifest,
+                                 reads_cache=not config.no_cache, max_batches=config.max_batches)
         summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         summary["memory_limit_bytes"] = memory_limit
         writer.write_summary(*split_cost(summary))
         if not config.no_cache:
             cache_binding.check_unchanged(config.cache, bound, "training")
+        kill_point("commit")
         writer.commit()
+    kill_point("committed")
+    state.remove()
     log(summary_line(config, summary))
     return summary
 

@@ -111,6 +111,12 @@ class InferConfig:
         "(a batch job's new nodes).", metavar="SINCE",
     )
     overwrite: bool = overwrite_option("predictions")
+    shard: str | None = option(
+        None, "Predict part I of N (0-based) of the targets into OUT.parts/part-I-of-N/, e.g. --shard $SLURM_ARRAY_TASK_ID/16; "
+        "a finished part is skipped. Then --assemble joins the parts into OUT.", metavar="I/N",
+    )
+    status: bool = option(False, "List the parts of OUT done and missing, with the command for each missing one; exit 0 when all are done, 3 when not.")
+    assemble: bool = option(False, "Join the finished parts in OUT.parts/ into OUT (refused for parts of different checkpoints or graphs).")
 
     def __post_init__(self) -> None:
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
@@ -148,12 +154,19 @@ class InferConfig:
                                  ("--nodes", self.nodes if self.new_only else None)) if v is not None]
         errs.check(len(chosen) <= 1, f"{' and '.join(chosen)}: choose the targets one way")
         errs.check(self.new_only is None or self.new_only.is_dir(), f"--new-only {self.new_only}: no such cache or run folder")
+        if self.shard is not None:
+            from stage3_infer.parts import parse_shard
+
+            try:
+                parse_shard(self.shard)
+            except InputError as err:
+                errs.add(err.message)
         errs.raise_if_any()
         from pipeline.core.devices import resolve_device
         from stage3_infer.predictions import claim
 
         self.device = resolve_device(self.device)
-        claim(self.out, self.overwrite, inputs=self.inputs())
+        claim(self.out, self.overwrite or self.shard is not None, inputs=self.inputs())  # a part writes under OUT.parts/
         return self
 
     def inputs(self) -> list[Path]:

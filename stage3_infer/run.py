@@ -92,6 +92,9 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     check_weights(spec)
     stepper = LayerStepper(load_model(spec, device=device, dtype=getattr(torch, dtype)))
     check_model(spec, manifest, ckpt.layers, config.checkpoint, stepper=stepper)
+    from stage1_encode.self_check import check_stepper, first_texts
+
+    check_stepper(stepper, first_texts(g.graph.texts), list(ckpt.layers), manifest.get("pooling", "mean"), int(manifest.get("max_length", 256)))
 
     cached = None
     if config.cache_neighbours:
@@ -201,6 +204,10 @@ def run(config: InferConfig) -> dict:
         from stage3_infer.finetune_infer import run_finetune_infer
 
         return run_finetune_infer(config)
+    if config.shard is not None:  # every part of a job has the same flags: refused before the LLM loads
+        from stage3_infer.parts import parse_shard, start_part
+
+        start_part(config.out, flag_values(config), parse_shard(config.shard)[1])
     session = open_session(config, exit_spec=config.exit)  # a given --exit is checked before the LLM loads
     ckpt = session.checkpoint
     exit_spec, why = resolve_exit(config.exit, ckpt)
@@ -208,6 +215,16 @@ def run(config: InferConfig) -> dict:
     targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed, config.new_only)
     if config.max_targets is not None:
         targets = targets[: config.max_targets]
+    out = config.out
+    if config.shard is not None:  # part I of N: a contiguous slice of the targets, into OUT.parts/
+        from stage3_infer.parts import parse_shard, part_dir, part_slice
+        from stage3_infer.predictions import read_summary
+
+        i, n = parse_shard(config.shard)
+        out, targets = part_dir(config.out, i, n), targets[part_slice(len(targets), i, n)]
+        if (out / "summary.json").is_file():
+            log(f"infer: part {i}/{n} is done already ({out}); nothing to do")
+            return read_summary(out)
     if len(targets) == 0:  # a quiet night: an empty, valid predictions file
         log(f"infer: no target{no_targets_reason(config)}; writing an empty predictions file")
     log(f"infer: {len(targets)} target(s), rungs at LLM states {session.layers}, exit policy {policy}: {why}")
@@ -252,12 +269,12 @@ def run(config: InferConfig) -> dict:
         },
     )
     resolved = replace(config, device=session.device, dtype=session.compute_dtype, exit=exit_spec)  # what ran, replayable
-    write_outputs(config.out, preds, summary, config=flag_values(resolved), overwrite=config.overwrite)
+    write_outputs(out, preds, summary, config=flag_values(resolved), overwrite=config.overwrite and config.shard is None)
     acc, mean_exit = summary["accuracy"], summary["mean_exit_layer"]
     log(
         f"infer: {len(targets)} node(s) in {result.wall_time_s:.1f}s, "
         + (f"accuracy {100 * acc:.2f}%, " if acc is not None else "")
         + (f"mean exit layer {mean_exit:.1f}/{session.layers[-1]}, " if mean_exit is not None else "")
-        + f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth{peak_memory_text(session.device)} -> {config.out}"
+        + f"LLM layers run {100 * (summary['layer_fraction'] or 0):.1f}% of full depth{peak_memory_text(session.device)} -> {out}"
     )
     return summary

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.core.graph import load_graph
 from pipeline.graph_summary import connected_components
+from log_lines import untimed
 
 ROWS = [  # node_id, text, label, split
     ("p1", "Graph neural networks, a survey", "ml", "train"),
@@ -126,7 +127,7 @@ def test_import_column_flags_no_header_and_warnings(cli, tmp_path):
     out = tmp_path / "out"
     result = cli("datasets", "import", nodes, edges, out, "--id-col", "id", "--edges-format", "tsv", "--no-edges-header")
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines()[:2] == [
+    assert untimed(result.stderr)[:2] == [
         f"warning: {edges}: dropped 1 self-loop(s) at rows [1]",
         f"warning: {edges}: dropped 1 duplicate edge(s) (edges are undirected)",
     ]

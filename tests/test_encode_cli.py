@@ -63,7 +63,7 @@ def flat(text: str) -> str:
 
 def tree(path: Path) -> dict[str, bytes]:
     """Every file's bytes; the saved config differs only by its ``out`` path, and the block marks
-    and manifest only by the encode seconds they record (positive), so those are compared without them."""
+    and manifest only by the encode and self-check seconds they record (positive), so those are compared without them."""
     files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
     config = json.loads(files.pop("encode_config.json"))
     assert config.pop("out") == str(path)
@@ -72,6 +72,8 @@ def tree(path: Path) -> dict[str, bytes]:
         data = json.loads(files[name])
         seconds = data.pop("seconds" if name.startswith("blocks/") else "encode_s")
         assert seconds > 0, (name, seconds)
+        if name == "manifest.json":
+            assert data["self_check"].pop("seconds") > 0
         files[name] = json.dumps(data).encode()
     return files
 
@@ -147,6 +149,21 @@ def test_two_shards_fill_one_cache(tiny_graph: Path, clean_cache: Path, tmp_path
     assert complete and "blocks done 4/4 (8 nodes each)" in text
 
 
+def test_status_exit_codes(cli, clean_cache: Path, tmp_path: Path) -> None:
+    """Schedulers read the exit status: 0 complete, 3 (EXIT_INCOMPLETE) blocks missing, 2 no cache."""
+    import shutil
+
+    done = cli("encode", "--status", clean_cache)
+    assert done.exit_code == 0 and done.stdout.endswith("  complete\n"), done.output
+    partial = shutil.copytree(clean_cache, tmp_path / "partial.zarr")
+    sorted((partial / "blocks").glob("*.done"))[2].unlink()
+    missing = cli("encode", "--status", partial)
+    assert missing.exit_code == 3, missing.output
+    assert "blocks done 3/4 (8 nodes each)" in missing.stdout and "  complete\n" not in missing.stdout
+    absent = cli("encode", "--status", tmp_path / "absent.zarr")
+    assert absent.exit_code == 2 and str(tmp_path / "absent.zarr") in absent.output
+
+
 def test_reader(clean_cache: Path) -> None:
     reader = open_cache(clean_cache)
     assert reader.layers == [0, 1, 2, 3, 4, 5, 6] and reader.num_nodes == N and reader.hidden_size == 384
@@ -212,7 +229,7 @@ def test_bench_cache_manifest_is_encodes(clean_cache: Path, tiny_graph: Path) ->
     written = read_manifest(clean_cache)
     enc = EncodeConfig(str(tiny_graph), model="minilm-l6", max_length=16, block_size=8, batch_tokens=64)
     bench = temp_cache_manifest(enc, load_graph(str(tiny_graph)), 8, written["layers"], written["hidden_size"], "float32")
-    progress = {"completed_ranges", "encode_s"}  # what the writer records as blocks complete
+    progress = {"completed_ranges", "encode_s", "self_check"}  # what the writer records as blocks complete, and the run's self-check
     assert set(bench) == set(written) - progress
     assert {k: v for k, v in written.items() if k not in progress} == {**bench, "num_nodes": N}
 

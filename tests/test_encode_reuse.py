@@ -68,7 +68,8 @@ def encode_here(graph: Path, out: Path, **kw) -> Path:
 
 
 def tree(path: Path) -> dict[str, bytes]:
-    """Every file's bytes; the saved config is compared without its ``out`` and ``reuse`` paths."""
+    """Every file's bytes; the saved config is compared without its ``out`` and ``reuse`` paths,
+    the block marks and manifest without the seconds they record."""
     files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
     config = json.loads(files.pop("encode_config.json"))
     config.pop("out"), config.pop("reuse", None)  # flags only: absent when not given
@@ -78,6 +79,8 @@ def tree(path: Path) -> dict[str, bytes]:
         assert data.pop("seconds" if name.startswith("blocks/") else "encode_s") >= 0, name
         for measured in ("peak_bytes", "encode_peak_memory_bytes"):
             assert data.pop(measured, 0) >= 0, name
+        if name == "manifest.json" and "self_check" in data:  # and the seconds of its self-check
+            assert data["self_check"].pop("seconds") >= 0
         files[name] = json.dumps(data).encode()
     return files
 
@@ -167,6 +170,8 @@ def test_reuse_with_shards(versions, caches, tmp_path) -> None:
         encode_here(new, out, reuse=old_cache, num_shards=2, shard_id=shard)
     manifests = [json.loads((cache / "manifest.json").read_text()) for cache in (out, full)]
     assert manifests[0].pop("num_shards") == 2 and manifests[1].pop("num_shards") == 1
+    # the self-check of the run that created each cache: its first texts (here shard 1's) pass exactly
+    assert manifests[0].pop("self_check")["max_rel_deviation"] == manifests[1].pop("self_check")["max_rel_deviation"] == 0.0
     assert manifests[0].pop("encode_s") >= 0 and manifests[1].pop("encode_s") >= 0 and manifests[0] == manifests[1]
     assert_same_cache(out, full, skip=("manifest.json", "encode_config.json"))  # the manifest but for num_shards
     assert_copied_rows(out, old_cache, new)

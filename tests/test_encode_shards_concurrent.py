@@ -120,7 +120,7 @@ def test_three_concurrent_shards_one_killed_equal_one_process(cli, procs, tmp_pa
 
     # the array's status step fails on the incomplete cache, naming how to complete shard 1
     status = array_script("status", NUM_SHARDS=str(SHARDS), OUT=str(shared))
-    assert status.returncode == 1, status.stdout + status.stderr
+    assert status.returncode == 3, status.stdout + status.stderr  # EXIT_INCOMPLETE
     assert f"--block-size {BLOCK}" in status.stdout and f"--num-shards {SHARDS} --shard-id {KILLED}`" in status.stdout
 
     restarted = encode(str(graph), "--out", str(shared), *FLAGS, "--num-shards", str(SHARDS), "--shard-id", str(KILLED))

@@ -93,6 +93,25 @@ def test_vllm_rejects_bad_arguments(engines, cora_texts: list[str]) -> None:
         encoder.encode_batch(cora_texts[:1], [31], "mean")
 
 
+@pytest.mark.vllm
+def test_checked_encoder_records_its_deviation_from_the_hf_forward(smollm2, cora_texts: list[str]) -> None:
+    """`pipeline encode --backend vllm`'s self-check: the HF forward's states of the first texts
+    (computed, then freed, before the engine starts) against the engine's."""
+    require_vllm()
+    from types import SimpleNamespace
+
+    from stage1_encode.vllm_backend import checked_encoder
+
+    config = SimpleNamespace(max_length=MAX_LENGTH, pooling="mean", batch_tokens=1024)
+    engine, record = checked_encoder(smollm2, config, [0, 15, 30], cora_texts, "cpu", "float32")
+    try:
+        assert record["backend"] == "vllm" and record["compute_dtype"] == "float32" and record["tolerance"] == 1e-3
+        assert record["texts"] == len(cora_texts) and record["layers"] == [0, 15, 30] and record["worst_state"] in (0, 15, 30)
+        assert 0.0 <= record["max_rel_deviation"] <= 1e-3
+    finally:
+        engine.close()
+
+
 def test_bert_is_refused_naming_backend_hf() -> None:
     """Checked before vLLM is imported, so this runs in the main environment too."""
     spec = resolve_model("minilm-l6")

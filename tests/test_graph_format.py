@@ -12,6 +12,7 @@ import pytest
 from pipeline.core.errors import InputError
 from pipeline.core.graph import load_graph
 from pipeline.core.graph_format import graph_edges_table, read_graph_folder, read_new_nodes, write_graph_folder
+from log_lines import untimed
 
 NODES = {"node_id": [10, 20, 30], "text": ["a", "b", "c"]}
 EDGES = {"src": [10, 20], "dst": [20, 30]}
@@ -220,7 +221,7 @@ def test_self_loops_and_duplicates_dropped_with_warning(cli, write_graph):
     g = write_graph(NODES, {"src": [10, 20, 30, 20, 10], "dst": [20, 20, 30, 10, 20]})
     result = cli("datasets", "check", g)
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines() == [
+    assert untimed(result.stderr) == [
         f"warning: {g}/edges.parquet: dropped 2 self-loop(s) at rows [1, 2]",
         f"warning: {g}/edges.parquet: dropped 2 duplicate edge(s) (edges are undirected)",
     ]
@@ -309,7 +310,7 @@ def test_new_nodes_join_each_other_and_the_graph(tmp_path, write_graph, capsys, 
     assert new.ids.tolist() == [a, b] and list(new.texts) == ["u", "v"] and new.labels == ["c", None]
     # indices: the graph's 0..2, then the new nodes 3, 4; the graph's edge 0-1 kept, its repeat dropped
     assert new.edge_index.tolist() == [[0, 1, 2, 3, 4, 4], [1, 0, 4, 4, 2, 3]]
-    assert capsys.readouterr().err.splitlines() == [
+    assert untimed(capsys.readouterr().err) == [
         f"warning: {e}: dropped 1 self-loop(s) at rows [2]",
         f"warning: {e}: dropped 1 duplicate edge(s) (edges are undirected)",
     ]

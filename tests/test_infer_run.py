@@ -213,3 +213,32 @@ def test_bench_infer_json(trained, tmp_path, cli):
     assert table["none"]["speedup"] == 1.0 and table["none"]["layer_fraction"] == 1.0 and table["none"]["rel_drop"] == 0.0
     assert sum(row["chosen_on_val"] for row in table.values()) == 1
     assert "policy" in result.stdout and "patience:1" in result.stdout
+
+
+def test_a_model_whose_forward_the_stepping_misses_is_refused(trained, tmp_path, cli, monkeypatch):
+    """The self-check at session start (stage1_encode/self_check.py): the first texts' stepped
+    states against the model's own forward; here its forward reports state 3 scaled by 1.01."""
+    from stage1_encode import models
+
+    real_load = models.load_model
+
+    def load_with_another_forward(spec, device="cpu", dtype=None):
+        loaded = real_load(spec, device, dtype)
+
+        def scale_state_3(module, args, out):
+            if out.hidden_states is not None:
+                out.hidden_states = tuple(h * 1.01 if k == 3 else h for k, h in enumerate(out.hidden_states))
+            return out
+
+        loaded.model.register_forward_hook(scale_state_3)
+        return loaded
+
+    monkeypatch.setattr(models, "load_model", load_with_another_forward)
+    _, run_dir, _ = trained
+    err = _refused(cli, tmp_path / "out", "--checkpoint", run_dir)
+    assert err.startswith(
+        "Error: --model minilm-l6: BertModel (model_type bert) stepped layer by layer deviates from the model's own forward "
+        "at LLM state 3 (mean pooling of 8 texts): relative error 9.9"
+    )
+    assert err.endswith("tolerance 1e-04 for float32 on --backend hf; its states would be wrong, so nothing was written. "
+                        "This family's forward does something the stepping does not see; use another model.\n")

@@ -13,6 +13,7 @@ import pytest
 from pipeline.core.errors import InputError
 from pipeline.core.graph import graph_fingerprint, load_graph
 from stage3_infer.targets import add_new_nodes, select_targets
+from log_lines import untimed
 
 NODES = {"node_id": [10, 20, 30], "text": ["a", "b", "c"], "label": ["x", "y", None], "split": ["train", "train", "test"]}
 EDGES = {"src": [10, 20], "dst": [20, 30]}
@@ -37,7 +38,7 @@ def test_new_nodes_are_appended_and_labelled_by_the_checkpoint(tmp_path, write_g
     n, e = write_new(tmp_path, {"node_id": [40, 50, 60], "text": ["d", "e", "f"], "label": ["y", "z", None]},
                      {"src": [40, 40, 50], "dst": [50, 10, 40]})
     g = add_new_nodes(graph, n, e, ["x", "y"])
-    assert capsys.readouterr().err.splitlines() == [
+    assert untimed(capsys.readouterr().err) == [
         f"warning: {e}: dropped 1 duplicate edge(s) (edges are undirected)",
         f"warning: {n}: label(s) ['z'] are not classes of the checkpoint (x, y); those nodes count as unlabelled",
     ]

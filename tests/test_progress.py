@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 
 from pipeline.core import progress as progress_mod
+from log_lines import untimed
 
 
 class FakeClock:
@@ -28,7 +29,7 @@ def test_non_tty_prints_periodic_log_lines(monkeypatch):
         for step in range(10):
             clock.now += 3.0  # a log line at most every 10 s: after steps 4, 8 and at the end
             bar.advance(10, loss=0.5 + step)
-    lines = stream.getvalue().splitlines()
+    lines = untimed(stream.getvalue())  # each line starts with its ISO 8601 time
     assert lines == [
         "encode: 40/100 nodes (3.3 nodes/s, eta 18s) loss=3.5",
         "encode: 80/100 nodes (3.3 nodes/s, eta 6s) loss=7.5",
@@ -43,7 +44,7 @@ def test_log_and_warn_are_plain_single_lines(monkeypatch):
     long_path = "/very/long/path/" + "x" * 200 + "/edges.parquet"
     progress_mod.warn(f"{long_path}: dropped 2 self-loop(s) at rows [1, 2] [bold]")
     progress_mod.log("done [red]3[/red]")
-    assert stream.getvalue().splitlines() == [
+    assert untimed(stream.getvalue()) == [
         f"warning: {long_path}: dropped 2 self-loop(s) at rows [1, 2] [bold]",
         "done [red]3[/red]",
     ]
@@ -58,3 +59,27 @@ def test_tty_uses_a_bar(monkeypatch):
             bar.advance(1, acc=0.9)
     assert bar._progress is not None and bar.done == 3
     assert "train" in stream.getvalue() and "3/3" in stream.getvalue()
+
+
+def test_quiet_drops_progress_and_log_lines_but_not_warnings(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    progress_mod.set_quiet(True)  # what `pipeline --quiet COMMAND` does
+    try:
+        with progress_mod.progress(total=2, description="encode", unit="nodes", log_every_s=0.0) as bar:
+            bar.advance(2)
+        progress_mod.log("done")
+        progress_mod.warn("kept")
+    finally:
+        progress_mod.set_quiet(False)
+    assert untimed(stream.getvalue()) == ["warning: kept"]
+    progress_mod.log("heard again")
+    assert untimed(stream.getvalue())[-1] == "heard again"
+
+
+def test_tty_lines_carry_no_time_stamp(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(progress_mod, "is_interactive", lambda: True)
+    monkeypatch.setattr(progress_mod, "console", Console(file=stream, width=120))
+    progress_mod.log("plain")
+    assert stream.getvalue() == "plain\n"

@@ -65,7 +65,11 @@ def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_pa
     (tmp_path / "two").mkdir()
     (tmp_path / "dead").mkdir()
     two, dead = tmp_path / "two" / "run", tmp_path / "dead" / "run"
-    jobs = {"two": torchrun(cache, two), "dead": torchrun(cache, dead, "--dist-timeout", "20", PIPELINE_TEST_KILL_RANK="1")}
+    (tmp_path / "killed").mkdir()
+    killed = tmp_path / "killed" / "run"
+    jobs = {"two": torchrun(cache, two), "dead": torchrun(cache, dead, "--dist-timeout", "20", PIPELINE_TEST_KILL_RANK="1"),
+            # both ranks SIGKILLed after the step of epoch 4 (preempted); the state is written after every epoch
+            "killed": torchrun(cache, killed, "--state-every", "0", PIPELINE_TEST_KILL_AT="seed 0 epoch 4 batch 1")}
     t0 = time.monotonic()
     one = tmp_path / "one"
     res = cli("train", cache, "--out", one, *FLAGS)  # the 1-process run, meanwhile
@@ -117,6 +121,19 @@ def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_pa
     assert "rank      : 1 (local_rank: 1)" in logs["dead"]  # torchrun's root cause names the dead rank
     assert list(dead.parent.iterdir()) == []
 
+    # --- the preempted job: the same command again resumes (rank 0 wrote, both ranks restore) and ends as "two"
+    assert jobs["killed"].returncode != 0, logs["killed"]
+    assert json.loads((tmp_path / "killed" / "run.resume" / "state.json").read_text())["current"]["epoch"] == 3
+    resumed = torchrun(cache, killed, "--state-every", "0")
+    log = resumed.communicate(timeout=240)[0]
+    assert resumed.returncode == 0, log
+    assert "resuming from" in log and "seed 0 continues after epoch 3" in log
+    assert sorted(p.name for p in killed.parent.iterdir()) == ["run"]
+    untimed = lambda s: {k: v for k, v in s.items() if k not in ("epoch_s_mean", "per_seed", "cost")}  # noqa: E731
+    s3 = json.loads((killed / "summary.json").read_text())
+    assert untimed(s3) == untimed(s2) and s3["per_seed"][0]["test_acc_heads"] == s2["per_seed"][0]["test_acc_heads"]
+    assert (killed / "seed_0/model.safetensors").read_bytes() == (two / "seed_0/model.safetensors").read_bytes()
+
 
 def test_shares_are_disjoint_and_every_rank_steps_alike():
     import numpy as np
@@ -158,3 +175,12 @@ def test_rows_needed_are_the_nodes_of_the_ego_subgraphs(cache):
         assert rows.tolist() == torch.unique(sampler.sample(targets).nodes).tolist()
         assert len(rows) < NODES
     assert rows_needed(Sampler(graph.edge_index, graph.num_nodes, mode="full"), targets).tolist() == list(range(NODES))
+
+
+def test_memory_budget_under_torchrun_is_refused(cache, tmp_path, cli, monkeypatch):
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():  # what torchrun sets
+        monkeypatch.setenv(name, value)
+    res = cli("train", cache, "--out", tmp_path / "run", *FLAGS, "--memory-budget", "1MiB")
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("Error: --memory-budget: not supported under torchrun (2 ranks): each rank holds in memory")
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,8 @@
 """Errors that end a command with a clear message and a documented exit status.
 
 Exit statuses (documented in ``pipeline --help``):
-  0 success, 2 bad input or usage (nothing written), 1 failure while running.
+  0 success, 2 bad input or usage (nothing written), 1 failure while running,
+  3 a ``--status`` query (encode, infer) found the work incomplete.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+EXIT_INCOMPLETE = 3  # a status query: the work is not finished yet (schedulers read this, not the text)
 
 
 class PipelineError(_ClickException):

@@ -1,7 +1,9 @@
 """Progress and logging for long work: a rich bar on a terminal, periodic log lines otherwise.
 
 Batch jobs (cron, SLURM) have no TTY; redrawn bars would fill their logs with control
-codes, so there the same progress is printed as one line every ``log_every_s`` seconds.
+codes, so there the same progress is printed as one line every ``log_every_s`` seconds, and
+every log and warning line starts with its local time in ISO 8601 (``2026-12-07T04:30:12+00:00``).
+``pipeline --quiet`` (:func:`set_quiet`) drops progress and log lines; warnings and errors stay.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Iterator
 
 from rich.console import Console
@@ -23,6 +26,18 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """``pipeline --quiet``: no progress and no log lines; warnings and errors are still printed."""
+    global _quiet
+    _quiet = quiet
+
+
+def stamp() -> str:
+    """What starts a line without a TTY: the local time, ISO 8601 to the second, and a space."""
+    return "" if is_interactive() else datetime.now().astimezone().isoformat(timespec="seconds") + " "
 
 
 def log(message: str) -> None:
@@ -31,11 +46,12 @@ def log(message: str) -> None:
     Never wrapped (batch logs keep one message a line) and never read as rich markup
     (messages quote user values, paths and ``[rows]``).
     """
-    console.print(escape(message), highlight=False, soft_wrap=True)
+    if not _quiet:
+        console.print(stamp() + escape(message), highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"{stamp()}[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def is_interactive() -> bool:
@@ -81,7 +97,7 @@ class ProgressTracker:
 def progress(total: int, description: str, unit: str = "items", log_every_s: float = 10.0) -> Iterator[ProgressTracker]:
     """Context manager yielding a :class:`ProgressTracker` (bar on a TTY, log lines otherwise)."""
     tracker = ProgressTracker(total, description, unit, log_every_s)
-    if not is_interactive():
+    if not is_interactive() or _quiet:  # quiet: log() drops the tracker's lines
         yield tracker
         return
     columns = (

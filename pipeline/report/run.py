@@ -60,11 +60,11 @@ def is_report_folder(path: Path) -> bool:
         p.is_file() and (p.name in (REPORT_FILE, FLAGS_FILE) or p.suffix == ".png") for p in path.iterdir())
 
 
-def _check_matplotlib() -> None:
+def check_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise PipelineError("the report needs matplotlib: pip install 'engine-pipeline[report]' (or pip install matplotlib)") from None
+        raise PipelineError("the report needs matplotlib: pip install matplotlib (a dependency of engine-pipeline: reinstall it)") from None
 
 
 def run(config: ReportConfig) -> Path:
@@ -74,7 +74,7 @@ def run(config: ReportConfig) -> Path:
 
     # --- setup
     config.validate()
-    _check_matplotlib()
+    check_matplotlib()
     found = collect(config.run_dirs)
     if found.empty:
         where = ", ".join(str(p) for p in config.run_dirs)

@@ -14,7 +14,7 @@
 #   sbatch --array=0-15%MAX_PARALLEL $SBATCH_ARGS scripts/slurm/encode_array.sh task
 #   sbatch --dependency=afterany:<array job> scripts/slurm/encode_array.sh status
 #
-# The status job exits 0 only when every block is done; chain training on it with
+# The status job exits 0 only when every block is done (3 when blocks are missing); chain training on it with
 # `sbatch --dependency=afterok:<status job> ...`. When tasks failed or were preempted, submit
 # again (the same command, or only the shards the status job names: ARRAY=3,7): finished
 # blocks are skipped, so a rerun only does what is missing and the cache ends bit-identical.
@@ -72,10 +72,9 @@ task)
     ;;
 status)
     activate
-    report=$("$PIPELINE" encode --status "$OUT")
-    echo "$report"
-    # `--status` prints the missing shards and the exact commands that complete them
-    grep -qx "  complete" <<<"$report"
+    # `--status` prints the missing shards and the exact commands that complete them; it exits
+    # 0 when the cache is complete, 3 when it is not (2: no readable cache)
+    exec "$PIPELINE" encode --status "$OUT"
     ;;
 *)
     echo "usage: $0 [submit|task|status]   (see the comments at the top)" >&2
