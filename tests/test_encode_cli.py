@@ -63,7 +63,8 @@ def flat(text: str) -> str:
 
 def tree(path: Path) -> dict[str, bytes]:
     """Every file's bytes; the saved config differs only by its ``out`` path, and the block marks
-    and manifest only by the encode and self-check seconds they record (positive), so those are compared without them."""
+    and manifest only by the encode and self-check seconds and the peak memory they record (measured, positive), so
+    those are compared without them."""
     files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
     config = json.loads(files.pop("encode_config.json"))
     assert config.pop("out") == str(path)
@@ -72,6 +73,8 @@ def tree(path: Path) -> dict[str, bytes]:
         data = json.loads(files[name])
         seconds = data.pop("seconds" if name.startswith("blocks/") else "encode_s")
         assert seconds > 0, (name, seconds)
+        peak = data.pop("peak_bytes" if name.startswith("blocks/") else "encode_peak_memory_bytes")
+        assert peak > 0, (name, peak)
         if name == "manifest.json":
             assert data["self_check"].pop("seconds") > 0
         files[name] = json.dumps(data).encode()
@@ -229,7 +232,7 @@ def test_bench_cache_manifest_is_encodes(clean_cache: Path, tiny_graph: Path) ->
     written = read_manifest(clean_cache)
     enc = EncodeConfig(str(tiny_graph), model="minilm-l6", max_length=16, block_size=8, batch_tokens=64)
     bench = temp_cache_manifest(enc, load_graph(str(tiny_graph)), 8, written["layers"], written["hidden_size"], "float32")
-    progress = {"completed_ranges", "encode_s", "self_check"}  # what the writer records as blocks complete, and the run's self-check
+    progress = {"completed_ranges", "encode_s", "encode_peak_memory_bytes", "self_check"}  # what the writer records as blocks complete, and the run's self-check
     assert set(bench) == set(written) - progress
     assert {k: v for k, v in written.items() if k not in progress} == {**bench, "num_nodes": N}
 
