@@ -87,8 +87,10 @@ def test_rung_activation_and_norm_are_saved_and_rebuilt(small):
     assert (config["rung_activation"], config["rung_norm"]) == ("elu", "none")
     assert (config["model"]["rung_activation"], config["model"]["rung_norm"]) == ("elu", "none")
     model = load_checkpoint(root / "elu").model
-    kinds = {type(m) for m in model.modules()}
-    assert nn.ELU in kinds and nn.ReLU not in kinds and nn.LayerNorm not in kinds
+    rungs = {type(m) for g in model.gnns for m in g.modules()}  # the convolutions: ELU, no norm
+    projections = {type(m) for p in model.proj for m in p.modules()}  # the projection: LayerNorm and ReLU, as the authors'
+    assert nn.ELU in rungs and nn.ReLU not in rungs and nn.LayerNorm not in rungs
+    assert nn.LayerNorm in projections and nn.ReLU in projections and nn.ELU not in projections
     with pytest.raises(InputError, match=r"--rung-norm: .* has rung_norm 'none', this run 'layer'"):
         run(_cfg(small, "elu_warm", rungs=(0, 6), depth="full", init=root / "elu"))
     # a run written before these options existed used ReLU and LayerNorm: it still loads and warm-starts
