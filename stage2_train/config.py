@@ -62,13 +62,12 @@ class _ByArch(type):
             raise InputError(problem)
         concrete = config_class(arch)
         own = {f.name for f in fields(concrete)}
-        foreign = {name: value for name, value in kwargs.items() if name not in own}
+        unknown = [name for name in kwargs if name not in _FIELDS]
+        if unknown:
+            raise TypeError(f"TrainConfig got unexpected keyword arguments {unknown}")
         errs = ConfigErrors()
-        for name, value in foreign.items():
-            declared = _FIELDS.get(name)
-            if declared is None:
-                raise TypeError(f"TrainConfig got an unexpected keyword argument {name!r}")
-            if value != _field_default(declared):
+        for name, declared in _FIELDS.items():  # in --help order
+            if name in kwargs and name not in own and kwargs[name] != _field_default(declared):
                 errs.add(f"{_flag(name)} is for --arch {'/'.join(archs_holding(name))}; it has no effect with --arch {arch}: leave it out")
         errs.raise_if_any()
         return concrete(*args, **{k: v for k, v in kwargs.items() if k in own})
