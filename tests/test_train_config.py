@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import InputError
-from pipeline.core.graph import load_graph
 from stage2_train.config import TrainConfig
 from stage2_train.data import resolve_split
-
-
-@pytest.fixture(scope="module")
-def cora():
-    return load_graph("cora")
 
 
 def test_config_errors_are_collected_and_name_the_flags(tmp_path):

@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core.graph import load_graph
 from stage2_train.baselines import NodeBaseline
 from stage2_train.ladder import GLadder
 from stage2_train.sampling import Sampler, generator
-
-
-@pytest.fixture(scope="module")
-def cora():
-    return load_graph("cora")
 
 
 @pytest.mark.parametrize("hops, fanout", [(1, None), (2, None), (1, 0), (2, 0)])  # fanout 0: no cap, as None

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from cora_slice import write_cora_slice
+from cora_slice import encode_slice, write_cora_slice
 from pipeline.core.errors import InputError
 from pipeline.core.graph import load_graph
 from stage2_train.checkpoint import load_checkpoint, read_metrics
@@ -23,20 +23,13 @@ from stage2_train.run import run
 NODES = 60
 
 
-def _encode(graph_dir, out, **kw):
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run as encode
-
-    return encode(EncodeConfig(graph=str(graph_dir), out=out, model="minilm-l6", max_length=64, block_size=16, device="cpu", **kw))
+ENCODE = dict(max_length=64, block_size=16)
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    graph = write_cora_slice(root / "graph", NODES)
-    cache = root / "cache.zarr"
-    _encode(graph.source, cache)
-    return root, cache
+def small(tmp_path_factory, cora_cache):
+    """(a folder for this module's runs, the shared 60-node cache)."""
+    return tmp_path_factory.mktemp("train"), cora_cache(NODES, **ENCODE)[1]
 
 
 def _cfg(small, name, **kw):
@@ -129,13 +122,13 @@ def test_refusals_name_the_fixing_command(small, tmp_path):
         run(_cfg(small, "r1", rungs=(0, 9)))
     half = tmp_path / "half.zarr"
     graph = load_graph(json.loads((cache / "manifest.json").read_text())["graph_source"])
-    _encode(graph.source, half, num_shards=2, shard_id=0)
+    encode_slice(graph.source, half, num_shards=2, shard_id=0, **ENCODE)
     with pytest.raises(InputError, match=r"is incomplete: .*missing shard\(s\) 1 of 2: `pipeline encode .* --shard-id 1`"):
         run(_cfg(small, "r2", cache=half))
     # the cache's graph changed after encoding: refused with the re-encode command
     other = write_cora_slice(tmp_path / "other", NODES)
     other_cache = tmp_path / "other.zarr"
-    _encode(other.source, other_cache)
+    encode_slice(other.source, other_cache, **ENCODE)
     write_cora_slice(tmp_path / "other2", NODES, texts_suffix=" (edited)")
     import shutil
 
