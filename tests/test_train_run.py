@@ -87,21 +87,20 @@ def test_rung_activation_and_norm_are_saved_and_rebuilt(small):
     assert (config["rung_activation"], config["rung_norm"]) == ("elu", "none")
     assert (config["model"]["rung_activation"], config["model"]["rung_norm"]) == ("elu", "none")
     model = load_checkpoint(root / "elu").model
-    rungs = {type(m) for g in model.gnns for m in g.modules()}  # the convolutions: ELU, no norm
-    projections = {type(m) for p in model.proj for m in p.modules()}  # the projection: LayerNorm and ReLU, as the authors'
-    assert nn.ELU in rungs and nn.ReLU not in rungs and nn.LayerNorm not in rungs
-    assert nn.LayerNorm in projections and nn.ReLU in projections and nn.ELU not in projections
+    kinds = {type(m) for m in model.gnns.modules()}  # the rungs; the projections keep LayerNorm and ReLU
+    assert nn.ELU in kinds and nn.ReLU not in kinds and nn.LayerNorm not in kinds
+    assert [type(m) for m in model.proj[0]] == [nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear]
     with pytest.raises(InputError, match=r"--rung-norm: .* has rung_norm 'none', this run 'layer'"):
         run(_cfg(small, "elu_warm", rungs=(0, 6), depth="full", init=root / "elu"))
-    # a run written before these options existed used ReLU and LayerNorm: it still loads and warm-starts
-    run(_cfg(small, "legacy", rungs=(0, 6), depth="full"))
-    path = root / "legacy" / "checkpoint.json"
-    config = json.loads(path.read_text())
-    for key in ("rung_activation", "rung_norm"):
-        del config[key], config["model"][key]
-    path.write_text(json.dumps(config))
-    assert nn.LayerNorm in {type(m) for m in load_checkpoint(root / "legacy").model.modules()}
-    assert run(_cfg(small, "legacy_warm", rungs=(0, 6), depth="full", init=root / "legacy"))["per_seed"]
+    # a checkpoint of another format version is refused, naming the file, the version and what to run
+    path = root / "elu" / "checkpoint.json"
+    recorded = json.loads(path.read_text())
+    path.write_text(json.dumps({**recorded, "format_version": 2}))
+    with pytest.raises(InputError) as err:
+        load_checkpoint(root / "elu")
+    assert err.value.exit_code == 2 and err.value.message == (
+        f"{path}: format version 2, this version of the pipeline reads 1; retrain it with "
+        f"`pipeline train {recorded['cache']} --out {root / 'elu'} --overwrite`")
 
 
 def test_baselines_and_ladder_write_the_same_format(small):
@@ -141,7 +140,7 @@ def test_refusals_name_the_fixing_command(small, tmp_path):
     assert not (root / "r1").exists() and not (root / "r2").exists() and not (root / "r3").exists()
     with pytest.raises(InputError, match=r"missing summary.json \(not a finished training run\); create it with `pipeline train CACHE_DIR --out"):
         (tmp_path / "empty").mkdir()
-        (tmp_path / "empty" / "config.json").write_text("{}")
+        (tmp_path / "empty" / "checkpoint.json").write_text("{}")
         (tmp_path / "empty" / "manifest.json").write_text("{}")
         load_checkpoint(tmp_path / "empty")
 
