@@ -7,8 +7,7 @@ on the same ``--out`` removes)::
     train_config.json        the flags of the `pipeline train` run (replay: --config FILE)
     checkpoint.json          resolved TrainConfig + "model" (what rebuilds the network),
                              "layers" (LLM state of each rung), "label_names", cache path,
-                             graph source, "format_version" (runs written before this
-                             name have it as config.json, still read)
+                             graph source, "format_version" (1; another is refused)
     manifest.json            copy of the cache manifest (model, pooling, max length, ...)
     metrics.jsonl            one line per epoch and seed: loss, val accuracy of every head
     summary.json             test/val mean and std, per-seed results, every head, gates
@@ -43,26 +42,13 @@ from torch import nn
 
 from pipeline.core import atomic, guarded, ownership
 from pipeline.core.errors import InputError
+from pipeline.core.format_version import FORMAT_VERSION, check_version
 from pipeline.core.options import config_file_name
-
-FORMAT_VERSION = 1
+from stage2_train.config import CACHE_ARCHS
 CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "checkpoint.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
 COST = "cost.json"
-LEGACY_CONFIG = "config.json"  # the name of CONFIG in runs written before train_config.json existed
 FLAGS = config_file_name("train")
 RUN_MARKS = (SUMMARY, METRICS)  # the files by which a folder is recognised as a run
-
-
-# What runs written before an option existed were trained with: the option's value for them
-# (rung_grad: the reference's joint training; proj_follows_rung: their projections used the rung's norm and activation).
-LEGACY_SPEC = {"standardize": False, "readout": "target-mean", "rung_grad": "joint", "rung_activation": "relu", "rung_norm": "layer",
-               "proj_follows_rung": True}
-
-
-def spec_value(spec: dict, key: str):
-    """``spec[key]``, or (missing or null) what a run written before that key existed used."""
-    value = spec.get(key)
-    return LEGACY_SPEC.get(key) if value is None else value
 
 
 def build_model(spec: dict, device: str = "cpu") -> nn.Module:
@@ -81,13 +67,12 @@ def build_model(spec: dict, device: str = "cpu") -> nn.Module:
         return GLadder(
             spec["in_channels"], spec["hidden_channels"], spec["out_channels"], spec["num_rungs"],
             gnn=spec["gnn"], num_layers=spec["num_layers"], dropout=spec["dropout"], temperature=spec["temperature"],
-            standardize=spec_value(spec, "standardize"), readout=spec_value(spec, "readout"), rung_grad=spec_value(spec, "rung_grad"),
-            activation=spec_value(spec, "rung_activation"), norm=spec_value(spec, "rung_norm"),
-            proj_follows_rung=spec_value(spec, "proj_follows_rung"),
+            standardize=spec["standardize"], readout=spec["readout"], rung_grad=spec["rung_grad"],
+            activation=spec["rung_activation"], norm=spec["rung_norm"],
         )
     return NodeBaseline(
         spec["arch"], spec["in_channels"], spec["hidden_channels"], spec["out_channels"],
-        num_layers=spec["num_layers"], dropout=spec["dropout"], standardize=spec_value(spec, "standardize"),
+        num_layers=spec["num_layers"], dropout=spec["dropout"], standardize=spec["standardize"],
     )
 
 
@@ -106,17 +91,9 @@ def _json(path: Path, data) -> None:
     path.write_text(json.dumps(clean(data), indent=2, sort_keys=True) + "\n")
 
 
-def is_run(path: Path) -> bool:
-    """A run written before ownership markers: its description, summary and one seed's weights."""
-    name = CONFIG if (path / CONFIG).is_file() else LEGACY_CONFIG
-    config = json.loads((path / name).read_text())
-    return (isinstance(config, dict) and config.get("format_version") == FORMAT_VERSION and (path / SUMMARY).is_file()
-            and any(path.glob(f"seed_*/{WEIGHTS}")))
-
-
 def claim(out: Path, overwrite: bool, inputs=()) -> bool:
     """Check ``--out`` before training (see :func:`pipeline.core.ownership.claim_output`)."""
-    return ownership.claim_output(out, "run", "--out", overwrite=overwrite, inputs=inputs, legacy=is_run)
+    return ownership.claim_output(out, "run", "--out", overwrite=overwrite, inputs=inputs)
 
 
 class CheckpointWriter:
@@ -161,10 +138,11 @@ class CheckpointWriter:
         _json(self.tmp / COST, cost)
 
     def commit(self) -> Path:
-        return self.staged.commit(ownership.replacer("run", "--out", self.overwrite, is_run))
+        return self.staged.commit(ownership.replacer("run", "--out", self.overwrite))
 
 
-CONFIG_KEYS = ("model", "layers", "label_names", "cache", "graph_source", "sampler", "fanout", "num_walks", "walk_length", "restart_p")
+CONFIG_KEYS = ("model", "layers", "label_names", "cache", "graph_source")
+SAMPLER_KEYS = ("sampler", "fanout", "num_walks", "walk_length", "restart_p")  # of the runs trained on cached states
 
 
 def retrain_hint(path: Path, config: dict | None = None) -> str:
@@ -200,8 +178,8 @@ class RunFiles:
     """The JSON files of a finished run (no weights loaded)."""
 
     path: Path
-    config: dict  # CONFIG (or LEGACY_CONFIG)
-    config_file: str  # which of the two it was read from
+    config: dict  # CONFIG
+    config_file: str  # CONFIG's name
     manifest: dict
     summary: dict
     metrics: list[dict]
@@ -241,12 +219,13 @@ def read_run(path: str | Path) -> RunFiles:
     hint = f"create it with `pipeline train CACHE_DIR --out {path}`"
     if not path.is_dir():
         raise InputError(f"checkpoint {path}: no such directory; {hint}")
-    config_file = LEGACY_CONFIG if not (path / CONFIG).is_file() and (path / LEGACY_CONFIG).is_file() else CONFIG
+    config_file = CONFIG
     for name in (config_file, MANIFEST, SUMMARY):
         if not (path / name).is_file():
             raise InputError(f"checkpoint {path}: missing {name} (not a finished training run); {hint}")
     config = guarded.read_json(path / config_file, retrain_hint(path))
     hint = retrain_hint(path, config)
+    check_version(config, path / config_file, hint)
     summary, manifest = guarded.read_json(path / SUMMARY, hint), guarded.read_json(path / MANIFEST, hint)
     if (path / COST).is_file():
         summary = merge_cost(summary, guarded.read_json(path / COST, hint))
@@ -258,10 +237,10 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
     """Load and validate a run directory; what is missing is named with the command that creates it."""
     run = read_run(path)
     path, config, summary = run.path, run.config, run.summary
-    if config.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"checkpoint {path}: format version {config.get('format_version')}, expected {FORMAT_VERSION}; retrain with `pipeline train`")
     hint = retrain_hint(path, config)
     guarded.require(config, CONFIG_KEYS, path / run.config_file, hint)
+    if isinstance(config["model"], dict) and config["model"].get("arch") in CACHE_ARCHS:
+        guarded.require(config, SAMPLER_KEYS, path / run.config_file, hint)
     guarded.require(summary, ("default_seed",), path / SUMMARY, hint)
     try:
         seed = int(summary["default_seed"] if seed is None else seed)
@@ -320,12 +299,10 @@ def seed_depth(summary: dict, seed: int, num_rungs: int, where: Path, hint: str)
 def run_arch(path: str | Path) -> str | None:
     """The arch of a run folder, read without loading any weights; None when the folder holds
     no readable run description (``load_checkpoint`` then says what is missing)."""
-    for name in (CONFIG, LEGACY_CONFIG):
-        try:
-            return json.loads((Path(path) / name).read_text())["model"]["arch"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
+    try:
+        return json.loads((Path(path) / CONFIG).read_text())["model"]["arch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # what a warm start needs to match: key of config["model"] -> the flag (or input) that sets it
@@ -333,7 +310,6 @@ WARM_START_KEYS = {
     "arch": "--arch", "hidden_channels": "--hidden-channels", "gnn": "--gnn", "num_layers": "--num-layers",
     "rung_norm": "--rung-norm", "rung_activation": "--rung-activation",
     "num_rungs": "--rungs", "in_channels": "the cache's LLM width (the encode --model)", "out_channels": "classes",
-    "proj_follows_rung": "the projections' norm and activation (RUN_DIR predates their fixed LayerNorm and ReLU: retrain it)",
 }
 
 
@@ -352,16 +328,14 @@ def warm_start_weights(path: str | Path, spec: dict, layers: list[int], label_na
     except InputError as err:
         raise InputError(f"--init {err.message}") from err
     path, config, old_manifest, summary = run.path, run.config, run.manifest, run.summary
-    if config.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"--init {path}: checkpoint format version {config.get('format_version')}, this version reads {FORMAT_VERSION}")
     hint = "retrain it, or start without --init"
     guarded.require(config, ("model", "layers", "label_names"), path / run.config_file, hint)
     for key, kind in (("model", dict), ("layers", list), ("label_names", list)):
         if not isinstance(config[key], kind):
             raise guarded.damaged(path / run.config_file, f'its "{key}" entry is not a JSON {kind.__name__}', hint)
     problems = [
-        f"{flag}: {path} has {key} {spec_value(config['model'], key)!r}, this run {spec_value(spec, key)!r}"
-        for key, flag in WARM_START_KEYS.items() if spec_value(config["model"], key) != spec_value(spec, key)
+        f"{flag}: {path} has {key} {config['model'].get(key)!r}, this run {spec.get(key)!r}"
+        for key, flag in WARM_START_KEYS.items() if config["model"].get(key) != spec.get(key)
     ]
     if list(config["layers"]) != list(layers):
         problems.append(f"--rungs: {path} reads LLM states {config['layers']}, this run {layers}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pipeline.core.options import command
 from stage2_train.bench import BenchConfig
 from stage2_train.bench_memory import MemoryBenchConfig
-from stage2_train.config import TrainConfig
+from stage2_train.config import TrainConfig, train_cli_classes
 from stage2_train.export import ExportConfig
 
 
@@ -42,7 +42,9 @@ train_command = command(TrainConfig, _train, """Train the G-Ladder (or a baselin
     Writes RUN_DIR with safetensors weights per seed (for lora/ia3/prefix the adapter and head only; the base weights are never changed), the resolved config, a copy of the cache manifest, metrics.jsonl (per epoch) and summary.json (mean ± std over seeds, every head's accuracy, gate values, and the cost ledger: trainable and backward-touched parameters, peak training memory, seconds per epoch, epochs, training and encode wall time). `pipeline infer --checkpoint RUN_DIR` needs only RUN_DIR; `pipeline export RUN_DIR --out MODEL_DIR` writes a fine-tuning run's tuned LLM for `pipeline encode --model MODEL_DIR`.
 
     On several processes: `torchrun --nproc-per-node N -m pipeline train ...` (gloo on CPU, nccl with --device cuda); each rank trains on its share of the targets and reads only their cache rows, rank 0 writes RUN_DIR (docs/scale.md).
-    """)
+
+    A flag outside the panels of the chosen --arch (Common and Scale hold every arch's) is refused.
+    """, variants=train_cli_classes()[1:])
 
 export_command = command(ExportConfig, _export, """Write a fine-tuning run's tuned LLM (LoRA/IA3 merged into the base weights) as an HF folder that `pipeline encode --model MODEL_DIR` accepts: export -> encode -> train --arch sage is the SimTeG/GLEM cascade. Only training nodes' labels reached the tuned weights; validation labels chose the epoch. Prefix runs have no weights to merge and are refused.""")
 

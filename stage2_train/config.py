@@ -1,15 +1,23 @@
-"""``TrainConfig``: everything ``pipeline train`` needs, typed and validated in one place.
+"""The configs of ``pipeline train``: one dataclass per kind of model, each holding only its own fields.
+
+``TrainConfig`` holds what every arch reads; ``CacheTrainConfig`` adds the side network, the
+graph sampler and the scale options of the archs trained on cached states; ``LadderConfig``
+(``--arch ladder``), ``BaselineConfig`` (mlp, gcn, sage) and ``FinetuneConfig`` (lora, ia3,
+prefix, finetune) are the concrete configs. ``TrainConfig(**flags)`` builds the one ``--arch``
+names; a flag given (a value other than its default) that its class does not hold is refused,
+naming the flag and the archs it is for: the class structure is the rule.
 
 Light on purpose (no torch import): the CLI module imports it at start-up.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any
 from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors, InputError
-from pipeline.core.options import argument, device_option, option, out_option, overwrite_option, seeds_option
+from pipeline.core.options import argument, choice_problem, choice_problems, device_option, option, out_option, overwrite_option, seeds_option
 from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from pipeline.core.parsers import parse_float_list, parse_int_list, parse_random_split, parse_size
 
@@ -37,20 +45,44 @@ RUNG_NORMS = ("layer", "none")  # LayerNorm before each of those activations, or
 # that scored best on validation on Cora and CiteSeer, random and few-label splits (256 tokens,
 # docs/results.md). --hops 1 --fanout 0 is the reference's ego graph.
 EGO_HOPS, EGO_FANOUT = 2, 5
+# The help panels of `pipeline train --help`
+COMMON, SIDE, LADDER, BASELINES, SCALE = "Common", "Ladder and baselines: side network and sampler", "Ladder", "Baselines (mlp, gcn, sage)", "Scale"
 HOPS_HELP = "ego: neighbourhood radius in hops (--hops 1 --fanout 0 is the reference's ego graph)."
 FANOUT_HELP = "ego: keep at most this many neighbours per node and hop (a seeded random subset); 0 keeps all."
 
 
-@dataclass
-class TrainConfig:
-    """One training run: one model per seed, all written under ``out``.
+class _ByArch(type):
+    """``TrainConfig(**flags)`` builds the concrete config of ``flags["arch"]`` (see the module docstring)."""
 
-    ``rungs`` are LLM state indices present in the cache (None: every cached state for the
-    ladder); ``layer`` is the one state a baseline reads (None: the last cached state).
-    ``sampler`` None means ``ego`` for the ladder and ``full`` for the baselines.
-    ``device`` auto: CUDA when available, else CPU (resolved by ``run``). ``dtype`` (``--no-cache``
-    only) None: the LLM runs in the compute dtype the cache was encoded in.
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is not TrainConfig:
+            return super().__call__(*args, **kwargs)
+        arch = kwargs.get("arch", "ladder")
+        if (problem := choice_problem(_FIELDS["arch"], arch)) is not None:
+            raise InputError(problem)
+        concrete = config_class(arch)
+        own = {f.name for f in fields(concrete)}
+        unknown = [name for name in kwargs if name not in _FIELDS]
+        if unknown:
+            raise TypeError(f"TrainConfig got unexpected keyword arguments {unknown}")
+        errs = ConfigErrors()
+        for name, declared in _FIELDS.items():  # in --help order
+            if name in kwargs and name not in own and kwargs[name] != _field_default(declared):
+                errs.add(f"{_flag(name)} is for --arch {'/'.join(archs_holding(name))}; it has no effect with --arch {arch}: leave it out")
+        errs.raise_if_any()
+        return concrete(*args, **{k: v for k, v in kwargs.items() if k in own})
+
+
+@dataclass
+class TrainConfig(metaclass=_ByArch):
+    """What every ``pipeline train`` arch reads: one model per seed, all written under ``out``.
+
+    ``device`` auto: CUDA when available, else CPU (resolved by ``validate``). ``epochs``,
+    ``patience``, ``batch_size``, ``dropout`` and ``lr`` None: the concrete class's defaults.
     """
+
+    PANEL = COMMON
+    DEFAULTS = CACHE_DEFAULTS  # epochs, patience, batch_size, dropout
 
     cache: Path = argument(help="Cache folder written by `pipeline encode` (it names its graph).", metavar="CACHE_DIR")
     out: Path = out_option("the run: weights, config, metrics, summary")
@@ -59,6 +91,7 @@ class TrainConfig:
         "ladder (G-Ladder over the cached rungs), a baseline on one cached state (mlp, gcn, sage), or the LLM itself "
         "fine-tuned on each node's text (the cache names model, max length and pooling; its states are not read): "
         "lora, ia3, prefix (peft adapters on the frozen LLM) or finetune (every LLM weight trained: small models only).",
+        choices=ARCHS,
     )
     split: str | None = option(  # None: the split column, else the graph's random_60_20_20 files
         None,
@@ -66,25 +99,6 @@ class TrainConfig:
         "NAME_seed{i} is used for seed i), or random:0.6,0.2,0.2. Default without a column: random_60_20_20.",
     )
     seeds: tuple[int, ...] = seeds_option()
-    no_cache: bool = option(False, "Run the frozen LLM inside the loop instead of reading the cache (slow; for comparison).")
-    rungs: tuple[int, ...] | None = option(
-        None, "LLM state indices the ladder reads, e.g. 0,10,20,30 (default: every cached state).", parse=parse_int_list
-    )
-    layer: int | None = option(None, "The LLM state a baseline reads (default: the last cached state).")
-    hidden_channels: int = option(128, "Side width K.")
-    gnn: str = option("sage", "GNN of each rung: sage, gcn, gat.")
-    num_layers: int | None = option(  # None: 1 per rung for the ladder, 2 in total for the baselines
-        None, "GNN layers per rung for the ladder (default 1), layers in total for a baseline (default 2)."
-    )
-    sampler: str | None = option(
-        None, "ego (the target's --hops neighbourhood; ladder default), rwr (random walk with restart), full (whole graph; baselines' default)."
-    )
-    hops: int = option(EGO_HOPS, HOPS_HELP)
-    fanout: int = option(EGO_FANOUT, FANOUT_HELP)
-    num_walks: int = option(8, "rwr: walks per target.")
-    walk_length: int = option(8, "rwr: steps per walk.")
-    restart_p: float = option(0.5, "rwr: restart probability per step.")
-    # None: CACHE_DEFAULTS or FINETUNE_DEFAULTS (epochs, patience, batch_size, dropout)
     epochs: int | None = option(None, "Maximum epochs (default 200; 3 for the fine-tuning archs).")
     patience: int | None = option(
         None, "Stop after this many epochs without a better validation accuracy of the answering head (see --depth); default 30, 2 for the fine-tuning archs."
@@ -94,52 +108,13 @@ class TrainConfig:
     )
     weight_decay: float = option(5e-4, "AdamW weight decay.")
     dropout: float | None = option(None, "Dropout probability (default 0.5; 0.1 before the fine-tuning archs' head).")
-    temperature: float = option(0.1, "Gate temperature T in sigmoid(a / T).")
-    loss: str = option(
-        "multi-exit",
-        "multi-exit: every rung's exit head is trained (ENGINE-Early; what early exit needs); last-head: only the last "
-        "head's loss (plain ENGINE; the earlier heads stay untrained, so infer then runs full depth).",
-    )
-    # ladder only; None: own and val, or joint and full with --loss last-head (only the last head is trained)
-    rung_grad: str | None = option(
-        None,
-        "own (default): each rung is trained by its own head only (the rung below enters as a constant), so shallow "
-        "rungs are not bent to serve the deeper heads; joint: each head's loss also trains every rung below it (the "
-        "reference; the default with --loss last-head).",
-    )
-    depth: str | None = option(
-        None,
-        "val (default): each seed answers with its head of best validation accuracy (early stopping watches it too) and "
-        "drops the rungs above it, so infer never runs the LLM past that state; full: the last head answers (the "
-        "reference; the default with --loss last-head).",
-    )
-    rung_weights: tuple[float, ...] | None = option(
-        None, "--loss multi-exit: weight of each rung's head, comma-separated (default all 1).", parse=parse_float_list
-    )
-    standardize: bool = option(
-        False, "Z-score each LLM state with the mean and std of the training nodes (stored with the weights, applied by infer too).",
-        flag="--standardize", off_flag="--no-standardize",
-    )
-    readout: str = option(
-        "target-mean",
-        "Ladder head input: target-mean ([z_v || mean of z over v's subgraph], the reference) or ego (also v's own "
-        "projected LLM state, untouched by neighbours: for heterophilous graphs).",
-    )
-    rung_activation: str = option(
-        "relu", "Ladder: activation after each rung's hidden convolutions: relu, or elu (as the ENGINE authors ran Cora and CiteSeer; the projection keeps ReLU, as theirs)."
-    )
-    rung_norm: str = option(
-        "layer", "Ladder: normalisation before each of those activations: layer (LayerNorm), or none (as the ENGINE authors ran Cora and CiteSeer; the projection keeps LayerNorm)."
-    )
     batch_size: int | None = option(
         None, "Target nodes per training batch (default 64, 16 for the fine-tuning archs; ignored by --sampler full: full batch)."
     )
     eval_batch_size: int = 512
     device: str = device_option()
-    dtype: str | None = option(None, "--no-cache: " + DTYPE_HELP)  # None: the cache's compute dtype
-    allow_dtype_mismatch: bool = option(False, "--no-cache: " + MISMATCH_HELP)
     num_threads: int | None = option(
-        None, "Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster."
+        None, "Torch CPU threads (default: torch's). The ladder's ops are small: on a busy machine 1 is much faster.", panel=SCALE,
     )
     deterministic: bool = option(
         False, "GPU: torch.use_deterministic_algorithms (and CUBLAS_WORKSPACE_CONFIG=:4096:8), so the same command gives the "
@@ -148,31 +123,226 @@ class TrainConfig:
     )
     overwrite: bool = overwrite_option("a run")
     max_batches: int | None = option(
-        None, "Cap the training batches of every epoch (a partial epoch, e.g. to fit a fine-tuning run into CPU time); recorded in summary.json."
-    )
-    dist_timeout: float = option(
-        300.0, "Under torchrun: seconds to wait for the other ranks, when joining and at every collective, before failing."
-    )
-    memory_budget: int | None = option(  # bytes; cache rungs larger than this train out of core (None: see out_of_core)
-        None,
-        "Memory for the cache's features, e.g. 512MB or 2GiB. When the used rungs (N x S x H x 2 bytes) exceed it, "
-        "train out of core within it: chunk-ordered batches, a chunk cache of half the budget, batches cut into "
-        "micro-batches (gradients accumulated) so the step's working set fits the other half, read-ahead. "
-        "Default: 8 GiB or half the available memory, whichever is less.",
-        parse=parse_size, metavar="SIZE",
-    )
-    state_every: float = option(
-        60.0, "Seconds between writes of the resumable state (RUN.resume/, also written after every seed) within a seed; "
-        "0: after every epoch. Running the same command again continues from it.", metavar="SECONDS",
+        None, "Cap the training batches of every epoch (a partial epoch, e.g. to fit a fine-tuning run into CPU time); recorded in summary.json.",
+        panel=SCALE,
     )
     init: Path | None = option(
         None, "Warm start: begin every seed from the weights of this earlier run (same --arch, --hidden-channels, --gnn, "
         "--num-layers, rungs, classes and LLM; else refused naming what differs), e.g. last night's run on a grown graph.",
         metavar="RUN_DIR",
     )
+    extra: dict = field(default_factory=dict)  # free-form notes stored with the config
+    # fields given explicitly (command line or --config); None: those differing from their default
+    explicit_flags: frozenset[str] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, value in self.DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.lr is None:
+            self.lr = self.default_lr()
+        self.cache, self.out = Path(self.cache), Path(self.out)
+
+    def default_lr(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def reads_cache(self) -> bool:
+        """Whether training reads the cache's states (not the live LLM)."""
+        return False
+
+    def validate(self) -> "TrainConfig":
+        """Collect every problem, naming the flag, and raise them together (InputError)."""
+        errs = ConfigErrors()
+        self.check(errs)
+        errs.raise_if_any()
+        from pipeline.core.devices import resolve_device
+
+        self.device = resolve_device(self.device)
+        return self
+
+    def check(self, errs: ConfigErrors) -> None:
+        """Add this config's problems to ``errs``; subclasses add theirs after these."""
+        from pipeline.core.devices import device_problem
+
+        for problem in choice_problems(self):
+            errs.add(problem)
+        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
+        errs.check(len(self.seeds) > 0, "--seeds: give at least one seed, e.g. 0,1,2")
+        errs.check(len(set(self.seeds)) == len(self.seeds), f"--seeds {self.seeds}: seeds repeat")
+        errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
+        errs.check(self.patience > 0, f"--patience {self.patience}: must be > 0")
+        errs.check(self.lr > 0, f"--lr {self.lr}: must be > 0")
+        errs.check(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
+        errs.check(0 <= self.dropout < 1, f"--dropout {self.dropout}: must be in [0, 1)")
+        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
+        errs.check(self.num_threads is None or self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")
+        errs.check(self.max_batches is None or self.max_batches > 0, f"--max-batches {self.max_batches}: must be > 0")
+        if self.split is not None and self.split.startswith("random:"):
+            try:
+                parse_random_split(self.split)
+            except ValueError as err:
+                errs.add(f"--split {self.split}: {err}")
+        errs.check(not self.cache.exists() or self.cache.is_dir(), f"CACHE_DIR {self.cache}: not a directory")
+        errs.check(self.cache.exists(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
+        for flag, value, most in (("--batch-size", self.batch_size, MAX_BATCH), ("--epochs", self.epochs, MAX_EPOCHS),
+                                  ("--num-threads", self.num_threads or 0, MAX_THREADS), ("--patience", self.patience, MAX_EPOCHS)):
+            errs.check(value <= most, f"{flag} {value}: must be <= {most}")
+        errs.check(len(self.seeds) <= MAX_SEEDS, f"--seeds: {len(self.seeds)} seeds, at most {MAX_SEEDS}")
+        if self.init is not None:
+            errs.check(Path(self.init).is_dir(), f"--init {self.init}: no such run folder; give a RUN_DIR written by `pipeline train`")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("explicit_flags")
+        return d
+
+
+@dataclass
+class CacheTrainConfig(TrainConfig):
+    """The archs trained on the cache's states: a side network fed by the graph sampler, in or
+    out of core, on one process or several ``torchrun`` ranks."""
+
+    PANEL = SIDE
+    NUM_LAYERS = 2  # --num-layers' default
+    SAMPLER = "full"  # --sampler's default
+
+    hidden_channels: int = option(128, "Side width K.")
+    num_layers: int | None = option(  # None: NUM_LAYERS
+        None, "GNN layers per rung for the ladder (default 1), layers in total for a baseline (default 2)."
+    )
+    standardize: bool = option(
+        False, "Z-score each LLM state with the mean and std of the training nodes (stored with the weights, applied by infer too).",
+        flag="--standardize", off_flag="--no-standardize",
+    )
+    sampler: str | None = option(
+        None, "ego (the target's --hops neighbourhood; ladder default), rwr (random walk with restart), full (whole graph; baselines' default).",
+        choices=SAMPLERS,
+    )
+    hops: int = option(EGO_HOPS, HOPS_HELP)
+    fanout: int = option(EGO_FANOUT, FANOUT_HELP)
+    num_walks: int = option(8, "rwr: walks per target.")
+    walk_length: int = option(8, "rwr: steps per walk.")
+    restart_p: float = option(0.5, "rwr: restart probability per step.")
+    memory_budget: int | None = option(  # bytes; cache rungs larger than this train out of core (None: see out_of_core)
+        None,
+        "Memory for the cache's features, e.g. 512MB or 2GiB. When the used rungs (N x S x H x 2 bytes) exceed it, "
+        "train out of core within it: chunk-ordered batches, a chunk cache of half the budget, batches cut into "
+        "micro-batches (gradients accumulated) so the step's working set fits the other half, read-ahead. "
+        "Default: 8 GiB or half the available memory, whichever is less.",
+        parse=parse_size, metavar="SIZE", panel=SCALE,
+    )
+    dist_timeout: float = option(
+        300.0, "Under torchrun: seconds to wait for the other ranks, when joining and at every collective, before failing.", panel=SCALE,
+    )
+    state_every: float = option(
+        60.0, "Seconds between writes of the resumable state (RUN.resume/, also written after every seed) within a seed; "
+        "0: after every epoch. Running the same command again continues from it.", metavar="SECONDS", panel=SCALE,
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_layers is None:
+            self.num_layers = self.NUM_LAYERS
+        super().__post_init__()
+
+    @property
+    def resolved_sampler(self) -> str:
+        return self.sampler if self.sampler is not None else self.SAMPLER
+
+    @property
+    def reads_cache(self) -> bool:
+        return True
+
+    def check(self, errs: ConfigErrors) -> None:
+        super().check(errs)
+        errs.check(self.hidden_channels > 0, f"--hidden-channels {self.hidden_channels}: must be > 0")
+        errs.check(1 <= self.num_layers <= 4, f"--num-layers {self.num_layers}: must be 1..4")
+        errs.check(self.fanout >= 0, f"--fanout {self.fanout}: must be >= 0 (0 keeps every neighbour)")
+        errs.check(1 <= self.hops <= 3, f"--hops {self.hops}: must be 1..3")
+        errs.check(0 <= self.restart_p < 1, f"--restart-p {self.restart_p}: must be in [0, 1)")
+        errs.check(self.num_walks > 0 and self.walk_length > 0, "--num-walks/--walk-length: must be > 0")
+        errs.check(self.state_every >= 0, f"--state-every {self.state_every}: must be >= 0 seconds")
+        errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
+        errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
+        for flag, value, most in (("--hidden-channels", self.hidden_channels, MAX_HIDDEN), ("--fanout", self.fanout, MAX_FANOUT),
+                                  ("--num-walks", self.num_walks, MAX_WALK), ("--walk-length", self.walk_length, MAX_WALK)):
+            errs.check(value <= most, f"{flag} {value}: must be <= {most}")
+        sampler = self.resolved_sampler
+        for name, samplers in SAMPLER_OPTIONS.items():
+            if sampler not in samplers and getattr(self, name) != _field_default(_FIELDS[name]):
+                errs.add(f"{_flag(name)} is for --sampler {'/'.join(samplers)}; it has no effect with --sampler {sampler} "
+                         f"(--arch {self.arch}): leave it out")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "sampler": self.resolved_sampler}
+
+
+# CacheTrainConfig field -> the samplers (resolved_sampler) that read it
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "hops": ("ego",), "fanout": ("ego",), "num_walks": ("rwr",), "walk_length": ("rwr",), "restart_p": ("rwr",),
+}
+
+
+@dataclass
+class LadderConfig(CacheTrainConfig):
+    """``--arch ladder``: G-Ladder over the cached rungs (or, with ``--no-cache``, the live LLM).
+
+    ``rungs`` are LLM state indices present in the cache (None: every cached state). ``dtype``
+    (``--no-cache`` only) None: the LLM runs in the compute dtype the cache was encoded in.
+    """
+
+    PANEL = LADDER
+    NUM_LAYERS = 1
+    SAMPLER = "ego"
+
+    rungs: tuple[int, ...] | None = option(
+        None, "LLM state indices the ladder reads, e.g. 0,10,20,30 (default: every cached state).", parse=parse_int_list
+    )
+    gnn: str = option("sage", "GNN of each rung.", choices=GNNS)
+    temperature: float = option(0.1, "Gate temperature T in sigmoid(a / T).")
+    loss: str = option(
+        "multi-exit",
+        "multi-exit: every rung's exit head is trained (ENGINE-Early; what early exit needs); last-head: only the last "
+        "head's loss (plain ENGINE; the earlier heads stay untrained, so infer then runs full depth).",
+        choices=LOSSES,
+    )
+    # None: own and val, or joint and full with --loss last-head (only the last head is trained)
+    rung_grad: str | None = option(
+        None,
+        "own (default): each rung is trained by its own head only (the rung below enters as a constant), so shallow "
+        "rungs are not bent to serve the deeper heads; joint: each head's loss also trains every rung below it (the "
+        "reference; the default with --loss last-head).",
+        choices=RUNG_GRADS,
+    )
+    depth: str | None = option(
+        None,
+        "val (default): each seed answers with its head of best validation accuracy (early stopping watches it too) and "
+        "drops the rungs above it, so infer never runs the LLM past that state; full: the last head answers (the "
+        "reference; the default with --loss last-head).",
+        choices=DEPTHS,
+    )
+    rung_weights: tuple[float, ...] | None = option(
+        None, "--loss multi-exit: weight of each rung's head, comma-separated (default all 1).", parse=parse_float_list
+    )
+    readout: str = option(
+        "target-mean",
+        "Head input: target-mean ([z_v || mean of z over v's subgraph], the reference) or ego (also v's own "
+        "projected LLM state, untouched by neighbours: for heterophilous graphs).",
+        choices=READOUTS,
+    )
+    rung_activation: str = option(
+        "relu", "Activation after each rung's hidden convolutions: relu, or elu (as the ENGINE authors ran Cora and CiteSeer; "
+        "the projection keeps ReLU, as theirs).",
+        choices=RUNG_ACTIVATIONS,
+    )
+    rung_norm: str = option(
+        "layer", "Normalisation before each of those activations: layer (LayerNorm), or none (as the ENGINE authors ran Cora "
+        "and CiteSeer; the projection keeps LayerNorm).",
+        choices=RUNG_NORMS,
+    )
     exit: str = option(
         "val",
-        "Ladder: the exit policy `pipeline infer` uses by default: val (the cheapest within 1% relative of full-depth "
+        "The exit policy `pipeline infer` uses by default: val (the cheapest within 1% relative of full-depth "
         "validation accuracy, chosen per seed) or a fixed policy, e.g. patience:1 (the ENGINE authors').",
     )
     preset: str | None = option(
@@ -180,32 +350,23 @@ class TrainConfig:
         "engine: the ENGINE authors' released settings for the cache's graph (cora, citeseer; engine:cora names the "
         "dataset, e.g. for a subset), listed in docs/design.md. Flags given explicitly win over the preset.",
     )
-    extra: dict = field(default_factory=dict)  # free-form notes stored with the config
-    # fields given explicitly (command line or --config); None: those differing from their default
-    explicit_flags: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    no_cache: bool = option(False, "Run the frozen LLM inside the loop instead of reading the cache (slow; for comparison).")
+    dtype: str | None = option(None, "--no-cache: " + DTYPE_HELP)  # None: the cache's compute dtype
+    allow_dtype_mismatch: bool = option(False, "--no-cache: " + MISMATCH_HELP)
 
     def __post_init__(self) -> None:
         self._preset_problem = None
         if self.preset is not None:
             self._apply_preset()
-        if self.num_layers is None and self.arch in CACHE_ARCHS:  # the fine-tuning archs have no side network
-            self.num_layers = 1 if self.arch == "ladder" else 2
-        if self.arch == "ladder":  # plain ENGINE trains the last head alone: the reference's joint rungs and full depth
-            reference = self.loss == "last-head"
-            self.rung_grad = self.rung_grad or ("joint" if reference else "own")
-            self.depth = self.depth or ("full" if reference else "val")
-        defaults = FINETUNE_DEFAULTS if self.arch in FINETUNE_ARCHS else CACHE_DEFAULTS
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        if self.lr is None and self.arch in FINETUNE_LR:
-            self.lr = FINETUNE_LR[self.arch]
-        if self.lr is None:
-            # chosen on Cora validation accuracy (MiniLM cache, random_60_20_20 seeds 0-4):
-            # ladder val 89.89 at 3e-4 against 89.11 at 1e-3 (last head peaks by epoch 5) and 89.59 with rwr;
-            # full-batch baselines reach the same or better val accuracy in half the epochs at 1e-2
-            self.lr = 3e-4 if self.arch == "ladder" else 1e-2
-        self.cache, self.out = Path(self.cache), Path(self.out)
+        reference = self.loss == "last-head"  # plain ENGINE trains the last head alone: the reference's joint rungs and full depth
+        self.rung_grad = self.rung_grad or ("joint" if reference else "own")
+        self.depth = self.depth or ("full" if reference else "val")
+        super().__post_init__()
+
+    def default_lr(self) -> float:
+        # chosen on Cora validation accuracy (MiniLM cache, random_60_20_20 seeds 0-4): val 89.89 at 3e-4
+        # against 89.11 at 1e-3 (last head peaks by epoch 5) and 89.59 with rwr
+        return 3e-4
 
     def _apply_preset(self) -> None:
         """Set the preset's values on every field not given explicitly."""
@@ -221,19 +382,14 @@ class TrainConfig:
         self.explicit_flags = None  # resolved: a copy of this config keeps its values
 
     @property
-    def resolved_sampler(self) -> str:
-        if self.sampler is not None:
-            return self.sampler
-        return "ego" if self.arch == "ladder" else "full"
+    def reads_cache(self) -> bool:
+        return not self.no_cache
 
-    def validate(self) -> "TrainConfig":
-        """Collect every problem, naming the flag, and raise them together (InputError)."""
-        from pipeline.core.devices import device_problem
+    def check(self, errs: ConfigErrors) -> None:
         from stage1_encode.precision import dtype_problem
 
-        errs = ConfigErrors()
         errs.check(self._preset_problem is None, self._preset_problem or "")
-        errs.check(self.preset is None or self.arch == "ladder", f"--preset {self.preset} sets the ladder's options; not with --arch {self.arch}")
+        super().check(errs)
         if self.exit != "val":
             from stage2_train.exit_policies import parse_exit
 
@@ -241,48 +397,12 @@ class TrainConfig:
                 parse_exit(self.exit)
             except InputError as err:  # names --exit and the policies
                 errs.add(f"{err}; or val (chosen on validation)")
-        errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
         errs.check(self.no_cache or (self.dtype is None and not self.allow_dtype_mismatch),
                    "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)")
-        errs.check(self.arch in ARCHS, f"--arch {self.arch}: choose one of {', '.join(ARCHS)}")
-        errs.check(self.readout in READOUTS, f"--readout {self.readout}: choose one of {', '.join(READOUTS)}")
-        errs.check(self.rung_activation in RUNG_ACTIVATIONS,
-                   f"--rung-activation {self.rung_activation}: choose one of {', '.join(RUNG_ACTIVATIONS)}")
-        errs.check(self.rung_norm in RUNG_NORMS, f"--rung-norm {self.rung_norm}: choose one of {', '.join(RUNG_NORMS)}")
-        errs.check(self.loss in LOSSES, f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
-        errs.check(self.rung_grad is None or self.rung_grad in RUNG_GRADS,
-                   f"--rung-grad {self.rung_grad}: choose one of {', '.join(RUNG_GRADS)}")
-        errs.check(self.depth is None or self.depth in DEPTHS, f"--depth {self.depth}: choose one of {', '.join(DEPTHS)}")
-        errs.check(self.gnn in GNNS, f"--gnn {self.gnn}: choose one of {', '.join(GNNS)}")
-        errs.check(
-            self.sampler is None or self.sampler in SAMPLERS, f"--sampler {self.sampler}: choose one of {', '.join(SAMPLERS)}"
-        )
-        errs.check(len(self.seeds) > 0, "--seeds: give at least one seed, e.g. 0,1,2")
-        errs.check(len(set(self.seeds)) == len(self.seeds), f"--seeds {self.seeds}: seeds repeat")
-        errs.check(self.hidden_channels > 0, f"--hidden-channels {self.hidden_channels}: must be > 0")
-        errs.check(self.num_layers is None or 1 <= self.num_layers <= 4, f"--num-layers {self.num_layers}: must be 1..4")
-        errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
-        errs.check(self.patience > 0, f"--patience {self.patience}: must be > 0")
-        errs.check(self.lr > 0, f"--lr {self.lr}: must be > 0")
-        errs.check(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
-        errs.check(0 <= self.dropout < 1, f"--dropout {self.dropout}: must be in [0, 1)")
         errs.check(self.temperature > 0, f"--temperature {self.temperature}: must be > 0")
-        errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
-        errs.check(self.fanout >= 0, f"--fanout {self.fanout}: must be >= 0 (0 keeps every neighbour)")
-        errs.check(1 <= self.hops <= 3, f"--hops {self.hops}: must be 1..3")
-        errs.check(0 <= self.restart_p < 1, f"--restart-p {self.restart_p}: must be in [0, 1)")
-        errs.check(self.num_walks > 0 and self.walk_length > 0, "--num-walks/--walk-length: must be > 0")
-        errs.check(self.num_threads is None or self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")
-        errs.check(self.max_batches is None or self.max_batches > 0, f"--max-batches {self.max_batches}: must be > 0")
-        errs.check(self.state_every >= 0, f"--state-every {self.state_every}: must be >= 0 seconds")
-        errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
-        errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
         errs.check(self.memory_budget is None or not self.no_cache, "--memory-budget is for training from the cache, not --no-cache")
-        from stage2_train.arch_options import no_effect_problems
-
-        for problem in no_effect_problems(self):  # one declared table of which options act on which arch kind
-            errs.add(problem)
+        errs.check(self.init is None or not self.no_cache, "--init: not with --no-cache")
         if self.rungs is not None:
             errs.check(len(self.rungs) > 0, "--rungs: give at least one LLM state index")
             errs.check(len(set(self.rungs)) == len(self.rungs), f"--rungs {self.rungs}: indices repeat")
@@ -294,30 +414,57 @@ class TrainConfig:
             errs.check(self.depth != "val", "--depth val chooses among trained heads; --loss last-head trains the last head alone: use --depth full")
             errs.check(self.rung_grad != "own",
                        "--rung-grad own with --loss last-head would leave every rung but the last untrained: use --rung-grad joint")
-        if self.split is not None and self.split.startswith("random:"):
-            try:
-                parse_random_split(self.split)
-            except ValueError as err:
-                errs.add(f"--split {self.split}: {err}")
-        errs.check(not self.cache.exists() or self.cache.is_dir(), f"CACHE_DIR {self.cache}: not a directory")
-        errs.check(self.cache.exists(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
-        for flag, value, most in (("--hidden-channels", self.hidden_channels, MAX_HIDDEN), ("--batch-size", self.batch_size, MAX_BATCH),
-                                  ("--epochs", self.epochs, MAX_EPOCHS), ("--fanout", self.fanout, MAX_FANOUT),
-                                  ("--num-walks", self.num_walks, MAX_WALK), ("--walk-length", self.walk_length, MAX_WALK),
-                                  ("--num-threads", self.num_threads or 0, MAX_THREADS), ("--patience", self.patience, MAX_EPOCHS)):
-            errs.check(value <= most, f"{flag} {value}: must be <= {most}")
-        errs.check(len(self.seeds) <= MAX_SEEDS, f"--seeds: {len(self.seeds)} seeds, at most {MAX_SEEDS}")
-        if self.init is not None:
-            errs.check(Path(self.init).is_dir(), f"--init {self.init}: no such run folder; give a RUN_DIR written by `pipeline train`")
-            errs.check(not self.no_cache, "--init: not with --no-cache")
-        errs.raise_if_any()
-        from pipeline.core.devices import resolve_device
 
-        self.device = resolve_device(self.device)
-        return self
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["sampler"] = self.resolved_sampler
-        d.pop("explicit_flags")
-        return d
+@dataclass
+class BaselineConfig(CacheTrainConfig):
+    """``--arch mlp/gcn/sage``: a node classifier on one cached state (``layer`` None: the last)."""
+
+    PANEL = BASELINES
+
+    layer: int | None = option(None, "The LLM state a baseline reads (default: the last cached state).")
+
+    def default_lr(self) -> float:
+        return 1e-2  # full-batch baselines reach the same or better val accuracy in half the epochs at 1e-2 than at 3e-4
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """``--arch lora/ia3/prefix/finetune``: the LLM itself trained on each node's text (the cache
+    names model, max length and pooling; its states are not read). Its own fields are its defaults."""
+
+    DEFAULTS = FINETUNE_DEFAULTS
+
+    def default_lr(self) -> float:
+        return FINETUNE_LR[self.arch]
+
+
+CONFIG_CLASSES: dict[type, tuple[str, ...]] = {
+    LadderConfig: ("ladder",), BaselineConfig: tuple(a for a in CACHE_ARCHS if a != "ladder"), FinetuneConfig: FINETUNE_ARCHS,
+}
+# every field of every concrete config, in `pipeline train --help` order
+_FIELDS: dict[str, Field] = {f.name: f for cls in (TrainConfig, CacheTrainConfig, *CONFIG_CLASSES) for f in fields(cls)}
+
+
+def config_class(arch: str) -> type[TrainConfig]:
+    return next(cls for cls, archs in CONFIG_CLASSES.items() if arch in archs)
+
+
+def archs_holding(name: str) -> list[str]:
+    """The archs whose config holds field ``name``."""
+    return [a for cls, archs in CONFIG_CLASSES.items() if any(f.name == name for f in fields(cls)) for a in archs]
+
+
+def train_cli_classes() -> tuple[type, ...]:
+    """The classes whose flags `pipeline train` offers (one command for every arch)."""
+    return (TrainConfig, CacheTrainConfig, *CONFIG_CLASSES)
+
+
+def _field_default(f: Field) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def _flag(name: str) -> str:
+    cli = _FIELDS[name].metadata.get("cli")
+    return cli.flag_name(name) if cli is not None else "--" + name.replace("_", "-")
+

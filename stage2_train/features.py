@@ -39,3 +39,35 @@ class BatchOrderingFeatures(NodeFeatures, Protocol):
 
     def pieces(self, sub) -> list:
         """An evaluation subgraph batch cut into pieces that fit the step memory bound."""
+
+
+def open_run_features(config, data, group, spec: dict, sampler, targets: np.ndarray) -> tuple[NodeFeatures, dict]:
+    """The features a training run of ``config`` (a CacheTrainConfig) reads, and their mode for the
+    run's record: the live LLM (``--no-cache``), this torchrun rank's share of the cache (filled per
+    seed by ``distributed.load_share``), or the cache in memory or out of core within
+    ``--memory-budget`` (``out_of_core.open_features`` chooses). ``targets`` (every split's nodes)
+    lets out of core refuse, before training, a hub whose step alone exceeds the budget."""
+    import time
+
+    from pipeline.core.progress import log, warn
+
+    if not config.reads_cache:
+        from stage1_encode.precision import cache_compute_dtype
+        from stage2_train.data import LiveFeatures
+
+        dtype = cache_compute_dtype(data.manifest, config.dtype, config.allow_dtype_mismatch, str(config.cache))
+        warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
+        return LiveFeatures(data, config.device, dtype), {"mode": "live-llm", "compute_dtype": dtype}
+    if group is not None:
+        from stage2_train.distributed import ShardFeatures
+
+        return ShardFeatures(data), {"mode": "rank-share"}  # --memory-budget is refused under torchrun (run)
+    from stage2_train.out_of_core import describe_mode, open_features
+    from stage2_train.step_memory import step_cost
+
+    t0 = time.perf_counter()
+    features, mode = open_features(data, config.memory_budget, cost=step_cost(spec))
+    if mode["mode"] == "out-of-core":
+        features.check(sampler, targets)
+    log(describe_mode(mode, len(data.layers), data.graph.num_nodes, time.perf_counter() - t0))
+    return features, mode

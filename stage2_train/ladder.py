@@ -120,8 +120,6 @@ class GLadder(nn.Module):
             (each rung trained by its own head; the rung below enters as a constant).
         activation: ``relu`` or ``elu``, after every hidden convolution.
         norm: ``layer`` (LayerNorm before each of those activations) or ``none``.
-        proj_follows_rung: the projections use ``norm`` and ``activation`` too (runs written before
-            the projection was fixed to LayerNorm and ReLU, the reference's; loaded as trained).
     """
 
     def __init__(
@@ -139,7 +137,6 @@ class GLadder(nn.Module):
         rung_grad: str = "joint",
         activation: str = "relu",
         norm: str = "layer",
-        proj_follows_rung: bool = False,
     ) -> None:
         super().__init__()
         if readout not in READOUTS:
@@ -150,9 +147,8 @@ class GLadder(nn.Module):
         self.readout, self.rung_grad = readout, rung_grad
         self.scaler = StateScaler(num_rungs, in_channels) if standardize else None
         self.num_rungs, self.temperature, self.dropout = num_rungs, temperature, dropout
-        proj_norm, proj_act = (norm, activation) if proj_follows_rung else ("layer", "relu")
-        self.proj = nn.ModuleList(
-            nn.Sequential(nn.Linear(in_channels, K), make_norm(proj_norm, K), make_activation(proj_act), nn.Linear(K, K))
+        self.proj = nn.ModuleList(  # LayerNorm and ReLU whatever the rungs use: the reference's projection
+            nn.Sequential(nn.Linear(in_channels, K), make_norm("layer", K), make_activation("relu"), nn.Linear(K, K))
             for _ in range(num_rungs)
         )
         self.gate_logits = nn.Parameter(torch.zeros(num_rungs))  # a_i; rung 0 has no z_{-1}, its a_0 is unused

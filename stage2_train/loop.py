@@ -73,7 +73,8 @@ def loss_weights(cfg, num_heads: int, device: str) -> torch.Tensor | None:
     ``--rung-weights`` (default all 1)."""
     if getattr(cfg, "loss", "multi-exit") == "last-head":
         return None
-    return torch.as_tensor(cfg.rung_weights if cfg.rung_weights else [1.0] * num_heads, dtype=torch.float32, device=device)
+    weights = getattr(cfg, "rung_weights", None)  # only the ladder has several heads to weigh
+    return torch.as_tensor(weights if weights else [1.0] * num_heads, dtype=torch.float32, device=device)
 
 
 def answer_head(val_acc: list[float], depth: str) -> int:

@@ -11,28 +11,25 @@ import numpy as np
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.options import flag_values
 from pipeline.core.progress import log, warn
-from stage2_train.config import TrainConfig
+from stage2_train.config import CacheTrainConfig, LadderConfig, TrainConfig
 
 
-def model_spec(config: TrainConfig, in_channels: int, num_classes: int, num_rungs: int) -> dict:
+def model_spec(config: CacheTrainConfig, in_channels: int, num_classes: int, num_rungs: int) -> dict:
     """What :func:`stage2_train.checkpoint.build_model` needs to rebuild the network."""
-    return {
+    spec = {
         "arch": config.arch,
         "in_channels": in_channels,
         "hidden_channels": config.hidden_channels,
         "out_channels": num_classes,
         "num_rungs": num_rungs,
-        "gnn": config.gnn,
         "num_layers": config.num_layers,
         "dropout": config.dropout,
-        "temperature": config.temperature,
         "standardize": config.standardize,
-        "readout": config.readout,
-        "rung_grad": config.rung_grad,
-        "rung_activation": config.rung_activation,
-        "rung_norm": config.rung_norm,
-        "proj_follows_rung": False,  # projections: LayerNorm and ReLU, the reference's
     }
+    if isinstance(config, LadderConfig):
+        spec.update(gnn=config.gnn, temperature=config.temperature, readout=config.readout, rung_grad=config.rung_grad,
+                    rung_activation=config.rung_activation, rung_norm=config.rung_norm)
+    return spec
 
 
 def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes: dict) -> dict:
@@ -89,7 +86,7 @@ def summarize(results: list, layers: list[int], config: TrainConfig, split_sizes
             }
             for r in results
         ],
-        "no_cache": config.no_cache,
+        "no_cache": not config.reads_cache,
     }
 
 
@@ -138,7 +135,7 @@ def refuse_budget_under_torchrun(config: TrainConfig) -> None:
     from stage2_train.distributed import world_from_env
 
     world = world_from_env()[0]
-    if config.memory_budget is not None and world > 1:
+    if getattr(config, "memory_budget", None) is not None and world > 1:  # fine-tuning has no budget
         raise InputError(
             f"--memory-budget: not supported under torchrun ({world} ranks): each rank holds in memory the cache rows "
             "its share of the targets reaches within --hops (rank 0 logs how many); drop --memory-budget and add ranks "
@@ -222,12 +219,11 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, build_model, split_cost
     from stage2_train.resume import kill_point
-    from stage2_train.data import LiveFeatures, open_train_data, resolve_split
+    from stage2_train.data import open_train_data, resolve_split
     from stage2_train.distributed import NoWriter, ShardFeatures, load_share
-    from stage2_train.out_of_core import describe_mode, open_features
+    from stage2_train.features import open_run_features
     from stage2_train.loop import seed_everything, train_seed
     from stage2_train.sampling import Sampler
-    from stage2_train.step_memory import step_cost
     from stage2_train.ledger import PeakMemory, count_trainable, ledger
     from stage2_train.exit_policies import describe_choice
     from pipeline.core.devices import peak_memory, peak_memory_text, reset_peak_memory
@@ -237,9 +233,9 @@ def _run(config: TrainConfig, group=None) -> dict:
     state = open_state(config, group)  # refuses a state of other flags, or a damaged one, before any work
     memory = PeakMemory(config.device)
     bound = identity_of(config.cache)  # checked again before the run is written: an encode meanwhile is refused
-    data = open_train_data(config.cache, config.rungs, config.layer, config.arch)
+    data = open_train_data(config.cache, getattr(config, "rungs", None), getattr(config, "layer", None), config.arch)
     graph = data.graph
-    if config.rung_weights is not None and len(config.rung_weights) != len(data.layers):
+    if getattr(config, "rung_weights", None) is not None and len(config.rung_weights) != len(data.layers):
         raise InputError(f"--rung-weights: {len(config.rung_weights)} weights for {len(data.layers)} rungs {data.layers}")
     if graph.num_classes < 2:
         raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
@@ -248,16 +244,6 @@ def _run(config: TrainConfig, group=None) -> dict:
     if tuning and any(s != tuning.get("seed") or config.split != tuning.get("split") for s in config.seeds):
         warn(f"cache {config.cache}: its LLM was tuned on the training labels of seed {tuning.get('seed')}'s split "
              f"({tuning.get('run')}); other seeds' or splits' validation and test nodes may include those nodes")
-    t0 = time.perf_counter()
-    if config.no_cache:
-        from stage1_encode.precision import cache_compute_dtype
-
-        dtype = cache_compute_dtype(data.manifest, config.dtype, config.allow_dtype_mismatch, str(config.cache))
-        features, feature_mode = LiveFeatures(data, config.device, dtype), {"mode": "live-llm", "compute_dtype": dtype}
-        warn("--no-cache: the frozen LLM encodes every batch inside the loop (slow; the baseline of the caching claim)")
-    elif group is not None:
-        features = ShardFeatures(data)  # each rank reads only its share's rows, per seed below
-        feature_mode = {"mode": "rank-share"}  # --memory-budget is refused under torchrun (run)
     sampler = Sampler(
         graph.edge_index, graph.num_nodes, mode=config.resolved_sampler, fanout=config.fanout, hops=config.hops,
         num_walks=config.num_walks, walk_length=config.walk_length, restart_p=config.restart_p,
@@ -267,12 +253,8 @@ def _run(config: TrainConfig, group=None) -> dict:
         from stage2_train.checkpoint import load_warm_start, warm_start_weights
 
         load_warm_start(build_model(spec), warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, config.seeds[0]), config.init)  # refuse before training
-    if not config.no_cache and group is None:
-        t0 = time.perf_counter()
-        features, feature_mode = open_features(data, config.memory_budget, cost=step_cost(spec))
-        if feature_mode["mode"] == "out-of-core":  # refuse a hub whose step alone exceeds the budget before training
-            features.check(sampler, np.unique(np.concatenate([v for sp in splits.values() for v in sp.values()])))
-        log(describe_mode(feature_mode, len(data.layers), graph.num_nodes, time.perf_counter() - t0))
+    targets = np.unique(np.concatenate([v for sp in splits.values() for v in sp.values()]))
+    features, feature_mode = open_run_features(config, data, group, spec, sampler, targets)
     labels = np.asarray(graph.labels)
     resolved = {
         **config.to_dict(),
@@ -332,7 +314,7 @@ def _run(config: TrainConfig, group=None) -> dict:
             results.append(r)
             log(
                 f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, "
-                + (f"depth {r.answer + 1} of {len(r.val_acc)} rungs (LLM state {data.layers[r.answer]}), " if config.depth == "val" else "")
+                + (f"depth {r.answer + 1} of {len(r.val_acc)} rungs (LLM state {data.layers[r.answer]}), " if getattr(config, "depth", None) == "val" else "")
                 + f"val {r.val_acc[r.answer]:.4f}, test {r.test_acc[r.answer]:.4f}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
                 + (f", exit policy {describe_choice(r.exit_policy)}" if r.exit_policy else "")
                 + (f", test {100 * r.exit_policy['test_acc']:.2f}% with it" if r.exit_policy and "test_acc" in r.exit_policy else "")
@@ -343,11 +325,11 @@ def _run(config: TrainConfig, group=None) -> dict:
         for entry, cost in zip(summary["per_seed"], costs):
             entry["train_s"] = cost["train_s"]
         summary["cost"] = ledger(costs, count_trainable(build_model(spec)), backward, memory, data.manifest,
-                                 reads_cache=not config.no_cache, max_batches=config.max_batches)
+                                 reads_cache=config.reads_cache, max_batches=config.max_batches)
         summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         summary["memory_limit_bytes"] = memory_limit
         writer.write_summary(*split_cost(summary))
-        if not config.no_cache:
+        if config.reads_cache:
             cache_binding.check_unchanged(config.cache, bound, "training")
         kill_point("commit")
         writer.commit()

@@ -174,15 +174,13 @@ class InferConfig:
         the files given, and the cache and graph folder the checkpoint names."""
         from pipeline.core import guarded
         from pipeline.core.errors import InputError
-        from stage2_train.checkpoint import CONFIG, LEGACY_CONFIG
+        from stage2_train.checkpoint import CONFIG
 
         found = [self.checkpoint, self.nodes, self.edges, self.node_ids, self.new_only]
-        for name in (CONFIG, LEGACY_CONFIG):  # the run's description
-            try:
-                recorded = guarded.read_json(self.checkpoint / name, "")
-                break
-            except InputError:
-                recorded = {}  # a damaged checkpoint is refused, naming the file, when it is loaded
+        try:  # the run's description
+            recorded = guarded.read_json(self.checkpoint / CONFIG, "")
+        except InputError:
+            recorded = {}  # a damaged checkpoint is refused, naming the file, when it is loaded
         for key in ("cache", "graph_source"):
             value = recorded.get(key)
             if isinstance(value, str) and Path(value).is_dir():

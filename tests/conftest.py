@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -81,3 +82,43 @@ def cora_cache(cora_graph, tmp_path_factory):
         return made[key]
 
     return _get
+
+
+@pytest.fixture(scope="session")
+def cora():
+    """The built-in Cora graph (2,708 nodes), loaded once a session. Read it; never change it."""
+    from pipeline.core.graph import load_graph
+
+    return load_graph("cora")
+
+
+@pytest.fixture(scope="session")
+def cora_texts(cora) -> list[str]:
+    """Six Cora texts of very different lengths: the longest (truncated by any small
+    max_length), a tiny one, the shortest, the middle one, one at a tenth, the 50th longest."""
+    texts = sorted(cora.texts, key=len)
+    return [texts[-1], "Graphs.", texts[0], texts[len(texts) // 2], texts[len(texts) // 10], texts[-50]]
+
+
+class Nights(NamedTuple):
+    root: Path  # a folder of the session's own for runs made from these; each test names its own subfolder
+    v2_graph: Path  # the 48-node slice: v1's 40 nodes + 8
+    v1_cache: Path
+    run1: Path  # a ladder trained on v1_cache with NIGHT_TRAIN
+    v2_cache: Path  # v2_graph encoded with --reuse v1_cache
+
+
+@pytest.fixture(scope="session")
+def nights(tmp_path_factory, cora_cache) -> Nights:
+    """Two nights of a growing graph (40 then 48 Cora nodes, NIGHT_SETTINGS), a ladder trained on
+    the first: once a session. Read them; copy before changing anything."""
+    from cora_slice import NIGHT_SETTINGS, NIGHT_TRAIN, encode_slice, write_cora_slice
+    from stage2_train.config import TrainConfig
+    from stage2_train.run import run as train
+
+    root = tmp_path_factory.mktemp("nights")
+    _, v1_cache = cora_cache(40, **NIGHT_SETTINGS)
+    v2 = write_cora_slice(root / "v2", 48).source
+    train(TrainConfig(cache=v1_cache, out=root / "run1", **NIGHT_TRAIN))
+    encode_slice(v2, root / "v2.zarr", reuse=v1_cache, **NIGHT_SETTINGS)
+    return Nights(root, Path(v2), v1_cache, root / "run1", root / "v2.zarr")

@@ -50,3 +50,9 @@ def encode_slice(graph: Path, out: Path, **settings) -> Path:
     from stage1_encode.run import run
 
     return run(EncodeConfig(graph=str(graph), out=out, **{**ENCODE_DEFAULTS, **settings}))
+
+
+# The growing graph of the nightly tests (the ``nights`` fixture of tests/conftest.py); test_finetune.py
+# encodes its 40-node v1 with the same settings, so one encode serves both.
+NIGHT_SETTINGS = dict(max_length=16, block_size=8, batch_tokens=128, storage_dtype="float32")
+NIGHT_TRAIN = dict(epochs=2, patience=2, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3, num_threads=1)

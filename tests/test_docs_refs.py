@@ -33,8 +33,11 @@ def _commands() -> dict[str, set[str]]:
             out[prefix] = {o for p in cmd.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []) if o.startswith("--")}
             out[prefix].add("--help")
 
-    walk(typer.main.get_command(app), "")
-    return out
+    root = typer.main.get_command(app)
+    walk(root, "")
+    # the app's own options (e.g. --quiet) go before any command: `pipeline --quiet train ...`
+    app_options = {o for p in root.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []) if o.startswith("--")}
+    return {name: flags | app_options for name, flags in out.items()}
 
 
 COMMANDS = _commands()

@@ -232,6 +232,6 @@ def test_other_settings_and_damaged_caches_refused(versions, caches, tmp_path, c
     shutil.copytree(old_cache / "text_hashes", damaged / "text_hashes")
     manifest = json.loads((damaged / "manifest.json").read_text())  # another format version
     (damaged / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
-    with pytest.raises(InputError, match=rf"--reuse {re.escape(str(damaged / 'manifest.json'))}: format_version 2, this pipeline reads cache format version 1; re-encode"):
+    with pytest.raises(InputError, match=rf"--reuse {re.escape(str(damaged / 'manifest.json'))}: format version 2, this version of the pipeline reads 1; re-encode the cache with `pipeline encode "):
         encode_here(new, out, reuse=damaged)
     assert not out.exists()

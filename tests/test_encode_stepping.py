@@ -14,13 +14,6 @@ from stage1_encode.models import BUILTIN_MODELS, load_model, resolve_model
 from stage1_encode.stepping import LayerStepper
 
 
-@pytest.fixture(scope="session")
-def cora_texts() -> list[str]:
-    """Four Cora texts of very different lengths (shortest, longest, two in between) + a tiny one."""
-    texts = sorted(load_graph("cora").texts, key=len)
-    return [texts[-1], "Graphs.", texts[0], texts[len(texts) // 2], texts[len(texts) // 10]]
-
-
 @pytest.fixture(scope="session", params=sorted(BUILTIN_MODELS))
 def stepper(request) -> LayerStepper:
     return LayerStepper(load_model(resolve_model(request.param)))

@@ -14,7 +14,6 @@ import os
 import pytest
 
 from pipeline.core.errors import InputError
-from pipeline.core.graph import load_graph
 from stage1_encode.models import resolve_model
 from stage1_encode.vllm_backend import VllmEncoder, check_architecture
 
@@ -26,13 +25,6 @@ def require_vllm() -> None:
         if os.environ.get("PIPELINE_REQUIRE_VLLM") == "1":
             pytest.fail("vLLM is not installed but PIPELINE_REQUIRE_VLLM=1: run bash scripts/setup_vllm.sh")
         pytest.skip("vLLM not installed (bash scripts/setup_vllm.sh creates .venv-vllm)")
-
-
-@pytest.fixture(scope="module")
-def cora_texts() -> list[str]:
-    """Texts of very different lengths: the longest (truncated), a tiny one, short, middle."""
-    texts = sorted(load_graph("cora").texts, key=len)
-    return [texts[-1], "Graphs.", texts[0], texts[len(texts) // 2], texts[len(texts) // 10], texts[-50]]
 
 
 @pytest.fixture(scope="module")

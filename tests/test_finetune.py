@@ -302,7 +302,7 @@ def test_encode_time_recorded_unknown_for_untimed_blocks_and_marks_versioned(sli
     mark.write_text(json.dumps({"nodes": nodes}) + "\n")  # a mark of no known format version
     with pytest.raises(InputError) as err:
         encode_seconds(untimed)
-    assert err.value.message == (f"{mark}: no format_version, this pipeline reads cache format version 1; "
+    assert err.value.message == (f"{mark}: format version None, this version of the pipeline reads 1; "
                                  f"re-encode the cache with `pipeline encode GRAPH --out {untimed} --overwrite`")
     cost = ledger([{"train_s": 2.0, "epoch_s": 1.0, "epochs_run": 2}], 10, 10, PeakMemory(), {}, reads_cache=True)
     assert cost["encode_s"] is None and cost["total_s"] is None  # unknown, never 0

@@ -17,11 +17,6 @@ from pipeline.core.graph_format import _symmetrize, graph_edges_table, read_node
 from pipeline.core.text_column import TextColumn
 
 
-@pytest.fixture(scope="module")
-def cora():
-    return load_graph("cora")
-
-
 def _copy_cora(folder, cora, row_group_size: int, text_type=pa.string(), nodes=None):
     folder.mkdir()
     nodes = read_nodes_table(cora) if nodes is None else nodes

@@ -14,26 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cora_slice import encode_slice, write_cora_slice
+from cora_slice import NIGHT_TRAIN as TRAIN
+from cora_slice import write_cora_slice
 from pipeline.core.errors import InputError
 from pipeline.core.graph import load_graph
-
-SETTINGS = dict(max_length=16, block_size=8, batch_tokens=128, storage_dtype="float32")  # test_finetune.py's: one encode of v1
-TRAIN = dict(epochs=2, patience=2, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3, num_threads=1)
-
-
-@pytest.fixture(scope="module")
-def nights(tmp_path_factory, cora_cache):
-    """(root, v2 graph, v1 cache, v1 run, v2 cache): v2 = v1 + 8 nodes, encoded with --reuse."""
-    from stage2_train.config import TrainConfig
-    from stage2_train.run import run as train
-
-    root = tmp_path_factory.mktemp("nights")
-    _, v1_cache = cora_cache(40, **SETTINGS)
-    v2 = write_cora_slice(root / "v2", 48).source
-    train(TrainConfig(cache=v1_cache, out=root / "run1", **TRAIN))
-    encode_slice(v2, root / "v2.zarr", reuse=v1_cache, **SETTINGS)
-    return root, v2, v1_cache, root / "run1", root / "v2.zarr"
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
@@ -46,7 +30,7 @@ def test_warm_start_begins_from_the_previous_run(nights) -> None:
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
-    root, _, _, run1, v2_cache = nights
+    root, run1, v2_cache = nights.root, nights.run1, nights.v2_cache
     still = dict(TRAIN, epochs=1, lr=1e-12, weight_decay=0.0)  # a step too small to move: the run keeps its start
     train(TrainConfig(cache=v2_cache, out=root / "warm", init=run1, **still))
     train(TrainConfig(cache=v2_cache, out=root / "cold", **still))
@@ -60,7 +44,7 @@ def test_warm_start_refusals(nights, tmp_path, cli) -> None:
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
-    _, _, _, run1, v2_cache = nights
+    run1, v2_cache = nights.run1, nights.v2_cache
     out = tmp_path / "run2"
     result = cli("train", v2_cache, "--out", out, "--init", run1, "--hidden-channels", "16", "--gnn", "gcn", "--epochs", "1")
     assert result.exit_code == 2, result.output
@@ -91,7 +75,7 @@ def test_new_only_predicts_the_added_nodes_with_the_fingerprint(nights, cli) -> 
     from stage3_infer.config import InferConfig
     from stage3_infer.run import run as infer
 
-    root, v2, v1_cache, run1, v2_cache = nights
+    root, v2, v1_cache, run1, v2_cache = nights.root, nights.v2_graph, nights.v1_cache, nights.run1, nights.v2_cache
     train(TrainConfig(cache=v2_cache, out=root / "run2", init=run1, **TRAIN))
     graph, old = load_graph(v2), load_graph(write_cora_slice(root / "v1-again", 40).source)
     added = [i for i in graph.node_ids.tolist() if i not in set(old.node_ids.tolist())]

@@ -3,7 +3,7 @@ quiet nights (no new node), every arch honouring ``--new-only``, options with no
 chosen arch, ``--init`` refusals and the fine-tuning warm start, a run bound to its cache's
 content, config files with limits, checkpoint metadata that disagrees with its weights, a
 full disk in each writer (a real tmpfs in a private mount namespace), and weaker messages.
-Real MiniLM on the 40/48-node Cora slices shared with tests/test_incremental_train_infer.py.
+Real MiniLM on the 40/48-node Cora slices of the shared ``nights`` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -18,26 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cora_slice import NIGHT_SETTINGS as SETTINGS
+from cora_slice import NIGHT_TRAIN as TRAIN
 from cora_slice import encode_slice, write_cora_slice
 from pipeline.core.errors import InputError
 
-SETTINGS = dict(max_length=16, block_size=8, batch_tokens=128, storage_dtype="float32")
-TRAIN = dict(epochs=2, patience=2, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3, num_threads=1)
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def nights(tmp_path_factory, cora_cache):
-    """(root, v1 cache, v1 ladder run, v2 cache): v2 = v1 + 8 nodes, encoded with --reuse."""
-    from stage2_train.config import TrainConfig
-    from stage2_train.run import run as train
-
-    root = tmp_path_factory.mktemp("nightly")
-    _, v1_cache = cora_cache(40, **SETTINGS)
-    v2 = write_cora_slice(root / "v2", 48).source
-    train(TrainConfig(cache=v1_cache, out=root / "run1", **TRAIN))
-    encode_slice(v2, root / "v2.zarr", reuse=v1_cache, **SETTINGS)
-    return root, v1_cache, root / "run1", root / "v2.zarr"
 
 
 def plain(output: str) -> str:
@@ -46,7 +32,7 @@ def plain(output: str) -> str:
 
 # --------------------------------------------------------------- quiet nights, --new-only
 def test_new_only_with_no_new_node_writes_an_empty_valid_file(nights, tmp_path, cli) -> None:
-    _, v1_cache, run1, _ = nights
+    v1_cache, run1 = nights.v1_cache, nights.run1
     out = tmp_path / "pred"
     result = cli("infer", "--checkpoint", run1, "--out", out, "--new-only", v1_cache)
     assert result.exit_code == 0, result.output
@@ -140,7 +126,7 @@ INIT_CASES = [  # (damage to a copy of run1, extra train flags, the refusal's wo
 
 @pytest.mark.parametrize("damage,flags,words", [c[1:] for c in INIT_CASES], ids=[c[0] for c in INIT_CASES])
 def test_init_refusals_name_the_problem(nights, tmp_path, cli, damage, flags, words) -> None:
-    _, _, run1, v2_cache = nights
+    run1, v2_cache = nights.run1, nights.v2_cache
     init = tmp_path / "init"
     shutil.copytree(run1, init)
     if damage is not None:
@@ -155,7 +141,7 @@ def test_init_refusals_name_the_problem(nights, tmp_path, cli, damage, flags, wo
 
 
 def test_checkpoint_metadata_that_disagrees_with_its_weights_is_refused(nights, tmp_path, cli) -> None:
-    _, _, run1, _ = nights
+    run1 = nights.run1
     run = tmp_path / "run"
     shutil.copytree(run1, run)
     _other_width(run)
@@ -185,7 +171,7 @@ def test_infer_refuses_a_cache_changed_since_training(nights, tmp_path, cli, cha
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
-    _, v1_cache, _, _ = nights
+    v1_cache = nights.v1_cache
     cache = tmp_path / "cache.zarr"
     shutil.copytree(v1_cache, cache)
     run = tmp_path / "run"
@@ -204,7 +190,7 @@ def test_infer_refuses_a_cache_changed_since_training(nights, tmp_path, cli, cha
 def test_a_cache_rewritten_while_read_is_refused(nights, tmp_path) -> None:
     from stage2_train.cache_binding import check_unchanged, identity_of
 
-    _, v1_cache, _, _ = nights
+    v1_cache = nights.v1_cache
     cache = tmp_path / "cache.zarr"
     shutil.copytree(v1_cache, cache)
     before = identity_of(cache)
@@ -218,7 +204,7 @@ def test_a_cache_rewritten_while_read_is_refused(nights, tmp_path) -> None:
 def test_identical_reencode_keeps_the_identity(nights, tmp_path) -> None:
     from stage2_train.cache_binding import identity_of
 
-    _, v1_cache, _, _ = nights
+    v1_cache = nights.v1_cache
     graph = json.loads((v1_cache / "manifest.json").read_text())["graph_source"]
     again = encode_slice(graph, tmp_path / "again.zarr", **SETTINGS)
     assert identity_of(again)["digest"] == identity_of(v1_cache)["digest"]
@@ -290,7 +276,7 @@ DISK_CASES = [  # (writer, tmpfs size, what to copy onto it, the command with DI
 def test_a_full_disk_is_refused_with_nothing_half_written(nights, tmp_path, writer, size, prepare, args) -> None:
     if not _unshare_ok():
         pytest.fail("needs `unshare -rm` (a private mount namespace) to mount a small tmpfs; allow user namespaces")
-    root, v1_cache, run1, _ = nights
+    v1_cache, run1 = nights.v1_cache, nights.run1
     graph = json.loads((v1_cache / "manifest.json").read_text())["graph_source"]
     disk = tmp_path / "disk"
     args = [a.format(v1_cache=v1_cache, run1=run1, graph=graph).replace("DISK", str(disk)) for a in args]
@@ -339,7 +325,7 @@ def _truncate_last_chunk(old: Path) -> None:  # a chunk cut short: its blocks ar
 
 @pytest.mark.parametrize("unfinish", [_unmark_last_block, _truncate_last_chunk], ids=["unmarked", "truncated"])
 def test_reuse_of_an_unfinished_cache_reencodes_its_unfinished_blocks(nights, tmp_path, cli, unfinish) -> None:
-    _, v1_cache, _, _ = nights
+    v1_cache = nights.v1_cache
     old = tmp_path / "old.zarr"
     shutil.copytree(v1_cache, old)
     unfinish(old)
@@ -366,7 +352,7 @@ def lora_v2(nights):
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
-    root, _, _, v2_cache = nights
+    root, v2_cache = nights.root, nights.v2_cache
     train(TrainConfig(cache=v2_cache, out=root / "lora2", **FINETUNE))
     return root / "lora2"
 
@@ -374,7 +360,7 @@ def lora_v2(nights):
 def test_finetune_infer_honours_new_only(nights, lora_v2, tmp_path, cli) -> None:
     from pipeline.core.graph import load_graph
 
-    _, v1_cache, _, v2_cache = nights
+    v1_cache, v2_cache = nights.v1_cache, nights.v2_cache
     result = cli("infer", "--checkpoint", lora_v2, "--out", tmp_path / "new", "--new-only", v1_cache)
     assert result.exit_code == 0, result.output
     graph = load_graph(json.loads((v2_cache / "manifest.json").read_text())["graph_source"])
@@ -402,7 +388,7 @@ def test_finetune_init_warm_starts(nights, lora_v2, tmp_path) -> None:
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
-    _, _, _, v2_cache = nights
+    v2_cache = nights.v2_cache
     still = dict(FINETUNE, lr=1e-12, weight_decay=0.0, max_batches=1)  # a step too small to move: a run keeps its start
     train(TrainConfig(cache=v2_cache, out=tmp_path / "warm", init=lora_v2, **still))
     train(TrainConfig(cache=v2_cache, out=tmp_path / "cold", **still))

@@ -20,18 +20,15 @@ NODES = 45
 
 
 @pytest.fixture(scope="module")
-def bf16_run(tmp_path_factory, cora_graph):
-    """(root, run dir, graph) of a ladder trained on a bfloat16-encoded MiniLM cache."""
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run as encode
+def bf16_run(tmp_path_factory, cora_cache):
+    """(root, run dir, graph, cache) of a ladder trained on the bfloat16-encoded MiniLM cache."""
     from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
 
     root = tmp_path_factory.mktemp("bf16")
-    graph_dir = cora_graph(NODES)
-    encode(EncodeConfig(graph=str(graph_dir), out=root / "cache.zarr", model="minilm-l6", max_length=32, block_size=16, dtype="bfloat16"))
-    train(TrainConfig(cache=root / "cache.zarr", out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3))
-    return root, root / "run", load_graph(graph_dir)
+    graph_dir, cache = cora_cache(NODES, max_length=32, block_size=16, dtype="bfloat16")
+    train(TrainConfig(cache=cache, out=root / "run", epochs=3, patience=3, batch_size=16, hidden_channels=32, dropout=0.0, lr=3e-3))
+    return root, root / "run", load_graph(graph_dir), cache
 
 
 def _training_logits(run_dir, targets):
@@ -48,8 +45,8 @@ def _training_logits(run_dir, targets):
 
 
 def test_bf16_cache_infer_none_equals_training(bf16_run):
-    root, run_dir, graph = bf16_run
-    assert json.loads((root / "cache.zarr" / "manifest.json").read_text())["compute_dtype"] == "bfloat16"
+    root, run_dir, graph, cache = bf16_run
+    assert json.loads((cache / "manifest.json").read_text())["compute_dtype"] == "bfloat16"
     summary = run(InferConfig(run_dir, root / "pred", exit="none"))
     test = np.flatnonzero(graph.split == "test")
     logits, ck = _training_logits(run_dir, test)
@@ -65,10 +62,10 @@ def test_bf16_cache_infer_none_equals_training(bf16_run):
 
 
 def test_other_dtype_refused_naming_both_unless_allowed(bf16_run, cli, tmp_path):
-    root, run_dir, _ = bf16_run
+    _, run_dir, _, cache = bf16_run
     result = cli("infer", "--checkpoint", run_dir, "--out", tmp_path / "refused", "--dtype", "float32")
     assert result.exit_code == 2, result.output
-    assert (f"Error: --dtype float32: cache {root / 'cache.zarr'} was encoded in bfloat16; the LLM must run in bfloat16 "
+    assert (f"Error: --dtype float32: cache {cache} was encoded in bfloat16; the LLM must run in bfloat16 "
             "to reproduce the states training read. Drop --dtype (uses bfloat16), or pass --allow-dtype-mismatch") in result.output
     assert not (tmp_path / "refused").exists()
 
@@ -90,7 +87,7 @@ def test_other_dtype_refused_naming_both_unless_allowed(bf16_run, cli, tmp_path)
     (("--dtype", "int8"), "Error: --dtype int8: expected one of float32, bfloat16, float16 (default: the cache's)"),
 ])
 def test_bad_device_or_dtype_refused_before_any_work(bf16_run, cli, tmp_path, args, message):
-    _, run_dir, _ = bf16_run
+    _, run_dir, _, _ = bf16_run
     for command in (("infer", "--checkpoint", run_dir, "--out", tmp_path / "out"), ("bench", "infer", "--checkpoint", run_dir)):
         result = cli(*command, *args)
         assert result.exit_code == 2 and message in result.output, result.output
@@ -99,19 +96,19 @@ def test_bad_device_or_dtype_refused_before_any_work(bf16_run, cli, tmp_path, ar
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_without_a_gpu_refused(bf16_run, cli, tmp_path):
-    _, run_dir, _ = bf16_run
+    _, run_dir, _, _ = bf16_run
     result = cli("infer", "--checkpoint", run_dir, "--out", tmp_path / "out", "--device", "cuda")
     assert result.exit_code == 2 and "Error: --device cuda: no CUDA device is visible; use --device cpu" in result.output
     assert not (tmp_path / "out").exists()
 
 
 def test_train_saves_the_resolved_device_and_no_cache_uses_the_cache_dtype(bf16_run, cli, tmp_path):
-    root, run_dir, _ = bf16_run
+    _, run_dir, _, cache = bf16_run
     assert json.loads((run_dir / "checkpoint.json").read_text())["device"] == "cpu"  # auto, resolved
     assert json.loads((run_dir / "train_config.json").read_text())["device"] == "cpu"  # the replayable flags too
-    result = cli("train", root / "cache.zarr", "--out", tmp_path / "r", "--dtype", "bfloat16")
+    result = cli("train", cache, "--out", tmp_path / "r", "--dtype", "bfloat16")
     assert result.exit_code == 2 and "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)" in result.output
-    result = cli("train", root / "cache.zarr", "--out", tmp_path / "r", "--no-cache", "--dtype", "float16")
+    result = cli("train", cache, "--out", tmp_path / "r", "--no-cache", "--dtype", "float16")
     assert result.exit_code == 2 and "Error: --dtype float16: cache" in result.output and "was encoded in bfloat16" in result.output
     assert not (tmp_path / "r").exists()
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 
-from cora_slice import write_cora_slice
 
 REPO = Path(__file__).resolve().parents[1]
 NODES = 160
@@ -52,14 +51,8 @@ def torchrun(cache: Path, out: Path, *extra: str, **env: str) -> subprocess.Pope
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run as encode
-
-    root = tmp_path_factory.mktemp("dist")
-    graph = write_cora_slice(root / "graph", NODES)
-    encode(EncodeConfig(graph=str(graph.source), out=root / "cache.zarr", model="minilm-l6", max_length=24, block_size=16, device="cpu"))
-    return root / "cache.zarr"
+def cache(cora_cache) -> Path:
+    return cora_cache(NODES, max_length=24, block_size=16)[1]
 
 
 def test_two_ranks_match_one_process_and_a_dead_rank_fails_the_job(cache, tmp_path, cli):

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from cora_slice import write_cora_slice
+from cora_slice import encode_slice, write_cora_slice
 from pipeline.core.errors import InputError
 from pipeline.core.graph import load_graph
 from stage2_train.checkpoint import load_checkpoint, read_metrics
@@ -23,20 +23,13 @@ from stage2_train.run import run
 NODES = 60
 
 
-def _encode(graph_dir, out, **kw):
-    from stage1_encode.config import EncodeConfig
-    from stage1_encode.run import run as encode
-
-    return encode(EncodeConfig(graph=str(graph_dir), out=out, model="minilm-l6", max_length=64, block_size=16, device="cpu", **kw))
+ENCODE = dict(max_length=64, block_size=16)
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    graph = write_cora_slice(root / "graph", NODES)
-    cache = root / "cache.zarr"
-    _encode(graph.source, cache)
-    return root, cache
+def small(tmp_path_factory, cora_cache):
+    """(a folder for this module's runs, the shared 60-node cache)."""
+    return tmp_path_factory.mktemp("train"), cora_cache(NODES, **ENCODE)[1]
 
 
 def _cfg(small, name, **kw):
@@ -94,19 +87,20 @@ def test_rung_activation_and_norm_are_saved_and_rebuilt(small):
     assert (config["rung_activation"], config["rung_norm"]) == ("elu", "none")
     assert (config["model"]["rung_activation"], config["model"]["rung_norm"]) == ("elu", "none")
     model = load_checkpoint(root / "elu").model
-    kinds = {type(m) for m in model.modules()}
+    kinds = {type(m) for m in model.gnns.modules()}  # the rungs; the projections keep LayerNorm and ReLU
     assert nn.ELU in kinds and nn.ReLU not in kinds and nn.LayerNorm not in kinds
+    assert [type(m) for m in model.proj[0]] == [nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear]
     with pytest.raises(InputError, match=r"--rung-norm: .* has rung_norm 'none', this run 'layer'"):
         run(_cfg(small, "elu_warm", rungs=(0, 6), depth="full", init=root / "elu"))
-    # a run written before these options existed used ReLU and LayerNorm: it still loads and warm-starts
-    run(_cfg(small, "legacy", rungs=(0, 6), depth="full"))
-    path = root / "legacy" / "checkpoint.json"
-    config = json.loads(path.read_text())
-    for key in ("rung_activation", "rung_norm"):
-        del config[key], config["model"][key]
-    path.write_text(json.dumps(config))
-    assert nn.LayerNorm in {type(m) for m in load_checkpoint(root / "legacy").model.modules()}
-    assert run(_cfg(small, "legacy_warm", rungs=(0, 6), depth="full", init=root / "legacy"))["per_seed"]
+    # a checkpoint of another format version is refused, naming the file, the version and what to run
+    path = root / "elu" / "checkpoint.json"
+    recorded = json.loads(path.read_text())
+    path.write_text(json.dumps({**recorded, "format_version": 2}))
+    with pytest.raises(InputError) as err:
+        load_checkpoint(root / "elu")
+    assert err.value.exit_code == 2 and err.value.message == (
+        f"{path}: format version 2, this version of the pipeline reads 1; retrain it with "
+        f"`pipeline train {recorded['cache']} --out {root / 'elu'} --overwrite`")
 
 
 def test_baselines_and_ladder_write_the_same_format(small):
@@ -128,13 +122,13 @@ def test_refusals_name_the_fixing_command(small, tmp_path):
         run(_cfg(small, "r1", rungs=(0, 9)))
     half = tmp_path / "half.zarr"
     graph = load_graph(json.loads((cache / "manifest.json").read_text())["graph_source"])
-    _encode(graph.source, half, num_shards=2, shard_id=0)
+    encode_slice(graph.source, half, num_shards=2, shard_id=0, **ENCODE)
     with pytest.raises(InputError, match=r"is incomplete: .*missing shard\(s\) 1 of 2: `pipeline encode .* --shard-id 1`"):
         run(_cfg(small, "r2", cache=half))
     # the cache's graph changed after encoding: refused with the re-encode command
     other = write_cora_slice(tmp_path / "other", NODES)
     other_cache = tmp_path / "other.zarr"
-    _encode(other.source, other_cache)
+    encode_slice(other.source, other_cache, **ENCODE)
     write_cora_slice(tmp_path / "other2", NODES, texts_suffix=" (edited)")
     import shutil
 
@@ -146,7 +140,7 @@ def test_refusals_name_the_fixing_command(small, tmp_path):
     assert not (root / "r1").exists() and not (root / "r2").exists() and not (root / "r3").exists()
     with pytest.raises(InputError, match=r"missing summary.json \(not a finished training run\); create it with `pipeline train CACHE_DIR --out"):
         (tmp_path / "empty").mkdir()
-        (tmp_path / "empty" / "config.json").write_text("{}")
+        (tmp_path / "empty" / "checkpoint.json").write_text("{}")
         (tmp_path / "empty" / "manifest.json").write_text("{}")
         load_checkpoint(tmp_path / "empty")
 

@@ -41,6 +41,8 @@ class Cli:
     cli_type: Any = None  # what click parses when it differs from the field's type
     show_default: bool | str = True
     required: bool = False  # on the command line, even when the dataclass has a default
+    choices: tuple[str, ...] | None = None  # the values the field accepts (None, where allowed, stays None)
+    panel: str | None = None  # the --help panel; None: the declaring class's PANEL, else typer's default
 
     def flag_name(self, name: str) -> str:
         return self.flag or "--" + name.replace("_", "-")
@@ -60,6 +62,30 @@ def cli_fields(config_cls: type) -> list[tuple[Field, Cli]]:
     return [(f, f.metadata["cli"]) for f in fields(config_cls) if "cli" in f.metadata]
 
 
+def _union_cli_fields(classes: tuple[type, ...]) -> list[tuple[Field, Cli, str | None]]:
+    """The flags of ``classes`` (each once, in order) with their help panel."""
+    seen: dict[str, tuple[Field, Cli, str | None]] = {}
+    for cls in classes:
+        for f, cli in cli_fields(cls):
+            if f.name not in seen:
+                declaring = next((c for c in cls.__mro__ if f.name in c.__dict__.get("__annotations__", {})), cls)
+                seen[f.name] = (f, cli, cli.panel or getattr(declaring, "PANEL", None))
+    return list(seen.values())
+
+
+def choice_problem(f: Field, value: Any) -> str | None:
+    """``--flag VALUE: choose one of ...`` when ``value`` is not among the field's ``choices``."""
+    cli = f.metadata.get("cli")
+    if cli is None or cli.choices is None or value is None or value in cli.choices:
+        return None
+    return f"{cli.flag_name(f.name)} {value}: choose one of {', '.join(cli.choices)}"
+
+
+def choice_problems(config: Any) -> list[str]:
+    """One :func:`choice_problem` per field of ``config`` holding a value outside its choices."""
+    return [p for f, _ in cli_fields(type(config)) if (p := choice_problem(f, getattr(config, f.name))) is not None]
+
+
 def to_cli(value: Any) -> Any:
     """A field value in command-line form: tuples as "a,b,c", paths as strings."""
     if isinstance(value, (tuple, list)):
@@ -77,30 +103,37 @@ def _default(f: Field) -> Any:
     return ...  # required
 
 
-def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = None) -> Callable[..., Any]:
-    """The typer command of ``config_cls``: one parameter per :func:`option` field, plus
-    ``--config``; it builds ``config_cls(**values)`` and calls ``runner`` with it."""
-    hints = typing.get_type_hints(config_cls)
+def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = None,
+            variants: tuple[type, ...] = ()) -> Callable[..., Any]:
+    """The typer command of ``config_cls``: one parameter per :func:`option` field of it and of
+    ``variants`` (its subclasses, whose flags it also takes), plus ``--config``; it builds
+    ``config_cls(**values)`` and calls ``runner`` with it."""
+    hints: dict[str, Any] = {}
+    for cls in (config_cls, *variants):
+        hints.update(typing.get_type_hints(cls))
     params: list[inspect.Parameter] = []
-    specs = cli_fields(config_cls)
-    for f, cli in specs:
+    specs = _union_cli_fields((config_cls, *variants))
+    for f, cli, panel in specs:
         default = ... if cli.required else _default(f)
         cli_default = default if default is ... or cli.parse is None else to_cli(default)
         kind = typer.Argument if cli.argument else typer.Option
         decls = [] if cli.argument else ["/".join(filter(None, (cli.flag_name(f.name), cli.off_flag)))]
         # help is plain text: brackets in it are shown, not read as rich markup
-        info = kind(cli_default, *decls, help=escape(cli.help), metavar=cli.metavar, show_default=cli.show_default)
+        metavar = cli.metavar or ("[" + "|".join(cli.choices) + "]" if cli.choices else None)
+        info = kind(cli_default, *decls, help=escape(cli.help), metavar=metavar, show_default=cli.show_default,
+                    rich_help_panel=panel)
         annotation = cli.cli_type or (str | None if cli.parse is not None else hints[f.name])
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
     params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=ConfigOption, annotation=Path | None))
     takes_explicit = any(f.name == EXPLICIT_FIELD for f in fields(config_cls))
+    specs_by_name = [(f, cli) for f, cli, _ in specs]
     if takes_explicit:  # typer passes the click context to a parameter annotated typer.Context
         params.insert(0, inspect.Parameter(CONTEXT_PARAM, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context))
 
     def run_command(*args: Any, **values: Any) -> Any:
         ctx = args[0] if args else values.pop(CONTEXT_PARAM, None)
         values.pop("config", None)
-        for f, cli in specs:
+        for f, cli in specs_by_name:
             if cli.parse is not None and values[f.name] is not None:
                 values[f.name] = cli.parse(values[f.name], cli.flag_name(f.name))
         if takes_explicit:  # which values the user gave (a preset fills only the others)

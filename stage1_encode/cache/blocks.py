@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pipeline.core import guarded
 from stage1_encode.cache.geometry import block_range, chunk_bytes, chunk_file, scales_chunk_file
-from stage1_encode.cache.manifest import FORMAT_VERSION, IDENTITY_KEYS, check_version, rebuild_hint
+from pipeline.core.format_version import FORMAT_VERSION
+from stage1_encode.cache.manifest import IDENTITY_KEYS, check_cache_version, rebuild_hint
 from stage1_encode.cache.raw import is_raw_layout
 
 
@@ -57,7 +58,7 @@ def _marks(path: str | Path):
         if not isinstance(mark, dict):
             yield b, None
             continue
-        check_version(mark.get("format_version"), f, path)
+        check_cache_version(mark, f, path)
         yield b, mark
 
 

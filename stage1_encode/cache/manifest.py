@@ -18,10 +18,10 @@ import numpy as np
 from pipeline import __version__
 from pipeline.core import guarded, ownership
 from pipeline.core.errors import InputError
+from pipeline.core.format_version import FORMAT_VERSION, check_version
 from stage1_encode.cache.geometry import chunk_nodes_for
 
 FORMAT = "engine-encode-cache"
-FORMAT_VERSION = 1  # of manifest.json and of the block marks
 MANIFEST_FILE = "manifest.json"
 CACHE_MARKS = (MANIFEST_FILE, "zarr.json")  # the files by which a folder is recognised as a cache
 # Manifest fields two runs must share to fill the same cache.
@@ -95,14 +95,10 @@ def rebuild_hint(path: str | Path, manifest: dict | None = None) -> str:
     return f"rebuild it with `pipeline encode GRAPH --out {path} --overwrite`"
 
 
-def check_version(found, file: Path, cache: str | Path, manifest: dict | None = None) -> None:
-    """Refuse a cache file of another format version (exit 2), naming the file, the version
-    found and the command that re-encodes the cache."""
-    if found == FORMAT_VERSION and type(found) is int:
-        return
-    shown = "no format_version" if found is None else f"format_version {found!r}"
-    hint = rebuild_hint(cache, manifest).replace("rebuild it", "re-encode the cache", 1)
-    raise InputError(f"{file}: {shown}, this pipeline reads cache format version {FORMAT_VERSION}; {hint}")
+def check_cache_version(data: dict, file: Path, cache: str | Path, manifest: dict | None = None) -> None:
+    """Refuse a cache file (manifest or block mark, parsed as ``data``) of another format
+    version (exit 2), naming the file, the version found and the command that re-encodes the cache."""
+    check_version(data, file, rebuild_hint(cache, manifest).replace("rebuild it", "re-encode the cache", 1))
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -118,7 +114,7 @@ def read_manifest(path: str | Path) -> dict:
     if str(manifest.get("format", "")).split("/")[0] != FORMAT:
         raise InputError(f"{path}: not an encode cache (its manifest.json has no cache format, found {manifest.get('format')!r}); "
                          f"give a folder written by `pipeline encode GRAPH --out DIR`")
-    check_version(manifest.get("format_version"), file, path, manifest)
+    check_cache_version(manifest, file, path, manifest)
     guarded.require(manifest, MANIFEST_KEYS, file, rebuild_hint(path))
     return manifest
 
