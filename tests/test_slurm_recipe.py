@@ -7,16 +7,15 @@ once with ``SLURM_ARRAY_TASK_ID``/``_COUNT``/``_MIN``/``_MAX``, the environment 
 called in with the ``--export`` variables (``--export=ALL,...``), and
 stdout and stderr into the ``--output`` file. Every command is real: MiniLM encodes a 40-node
 Cora slice in 2 shards, torchrun trains on 2 CPU ranks (gloo), 2 array tasks predict, one job
-assembles and one reports. The assembled predictions equal a one-process ``pipeline infer``
-byte for byte. Then a lost part: assembly exits 3 (``infer --status``), the report never
-runs, and resubmitting only that task (``FROM=infer ARRAY=1``) completes the chain.
+assembles and one reports. Infer task 1 is preempted: assembly exits 3 (``infer --status``)
+and the report never runs; resubmitting only that task (``FROM=infer ARRAY=1``) completes the
+chain, and the assembled predictions equal a one-process ``pipeline infer`` byte for byte.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,8 +61,9 @@ class Slurm:
         jobs = [json.loads(line) for line in self.log.read_text().splitlines()]
         return jobs if env else [argv for argv, _ in jobs]
 
-    def run(self) -> dict[str, str]:
-        """Run the submissions not run yet; ``{job name: "ok" | "failed" | "never"}``."""
+    def run(self, preempt: dict[str, set[int]] | None = None) -> dict[str, str]:
+        """Run the submissions not run yet; ``{job name: "ok" | "failed" | "never"}``. ``preempt``:
+        array tasks (job name -> task ids) killed before they start (exit 143, as by SIGTERM)."""
         states = {}
         for number, (argv, submitter) in enumerate(self.submissions(env=True)[self.ran:], start=1001 + self.ran):
             job = str(number)
@@ -74,12 +74,13 @@ class Slurm:
             if done is None or (kind == "afterok" and any(done)):
                 self.codes[job] = None  # DependencyNeverSatisfied
             else:
-                self.codes[job] = self._run(job, opts, script, mode, submitter)
+                lost = (preempt or {}).get(opts["job-name"], set())
+                self.codes[job] = self._run(job, opts, script, mode, submitter, lost)
             states[opts["job-name"]] = "never" if self.codes[job] is None else "ok" if not any(self.codes[job]) else "failed"
         self.ran = len(self.submissions())
         return states
 
-    def _run(self, job: str, opts: dict, script: str, mode: str, submitter: dict) -> list[int]:
+    def _run(self, job: str, opts: dict, script: str, mode: str, submitter: dict, lost: set[int]) -> list[int]:
         exports = dict(kv.split("=", 1) for kv in opts["export"].split(",")[1:])  # ALL,K=V,...
         tasks = [None]
         if "array" in opts:
@@ -95,11 +96,15 @@ class Slurm:
                            SLURM_ARRAY_TASK_MIN=str(min(tasks)), SLURM_ARRAY_TASK_MAX=str(max(tasks)))
                 out = out.replace("%a", str(task))
             with open(out, "w") as log:
+                if task in lost:
+                    log.write("preempted\n")
+                    procs.append(143)
+                    continue
                 procs.append(subprocess.Popen(["bash", script, mode], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
-        return [p.wait(timeout=300) for p in procs]
+        return [p if isinstance(p, int) else p.wait(timeout=300) for p in procs]
 
 
-def test_the_recipe_chains_every_stage_and_resumes_a_lost_part(tmp_path, cora_graph, cli):
+def test_the_recipe_chains_every_stage_and_resumes_a_preempted_part(tmp_path, cora_graph, cli):
     work, slurm = tmp_path / "work", Slurm(tmp_path)
     logs, pred = work / "logs", work / "predictions"
     res = slurm.submit(WORK=str(work), GRAPH=str(cora_graph(NODES)), **SETTINGS)
@@ -119,43 +124,46 @@ def test_the_recipe_chains_every_stage_and_resumes_a_lost_part(tmp_path, cora_gr
         ["--parsable", "--job-name=report", "--dependency=afterok:1005", f"--output={logs}/report-%j.out", *common, str(SCRIPT), "report"],
     ]
 
-    states = slurm.run()
-    assert states == dict.fromkeys(["encode", "encode-status", "train", "infer", "assemble", "report"], "ok"), \
-        {p.name: p.read_text()[-2000:] for p in logs.iterdir()}
+    # infer task 1 is preempted: assembly finds part 1 missing (exit 3) and the report never runs
+    states = slurm.run(preempt={"infer": {1}})
+    assert states == {"encode": "ok", "encode-status": "ok", "train": "ok", "infer": "failed", "assemble": "failed",
+                      "report": "never"}, {p.name: p.read_text()[-2000:] for p in logs.iterdir()}
+    config = work / "predictions.parts" / "infer_config.json"
+    assert (logs / "assemble-1005.out").read_text().splitlines()[-2:] == [
+        f"predictions {pred}: parts done 1/2 ({work / 'predictions.parts'})",
+        f"  missing part 1: `pipeline infer --config {config} --shard 1/2`"]
+    assert sorted(p.name for p in work.iterdir()) == ["cache.zarr", "logs", "predictions.parts", "run"]
+    assert json.loads((work / "run" / "checkpoint.json").read_text())["world_size"] == 2  # trained by 2 torchrun ranks
+
+    # resubmit only that task: part 0 is left as it is, and the chain completes
+    part0 = (work / "predictions.parts" / "part-0-of-2" / "predictions.parquet").stat().st_mtime_ns
+    res = slurm.submit(WORK=str(work), FROM="infer", ARRAY="1", **SETTINGS)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"jobs: infer 1007 assemble 1008 report 1009; outputs in {work}/, logs in {logs}/\n"
+    assert slurm.submissions()[6:] == [
+        ["--parsable", "--job-name=infer", "--array=1", f"--output={logs}/infer-%A_%a.out", *common, str(SCRIPT), "infer"],
+        ["--parsable", "--job-name=assemble", "--dependency=afterany:1007", f"--output={logs}/assemble-%j.out",
+         *common, str(SCRIPT), "assemble"],
+        ["--parsable", "--job-name=report", "--dependency=afterok:1008", f"--output={logs}/report-%j.out", *common, str(SCRIPT), "report"],
+    ]
+    assert slurm.run() == {"infer": "ok", "assemble": "ok", "report": "ok"}, (logs / "assemble-1008.out").read_text()
+    assert (work / "predictions.parts" / "part-0-of-2" / "predictions.parquet").stat().st_mtime_ns == part0
+    assert "parts done 2/2" in (logs / "assemble-1008.out").read_text()
+
     assert sorted(p.name for p in work.iterdir()) == ["cache.zarr", "logs", "predictions", "predictions.parts", "report", "run"]
     assert sorted(p.name for p in logs.iterdir()) == [
-        "assemble-1005.out", "encode-1001_0.out", "encode-1001_1.out", "encode-status-1002.out", "infer-1004_0.out",
-        "infer-1004_1.out", "report-1006.out", "train-1003.out"]
+        "assemble-1005.out", "assemble-1008.out", "encode-1001_0.out", "encode-1001_1.out", "encode-status-1002.out",
+        "infer-1004_0.out", "infer-1004_1.out", "infer-1007_1.out", "report-1009.out", "train-1003.out"]
     assert sorted(p.name for p in (work / "predictions.parts").iterdir()) == [
         ".pipeline-artifact.json", "infer_config.json", "part-0-of-2", "part-1-of-2", "parts.json"]
     assert sorted(p.name for p in pred.iterdir()) == [".pipeline-artifact.json", "infer_config.json", "predictions.parquet", "summary.json"]
-    assert json.loads((work / "run" / "checkpoint.json").read_text())["world_size"] == 2  # trained by 2 torchrun ranks
     assert (work / "report" / "report.md").is_file()
-    assert "parts done 2/2" in (logs / "assemble-1005.out").read_text()
 
+    # the assembled predictions are a one-process run's, byte for byte
     one = cli("infer", "--checkpoint", work / "run", "--out", tmp_path / "one", *INFER_ARGS.split())
     assert one.exit_code == 0, one.output
     assert (pred / "predictions.parquet").read_bytes() == (tmp_path / "one" / "predictions.parquet").read_bytes()
     assert json.loads((pred / "summary.json").read_text())["num_targets"] == NODES
-
-    # part 1 lost (its task preempted before it wrote): the check fails the chain, the report waits
-    for folder in (pred, work / "report", work / "predictions.parts" / "part-1-of-2"):
-        shutil.rmtree(folder)
-    assert slurm.submit(WORK=str(work), FROM="assemble", **SETTINGS).returncode == 0
-    assert slurm.run() == {"assemble": "failed", "report": "never"}
-    status = (logs / "assemble-1007.out").read_text()
-    config = work / "predictions.parts" / "infer_config.json"
-    assert f"  missing part 1: `pipeline infer --config {config} --shard 1/2`" in status
-    assert not pred.exists()
-
-    # resubmit only that task: part 0 is left as it is, and the chain completes
-    part0 = (work / "predictions.parts" / "part-0-of-2" / "predictions.parquet").stat().st_mtime_ns
-    assert slurm.submit(WORK=str(work), FROM="infer", ARRAY="1", **SETTINGS).returncode == 0
-    assert slurm.submissions()[-3][:4] == ["--parsable", "--job-name=infer", "--array=1", f"--output={logs}/infer-%A_%a.out"]
-    assert slurm.run() == {"infer": "ok", "assemble": "ok", "report": "ok"}
-    assert (work / "predictions.parts" / "part-0-of-2" / "predictions.parquet").stat().st_mtime_ns == part0
-    assert (pred / "predictions.parquet").read_bytes() == (tmp_path / "one" / "predictions.parquet").read_bytes()
-    assert (work / "report" / "report.md").is_file()
 
 
 def test_the_recipe_refuses_an_unknown_stage(tmp_path):
