@@ -44,7 +44,7 @@ def _bench(config: BenchConfig) -> None:
 infer_command = command(InferConfig, _infer, """Predict node labels with dynamic early exit: each target's text runs through the LLM only
     until its exit policy fires (default: the one the training run chose on its validation nodes; the output says which); a fine-tuning run's tuned LLM predicts at full depth. Writes predictions.parquet
     (node_id, predicted_label, confidence, exit_rung, exit_layer, true_label; the graph's
-    fingerprint in its metadata) and summary.json. `--shard I/N` predicts part I of N into
+    fingerprint in its metadata) and summary.json. `--shard I/N` (or `auto`: the SLURM array task or torchrun rank) predicts part I of N into
     OUT.parts/ (a rerun skips finished parts), `--status` lists the missing parts (exit 0 all
     done, 3 not), `--assemble` joins them into OUT, equal to one process's output.""")
 

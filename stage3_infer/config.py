@@ -113,7 +113,8 @@ class InferConfig:
     overwrite: bool = overwrite_option("predictions")
     shard: str | None = option(
         None, "Predict part I of N (0-based) of the targets into OUT.parts/part-I-of-N/, e.g. --shard $SLURM_ARRAY_TASK_ID/16; "
-        "a finished part is skipped. Then --assemble joins the parts into OUT.", metavar="I/N",
+        "auto: part SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT in a SLURM array, RANK of WORLD_SIZE under torchrun. "
+        "A finished part is skipped. Then --assemble joins the parts into OUT.", metavar="I/N|auto",
     )
     status: bool = option(False, "List the parts of OUT done and missing, with the command for each missing one; exit 0 when all are done, 3 when not.")
     assemble: bool = option(False, "Join the finished parts in OUT.parts/ into OUT (refused for parts of different checkpoints or graphs).")
@@ -155,10 +156,10 @@ class InferConfig:
         errs.check(len(chosen) <= 1, f"{' and '.join(chosen)}: choose the targets one way")
         errs.check(self.new_only is None or self.new_only.is_dir(), f"--new-only {self.new_only}: no such cache or run folder")
         if self.shard is not None:
-            from stage3_infer.parts import parse_shard
+            from pipeline.core.shards import parse_shard
 
-            try:
-                parse_shard(self.shard)
+            try:  # "auto" becomes this process's "I/N", read from the scheduler's variables
+                self.shard = "{}/{}".format(*parse_shard(self.shard))
             except InputError as err:
                 errs.add(err.message)
         errs.raise_if_any()

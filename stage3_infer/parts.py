@@ -1,5 +1,9 @@
 """``pipeline infer --shard I/N``: the targets spread over N processes, joined into one output.
 
+``--shard auto`` takes I and N from the scheduler (``pipeline.core.shards``: a SLURM array
+task's ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``, a torchrun rank's
+``RANK``/``WORLD_SIZE``); the config resolves it to ``I/N`` before anything runs.
+
 Part I of N predicts the I-th of N contiguous slices of the targets (in target order, sizes
 differing by at most one) into ``OUT.parts/part-I-of-N/``, an ordinary predictions folder
 written atomically (:func:`stage3_infer.predictions.write_outputs`); a rerun skips a finished
@@ -18,7 +22,6 @@ their batch (``--batch-invariant``, the default), so N parts assembled equal one
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +39,6 @@ PART_FLAGS = ("shard", "status", "assemble", "overwrite")
 # summary entries that must agree across parts: else they come from different jobs
 PARTS_FILE = "parts.json"  # {"parts": N}
 SAME = ("checkpoint", "seed", "model", "rung_layers", "graph_fingerprint", "policy")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> (I, N), 0 <= I < N; InputError naming the flag otherwise."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if not m or not 0 <= int(m[1]) < int(m[2]):
-        raise InputError(f"--shard {text}: give I/N with 0 <= I < N, e.g. --shard 0/4 (SLURM: --shard $SLURM_ARRAY_TASK_ID/N)")
-    return int(m[1]), int(m[2])
 
 
 def parts_dir(out: str | Path) -> Path:

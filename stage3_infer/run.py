@@ -205,7 +205,8 @@ def run(config: InferConfig) -> dict:
 
         return run_finetune_infer(config)
     if config.shard is not None:  # every part of a job has the same flags: refused before the LLM loads
-        from stage3_infer.parts import parse_shard, start_part
+        from pipeline.core.shards import parse_shard
+        from stage3_infer.parts import start_part
 
         start_part(config.out, flag_values(config), parse_shard(config.shard)[1])
     session = open_session(config, exit_spec=config.exit)  # a given --exit is checked before the LLM loads
@@ -217,7 +218,8 @@ def run(config: InferConfig) -> dict:
         targets = targets[: config.max_targets]
     out = config.out
     if config.shard is not None:  # part I of N: a contiguous slice of the targets, into OUT.parts/
-        from stage3_infer.parts import parse_shard, part_dir, part_slice
+        from pipeline.core.shards import parse_shard
+        from stage3_infer.parts import part_dir, part_slice
         from stage3_infer.predictions import read_summary
 
         i, n = parse_shard(config.shard)

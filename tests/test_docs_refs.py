@@ -40,8 +40,15 @@ def _commands() -> dict[str, set[str]]:
     return {name: flags | app_options for name, flags in out.items()}
 
 
+def _global_flags() -> set[str]:
+    """The options of `pipeline` itself (`pipeline --quiet COMMAND`)."""
+    from pipeline.cli import app
+
+    return {o for p in typer.main.get_command(app).params for o in p.opts + p.secondary_opts if o.startswith("--")}
+
+
 COMMANDS = _commands()
-ALL_FLAGS = set().union(*COMMANDS.values())
+ALL_FLAGS = set().union(*COMMANDS.values(), _global_flags())
 
 
 def _cited_paths(text: str, doc: Path) -> set[tuple[str, Path]]:

@@ -1,6 +1,7 @@
 """``pipeline infer --shard I/N``, ``--status`` and ``--assemble`` on a real checkpoint (45-node
 Cora slice, MiniLM): 3 parts assembled equal one process byte for byte; a rerun skips a
-finished part; status exit codes and commands; parts of another seed are refused."""
+finished part; status exit codes and commands; parts of another seed are refused; ``--shard
+auto`` reads the SLURM array's or torchrun's variables (pipeline/core/shards.py)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,15 @@ def test_parts_assembled_equal_one_process_and_status_names_the_missing(trained,
     early = cli("infer", "--config", parts_json, "--assemble")
     assert early.exit_code == 2 and "--assemble: not every part is done" in early.stderr, early.output
 
-    for i in (1, 2):  # the exact commands status printed
-        res = cli("infer", "--config", parts_json, "--shard", f"{i}/3")
-        assert res.exit_code == 0, res.output
+    res = cli("infer", "--config", parts_json, "--shard", "2/3")  # the exact command status printed
+    assert res.exit_code == 0, res.output
+    with pytest.MonkeyPatch.context() as env:  # array task 1 of 3: --shard auto reads the scheduler's variables
+        env.setenv("SLURM_ARRAY_TASK_ID", "1")
+        env.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+        res = cli("infer", "--config", parts_json, "--shard", "auto")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.with_name("parts.parts").iterdir()) == [
+        ".pipeline-artifact.json", "infer_config.json", "part-0-of-3", "part-1-of-3", "part-2-of-3", "parts.json"]
     again = cli("infer", *flags, "--out", out, "--shard", "0/3")  # a rerun skips the finished part
     assert again.exit_code == 0 and f"part 0/3 is done already ({out.with_name('parts.parts') / 'part-0-of-3'})" in again.stderr
     st = cli("infer", "--config", parts_json, "--status")
@@ -81,3 +88,51 @@ def test_other_flags_and_parts_of_another_seed_are_refused(trained, cli):
     assert "(seed: 1 against 0" in res.stderr  # and the depth each seed kept, when they differ
     assert res.stderr.endswith("parts of different checkpoints or graphs; delete it and run that part again\n")
     assert not mixed.exists()
+
+
+@pytest.mark.parametrize("env, part", [
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MAX": "3"}, (3, 4)),
+    ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "1"}, (0, 1)),
+    ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, (1, 2)),
+])
+def test_shard_auto_is_the_scheduler_part(env, part):
+    from pipeline.core.shards import parse_shard
+
+    assert parse_shard("auto", environ=env) == part
+    assert parse_shard(" 2 / 5 ", environ=env) == (2, 5)  # given explicitly, the variables do not count
+
+
+@pytest.mark.parametrize("env, message", [
+    ({}, "--shard auto: neither a SLURM array task (SLURM_ARRAY_TASK_ID) nor a torchrun rank (RANK) is set; give --shard I/N"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "0", "WORLD_SIZE": "2"},
+     "--shard auto: both a SLURM array task (SLURM_ARRAY_TASK_ID=1) and a torchrun rank (RANK=0) are set; give --shard I/N"),
+    ({"SLURM_ARRAY_TASK_ID": "3"},
+     "--shard auto: SLURM_ARRAY_TASK_ID='3' and SLURM_ARRAY_TASK_COUNT='': expected two whole numbers; give --shard I/N"),
+    # a resubmission of tasks 3 and 7 of 16: their count says nothing about N
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MAX": "7"},
+     "--shard auto: SLURM_ARRAY_TASK_ID=3 of SLURM_ARRAY_TASK_COUNT=2 (task ids up to 7): the tasks are not numbered 0..N-1, "
+     "so N is unknown (a resubmission of some tasks?); give --shard $SLURM_ARRAY_TASK_ID/N with the job's N"),
+    ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MAX": "7"},
+     "--shard auto: SLURM_ARRAY_TASK_ID=0 of SLURM_ARRAY_TASK_COUNT=2 (task ids up to 7): the tasks are not numbered 0..N-1, "
+     "so N is unknown (a resubmission of some tasks?); give --shard $SLURM_ARRAY_TASK_ID/N with the job's N"),
+    ({"RANK": "2", "WORLD_SIZE": "2"},
+     "--shard auto: RANK=2 of WORLD_SIZE=2: the tasks are not numbered 0..N-1, "
+     "so N is unknown (a resubmission of some tasks?); give --shard $RANK/N with the job's N"),
+])
+def test_shard_auto_refusals_name_the_variables(env, message):
+    from pipeline.core.errors import InputError
+    from pipeline.core.shards import parse_shard
+
+    with pytest.raises(InputError) as err:
+        parse_shard("auto", environ=env)
+    assert err.value.message == message
+
+
+def test_shard_auto_outside_a_scheduler_is_refused_by_the_cli(trained, cli, monkeypatch):
+    root, run = trained
+    for name in ("SLURM_ARRAY_TASK_ID", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    res = cli("infer", "--checkpoint", run, "--out", root / "nowhere", "--shard", "auto")
+    assert res.exit_code == 2, res.output
+    assert "--shard auto: neither a SLURM array task (SLURM_ARRAY_TASK_ID) nor a torchrun rank (RANK) is set" in res.stderr
+    assert not (root / "nowhere.parts").exists()
