@@ -38,8 +38,7 @@ def run_check(config: CheckConfig) -> None:
 
     command = "pipeline datasets check"
     if config.json_path is not None:  # claimed before the (slow) read, so a bad path fails at once
-        ownership.claim_file(config.json_path, "--json", command, inputs=[builtin_path(config.graph) or Path(config.graph)],
-                             legacy=lambda d: "config" in d and "num_nodes" in d)
+        ownership.claim_file(config.json_path, "--json", command, inputs=[builtin_path(config.graph) or Path(config.graph)])
     summary = summarize(load_graph(config.graph))
     Console().print(summary_table(summary))
     if config.json_path is not None:

@@ -88,13 +88,6 @@ class MainJobConfig:
         return self
 
 
-def is_job(path: Path) -> bool:
-    """A main-job folder written before ownership markers: its state or config file and its cache."""
-    from stage1_encode.cache.manifest import is_cache
-
-    return ((path / STATE_FILE).is_file() or (path / config_file_name("run")).is_file()) and is_cache(path / "cache.zarr")
-
-
 def _digest(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -168,7 +161,7 @@ def run(config: MainJobConfig) -> Path:
     check_max_length(spec, config.max_length)
     check_graph_and_splits(config)
     inputs = [p for p in (Path(config.dataset), Path(spec.path)) if p.is_dir()]
-    if not ownership.claim_output(out, "job", "--out", resume=True, inputs=inputs, legacy=is_job):
+    if not ownership.claim_output(out, "job", "--out", resume=True, inputs=inputs):
         out.mkdir(parents=True, exist_ok=True)
         ownership.write_marker(out, "job")
     save_flags(out / config_file_name("run"), config)

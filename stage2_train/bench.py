@@ -79,13 +79,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     # the bench's own folder (its cache and runs are reused or replaced); nothing else is
-    from stage1_encode.cache.manifest import is_cache
-
     if cfg.json_path:
         claim_bench(cfg.json_path, "train")
     inputs = [p for p in (cfg.cache, Path(cfg.graph)) if p is not None and Path(p).exists()]
-    if not ownership.claim_output(out, "bench", "--out", resume=True, inputs=inputs,
-                                  legacy=lambda p: (p / "runs").is_dir() or is_cache(p / "cache.zarr")):
+    if not ownership.claim_output(out, "bench", "--out", resume=True, inputs=inputs):
         out.mkdir(parents=True, exist_ok=True)
         ownership.write_marker(out, "bench")
     cache = Path(cfg.cache) if cfg.cache else _encode(cfg.graph, cfg.model, out / "cache.zarr", device)

@@ -44,7 +44,7 @@ def changes(recorded: dict, now: dict) -> list[str]:
 
 def check_bound(cache: str | Path, recorded: dict | None, who: str, fix: str) -> dict | None:
     """Refuse (InputError) a cache that is not the one ``recorded``; returns its identity now.
-    ``recorded`` None (runs written before the binding existed): nothing to compare."""
+    ``recorded`` None (the run records no cache identity): nothing to compare."""
     if not isinstance(recorded, dict):
         return None
     now = identity_of(cache)

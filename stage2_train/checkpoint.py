@@ -168,7 +168,7 @@ class Checkpoint:
     label_names: list[str]
     cache_path: Path
     graph_source: str
-    sampler: dict
+    sampler: dict | None  # None: a fine-tuning run (no graph sampler)
     summary: dict
     path: Path
 
@@ -279,8 +279,9 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         label_names=list(config["label_names"]),
         cache_path=Path(config["cache"]),
         graph_source=str(config["graph_source"]),
-        sampler={"mode": config["sampler"], "hops": config.get("hops", 1),  # checkpoints before --hops: 1
-                 **{k: config[k] for k in ("fanout", "num_walks", "walk_length", "restart_p")}},
+        # the graph sampler of a run trained on cached states; a fine-tuning run reads each node's text alone
+        sampler=({"mode": config["sampler"], "hops": config["hops"], **{k: config[k] for k in SAMPLER_KEYS[1:]}}
+                 if "sampler" in config else None),
         summary=summary,
         path=path,
     )

@@ -39,13 +39,8 @@ class ExportConfig:
         errs = ConfigErrors()
         errs.check(self.run.is_dir(), f"RUN {self.run}: no such directory; create it with `pipeline train CACHE --arch lora --out {self.run}`")
         errs.raise_if_any()
-        ownership.claim_output(self.out, "model", "--out", overwrite=self.overwrite, inputs=[self.run], legacy=is_export)
+        ownership.claim_output(self.out, "model", "--out", overwrite=self.overwrite, inputs=[self.run])
         return self
-
-
-def is_export(folder: Path) -> bool:
-    """A model folder an export wrote before ownership markers: its export record."""
-    return (folder / EXPORT_RECORD).is_file()
 
 
 def run_export(config: ExportConfig) -> Path:
@@ -80,6 +75,6 @@ def run_export(config: ExportConfig) -> Path:
         model.stepper.loaded.tokenizer.save_pretrained(staged.path)
         (staged.path / EXPORT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         ownership.write_marker(staged.path, "model")
-        staged.commit(ownership.replacer("model", "--out", config.overwrite, is_export))
+        staged.commit(ownership.replacer("model", "--out", config.overwrite))
     log(f"export: {model.arch} run {config.run} (seed {ckpt.seed}) -> {config.out}; encode it with `pipeline encode GRAPH --model {config.out}`")
     return config.out

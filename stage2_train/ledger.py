@@ -18,7 +18,7 @@
 - ``epoch_s_mean``, ``epochs_run`` (per seed), ``train_s`` (per seed: wall time of the seed's
   training, evaluation included, model loading excluded) and its mean;
 - ``encode_s``: the one-off encode time of the cache the run read (cache archs), from the
-  cache manifest; None ("unknown") for a cache written before it was recorded; fine-tuning
+  cache manifest; None ("unknown") when the manifest lacks it; fine-tuning
   archs do not read the states: None with ``encode_used`` false;
 - ``tuning_s``: the fine-tuning wall time of the LLM that encoded the cache when it was
   written by ``pipeline export`` (the cascade tune -> encode -> train), else 0 or None;

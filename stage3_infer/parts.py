@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pipeline.core import atomic, guarded, ownership
 from pipeline.core.config_file import save_resolved_config
 from pipeline.core.errors import InputError
-from stage3_infer.predictions import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, claim, is_predictions, read_predictions
+from stage3_infer.predictions import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, claim, read_predictions
 
 # the flags that say which part, or what to do with the parts: not the job's
 PART_FLAGS = ("shard", "status", "assemble", "overwrite")
@@ -135,7 +135,7 @@ def assemble(out: Path, overwrite: bool = False) -> dict:
         (staged.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         (staged.path / CONFIG_FILE).write_bytes((parts_dir(out) / CONFIG_FILE).read_bytes())
         ownership.write_marker(staged.path, "predictions")
-        staged.commit(ownership.replacer("predictions", "--out", overwrite, is_predictions))
+        staged.commit(ownership.replacer("predictions", "--out", overwrite))
     return summary
 
 

@@ -104,15 +104,9 @@ def summarize(
     }
 
 
-def is_predictions(path: Path) -> bool:
-    """An infer output written before ownership markers: only its own files, predictions included."""
-    names = {p.name for p in path.iterdir()}
-    return PREDICTIONS_FILE in names and SUMMARY_FILE in names and names <= {PREDICTIONS_FILE, SUMMARY_FILE, CONFIG_FILE}
-
-
 def claim(out: Path, overwrite: bool, inputs=()) -> bool:
     """Check ``--out`` before any work (see :func:`pipeline.core.ownership.claim_output`)."""
-    return ownership.claim_output(out, "predictions", "--out", overwrite=overwrite, inputs=inputs, legacy=is_predictions)
+    return ownership.claim_output(out, "predictions", "--out", overwrite=overwrite, inputs=inputs)
 
 
 def write_outputs(out: Path, p: Predictions, summary: dict, config: dict | None = None, overwrite: bool = False) -> None:
@@ -126,7 +120,7 @@ def write_outputs(out: Path, p: Predictions, summary: dict, config: dict | None 
         if config is not None:
             save_resolved_config(staged.path / CONFIG_FILE, config)
         ownership.write_marker(staged.path, "predictions")
-        staged.commit(ownership.replacer("predictions", "--out", overwrite, is_predictions))
+        staged.commit(ownership.replacer("predictions", "--out", overwrite))
 
 
 def read_predictions(out: Path) -> pa.Table:

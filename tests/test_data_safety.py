@@ -593,15 +593,18 @@ def test_a_cache_without_its_marker_is_read_but_never_replaced(cli, sb):
     assert cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL).exit_code == 0
 
 
-def test_outputs_of_earlier_versions_are_recognised_by_their_own_files(cli, sb):
-    """No marker (written before it existed): a run with its description, summary and weights,
-    and predictions, are still the pipeline's own."""
+def test_outputs_without_a_marker_are_never_replaced(cli, sb):
+    """Only the ownership marker proves a folder is the pipeline's own: a run or predictions
+    folder without one (or with a damaged one) is refused even with --overwrite, and left as it is."""
     for folder in ("run", "pred"):
         (sb / folder / MARKER).unlink()
-    assert cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL).exit_code == 0
-    assert (sb / "run" / MARKER).is_file()  # the replacement carries the marker
-    assert cli("infer", "--checkpoint", sb / "run", "--out", sb / "pred", "--max-targets", "2", "--overwrite").exit_code == 0
-    # a damaged marker proves nothing: refused even with --overwrite
-    (sb / "run" / MARKER).write_text("{")
+    before = snapshot(sb)
+    result = cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL)
+    assert result.exit_code == 2 and f"--out {sb / 'run'}: exists and was not written by `pipeline train`" in result.stderr
+    result = cli("infer", "--checkpoint", sb / "run", "--out", sb / "pred", "--max-targets", "2", "--overwrite")
+    assert result.exit_code == 2 and "was not written by `pipeline infer`" in result.stderr
+    (sb / "run" / MARKER).write_text("{")  # a damaged marker proves nothing either
     result = cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL)
     assert result.exit_code == 2 and "exists and was not written by `pipeline train`" in result.stderr
+    (sb / "run" / MARKER).unlink()
+    assert snapshot(sb) == before

@@ -137,7 +137,9 @@ def test_untested_vllm_version_warns(monkeypatch, capsys, version: str, warned: 
     monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION", raising=False)
     assert import_vllm().__version__ == version
     assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"  # apply_model needs it in multiprocess mode
-    err = " ".join(capsys.readouterr().err.split())
+    from log_lines import untimed
+
+    err = " ".join(" ".join(untimed(capsys.readouterr().err)).split())
     expected = (
         f"warning: --backend vllm: vLLM {version} is untested (tested: 0.32.0); the backend uses vLLM internals, "
         "so check it against --backend hf (tests/test_encode_vllm.py)"

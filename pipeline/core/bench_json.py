@@ -18,8 +18,7 @@ def claim_bench(path: str | Path, kind: str, inputs=()) -> None:
     this bench's own JSON (:func:`pipeline.core.ownership.claim_file`)."""
     from pipeline.core import ownership
 
-    ownership.claim_file(path, "--json", f"pipeline bench {kind}", inputs=inputs,
-                         legacy=lambda d: d.get("kind") == kind and isinstance(d.get("figures"), dict))
+    ownership.claim_file(path, "--json", f"pipeline bench {kind}", inputs=inputs)
 
 
 def write_bench(path: str | Path, kind: str, figures: dict) -> Path:

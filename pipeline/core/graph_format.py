@@ -601,15 +601,10 @@ def graph_edges_table(graph: TextGraph, id_type: pa.DataType | None = None) -> p
     return pa.table({"src": pa.array(src.tolist(), typ), "dst": pa.array(dst.tolist(), typ)})
 
 
-def is_graph_folder(path: Path) -> bool:
-    """A graph folder written before ownership markers: both Parquet files."""
-    return (path / NODES_FILE).is_file() and (path / EDGES_FILE).is_file()
-
-
 def check_output_folder(out: Path, overwrite: bool, inputs=()) -> None:
     """Refuse to write over something unless asked to, never over a folder the pipeline did
     not write, and never over an input (:func:`pipeline.core.ownership.claim_output`)."""
-    ownership.claim_output(out, "graph", "OUT", overwrite=overwrite, inputs=inputs, legacy=is_graph_folder)
+    ownership.claim_output(out, "graph", "OUT", overwrite=overwrite, inputs=inputs)
 
 
 def move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
@@ -617,7 +612,7 @@ def move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     earlier graph there (with ``overwrite``) as late as possible."""
     ownership.write_marker(tmp, "graph")
     atomic.fsync_tree(tmp)
-    atomic.move_into_place(tmp, out, ownership.replacer("graph", "OUT", overwrite, is_graph_folder))
+    atomic.move_into_place(tmp, out, ownership.replacer("graph", "OUT", overwrite))
 
 
 def write_graph_folder(

@@ -8,8 +8,8 @@ it refuses (InputError, exit 2, "nothing was changed") an output that is a symli
 under a file, not writable, overlapping one of the command's inputs, a folder the pipeline
 did not write, or an earlier output of the same kind without ``--overwrite``; then it removes
 the temporary folders that killed writers left next to it (:mod:`pipeline.core.atomic`).
-Outputs of versions before the marker are recognised by the caller's ``legacy`` test
-(their format's own files, e.g. a cache's manifest *and* its Zarr layout).
+Only the marker proves ownership: a folder without one (or with a damaged one) is never
+replaced or removed, whatever files it holds.
 """
 
 from __future__ import annotations
@@ -53,25 +53,12 @@ def write_marker(folder: str | Path, kind: str) -> None:
     atomic.write_json(Path(folder) / MARKER, {"kind": kind, "written_by": KINDS[kind]})
 
 
-def owns(folder: str | Path, kind: str, legacy: Callable[[Path], bool] | None = None) -> bool:
-    """True when ``folder`` is a real folder holding the pipeline's ``kind`` output (marker,
-    or no marker and ``legacy(folder)``)."""
+def owns(folder: str | Path, kind: str) -> bool:
+    """True when ``folder`` is a real folder whose marker names the pipeline's ``kind`` output."""
     folder = Path(folder)
     if folder.is_symlink() or not folder.is_dir():
         return False
-    found = marker_kind(folder)
-    if found is not None:
-        return found == kind
-    if (folder / MARKER).exists():
-        return False  # a damaged marker proves nothing
-    return bool(legacy and _safe(legacy, folder))
-
-
-def _safe(test: Callable[[Path], bool], folder: Path) -> bool:
-    try:
-        return bool(test(folder))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+    return marker_kind(folder) == kind  # a missing or damaged marker proves nothing
 
 
 def _real(path: Path) -> Path:
@@ -121,7 +108,6 @@ def claim_output(
     overwrite: bool = False,
     inputs: Iterable[str | Path] = (),
     resume: bool = False,
-    legacy: Callable[[Path], bool] | None = None,
     inside_inputs_ok: bool = False,
 ) -> bool:
     """Check, before any work, that this command may write its ``kind`` output at ``path``.
@@ -146,7 +132,7 @@ def claim_output(
                 raise InputError(
                     f"{flag} {path}: holds a {other} written by `{KINDS[other]}`, not a {kind}; choose another {flag} {UNCHANGED}"
                 )
-            if not owns(path, kind, legacy):
+            if not owns(path, kind):
                 raise InputError(
                     f"{flag} {path}: exists and was not written by `{command}` (no {MARKER} marking it a {kind}); "
                     f"choose a new or empty folder {UNCHANGED}"
@@ -158,7 +144,7 @@ def claim_output(
     return own
 
 
-def replacer(kind: str, flag: str, overwrite: bool, legacy: Callable[[Path], bool] | None = None) -> Callable[[Path], bool]:
+def replacer(kind: str, flag: str, overwrite: bool) -> Callable[[Path], bool]:
     """The ``replace`` test of :meth:`atomic.StagedFolder.commit`: an output that appeared or
     changed while the command worked is replaced only when it is still its own and allowed."""
 
@@ -167,18 +153,18 @@ def replacer(kind: str, flag: str, overwrite: bool, legacy: Callable[[Path], boo
             return True
         if not overwrite:
             raise InputError(f"{flag} {out}: appeared while this command ran; choose another {flag} or pass --overwrite (the new result was not kept)")
-        if not owns(out, kind, legacy):
+        if not owns(out, kind):
             raise InputError(f"{flag} {out}: is no longer a {kind} written by `{KINDS[kind]}`; it was left as it is (the new result was not kept)")
         return True
 
     return allow
 
 
-def remove_owned(path: str | Path, kind: str, legacy: Callable[[Path], bool] | None = None) -> None:
+def remove_owned(path: str | Path, kind: str) -> None:
     """Delete ``path`` only if it is the pipeline's own ``kind`` output (checked again now):
     renamed aside first, so a crash never leaves half of it under its name."""
     path = Path(path)
-    if not owns(path, kind, legacy):
+    if not owns(path, kind):
         raise InputError(f"{path}: not a {kind} written by `{KINDS[kind]}`; it was left as it is")
     old = atomic.temp_sibling(path, "old")
     os.replace(path, old)
@@ -188,11 +174,10 @@ def remove_owned(path: str | Path, kind: str, legacy: Callable[[Path], bool] | N
 WRITTEN_BY = "written_by"  # key naming the command in every JSON file output (--json)
 
 
-def claim_file(path: str | Path, flag: str, command: str, *, inputs: Iterable[str | Path] = (),
-               legacy: Callable[[dict], bool] | None = None) -> None:
+def claim_file(path: str | Path, flag: str, command: str, *, inputs: Iterable[str | Path] = ()) -> None:
     """Check a file output (``--json PATH``) before any work: not a symlink, folder or input,
     in a writable folder; an existing file is replaced only when it is a JSON object that
-    ``command`` wrote (its ``written_by`` key, or ``legacy(data)`` for files of earlier versions)."""
+    ``command`` wrote (its ``written_by`` key)."""
     path = Path(path)
     _check_place(path, flag, "file")
     if path.exists() and not path.is_file():
@@ -203,17 +188,10 @@ def claim_file(path: str | Path, flag: str, command: str, *, inputs: Iterable[st
             data = json.loads(path.read_bytes().decode("utf-8"))
         except (OSError, ValueError):
             data = None
-        ours = isinstance(data, dict) and (data.get(WRITTEN_BY) == command or (legacy is not None and _safe_data(legacy, data)))
+        ours = isinstance(data, dict) and data.get(WRITTEN_BY) == command
         if not ours:
             raise InputError(f"{flag} {path}: exists and was not written by `{command}`; choose a new file {UNCHANGED}")
     atomic.remove_stale_temps(path)
-
-
-def _safe_data(test: Callable[[dict], bool], data: dict) -> bool:
-    try:
-        return bool(test(data))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return False
 
 
 def write_json_output(path: str | Path, data: dict, command: str) -> None:

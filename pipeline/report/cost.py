@@ -67,7 +67,7 @@ def cost_section(found: Collected, doc: Document) -> None:
     )
     unknown = [x for x in rows if x.get("total_s") is None]
     if unknown:
-        doc.add(f"_{len(unknown)} run(s) read a cache written before encode time was recorded: total unknown, left out of the figure._", "")
+        doc.add(f"_{len(unknown)} run(s) read a cache whose manifest records no encode time: total unknown, left out of the figure._", "")
     points = [(x["dataset"], x["label"], x["total_s"], x["acc"], x.get("trainable_params") or 1) for x in rows
               if x.get("total_s") and x["acc"] is not None]
     if points:

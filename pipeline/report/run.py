@@ -50,14 +50,8 @@ class ReportConfig:
         errs.raise_if_any()
         # an earlier report there is replaced (overwrite); the report may lie inside a RUN_DIR
         ownership.claim_output(self.out_dir, "report", "--out", overwrite=True, inputs=self.run_dirs,
-                               inside_inputs_ok=True, legacy=is_report_folder)
+                               inside_inputs_ok=True)
         return self
-
-
-def is_report_folder(path: Path) -> bool:
-    """A report written before ownership markers: report.md (with its flags and PNGs) only."""
-    return (path / REPORT_FILE).is_file() and all(
-        p.is_file() and (p.name in (REPORT_FILE, FLAGS_FILE) or p.suffix == ".png") for p in path.iterdir())
 
 
 def check_matplotlib() -> None:
@@ -93,7 +87,7 @@ def run(config: ReportConfig) -> Path:
         (staged.path / REPORT_FILE).write_text("\n".join(doc.lines).rstrip() + "\n")
         save_flags(staged.path / FLAGS_FILE, config)
         ownership.write_marker(staged.path, "report")
-        staged.commit(ownership.replacer("report", "--out", True, is_report_folder))
+        staged.commit(ownership.replacer("report", "--out", True))
     log(f"report: {out / REPORT_FILE} ({len(doc.figures)} figures, {len(dict.fromkeys(doc.missing))} missing piece(s) listed)")
     return out / REPORT_FILE
 

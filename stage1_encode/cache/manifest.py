@@ -10,7 +10,6 @@ lacks any).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -117,16 +116,6 @@ def read_manifest(path: str | Path) -> dict:
     check_cache_version(manifest, file, path, manifest)
     guarded.require(manifest, MANIFEST_KEYS, file, rebuild_hint(path))
     return manifest
-
-
-def is_cache(path: Path) -> bool:
-    """True when ``path`` holds this format's manifest AND its Zarr layout (no marker needed)."""
-    try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT and manifest.get("format_version") == FORMAT_VERSION
-            and (path / "zarr.json").is_file() and (path / "states" / "zarr.json").is_file())
 
 
 def claim(path: str | Path, overwrite: bool, inputs=()) -> bool:
