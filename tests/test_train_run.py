@@ -134,8 +134,8 @@ def test_refusals_name_the_fixing_command(small, tmp_path):
 
     shutil.rmtree(tmp_path / "other")
     shutil.move(tmp_path / "other2", tmp_path / "other")
-    with pytest.raises(InputError, match=r"^graph '.*other' \(fingerprint \w{12}\) changed since cache .* was built \(now \w{12}\), "
-                       r"or the cache predates graph fingerprint v2; re-encode with `pipeline encode .*other --out NEW_DIR`$"):
+    with pytest.raises(InputError, match=r"^graph '.*other' \(fingerprint \w{12}\) changed since cache .* was built \(now \w{12}\); "
+                       r"re-encode with `pipeline encode .*other --out NEW_DIR`$"):
         run(_cfg(small, "r3", cache=other_cache))
     assert not (root / "r1").exists() and not (root / "r2").exists() and not (root / "r3").exists()
     with pytest.raises(InputError, match=r"missing summary.json \(not a finished training run\); create it with `pipeline train CACHE_DIR --out"):
