@@ -608,3 +608,16 @@ def test_outputs_without_a_marker_are_never_replaced(cli, sb):
     assert result.exit_code == 2 and "exists and was not written by `pipeline train`" in result.stderr
     (sb / "run" / MARKER).unlink()
     assert snapshot(sb) == before
+
+
+def test_a_marker_of_another_format_version_proves_nothing(cli, sb):
+    """A written marker carries format_version 1; a marker of another version is no proof of
+    ownership: the folder is refused, naming the marker file and its version, and left as it is."""
+    marker = json.loads((sb / "run" / MARKER).read_text())
+    assert marker == {"kind": "run", "written_by": "pipeline train", "format_version": 1}
+    (sb / "run" / MARKER).write_text(json.dumps({**marker, "format_version": 2}))
+    before = snapshot(sb)
+    refused(cli("train", sb / "cache.zarr", "--out", sb / "run", "--overwrite", *SMALL),
+            f"{sb / 'run' / MARKER}: format version 2, this version of the pipeline reads 1; a marker of another version "
+            f"does not prove --out {sb / 'run'} is the pipeline's own; choose a new or empty --out {UNCHANGED}")
+    assert snapshot(sb) == before

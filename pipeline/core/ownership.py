@@ -2,14 +2,14 @@
 own inputs.
 
 Every output folder carries a marker file, ``.pipeline-artifact.json``, naming its kind
-(``cache``, ``run``, ``predictions``, ``report``, ``graph``, ``job``, ``bench``, ``model``) and the command
-that wrote it. :func:`claim_output` is called before any work and before any file is written:
+(``cache``, ``run``, ``predictions``, ``report``, ``graph``, ``job``, ``bench``, ``model``), the command
+that wrote it and its ``format_version`` (1). :func:`claim_output` is called before any work and before any file is written:
 it refuses (InputError, exit 2, "nothing was changed") an output that is a symlink, a file,
 under a file, not writable, overlapping one of the command's inputs, a folder the pipeline
 did not write, or an earlier output of the same kind without ``--overwrite``; then it removes
 the temporary folders that killed writers left next to it (:mod:`pipeline.core.atomic`).
-Only the marker proves ownership: a folder without one (or with a damaged one) is never
-replaced or removed, whatever files it holds.
+Only the marker proves ownership: a folder without one (or with a damaged one, or one of another
+format version) is never replaced or removed, whatever files it holds.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 from pipeline.core import atomic
 from pipeline.core.errors import InputError
+from pipeline.core.format_version import FORMAT_VERSION, KEY, check_version
 
 MARKER = ".pipeline-artifact.json"
 KINDS = {
@@ -37,20 +38,36 @@ KINDS = {
 UNCHANGED = "(nothing was changed)"
 
 
-def marker_kind(folder: str | Path) -> str | None:
-    """The kind named by ``folder``'s marker, or None (no marker, unreadable, or not ours)."""
+def _read_marker(folder: str | Path) -> dict | None:
+    """``folder``'s marker naming one of the pipeline's kinds, of any version; else None."""
     try:
         data = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    kind = data.get("kind") if isinstance(data, dict) else None
-    return kind if kind in KINDS else None
+    return data if isinstance(data, dict) and data.get("kind") in KINDS else None
+
+
+def marker_kind(folder: str | Path) -> str | None:
+    """The kind named by ``folder``'s version-1 marker, or None (no marker, unreadable, not
+    ours, or of another format version)."""
+    data = _read_marker(folder)
+    return data["kind"] if data is not None and data.get(KEY) == FORMAT_VERSION else None
+
+
+def check_marker_version(folder: str | Path, flag: str) -> None:
+    """Refuse (exit 2) a folder whose marker is of another format version: such a marker does
+    not prove the folder is the pipeline's own, so the folder is never replaced or removed."""
+    data = _read_marker(folder)
+    if data is not None:
+        rerun = (f"a marker of another version does not prove {flag} {folder} is the pipeline's own; "
+                 f"choose a new or empty {flag} {UNCHANGED}")
+        check_version(data, Path(folder) / MARKER, rerun)
 
 
 def write_marker(folder: str | Path, kind: str) -> None:
     """Mark ``folder`` (usually a temporary one, before it is renamed into place) as ``kind``."""
     assert kind in KINDS, kind
-    atomic.write_json(Path(folder) / MARKER, {"kind": kind, "written_by": KINDS[kind]})
+    atomic.write_json(Path(folder) / MARKER, {"kind": kind, "written_by": KINDS[kind], KEY: FORMAT_VERSION})
 
 
 def owns(folder: str | Path, kind: str) -> bool:
@@ -127,6 +144,7 @@ def claim_output(
         if not os.access(path, os.W_OK | os.X_OK):
             raise InputError(f"{flag} {path}: cannot write in it (permission denied); choose a writable {flag} {UNCHANGED}")
         if any(path.iterdir()):
+            check_marker_version(path, flag)
             other = marker_kind(path)
             if other is not None and other != kind:
                 raise InputError(
