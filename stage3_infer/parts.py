@@ -32,12 +32,13 @@ import pyarrow.parquet as pq
 from pipeline.core import atomic, guarded, ownership
 from pipeline.core.config_file import save_resolved_config
 from pipeline.core.errors import InputError
+from pipeline.core.format_version import FORMAT_VERSION, KEY, check_version
 from stage3_infer.predictions import CONFIG_FILE, PREDICTIONS_FILE, SUMMARY_FILE, claim, read_predictions
 
 # the flags that say which part, or what to do with the parts: not the job's
 PART_FLAGS = ("shard", "status", "assemble", "overwrite")
 # summary entries that must agree across parts: else they come from different jobs
-PARTS_FILE = "parts.json"  # {"parts": N}
+PARTS_FILE = "parts.json"  # {"format_version": 1, "parts": N}
 SAME = ("checkpoint", "seed", "model", "rung_layers", "graph_fingerprint", "policy")
 
 
@@ -78,7 +79,7 @@ def start_part(out: Path, flags: dict, n: int) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     ownership.write_marker(folder, "predictions")
-    atomic.write_json(folder / PARTS_FILE, {"parts": n})
+    atomic.write_json(folder / PARTS_FILE, {KEY: FORMAT_VERSION, "parts": n})
     with atomic.staged_file(path) as tmp:
         save_resolved_config(tmp, mine)
 
@@ -89,7 +90,9 @@ def _flag(key: str) -> str:
 
 def part_count(out: Path) -> int:
     folder = parts_dir(out)
-    n = guarded.read_json(folder / PARTS_FILE, f"delete {folder} and run the parts again").get("parts")
+    data = guarded.read_json(folder / PARTS_FILE, f"delete {folder} and run the parts again")
+    check_version(data, folder / PARTS_FILE, f"delete {folder} and run the parts again")
+    n = data.get("parts")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise guarded.damaged(folder / PARTS_FILE, f"\"parts\" {n!r} is not a part count", f"delete {folder} and run the parts again")
     return n
@@ -120,6 +123,8 @@ def assemble(out: Path, overwrite: bool = False) -> dict:
     folders = [part_dir(out, i, n) for i in range(n)]
     tables = [read_predictions(f) for f in folders]
     summaries = [guarded.read_json(f / SUMMARY_FILE, f"delete {f} and run its part again") for f in folders]
+    for f, s in zip(folders, summaries):
+        check_version(s, f / SUMMARY_FILE, f"delete {f} and run its part again")
     for f, t, s in zip(folders, tables, summaries):
         s["graph_fingerprint"] = (t.schema.metadata or {}).get(b"graph_fingerprint", b"").decode()
         differ = [k for k in SAME if s.get(k) != summaries[0].get(k)]

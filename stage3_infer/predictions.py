@@ -8,12 +8,14 @@
   ``exit_layer``       LLM hidden-state index of that rung, 0..L (int32); the text ran this deep
   ``true_label``       the known label name, null when unlabeled or a new node (string)
 
-The file's schema metadata ``graph_fingerprint`` names the graph version the predictions were
-made on (``pipeline/graph.py``; with ``--nodes``, of the graph grown by them).
+The file's schema metadata ``format_version`` is ``1`` and ``graph_fingerprint`` names the
+graph version the predictions were made on (``pipeline/graph.py``; with ``--nodes``, of the
+graph grown by them).
 
-``summary.json``: the policy, target count, accuracy over labelled targets (null if none),
+``summary.json``: ``format_version`` (1), the policy, target count, accuracy over labelled targets (null if none),
 mean exit rung and layer, LLM layer evaluations against full depth, wall time and what
-produced it (checkpoint, model, rung layers).
+produced it (checkpoint, model, rung layers). The readers refuse either file of another format
+version (:func:`pipeline.core.format_version.check_version`).
 
 The folder (with ``infer_config.json`` and the ownership marker ``.pipeline-artifact.json``,
 kind "predictions") is written under a temporary name next to ``out`` and renamed at the end,
@@ -34,6 +36,7 @@ import pyarrow.parquet as pq
 from pipeline.core import atomic, guarded, ownership
 from pipeline.core.config_file import save_resolved_config
 from pipeline.core.errors import InputError
+from pipeline.core.format_version import FORMAT_VERSION, KEY, check_version
 from pipeline.core.options import config_file_name
 
 PREDICTIONS_FILE, SUMMARY_FILE, CONFIG_FILE = "predictions.parquet", "summary.json", config_file_name("infer")
@@ -73,7 +76,7 @@ def predictions_table(p: Predictions) -> pa.Table:
             "true_label": pa.array(true, type=pa.string()),
         }
     )
-    return table.replace_schema_metadata({"graph_fingerprint": p.graph_fingerprint})
+    return table.replace_schema_metadata({KEY: str(FORMAT_VERSION), "graph_fingerprint": p.graph_fingerprint})
 
 
 def summarize(
@@ -89,6 +92,7 @@ def summarize(
     known = int((p.labels >= 0).sum())
     rungs = np.asarray(p.exit_rung)
     return {
+        KEY: FORMAT_VERSION,
         "policy": policy,
         "num_targets": int(len(p.pred)),
         "num_labelled": known,
@@ -123,13 +127,28 @@ def write_outputs(out: Path, p: Predictions, summary: dict, config: dict | None 
         staged.commit(ownership.replacer("predictions", "--out", overwrite))
 
 
+def rerun_hint(folder: Path) -> str:
+    return f"rerun `pipeline infer --checkpoint RUN_DIR --out {folder} --overwrite`"
+
+
+def _schema_version(table: pa.Table) -> int | str | None:
+    """The schema metadata's ``format_version`` (stored as text), as an int when it is one."""
+    raw = (table.schema.metadata or {}).get(KEY.encode())
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace")
+    return int(text) if text.isdigit() else text
+
+
 def read_predictions(out: Path) -> pa.Table:
-    """Read ``predictions.parquet`` from an infer output folder (or the file itself)."""
+    """Read ``predictions.parquet`` from an infer output folder (or the file itself); refuse
+    another format version."""
     path = Path(out)
     path = path / PREDICTIONS_FILE if path.is_dir() else path
     if not path.is_file():
         raise InputError(f"{path}: no predictions here; `pipeline infer --checkpoint RUN_DIR --out DIR` writes them")
-    table = guarded.read_parquet(path, f"rerun `pipeline infer --checkpoint RUN_DIR --out {path.parent} --overwrite`")
+    table = guarded.read_parquet(path, rerun_hint(path.parent))
+    check_version({KEY: _schema_version(table)}, path, rerun_hint(path.parent))
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise InputError(f"{path}: not a predictions file, missing column(s) {missing}")
@@ -137,4 +156,8 @@ def read_predictions(out: Path) -> pa.Table:
 
 
 def read_summary(out: Path) -> dict:
-    return guarded.read_json(Path(out) / SUMMARY_FILE, f"rerun `pipeline infer --checkpoint RUN_DIR --out {out} --overwrite`")
+    """``summary.json`` of an infer output folder; refuse another format version."""
+    path = Path(out) / SUMMARY_FILE
+    summary = guarded.read_json(path, rerun_hint(Path(out)))
+    check_version(summary, path, rerun_hint(Path(out)))
+    return summary

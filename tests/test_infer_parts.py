@@ -88,6 +88,13 @@ def test_other_flags_and_parts_of_another_seed_are_refused(trained, cli):
     assert "(seed: 1 against 0" in res.stderr  # and the depth each seed kept, when they differ
     assert res.stderr.endswith("parts of different checkpoints or graphs; delete it and run that part again\n")
     assert not mixed.exists()
+    # parts.json carries format_version 1; one of another version is refused
+    parts_file = parts / "parts.json"
+    assert json.loads(parts_file.read_text()) == {"format_version": 1, "parts": 2}
+    parts_file.write_text(json.dumps({"format_version": 2, "parts": 2}))
+    res = cli("infer", "--config", parts / "infer_config.json", "--status")
+    assert (res.exit_code, res.stderr) == (2, f"Error: {parts_file}: format version 2, this version of the pipeline reads 1; "
+                                              f"delete {parts} and run the parts again\n"), res.output
 
 
 @pytest.mark.parametrize("env, part", [

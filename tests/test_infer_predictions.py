@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.errors import InputError
@@ -30,6 +31,7 @@ def test_write_and_read_back(tmp_path):
     write_outputs(out, p, summary, config={"exit": "patience:1", "out": out})
     assert sorted(f.name for f in out.iterdir()) == [".pipeline-artifact.json", "infer_config.json", "predictions.parquet", "summary.json"]
     assert [f.name for f in tmp_path.iterdir()] == ["pred"]  # no temp folder left behind
+    assert pq.read_schema(out / "predictions.parquet").metadata == {b"format_version": b"1", b"graph_fingerprint": b""}
     t = read_predictions(out).to_pydict()
     assert t["node_id"] == [10, 20, 30]
     assert t["predicted_label"] == ["a", "b", "b"]
@@ -38,6 +40,7 @@ def test_write_and_read_back(tmp_path):
     assert t["confidence"] == pytest.approx([0.9, 0.5, 0.75])
     s = read_summary(out)
     assert s == {
+        "format_version": 1,
         "policy": "patience:1",
         "num_targets": 3,
         "num_labelled": 2,
@@ -78,3 +81,22 @@ def test_read_missing(tmp_path):
     assert err.value.message == (
         f"{tmp_path}/predictions.parquet: no predictions here; `pipeline infer --checkpoint RUN_DIR --out DIR` writes them"
     )
+
+
+def test_another_format_version_is_refused(tmp_path):
+    """Both files carry format_version 1; a reader refuses either one of another version."""
+    p = _preds(np.array([10, 20, 30], dtype=np.int64))
+    out = tmp_path / "pred"
+    write_outputs(out, p, summarize(p, policy="none", layer_evals=0, full_depth_evals=0, wall_time_s=0))
+    rerun = f"rerun `pipeline infer --checkpoint RUN_DIR --out {out} --overwrite`"
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "format_version": 2}))
+    with pytest.raises(InputError) as err:
+        read_summary(out)
+    assert (err.value.message, err.value.exit_code) == (
+        f"{out}/summary.json: format version 2, this version of the pipeline reads 1; {rerun}", 2)
+    table = pq.read_table(out / "predictions.parquet")
+    pq.write_table(table.replace_schema_metadata({b"format_version": b"2"}), out / "predictions.parquet")
+    with pytest.raises(InputError) as err:
+        read_predictions(out)
+    assert err.value.message == f"{out}/predictions.parquet: format version 2, this version of the pipeline reads 1; {rerun}"
