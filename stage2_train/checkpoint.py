@@ -43,6 +43,7 @@ from torch import nn
 from pipeline.core import atomic, guarded, ownership
 from pipeline.core.errors import InputError
 from pipeline.core.format_version import FORMAT_VERSION, check_version
+from pipeline.core.config_file import save_resolved_config
 from pipeline.core.options import config_file_name
 from stage2_train.config import CACHE_ARCHS
 CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "checkpoint.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
@@ -115,7 +116,7 @@ class CheckpointWriter:
     def write_config(self, config: dict, manifest: dict, flags: dict) -> None:
         """``config``: the resolved run description; ``flags``: the command's flags (replayable)."""
         _json(self.tmp / CONFIG, {**config, "format_version": FORMAT_VERSION})
-        _json(self.tmp / FLAGS, flags)
+        save_resolved_config(self.tmp / FLAGS, flags)
         _json(self.tmp / MANIFEST, manifest)
 
     def append_metrics(self, line: dict) -> None:

@@ -310,7 +310,8 @@ def finished_leftover(out: str | Path, flags: dict, seeds, world_size: int, is_m
     except (OSError, ValueError):
         return None
     mine = comparable(flags, world_size)
-    if not (isinstance(data, dict) and isinstance(saved, dict) and data.get("flags") == mine == comparable(saved, world_size)
+    if not (isinstance(data, dict) and isinstance(saved, dict) and saved.pop("format_version", None) == FORMAT_VERSION
+            and data.get("flags") == mine == comparable(saved, world_size)
             and sorted(str(s) for s in seeds) == sorted(data.get("finished") or {})):
         return None
     if is_main:

@@ -70,7 +70,9 @@ def start_part(out: Path, flags: dict, n: int) -> None:
     folder, mine = parts_dir(out), job_flags(flags)
     path = folder / CONFIG_FILE
     if path.is_file():
-        saved = {**guarded.read_json(path, f"delete {folder} and run the parts again"), "N of --shard I/N": part_count(out)}
+        saved = guarded.read_json(path, f"delete {folder} and run the parts again")
+        check_version(saved, path, f"delete {folder} and run the parts again")
+        saved = {**{k: v for k, v in saved.items() if k != KEY}, "N of --shard I/N": part_count(out)}
         mine["N of --shard I/N"] = n
         differ = [f"{_flag(k)} {saved.get(k)!r} there, {mine.get(k)!r} here" for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)]
         if differ:

@@ -44,7 +44,7 @@ def test_bad_config_files(tmp_path, name, text, message):
 def test_save_resolved_config(tmp_path):
     path = tmp_path / "pipeline_config.json"
     save_resolved_config(path, {"out": Path("/x/y"), "nodes": 3, "pair": (Path("a"), 1), "nested": {"p": Path("b")}})
-    assert json.loads(path.read_text()) == {"out": "/x/y", "nodes": 3, "pair": ["a", 1], "nested": {"p": "b"}}
+    assert json.loads(path.read_text()) == {"out": "/x/y", "nodes": 3, "pair": ["a", 1], "nested": {"p": "b"}, "format_version": 1}
 
 
 def _text(stderr: str) -> str:

@@ -122,6 +122,14 @@ def test_encode_and_train_replay_end_to_end(tmp_path, write_graph, cli):
     assert res.exit_code == 0, res.output
     flags = json.loads((run1 / config_file_name("train")).read_text())
     assert flags["seeds"] == "0,1" and flags["hidden-channels"] == 8 and "model" not in flags  # flags only
+    assert saved["format_version"] == flags["format_version"] == 1
+    other = tmp_path / "other_version.json"  # a saved config of another format version does not replay
+    other.write_text(json.dumps({**flags, "format_version": 2}))
+    res = cli("train", "--config", other, "--out", tmp_path / "r3")
+    assert (res.exit_code, res.stderr) == (2, f"Error: {other}: format version 2, this version of the pipeline reads 1; save it anew: "
+                                              f"run `pipeline train` with its flags on this version of the pipeline, "
+                                              f"or write the config file by hand\n"), res.output
+    assert not (tmp_path / "r3").exists()
     assert cli("train", "--config", run1 / config_file_name("train"), "--out", run2).exit_code == 0
     def untimed(run: Path) -> list[dict]:  # wall times differ between two runs, nothing else may
         per_seed = json.loads((run / "summary.json").read_text())["per_seed"]

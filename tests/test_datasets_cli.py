@@ -245,7 +245,7 @@ def test_subset_connected_deterministic_splits_kept(cli, tmp_path):
     assert meta["subset_of"]["graph"] == "cora" and meta["subset_of"]["seed"] == 3
     assert "num_nodes" not in meta and "edge_homophily" not in meta
     assert json.loads((a / "datasets_subset_config.json").read_text()) == {
-        "graph": "cora", "nodes": 60, "seed": 3, "out": str(a), "overwrite": False}
+        "graph": "cora", "nodes": 60, "seed": 3, "out": str(a), "overwrite": False, "format_version": 1}
 
 
 def test_subset_of_user_graph_with_string_ids_and_split_column(cli, write_graph, tmp_path):

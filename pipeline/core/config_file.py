@@ -2,6 +2,10 @@
 
 The file fills click's ``default_map``, so flags given on the command line override it and
 every value still goes through the flag's own type conversion and validation.
+
+A config the pipeline saved (``<command>_config.json``, :func:`save_resolved_config`) carries
+``format_version: 1``; replaying one of another version is refused. A hand-written config
+has no ``format_version`` key and is read as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import typer
 import yaml
 
 from pipeline.core.errors import InputError
+from pipeline.core.format_version import FORMAT_VERSION, KEY, check_version
 
 
 # A config file is a flat mapping of flags to scalars or lists of scalars: anything far larger or
@@ -96,6 +101,10 @@ def _load_into_context(ctx: click.Context, param: click.Parameter, value: Path |
 
 def _apply(ctx: click.Context, value: Path) -> Path:
     data = read_config_file(value)
+    if KEY in data:  # a saved config: only its own version replays
+        check_version(data, value, f"save it anew: run `pipeline {ctx.command_path.split(' ', 1)[-1]}` with its flags "
+                                   f"on this version of the pipeline, or write the config file by hand")
+        data = {k: v for k, v in data.items() if k != KEY}
     params = [p for p in ctx.command.params if p.name and p.name != "config"]
     known = {p.name: p for p in params}  # a key may be the parameter's name or any of its flags
     aliases = {o.lstrip("-").replace("-", "_"): p.name for p in params for o in getattr(p, "opts", ()) if o.startswith("--")}
@@ -129,7 +138,8 @@ ConfigOption = typer.Option(
 
 
 def save_resolved_config(path: Path, values: dict[str, Any]) -> None:
-    """Write the resolved configuration next to what a command produced."""
+    """Write the resolved configuration next to what a command produced, with its
+    ``format_version`` (replayable with ``--config``)."""
 
     def plain(v: Any) -> Any:
         if isinstance(v, Path):
@@ -142,4 +152,4 @@ def save_resolved_config(path: Path, values: dict[str, Any]) -> None:
 
     from pipeline.core import atomic
 
-    atomic.write_json(path, plain(values), sort_keys=True)
+    atomic.write_json(path, {**plain(values), KEY: FORMAT_VERSION}, sort_keys=True)
