@@ -12,14 +12,13 @@ whole LLM (``speedup_vs_full_llm``). Then `python scripts/results_page.py`.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
+from pipeline.core.bench_json import read_bench
 from results_lib import write
 
 
 def row(graph: str, split: str, bench_json: str) -> dict:
-    figures = json.loads(Path(bench_json).read_text())["figures"]
+    figures = read_bench(bench_json)[1]
     policy, r = next((k, v) for k, v in figures.items() if v["infer_default"])
     return {"graph": graph, "split": split, "seed": None, "policy": policy, "num_test": r["num_test"],
             "rel_drop_pct": round(100 * r["rel_drop"], 2), "speedup_vs_chosen_depth": round(r["speedup"], 2),

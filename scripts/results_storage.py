@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.core.bench_json import read_bench
 from results_lib import pct, summary, write
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument("--bench-train", required=True, metavar="BENCH_JSON")
     ap.add_argument("--settings", default="")
     args = ap.parse_args()
-    f = json.loads(Path(args.bench_train).read_text())["figures"]
+    f = read_bench(args.bench_train)[1]
     write(args.out, {"table": "storage", "settings": args.settings, "source": "run folders and pipeline bench train --json",
                      "int8": [storage_row("float16", *args.float16), storage_row("int8", *args.int8)],
                      "caching": {"epoch_s_cached": f["epoch_s_cached"], "epoch_s_uncached": f["epoch_s_uncached"],

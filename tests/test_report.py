@@ -258,6 +258,25 @@ def test_broken_pieces_are_listed_not_fatal(tmp_path):
     assert sorted(p.name for p in (run / "report").iterdir()) == [MARKER, "exit_layers.png", "report.md", "report_config.json"]
 
 
+def test_bench_json_of_another_format_version_is_refused(tmp_path):
+    """A bench JSON carries format_version 1; one of another version is refused (exit 2) by its
+    reader, and the report lists it as a piece it could not read."""
+    from pipeline.core.bench_json import read_bench
+    from pipeline.core.errors import InputError
+
+    path = write_bench(tmp_path / "bench_train.json", "train", bench_train())
+    assert json.loads(path.read_text()) == {"kind": "train", "format_version": 1, "figures": bench_train()}
+    path.write_text(json.dumps({"kind": "train", "format_version": 2, "figures": bench_train()}))
+    message = f"{path}: format version 2, this version of the pipeline reads 1; rerun `pipeline bench train ... --json {path}`"
+    with pytest.raises(InputError) as err:
+        read_bench(path)
+    assert (err.value.message, err.value.exit_code) == (message, 2)
+    result = invoke(tmp_path)  # the folder's only artifact: nothing to report, exit 2 naming it
+    assert result.exit_code == 2, result.output
+    assert f"{path}: benchmark JSON could not be read ({path}: format version 2, this version of the pipeline reads 1;" in result.stderr
+    assert not (tmp_path / "report").exists()
+
+
 def test_bad_input_exits_2_and_writes_nothing(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

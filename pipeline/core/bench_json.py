@@ -1,14 +1,17 @@
 """The ``pipeline bench ... --json`` file: the only module that knows its format.
 
-``{"kind": KIND, "figures": {...}}`` where KIND names the bench that wrote it (``encode``,
-``train``, ``train-memory``, ``infer``) and ``figures`` are that bench's measured numbers
-(infer: ``{policy: {accuracy, rel_drop, speedup, layer_fraction, ...}}``).
+``{"kind": KIND, "format_version": 1, "figures": {...}}`` where KIND names the bench that wrote
+it (``encode``, ``train``, ``train-memory``, ``infer``) and ``figures`` are that bench's measured
+numbers (infer: ``{policy: {accuracy, rel_drop, speedup, layer_fraction, ...}}``). The reader
+refuses another format version (:func:`pipeline.core.format_version.check_version`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from pipeline.core.format_version import FORMAT_VERSION, KEY, check_version
 
 KINDS = ("encode", "train", "train-memory", "infer")
 
@@ -29,13 +32,15 @@ def write_bench(path: str | Path, kind: str, figures: dict) -> Path:
         raise ValueError(f"unknown bench kind {kind!r}; one of {', '.join(KINDS)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(path, {"kind": kind, "figures": figures})
+    atomic.write_json(path, {"kind": kind, KEY: FORMAT_VERSION, "figures": figures})
     return path
 
 
 def read_bench(path: str | Path) -> tuple[str, dict]:
-    """``(kind, figures)`` of a bench JSON; ValueError naming what is wrong otherwise."""
+    """``(kind, figures)`` of a bench JSON; ValueError naming what is wrong otherwise, InputError
+    (exit 2) for a bench JSON of another format version."""
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or data.get("kind") not in KINDS or not isinstance(data.get("figures"), dict):
         raise ValueError(f"not a `pipeline bench {'|'.join(KINDS)} --json` file (no known \"kind\" with \"figures\")")
+    check_version(data, path, f"rerun `pipeline bench {data['kind']} ... --json {path}`")
     return data["kind"], data["figures"]

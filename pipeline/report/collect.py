@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.errors import InputError
+
 
 @dataclass
 class CacheInfo:
@@ -163,7 +165,7 @@ def _add_bench(found: Collected, path: Path) -> None:
 
     try:
         kind, figures = read_bench(path)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, InputError) as err:
         found.problems.append(f"{path}: benchmark JSON could not be read ({_short(err)})")
         return
     found.benches.append(Bench(kind, path, figures))
