@@ -27,7 +27,6 @@ as Python strings: 1M nodes then took 10.4 min and 6.6 GB, so it is off by defau
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import atomic
 from pipeline.core.errors import ConfigErrors, InputError, PipelineError
-from pipeline.core.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder
+from pipeline.core.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder, write_meta
 from pipeline.core.options import option
 from pipeline.core.progress import log, progress
 from pipeline.graph_options import flags_file, graph_overwrite_option, out_argument
@@ -238,7 +237,7 @@ def synthesize(config: SynthConfig, extra_files: dict[str, Callable[[Path], None
             "label_names": model.class_names,
             "synth": {"generator": GENERATOR, **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "check", "overwrite")}},
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        write_meta(tmp / META_FILE, meta)
         for fname, write in (extra_files or {}).items():
             write(tmp / fname)
         # cheap read-back of the Parquet footers; the full validation (``check``) holds every

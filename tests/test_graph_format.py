@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -193,6 +194,22 @@ def test_meta_and_named_splits(cli, write_graph):
         f"- {g}/splits/s1.json: 'train' has 1 id(s) not in the graph, first: [99]",
         f"- {g}/splits/s1.json: 'test' shares 1 id(s) with 'train', first: [10]",
     ]
+
+
+def test_meta_format_version(cli, write_graph, tmp_path):
+    """The pipeline's meta.json carries format_version 1; a user's meta.json without one loads;
+    one of another version is refused, naming the file and version."""
+    user = write_graph(NODES, EDGES, meta={"label_names": ["x", "y"]})
+    assert cli("datasets", "check", user).exit_code == 0
+    out = tmp_path / "written"
+    write_graph_folder(out, pa.table(NODES), pa.table(EDGES), meta={"label_names": ["x", "y"]})
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta == {"label_names": ["x", "y"], "format_version": 1}
+    assert cli("datasets", "check", out).exit_code == 0
+    (out / "meta.json").write_text(json.dumps({**meta, "format_version": 2}))
+    result = cli("datasets", "check", out)
+    assert (result.exit_code, result.stderr) == (2, f"Error: {out}/meta.json: format version 2, this version of the pipeline reads 1; "
+                                                    f"write {out} anew with this version's `pipeline datasets` command\n"), result.output
 
 
 def test_every_problem_reported_at_once(cli, write_graph):

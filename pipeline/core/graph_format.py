@@ -10,7 +10,8 @@ Folder layout (docs/design.md section 3)::
                     optional label (string or int; null = unlabeled),
                     optional split (train / val / test / null)
     edges.parquet   src, dst (same type as node_id; undirected)
-    meta.json       optional: label_names (class order), provenance
+    meta.json       optional: label_names (class order), provenance; format_version (1) in a
+                    meta.json the pipeline wrote (:func:`write_meta`), absent from a user's
     splits/NAME.json  optional: {"train": [node_id, ...], "val": [...], "test": [...]}
 
 ``read_new_nodes`` checks nodes that grow a loaded graph (``pipeline infer --nodes``) with the
@@ -19,6 +20,10 @@ same checks, plus the graph's id type and ids already in it.
 ``write_graph_folder`` is the one writer: it validates in memory with the same checks as
 the reader, writes into a temporary sibling folder, reads that back, and only then renames
 it into place, so a failed or interrupted write never leaves a half-written graph.
+
+A graph folder is the one format users write by hand, so ``meta.json`` need not carry
+``format_version``: a meta.json without it is read as the user's own; one with it must be of
+version 1 (:func:`pipeline.core.format_version.check_version`), else the graph is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import atomic, ownership
 from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.format_version import FORMAT_VERSION, KEY, check_version
 from pipeline.core.graph import SPLIT_NAMES, TextGraph, graph_fingerprint
 from pipeline.core.progress import warn
 from pipeline.core.text_column import TextColumn
@@ -369,7 +375,14 @@ def _check_meta(meta_path: Path, problems: list[str]) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         problems.append(f"{meta_path}: not valid JSON ({err})")
         return {}
+    if isinstance(meta, dict) and KEY in meta:  # written by the pipeline: only its own version reads
+        check_version(meta, meta_path, f"write {meta_path.parent} anew with this version's `pipeline datasets` command")
     return _check_meta_dict(meta, str(meta_path), problems)
+
+
+def write_meta(path: Path, meta: dict) -> None:
+    """Write a graph's ``meta.json`` as the pipeline does: with its ``format_version``."""
+    path.write_text(json.dumps({**meta, KEY: FORMAT_VERSION}, indent=1, default=str) + "\n")
 
 
 def _check_meta_dict(meta, f: str, problems: list[str]) -> dict:
@@ -657,8 +670,7 @@ def write_graph_folder(
         # row groups of ROW_GROUP_ROWS nodes: a large graph's texts are then read in pieces (TextColumn)
         pq.write_table(nodes, tmp / NODES_FILE, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         pq.write_table(edges, tmp / EDGES_FILE, compression="zstd")
-        if meta:
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str) + "\n")
+        write_meta(tmp / META_FILE, meta)
         if splits:
             (tmp / SPLITS_DIR).mkdir()
             for split_name, data in splits.items():
