@@ -255,16 +255,10 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         model = build_model(config["model"], device)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise guarded.damaged(path / run.config_file, f"its \"model\" entry cannot build a network ({type(err).__name__}: {err})", hint) from None
-    state = guarded.load_safetensors(weights, hint)
-    try:
-        if hasattr(model, "load_trained_state"):  # fine-tuning archs: adapter (or LLM) and head
-            model.load_trained_state(state)
-        else:
-            model.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    mismatch = load_weights(model, guarded.load_safetensors(weights, hint))
+    if mismatch is not None:
         raise InputError(f"checkpoint {path}: weights {weights.relative_to(path)} do not match the network {run.config_file} describes "
-                         f"({first}); {hint}") from None
+                         f"({mismatch}); {hint}")
     layers = list(config["layers"])
     depth = seed_depth(summary, seed, len(layers), path / SUMMARY, hint) if config["model"].get("arch") == "ladder" else len(layers)
     if depth < len(layers):  # --depth val: this seed answers with head depth - 1 and never climbs past it
@@ -358,15 +352,23 @@ def warm_start_weights(path: str | Path, spec: dict, layers: list[int], label_na
 def load_warm_start(model: nn.Module, state: dict, init: str | Path) -> None:
     """Load ``--init`` weights into a freshly built model; weights that do not fit the network
     its checkpoint.json describes (a damaged run) are refused, naming the run."""
+    mismatch = load_weights(model, state)
+    if mismatch is not None:
+        raise InputError(f"--init {init}: its weights do not match the network its {CONFIG} describes (damaged run: {mismatch}); "
+                         "retrain it, or start without --init")
+
+
+def load_weights(model: nn.Module, state: dict) -> str | None:
+    """Load ``state`` into ``model`` (a fine-tuning arch: its adapter, or LLM, and head); None when
+    it fits, else the first line of why not."""
     try:
-        if hasattr(model, "load_trained_state"):  # fine-tuning archs: adapter (or LLM) and head
+        if hasattr(model, "load_trained_state"):
             model.load_trained_state(state)
         else:
             model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"--init {init}: its weights do not match the network its {CONFIG} describes (damaged run: {first}); "
-                         "retrain it, or start without --init") from None
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None
 
 
 def read_metrics(path: str | Path) -> list[dict]:
