@@ -1,7 +1,7 @@
 """Synthetic large textual graphs for scale work (``pipeline datasets synth``).
 
 A graph of N nodes and C classes, deterministic for a seed, written in the standard
-Parquet format (``pipeline/graph_format.py``):
+Parquet format (``pipeline/core/graph_format.py``):
 
 - **classes**: mildly imbalanced sizes (Dirichlet(5) proportions), every class present;
 - **texts**: class-conditional bags of real words (``pipeline/synth_text.py``);

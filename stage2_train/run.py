@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -149,7 +151,6 @@ def run(config: TrainConfig) -> dict:
     Under ``torchrun`` with several processes, each rank trains on its share and rank 0
     writes ``config.out`` (see :mod:`stage2_train.distributed`).
     """
-    import torch
 
     from stage2_train.config import FINETUNE_ARCHS
     from stage2_train.distributed import close_group, init_group, run_rank
@@ -166,32 +167,37 @@ def run(config: TrainConfig) -> dict:
         return done
 
     claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
+    with torch_settings(config):
+        if config.arch in FINETUNE_ARCHS:
+            from stage2_train.finetune_run import run_finetune
+
+            return run_finetune(config)
+        group, failed = init_group(config.device, config.dist_timeout), True
+        if group is not None and group.device != "cpu":
+            config = replace(config, device=group.device)  # this rank's GPU, cuda:LOCAL_RANK
+        try:
+            summary = run_rank(group, lambda: _run(config, group))
+            failed = False
+            return summary
+        finally:
+            close_group(group, failed)
+
+
+@contextlib.contextmanager
+def torch_settings(config: TrainConfig):
+    """``--num-threads`` and ``--deterministic`` for the run; the process's own settings are given back after."""
+    import torch
+
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if config.deterministic:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace (read at first use)
         torch.use_deterministic_algorithms(True, warn_only=True)
-    if config.arch in FINETUNE_ARCHS:
-        from stage2_train.finetune_run import run_finetune
-
-        try:
-            return run_finetune(config)
-        finally:
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
-    group, failed = init_group(config.device, config.dist_timeout), True
-    if group is not None and group.device != "cpu":
-        config = replace(config, device=group.device)  # this rank's GPU, cuda:LOCAL_RANK
     try:
-        summary = run_rank(group, lambda: _run(config, group))
-        failed = False
-        return summary
+        yield
     finally:
-        close_group(group, failed)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 

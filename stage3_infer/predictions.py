@@ -9,7 +9,7 @@
   ``true_label``       the known label name, null when unlabeled or a new node (string)
 
 The file's schema metadata ``format_version`` is ``1`` and ``graph_fingerprint`` names the
-graph version the predictions were made on (``pipeline/graph.py``; with ``--nodes``, of the
+graph version the predictions were made on (``pipeline/core/graph.py``; with ``--nodes``, of the
 graph grown by them).
 
 ``summary.json``: ``format_version`` (1), the policy, target count, accuracy over labelled targets (null if none),
