@@ -13,7 +13,7 @@ from pipeline.core.errors import plain_errors
 from pipeline.report_cli import report_command
 from pipeline.run_cli import run_command
 from stage1_encode.cli import bench_encode_command, encode_command
-from stage2_train.cli import bench_train_command, bench_train_memory_command, export_command, train_command
+from stage2_train.cli import bench_train_command, bench_train_memory_command, export_command, train_command, train_help_command
 from stage3_infer.cli import bench_infer_command, infer_command
 
 EXIT_CODES_HELP = ("Exit status: 0 success; 2 bad input or usage (nothing written); 1 failure while running; "
@@ -57,7 +57,7 @@ bench_app.command("infer", help=bench_infer_command.__doc__)(bench_infer_command
 
 app.add_typer(datasets_app, name="datasets")
 app.command("encode", help=encode_command.__doc__)(plain_errors(encode_command))
-app.command("train", help=train_command.__doc__)(plain_errors(train_command))
+app.command("train", help=train_command.__doc__, cls=train_help_command)(plain_errors(train_command))
 app.command("export", help=export_command.__doc__)(plain_errors(export_command))
 app.command("infer", help=infer_command.__doc__)(infer_command)
 app.command("run", help=run_command.__doc__)(plain_errors(run_command))

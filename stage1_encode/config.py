@@ -11,11 +11,12 @@ from pipeline.core.devices import device_problem
 from pipeline.core.options import argument, device_option, option, out_option, overwrite_option
 from stage1_encode.cache.geometry import DEFAULT_BLOCK_NODES
 from stage1_encode.cache.quantize import STORAGE_DTYPES
-from stage1_encode.models import DEFAULT_MODEL
+from stage1_encode.models import BUILTIN_MODELS, DEFAULT_MODEL
 
 MODEL_HELP = (
-    "Built-in name (smollm2-135m: SmolLM2-135M, Llama, 30 layers; minilm-l6: all-MiniLM-L6-v2, BERT, 6 layers), "
-    "a local HF folder, or an HF hub id."
+    "Built-in name ("
+    + "; ".join(f"{name}: {b.description}" + (f", extra [{b.extra}]" if b.extra else "") for name, b in BUILTIN_MODELS.items())
+    + "), a local HF folder, or an HF hub id."
 )
 
 POOLINGS = ("mean", "last")  # masked mean over real tokens, or the last real token

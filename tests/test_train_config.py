@@ -92,3 +92,37 @@ def test_sampler_flag_refusals(tmp_path):
     assert "--hops 4: must be 1..3" in err.value.message
     assert "--fanout -1: must be >= 0 (0 keeps every neighbour)" in err.value.message
     TrainConfig(cache=tmp_path, out=tmp_path / "r", hops=1, fanout=0).validate()  # the reference's ego graph
+
+
+def _train_help(*args: str) -> str:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    res = CliRunner().invoke(app, ["train", *args, "--help"], env={"COLUMNS": "100", "TERMINAL_WIDTH": "100"})
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.parametrize(
+    "args, shown, hidden",
+    [
+        ((), ("--rung-grad", "--layer", "--hops", "--num-threads"), ()),
+        (("--arch", "ladder"), ("--rung-grad", "--hops", "--num-threads"), ("--layer ",)),
+        (("--arch=gcn",), ("--layer", "--hops", "--num-threads"), ("--rung-grad",)),
+        (("--arch", "lora"), ("--num-threads", "--seeds"), ("--rung-grad", "--layer ", "--hops")),
+        (("--arch", "bogus"), ("--rung-grad", "--layer"), ()),  # an unknown arch: every panel; the run refuses it
+    ],
+)
+def test_train_help_lists_the_panels_of_the_chosen_arch(args: tuple[str, ...], shown: tuple[str, ...], hidden: tuple[str, ...]) -> None:
+    text = _train_help(*args)
+    for flag in shown:
+        assert flag in text, (args, flag)
+    for flag in hidden:
+        assert flag not in text, (args, flag)
+
+
+def test_train_help_is_shorter_for_each_kind_of_model() -> None:
+    every = len(_train_help().splitlines())
+    for arch in ("ladder", "mlp", "lora"):
+        assert len(_train_help("--arch", arch).splitlines()) < every, arch

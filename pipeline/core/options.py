@@ -73,6 +73,11 @@ def _union_cli_fields(classes: tuple[type, ...]) -> list[tuple[Field, Cli, str |
     return list(seen.values())
 
 
+def panels_of(config_cls: type) -> frozenset[str]:
+    """The --help panels the flags of ``config_cls`` (its inherited ones included) appear in."""
+    return frozenset(panel for _, _, panel in _union_cli_fields((config_cls,)) if panel)
+
+
 def choice_problem(f: Field, value: Any) -> str | None:
     """``--flag VALUE: choose one of ...`` when ``value`` is not among the field's ``choices``."""
     cli = f.metadata.get("cli")
@@ -218,3 +223,49 @@ def json_option(what: str = "the figures") -> Any:
 
 def _parse_seeds(text: Any, flag: str) -> tuple[int, ...]:
     return parse_int_list(text, flag) or ()
+
+
+# --- help narrowed by a choosing flag ---------------------------------------------------------
+
+_FORMATTING_HELP = "pipeline.formatting_help"
+_HELP_CHOICE = "pipeline.help_choice"
+
+
+def _flag_value(flag: str, args: list[str]) -> str | None:
+    """The last value given to ``flag`` in raw command-line ``args`` (``--flag V`` or ``--flag=V``)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
+def help_by_choice(flag: str, panels_for: Callable[[str], frozenset[str] | None]) -> type:
+    """A typer command class whose ``--help``, given together with ``flag`` (``--arch gcn``),
+    lists only the help panels ``panels_for(value)`` names (options without a panel always);
+    without the flag, or for a value ``panels_for`` does not know (None), it lists every panel."""
+    from typer.core import TyperCommand
+
+    class NarrowedHelpCommand(TyperCommand):
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            ctx.meta[_HELP_CHOICE] = _flag_value(flag, args)
+            return super().parse_args(ctx, args)
+
+        def format_help(self, ctx: Any, formatter: Any) -> None:
+            ctx.meta[_FORMATTING_HELP] = True
+            try:
+                return super().format_help(ctx, formatter)
+            finally:
+                ctx.meta[_FORMATTING_HELP] = False
+
+        def get_params(self, ctx: Any) -> list[Any]:
+            params = super().get_params(ctx)
+            choice = ctx.meta.get(_HELP_CHOICE)
+            panels = panels_for(choice) if ctx.meta.get(_FORMATTING_HELP) and choice is not None else None
+            if panels is None:
+                return params
+            return [p for p in params if getattr(p, "rich_help_panel", None) in (None, *panels)]
+
+    return NarrowedHelpCommand
