@@ -34,9 +34,9 @@ import pyarrow as pa
 from pipeline.core.errors import ConfigErrors, InputError
 from pipeline.core.graph import TextGraph
 from pipeline.core.graph_format import FIRST_ROWS, build_graph, check_output_folder, graph_edges_table, write_graph_folder
-from pipeline.core.options import argument, option
+from pipeline.core.options import argument, choice_problems, option
 from pipeline.core.progress import log
-from pipeline.graph_options import choices_metavar, flags_file, graph_overwrite_option, out_argument
+from pipeline.graph_options import flags_file, graph_overwrite_option, out_argument
 
 FORMATS = ("auto", "csv", "tsv", "jsonl")
 ID_TYPES = ("auto", "int", "string")
@@ -65,18 +65,17 @@ class ImportConfig:
         off_flag="--no-edges-header",
     )
     id_type: str = option(
-        "auto", "Id type: auto = JSON types, or int when every CSV/TSV id is a plain integer.", metavar=choices_metavar(ID_TYPES)
+        "auto", "Id type: auto = JSON types, or int when every CSV/TSV id is a plain integer.", choices=ID_TYPES
     )
-    nodes_format: str = option("auto", "Nodes file format (auto: by extension).", metavar=choices_metavar(FORMATS))
-    edges_format: str = option("auto", "Edge list format (auto: by extension).", metavar=choices_metavar(FORMATS))
+    nodes_format: str = option("auto", "Nodes file format (auto: by extension).", choices=FORMATS)
+    edges_format: str = option("auto", "Edge list format (auto: by extension).", choices=FORMATS)
     overwrite: bool = graph_overwrite_option()
 
     def validate(self) -> None:
         """Raise one InputError naming every flag whose value is not one of its choices."""
         errors = ConfigErrors()
-        for flag, value, choices in (("--id-type", self.id_type, ID_TYPES), ("--nodes-format", self.nodes_format, FORMATS),
-                                     ("--edges-format", self.edges_format, FORMATS)):
-            errors.check(value in choices, f"{flag} {value}: expected one of {', '.join(choices)}")
+        for problem in choice_problems(self):
+            errors.add(problem)
         errors.raise_if_any()
 
 

@@ -28,11 +28,6 @@ def graph_overwrite_option() -> Any:
     return overwrite_option("a graph", target="OUT")
 
 
-def choices_metavar(choices: tuple[str, ...]) -> str:
-    """How help shows a flag's choices: ``<auto|csv|tsv>``, as typer shows an enum's."""
-    return "<" + "|".join(choices) + ">"
-
-
 def flags_file(command_name: str, config: Any) -> dict[str, Callable[[Path], None]]:
     """The ``extra_files`` entry that writes ``config``'s flags into the graph folder."""
     return {config_file_name(command_name): lambda path: save_flags(path, config)}

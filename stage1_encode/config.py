@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors
 from pipeline.core.devices import device_problem
-from pipeline.core.options import argument, device_option, option, out_option, overwrite_option
+from pipeline.core.options import argument, choice_problems, device_option, option, out_option, overwrite_option
 from stage1_encode.cache.geometry import DEFAULT_BLOCK_NODES
 from stage1_encode.cache.quantize import STORAGE_DTYPES
 from stage1_encode.models import BUILTIN_MODELS, DEFAULT_MODEL
@@ -53,17 +53,17 @@ class EncodeConfig:
     )
     max_length: int = option(256, "Tokens per text (longer texts are truncated).")
     batch_tokens: int = option(4096, "Token budget per batch: batch size x padded length.")
-    pooling: str = option("mean", "mean (masked mean over tokens) or last (last non-pad token).")
+    pooling: str = option("mean", "mean (masked mean over tokens) or last (last non-pad token).", choices=POOLINGS)
     num_shards: int = option(1, "Split the work into N shards run by N processes/jobs on the same --out.")
     shard_id: int = option(0, "Which shard this process fills (0..N-1).")
-    dtype: str = option("auto", "Compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
+    dtype: str = option("auto", "Compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.", choices=COMPUTE_DTYPES)
     storage_dtype: str = option("float16", "Cache dtype: float16, float32 (if float16 overflows) or int8 (per node and state "
-                                "absmax scale; read back as float32; S x H + 4 S bytes a node).")
+                                "absmax scale; read back as float32; S x H + 4 S bytes a node).", choices=STORAGE_DTYPES)
     device: str = device_option()
     block_size: int = option(DEFAULT_BLOCK_NODES, "Nodes per committed block (the unit of resume and sharding; multiple of 8).")
     overwrite: bool = overwrite_option("a cache (of another model, graph or settings)")
     trust_remote_code: bool = option(False, "Allow a hub model's own Python code to run.")
-    backend: str = option("hf", "hf (transformers) or vllm (decoder LLMs; CPU: bash scripts/setup_vllm.sh, then .venv-vllm/bin/pipeline).")
+    backend: str = option("hf", "hf (transformers) or vllm (decoder LLMs; CPU: bash scripts/setup_vllm.sh, then .venv-vllm/bin/pipeline).", choices=BACKENDS)
     reuse: Path | None = option(
         None, "An older cache of an earlier version of GRAPH (same settings): rows of nodes whose id and text are unchanged "
         "are copied, only new or edited texts run through the LLM. It is only read.", metavar="OLD_CACHE"
@@ -78,18 +78,13 @@ class EncodeConfig:
             self.batch_tokens >= self.max_length,
             f"--batch-tokens {self.batch_tokens}: must be >= --max-length ({self.max_length}) so the longest text fits",
         )
-        errors.check(self.pooling in POOLINGS, f"--pooling {self.pooling}: expected one of {', '.join(POOLINGS)}")
+        for problem in choice_problems(self):
+            errors.add(problem)
         errors.check(self.num_shards >= 1, f"--num-shards {self.num_shards}: must be >= 1")
         errors.check(
             0 <= self.shard_id < max(self.num_shards, 1),
             f"--shard-id {self.shard_id}: must be in 0..{self.num_shards - 1} for --num-shards {self.num_shards}",
         )
-        errors.check(self.dtype in COMPUTE_DTYPES, f"--dtype {self.dtype}: expected one of {', '.join(COMPUTE_DTYPES)}")
-        errors.check(
-            self.storage_dtype in STORAGE_DTYPES,
-            f"--storage-dtype {self.storage_dtype}: expected one of {', '.join(STORAGE_DTYPES)}",
-        )
-        errors.check(self.backend in BACKENDS, f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
         errors.check(
             self.reuse is None or self.backend == "hf",
             f"--reuse with --backend {self.backend}: reuse needs --backend hf (vLLM schedules texts together, so a row may depend on its batch)",

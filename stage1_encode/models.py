@@ -255,14 +255,17 @@ EXPORT_RECORD = "pipeline_export.json"  # left in a tuned model's folder by `pip
 def read_export_record(model_dir: str | Path) -> dict | None:
     """What ``pipeline export`` recorded in a tuned model's folder (source run, arch, seed,
     training wall time), so that a cache encoded with it carries the cost of the whole
-    cascade (tune -> encode -> train); None for a model that ``pipeline export`` did not write."""
+    cascade (tune -> encode -> train); None for a model that ``pipeline export`` did not write.
+    A damaged record, or one of another format version, is refused (InputError, exit 2)."""
+    from pipeline.core.format_version import check_version
+
     path = Path(model_dir) / EXPORT_RECORD
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return None
+    rerun = f"write {model_dir} again with `pipeline export RUN_DIR --out {model_dir} --overwrite`"
+    record = guarded.read_json(path, rerun)
+    check_version(record, path, rerun)
+    return record
 
 
 def rebuild_model_hint(spec: ModelSpec) -> str:

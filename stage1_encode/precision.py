@@ -22,7 +22,7 @@ def dtype_problem(value: str | None, flag: str = "--dtype") -> str | None:
     """The message for a ``--dtype`` value that is not a compute dtype, or None."""
     if value is None or value in COMPUTE_DTYPES:
         return None
-    return f"{flag} {value}: expected one of {', '.join(COMPUTE_DTYPES)} (default: the cache's)"
+    return f"{flag} {value}: choose one of {', '.join(COMPUTE_DTYPES)} (default: the cache's)"
 
 
 def cache_compute_dtype(manifest: dict, requested: str | None, allow_mismatch: bool, cache: str) -> str:

@@ -92,7 +92,7 @@ def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
     if pooling == "last":
         last = (m.sum(1) - 1).clamp_min(0)  # right padding: index of the last real token
         return h[torch.arange(h.shape[0], device=h.device), last]
-    raise InputError(f"--pooling {pooling}: expected one of {', '.join(POOLINGS)}")
+    raise InputError(f"--pooling {pooling}: choose one of {', '.join(POOLINGS)}")
 
 
 class _Recorded(Exception):

@@ -195,7 +195,7 @@ class VllmEncoder:
         from stage1_encode.stepping import POOLINGS
 
         if pooling not in POOLINGS:
-            raise InputError(f"--pooling {pooling}: expected one of {', '.join(POOLINGS)}")
+            raise InputError(f"--pooling {pooling}: choose one of {', '.join(POOLINGS)}")
         layers = sorted(set(int(k) for k in layers))
         if not layers or not 0 <= layers[0] <= layers[-1] < self.num_states:
             raise InputError(f"--layers {layers}: valid states are 0..{self.num_states - 1}")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.core.options import require_choice
 from stage2_train.ladder import make_conv
 from stage2_train.sampling import SubgraphBatch
 from stage2_train.standardize import StateScaler
@@ -32,8 +33,7 @@ class NodeBaseline(nn.Module):
         standardize: bool = False,
     ) -> None:
         super().__init__()
-        if arch not in BASELINES:
-            raise ValueError(f"unknown baseline {arch!r}; choose one of {', '.join(BASELINES)}")
+        require_choice("baseline", arch, BASELINES)
         sizes = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
         if arch == "mlp":
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.core import atomic, ownership
 from pipeline.core.errors import ConfigErrors, InputError
+from pipeline.core.format_version import FORMAT_VERSION
 from pipeline.core.options import argument, option, out_option, overwrite_option
 from pipeline.core.progress import log
 from stage1_encode.models import EXPORT_RECORD
@@ -60,6 +61,7 @@ def run_export(config: ExportConfig) -> Path:
     summary = ckpt.summary
     per_seed = {int(r["seed"]): r for r in summary.get("per_seed", [])}
     record = {
+        "format_version": FORMAT_VERSION,
         "run": str(config.run.resolve()),
         "arch": model.arch,
         "seed": ckpt.seed,

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.core.options import require_choice
 from stage2_train.config import GNNS, READOUTS, RUNG_ACTIVATIONS, RUNG_GRADS, RUNG_NORMS
 from stage2_train.sampling import SubgraphBatch
 from stage2_train.standardize import StateScaler
@@ -48,26 +49,23 @@ def make_conv(gnn: str, in_channels: int, out_channels: int) -> nn.Module:
     """One PyG convolution by name (``sage``, ``gcn``, ``gat``)."""
     from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 
+    require_choice("gnn", gnn, GNNS)
     if gnn == "sage":
         return SAGEConv(in_channels, out_channels)
     if gnn == "gcn":
         return GCNConv(in_channels, out_channels)
-    if gnn == "gat":
-        return GATConv(in_channels, out_channels, heads=1)
-    raise ValueError(f"unknown gnn {gnn!r}; choose one of {', '.join(GNNS)}")
+    return GATConv(in_channels, out_channels, heads=1)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
     """``layer``: LayerNorm(channels); ``none``: identity."""
-    if norm not in RUNG_NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(RUNG_NORMS)}")
+    require_choice("norm", norm, RUNG_NORMS)
     return nn.LayerNorm(channels) if norm == "layer" else nn.Identity()
 
 
 def make_activation(activation: str) -> nn.Module:
     """``relu`` or ``elu`` (alpha 1)."""
-    if activation not in RUNG_ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(RUNG_ACTIVATIONS)}")
+    require_choice("activation", activation, RUNG_ACTIVATIONS)
     return nn.ReLU() if activation == "relu" else nn.ELU()
 
 
@@ -139,10 +137,8 @@ class GLadder(nn.Module):
         norm: str = "layer",
     ) -> None:
         super().__init__()
-        if readout not in READOUTS:
-            raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
-        if rung_grad not in RUNG_GRADS:
-            raise ValueError(f"unknown rung_grad {rung_grad!r}; choose one of {', '.join(RUNG_GRADS)}")
+        require_choice("readout", readout, READOUTS)
+        require_choice("rung_grad", rung_grad, RUNG_GRADS)
         K = hidden_channels
         self.readout, self.rung_grad = readout, rung_grad
         self.scaler = StateScaler(num_rungs, in_channels) if standardize else None

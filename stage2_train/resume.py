@@ -42,8 +42,8 @@ import torch
 
 from pipeline.core import atomic, guarded
 from pipeline.core.errors import InputError
+from pipeline.core.format_version import FORMAT_VERSION, check_version
 
-FORMAT_VERSION = 1
 STATE_FILE = "state.json"
 # flags that do not change what is computed: a rerun may change them
 IGNORED_FLAGS = ("overwrite", "dist-timeout", "state-every")
@@ -165,8 +165,7 @@ class TrainState:
             return self
         data = guarded.read_json(path, self.hint)
         guarded.require(data, tuple(self.data), path, self.hint)
-        if data["format_version"] != FORMAT_VERSION:
-            raise guarded.damaged(path, f"format version {data['format_version']!r}, this version reads {FORMAT_VERSION}", self.hint)
+        check_version(data, path, self.hint)
         differ = [f"--{k} {_show(data['flags'].get(k))} there, {_show(self.flags.get(k))} now"
                   for k in sorted(set(data["flags"]) | set(self.flags)) if data["flags"].get(k) != self.flags.get(k)]
         if differ:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SAMPLERS = ("ego", "rwr", "full")
+from pipeline.core.options import require_choice
+from stage2_train.config import SAMPLERS
 EVAL_SEED = 0
 
 # splitmix64 (Steele, Lea & Flood 2014) on int64 tensors; constants as signed int64
@@ -114,8 +115,7 @@ class Sampler:
         restart_p: float = 0.5,
         hops: int = 1,
     ) -> None:
-        if mode not in SAMPLERS:
-            raise ValueError(f"unknown sampler {mode!r}; choose one of {', '.join(SAMPLERS)}")
+        require_choice("sampler", mode, SAMPLERS)
         ei = torch.as_tensor(np.asarray(edge_index), dtype=torch.long)
         order = torch.argsort(ei[0] * num_nodes + ei[1])  # CSR needs rows sorted by src
         self.src, self.col = ei[0][order], ei[1][order]

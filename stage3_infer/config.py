@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors
-from pipeline.core.options import device_option, json_option, option, out_option, overwrite_option
+from pipeline.core.options import choice_problems, device_option, json_option, option, out_option, overwrite_option
 from stage1_encode.config import model_option
 from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 
@@ -87,7 +87,7 @@ class InferConfig:
         "validation nodes when trained (the cheapest within 1% relative of full-depth accuracy). A fine-tuning run (lora, ia3, "
         "prefix, finetune) predicts at full depth only: none.",
     )
-    split: str | None = option(None, "Targets: test (default), val, train or all nodes of the checkpoint's graph.")
+    split: str | None = option(None, "Targets: test (default), val, train or all nodes of the checkpoint's graph.", choices=SPLITS)
     node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line.")
     nodes: Path | None = option(None, "New nodes (node_id, text, optional label), never cached; they become the targets.")
     edges: Path | None = option(None, "Edges (src, dst) of the new nodes, to each other or to known nodes.")
@@ -139,7 +139,8 @@ class InferConfig:
                 parse_exit(self.exit)
         except InputError as err:
             errs.add(err.message)
-        errs.check(self.split is None or self.split in SPLITS, f"--split {self.split}: choose one of {', '.join(SPLITS)}")
+        for problem in choice_problems(self):
+            errs.add(problem)
         errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
         errs.check(0 < self.batch_tokens, f"--batch-tokens {self.batch_tokens}: must be > 0")

@@ -200,7 +200,7 @@ def test_import_errors_write_nothing(cli, tmp_path):
     # choices are checked before any file is read, each naming its flag
     result = cli("datasets", "import", n, e, out, "--id-type", "x", "--edges-format", "xml")
     assert result.exit_code == 2 and result.stderr == (
-        "Error: - --id-type x: expected one of auto, int, string\n- --edges-format xml: expected one of auto, csv, tsv, jsonl\n")
+        "Error: - --id-type x: choose one of auto, int, string\n- --edges-format xml: choose one of auto, csv, tsv, jsonl\n")
     assert not out.exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 

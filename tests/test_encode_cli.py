@@ -204,7 +204,7 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_graph: Path, tmp_path: Path) 
     cases = {
         ("--layers", "0,7"): "--layers 0,7: layer(s) 7 out of range; valid states are 0..6 (0 = embeddings, 6 = last layer)",
         ("--model", "gpt-17"): "--model gpt-17: not a built-in model, a local folder or an HF hub id (org/name). Built-ins: smollm2-135m",
-        ("--pooling", "max", "--shard-id", "3"): "- --pooling max: expected one of mean, last\n- --shard-id 3: must be in 0..0 for --num-shards 1",
+        ("--pooling", "max", "--shard-id", "3"): "- --pooling max: choose one of mean, last\n- --shard-id 3: must be in 0..0 for --num-shards 1",
     }
     for args, message in cases.items():
         proc = subprocess.run(

@@ -209,6 +209,16 @@ def test_export_encode_equals_adapted_forward(lora_run, slice_cache, tmp_path):
     assert (states - base).abs().max() > 1e-3  # the tuned model is not the base model
     assert reader.manifest["model_tuning"]["run"] == str(lora_run.resolve())
 
+    # a record of another version, or a damaged one, is refused before anything is written
+    record_path = model_dir / "pipeline_export.json"
+    rerun = f"write {model_dir} again with `pipeline export RUN_DIR --out {model_dir} --overwrite`"
+    for text, message in ((json.dumps({**record, "format_version": 2}), f"{record_path}: format version 2, this version of the pipeline reads 1; {rerun}"),
+                          ('{"format_version": 1, "ru', f"{record_path}: is not valid JSON (")):
+        record_path.write_text(text)
+        with pytest.raises(InputError) as err:
+            encode(EncodeConfig(str(graph), tmp_path / "again.zarr", model=str(model_dir), max_length=MAX_LEN, block_size=8, batch_tokens=128))
+        assert err.value.message.startswith(message) and not (tmp_path / "again.zarr").exists()
+
 
 def reader_graph_texts(reader) -> list[str]:
     from pipeline.core.graph import load_graph

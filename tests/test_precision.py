@@ -84,7 +84,7 @@ def test_other_dtype_refused_naming_both_unless_allowed(bf16_run, cli, tmp_path)
 
 @pytest.mark.parametrize("args, message", [
     (("--device", "gpu"), "Error: --device gpu: not a device; use auto, cpu, cuda or cuda:N"),
-    (("--dtype", "int8"), "Error: --dtype int8: expected one of float32, bfloat16, float16 (default: the cache's)"),
+    (("--dtype", "int8"), "Error: --dtype int8: choose one of float32, bfloat16, float16 (default: the cache's)"),
 ])
 def test_bad_device_or_dtype_refused_before_any_work(bf16_run, cli, tmp_path, args, message):
     _, run_dir, _, _ = bf16_run

@@ -99,7 +99,7 @@ def _train_help(*args: str) -> str:
 
     from pipeline.cli import app
 
-    res = CliRunner().invoke(app, ["train", *args, "--help"], env={"COLUMNS": "100", "TERMINAL_WIDTH": "100"})
+    res = CliRunner().invoke(app, ["train", *args, "--help"], env={"COLUMNS": "4000", "TERMINAL_WIDTH": "4000"})  # typer reads TERMINAL_WIDTH once per process: the width test_config_replay uses
     assert res.exit_code == 0, res.output
     return res.output
 

@@ -118,6 +118,12 @@ def test_changed_flags_and_damaged_state_are_refused(cache, tmp_path, cli):
     assert res.exit_code == 2, res.output
     assert res.stderr == f"Error: {tensors}: its sha256 differs from the one {folder / 'state.json'} records (damaged); {start_over}\n"
 
+    state = json.loads(before["state.json"])
+    (folder / "state.json").write_text(json.dumps({**state, "format_version": 2}))
+    res = cli("train", cache, "--out", out, *FLAGS)
+    assert res.exit_code == 2, res.output
+    assert res.stderr == f"Error: {folder / 'state.json'}: format version 2, this version of the pipeline reads 1; {start_over}\n"
+
     (folder / "state.json").write_text('{"format_version": 1, "fla')
     res = cli("train", cache, "--out", out, *FLAGS)
     assert res.exit_code == 2, res.output

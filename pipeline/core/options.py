@@ -73,6 +73,13 @@ def _union_cli_fields(classes: tuple[type, ...]) -> list[tuple[Field, Cli, str |
     return list(seen.values())
 
 
+def require_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+    """ValueError for a library caller passing ``value`` outside ``choices`` (the command line
+    refuses it before, by the field's ``choices``)."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
 def panels_of(config_cls: type) -> frozenset[str]:
     """The --help panels the flags of ``config_cls`` (its inherited ones included) appear in."""
     return frozenset(panel for _, _, panel in _union_cli_fields((config_cls,)) if panel)
