@@ -24,8 +24,9 @@ def accuracy(t: dict) -> list[str]:
     for r in t["rows"]:
         lad, base = r["ladder"], r["baseline"]
         margin = lad["exit_test_mean"] - base["test_mean"]
+        ties = "".join(f"; tied on val with {name}" for name in base.get("val_ties", []))
         out.append(f"| {r['graph']} `{r['split']}` | {seeds_text(r['seeds'])} | {fmt(lad['val'])} | {mean_std(lad['test_mean'], lad['test_std'])} "
-                   f"| {mean_std(lad['exit_test_mean'], lad['exit_test_std'])} | {base['name']} (seeds {seeds_text(base['seeds'])}) "
+                   f"| {mean_std(lad['exit_test_mean'], lad['exit_test_std'])} | {base['name']} (seeds {seeds_text(base['seeds'])}{ties}) "
                    f"| {fmt(base['val'])} | {mean_std(base['test_mean'], base['test_std'])} | {margin:+.2f} |")
     return out
 
@@ -59,7 +60,7 @@ def storage(t: dict) -> list[str]:
     return out
 
 
-TABLES = {"accuracy": accuracy, "early_exit": early_exit, "cost": cost, "storage": storage}
+TABLES = {"accuracy": accuracy, "accuracy_gemma": accuracy, "early_exit": early_exit, "cost": cost, "storage": storage}
 
 
 def render(page: str) -> str:

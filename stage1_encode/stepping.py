@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from pipeline.core.errors import InputError
+from pipeline.core.options import require_choice
 from stage1_encode.config import POOLINGS
 from stage1_encode.families import Family, family_of
 from stage1_encode.models import LoadedModel
@@ -84,15 +85,14 @@ class StepState:
 def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     """``hidden`` (B, T, H), ``attention_mask`` (B, T) -> (B, H) float32: masked mean over real
     tokens, or the last real token. Differentiable: fine-tuning pools the same way."""
+    require_choice("pooling", pooling, POOLINGS)
     h = hidden.float()
     m = attention_mask
     if pooling == "mean":
         w = m.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
         return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
-    if pooling == "last":
-        last = (m.sum(1) - 1).clamp_min(0)  # right padding: index of the last real token
-        return h[torch.arange(h.shape[0], device=h.device), last]
-    raise InputError(f"--pooling {pooling}: choose one of {', '.join(POOLINGS)}")
+    last = (m.sum(1) - 1).clamp_min(0)  # "last", right padding: index of the last real token
+    return h[torch.arange(h.shape[0], device=h.device), last]
 
 
 class _Recorded(Exception):

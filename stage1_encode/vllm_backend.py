@@ -192,10 +192,10 @@ class VllmEncoder:
         """Token ids (from :meth:`tokenize`) -> (B, S, H) float32 CPU tensor; vLLM batches them itself."""
         import torch
 
+        from pipeline.core.options import require_choice
         from stage1_encode.stepping import POOLINGS
 
-        if pooling not in POOLINGS:
-            raise InputError(f"--pooling {pooling}: choose one of {', '.join(POOLINGS)}")
+        require_choice("pooling", pooling, POOLINGS)
         layers = sorted(set(int(k) for k in layers))
         if not layers or not 0 <= layers[0] <= layers[-1] < self.num_states:
             raise InputError(f"--layers {layers}: valid states are 0..{self.num_states - 1}")

@@ -54,6 +54,8 @@ def test_every_state_equals_hf(stepper: LayerStepper, cora_texts: list[str]) -> 
     jumped = stepper.pool(stepper.advance(stepper.start(batch), k), "mean")
     ref = stepper.pool(SimpleNamespace(hidden=hidden_states[k], attention_mask=batch.attention_mask), "mean")
     assert rel_err(jumped, ref) <= 1e-4
+    with pytest.raises(ValueError, match=r"^unknown pooling 'max'; choose one of mean, last$"):
+        stepper.pool(state, "max")
 
 
 def test_encode_batch_and_select(stepper: LayerStepper, cora_texts: list[str]) -> None:

@@ -85,7 +85,7 @@ def test_vllm_tokenizes_like_hf(engines, cora_texts: list[str]) -> None:
 @pytest.mark.vllm
 def test_vllm_rejects_bad_arguments(engines, cora_texts: list[str]) -> None:
     _, encoder = engines
-    with pytest.raises(InputError, match=r"^--pooling max: choose one of mean, last$"):
+    with pytest.raises(ValueError, match=r"^unknown pooling 'max'; choose one of mean, last$"):
         encoder.encode_batch(cora_texts[:1], [30], "max")
     with pytest.raises(InputError, match=r"^--max-length 512: this vLLM engine was started with max_length 96$"):
         encoder.encode_batch(cora_texts[:1], [30], "mean", 512)
