@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -126,3 +128,19 @@ def test_train_help_is_shorter_for_each_kind_of_model() -> None:
     every = len(_train_help().splitlines())
     for arch in ("ladder", "mlp", "lora"):
         assert len(_train_help("--arch", arch).splitlines()) < every, arch
+
+
+def test_long_choices_get_a_name_and_are_listed_in_the_help() -> None:
+    from pipeline.core.options import choices_metavar, option
+
+    short = option("a", "Pick a or b.", choices=("a", "b")).metadata["cli"]
+    assert choices_metavar("pick", short) == ("[a|b]", "Pick a or b.")
+    named = option("x", "alpha or beta-gamma-delta.", choices=("alpha", "beta-gamma-delta")).metadata["cli"]
+    assert choices_metavar("mode", named) == ("MODE", "alpha or beta-gamma-delta.")
+    unnamed = option("x", "How to go.", choices=("alpha", "beta-gamma-delta")).metadata["cli"]
+    assert choices_metavar("mode", unnamed) == ("MODE", "How to go. One of: alpha, beta-gamma-delta.")
+    beta = option("x", "alpha or beta-gamma.", choices=("alpha", "beta-gamma", "beta")).metadata["cli"]  # beta-gamma is not beta
+    assert choices_metavar("mode", beta) == ("MODE", "alpha or beta-gamma. One of: alpha, beta-gamma, beta.")
+    text = _train_help()
+    assert "[ego|rwr|full]" in text and "[ladder|" not in text
+    assert re.search(r"--arch +ARCH ", text) and re.search(r"--loss +LOSS ", text)

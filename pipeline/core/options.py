@@ -14,6 +14,7 @@ The flags several commands share (``--out``, ``--model``, ``--device``, ``--seed
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
@@ -115,6 +116,21 @@ def _default(f: Field) -> Any:
     return ...  # required
 
 
+MAX_CHOICES_METAVAR = 20  # a longer "[a|b|c]" would squeeze every help text of its --help panel
+
+
+def choices_metavar(name: str, cli: Any) -> tuple[str | None, str]:
+    """The metavar and help text of a field: ``[a|b|c]`` for short choices; for long ones the
+    flag's name as metavar, with the choices added to the help when it does not name them all."""
+    if cli.metavar or not cli.choices:
+        return cli.metavar, cli.help
+    short = "[" + "|".join(cli.choices) + "]"
+    if len(short) <= MAX_CHOICES_METAVAR:
+        return short, cli.help
+    named = all(re.search(rf"(?<![\w-]){re.escape(c)}(?![\w-])", cli.help) for c in cli.choices)
+    return name.upper(), cli.help if named else f"{cli.help} One of: {', '.join(cli.choices)}."
+
+
 def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = None,
             variants: tuple[type, ...] = ()) -> Callable[..., Any]:
     """The typer command of ``config_cls``: one parameter per :func:`option` field of it and of
@@ -131,8 +147,8 @@ def command(config_cls: type, runner: Callable[[Any], Any], doc: str | None = No
         kind = typer.Argument if cli.argument else typer.Option
         decls = [] if cli.argument else ["/".join(filter(None, (cli.flag_name(f.name), cli.off_flag)))]
         # help is plain text: brackets in it are shown, not read as rich markup
-        metavar = cli.metavar or ("[" + "|".join(cli.choices) + "]" if cli.choices else None)
-        info = kind(cli_default, *decls, help=escape(cli.help), metavar=metavar, show_default=cli.show_default,
+        metavar, help_text = choices_metavar(f.name, cli)
+        info = kind(cli_default, *decls, help=escape(help_text), metavar=metavar, show_default=cli.show_default,
                     rich_help_panel=panel)
         annotation = cli.cli_type or (str | None if cli.parse is not None else hints[f.name])
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
