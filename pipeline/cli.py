@@ -44,9 +44,11 @@ def root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version, is_eager=True),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no log lines (warnings, errors and results are still printed)."),
 ) -> None:
-    from pipeline.core.progress import set_quiet
+    from pipeline.core.progress import is_interactive, library_bars_off, set_quiet
 
     set_quiet(quiet)
+    if quiet or not is_interactive():
+        library_bars_off()
 
 
 bench_app = typer.Typer(help="Side-by-side benchmarks that print measured ratios. " + EXIT_CODES_HELP, no_args_is_help=True)

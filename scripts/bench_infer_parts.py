@@ -5,9 +5,10 @@
 
 For each N the parts `pipeline infer --shard I/N` run one after another (so each part's wall
 time is its own, not shared with the others on a small machine), then `--assemble` joins
-them. Prints, per N: targets and wall time of each part, the balance (slowest part / mean
-part), the sum of part times against the one-process time, and whether the assembled
-`predictions.parquet` equals the one-process file byte for byte. Every command is a plain
+them. Prints, per N: targets and wall time of each part (and of its prediction loop, without
+the process start-up), the balance (slowest part / mean part), the sum of part times against
+the one-process time, and whether the assembled `predictions.parquet` equals the one-process
+file byte for byte. Every command is a plain
 `pipeline infer` run in a child process with one torch thread.
 """
 
@@ -39,6 +40,11 @@ def targets_of(folder: Path) -> int:
     return pq.read_metadata(folder / "predictions.parquet").num_rows
 
 
+def loop_s(folder: Path) -> float:
+    """The prediction loop's own seconds (summary.json's wall_time_s): the process less its start-up."""
+    return round(json.loads((folder / "summary.json").read_text())["wall_time_s"], 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, type=Path)
@@ -53,22 +59,26 @@ def main() -> None:
     one = a.work / "one-process"
     one_s = run([*common, "--out", str(one)])
     reference = (one / "predictions.parquet").read_bytes()
-    rows = [{"parts": 1, "targets": [targets_of(one)], "part_s": [round(one_s, 2)], "balance": 1.0, "sum_over_one": 1.0, "equal": True}]
+    rows = [{"parts": 1, "targets": [targets_of(one)], "part_s": [round(one_s, 2)], "loop_s": [loop_s(one)], "balance": 1.0,
+             "sum_over_one": 1.0, "equal": True}]
     for n in counts[1:]:
         out = a.work / f"parts-{n}"
         part_s = [run([*common, "--out", str(out), "--shard", f"{i}/{n}"]) for i in range(n)]
         run([*common, "--out", str(out), "--assemble"])
         parts_dir = out.with_name(out.name + ".parts")
-        targets = [targets_of(parts_dir / f"part-{i}-of-{n}") for i in range(n)]
+        folders = [parts_dir / f"part-{i}-of-{n}" for i in range(n)]
         rows.append({
-            "parts": n, "targets": targets, "part_s": [round(s, 2) for s in part_s],
+            "parts": n, "targets": [targets_of(f) for f in folders], "part_s": [round(s, 2) for s in part_s],
+            "loop_s": [loop_s(f) for f in folders],
             "balance": round(max(part_s) / (sum(part_s) / n), 3), "sum_over_one": round(sum(part_s) / one_s, 3),
             "equal": (out / "predictions.parquet").read_bytes() == reference,
         })
-    print("| parts | targets per part | wall s per part | slowest / mean part | sum of parts / one process | assembled = one process, byte for byte |")
-    print("|---|---|---|---|---|---|")
+    print("| parts | targets per part | wall s per part | of which the prediction loop | slowest / mean part "
+          "| sum of parts / one process | assembled = one process, byte for byte |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['parts']} | {', '.join(map(str, r['targets']))} | {', '.join(f'{s:.1f}' for s in r['part_s'])} | "
+              f"{', '.join(f'{s:.1f}' for s in r['loop_s'])} | "
               f"{r['balance']:.3f} | {r['sum_over_one']:.3f} | {'yes' if r['equal'] else 'NO'} |")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,28 @@ def test_tty_lines_carry_no_time_stamp(monkeypatch):
     monkeypatch.setattr(progress_mod, "console", Console(file=stream, width=120))
     progress_mod.log("plain")
     assert stream.getvalue() == "plain\n"
+
+
+def _library_bars(env_value: str | None) -> list[str]:
+    """[transformers' bars enabled, the hub's bars disabled] after `pipeline encode --help` runs
+    without a TTY in a fresh process that imported transformers first."""
+    import os
+    import subprocess
+
+    probe = ("import transformers; from typer.testing import CliRunner; from pipeline.cli import app; "
+             "CliRunner().invoke(app, ['encode', '--help']); "
+             "import huggingface_hub.utils as hub; from transformers.utils import logging as tl; "
+             "print(tl.is_progress_bar_enabled(), hub.are_progress_bars_disabled())")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    if env_value is not None:
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = env_value
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()[-2:]
+
+
+def test_hugging_face_bars_are_off_in_batch_logs() -> None:
+    """Without a TTY transformers' and the hub's redrawn bars (loading weights) are switched off,
+    though imported before the switch; an explicit HF_HUB_DISABLE_PROGRESS_BARS wins."""
+    assert _library_bars(None) == ["False", "True"]
+    assert _library_bars("0") == ["True", "False"]

@@ -2,12 +2,14 @@
 
 Batch jobs (cron, SLURM) have no TTY; redrawn bars would fill their logs with control
 codes, so there the same progress is printed as one line every ``log_every_s`` seconds, and
-every log and warning line starts with its local time in ISO 8601 (``2026-12-07T04:30:12+00:00``).
+every log and warning line starts with its local time in ISO 8601 (``2026-12-07T04:30:12+00:00``),
+and Hugging Face's own bars are off (:func:`library_bars_off`).
 ``pipeline --quiet`` (:func:`set_quiet`) drops progress and log lines; warnings and errors stay.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -33,6 +35,20 @@ def set_quiet(quiet: bool) -> None:
     """``pipeline --quiet``: no progress and no log lines; warnings and errors are still printed."""
     global _quiet
     _quiet = quiet
+
+
+def library_bars_off() -> None:
+    """Hugging Face's own redrawn bars (loading weights, downloads) stay out of batch logs and
+    ``--quiet`` runs; an explicit ``HF_HUB_DISABLE_PROGRESS_BARS`` wins."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] != "1":
+        return
+    if "huggingface_hub" in sys.modules:  # imported already: its switch was read at import
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def stamp() -> str:
