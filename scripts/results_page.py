@@ -32,11 +32,12 @@ def accuracy(t: dict) -> list[str]:
 
 
 def early_exit(t: dict) -> list[str]:
-    out = ["| graph, split | stored policy | test nodes | rel. accuracy drop | speed-up against the run's chosen depth "
-           "| speed-up against the whole LLM | LLM layers run, of all |", "|---|---|---|---|---|---|---|"]
+    out = ["| graph, split | the run's chosen depth (LLM state) | stored policy | test nodes | rel. accuracy drop "
+           "| speed-up against the chosen depth | speed-up against the whole LLM | LLM layers run, of all |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in t["rows"]:
         frac = "not measured" if r["llm_layer_fraction"] is None else f"{100 * r['llm_layer_fraction']:.1f} %"
-        out.append(f"| {r['graph']} `{r['split']}` | `{r['policy']}` | {r['num_test']} | {fmt(r['rel_drop_pct'])} % "
+        out.append(f"| {r['graph']} `{r['split']}` | {r['chosen_depth']} | `{r['policy']}` | {r['num_test']} | {fmt(r['rel_drop_pct'])} % "
                    f"| {fmt(r['speedup_vs_chosen_depth'], unit='x')} | {fmt(r['speedup_vs_full_llm'], unit='x')} | {frac} |")
     return out
 
