@@ -55,8 +55,9 @@ def peak_and_rank(pid: int) -> tuple[int, str | None] | None:
     return (hwm, rank) if hwm else None
 
 
-def watch(cmd: list[str], label: str) -> dict[str, int]:
-    """Run ``cmd``; the peak RSS of each python process in its tree, keyed by rank (or label)."""
+def watch(cmd: list[str], label: str) -> tuple[dict[str, int], list[str]]:
+    """Run ``cmd``; the peak RSS of each python process in its tree, keyed by rank (or label),
+    and the job's log lines that say how many cache rows each rank holds."""
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks: dict[int, tuple[int, str | None]] = {}
     while proc.poll() is None:
@@ -71,7 +72,7 @@ def watch(cmd: list[str], label: str) -> dict[str, int]:
     by_rank = {rank: hwm for hwm, rank in peaks.values() if rank is not None}
     if not by_rank:  # one process: the python process that ran the training
         by_rank = {label: max(hwm for hwm, _ in peaks.values())}
-    return by_rank
+    return by_rank, [line for line in out.splitlines() if "cache rows" in line]
 
 
 def main() -> None:
@@ -86,9 +87,9 @@ def main() -> None:
     extra = argv[cut + 1:]  # after --: extra `pipeline train` flags
     a.work.mkdir(parents=True)
     train = ["-m", "pipeline", "train", str(a.cache), "--num-threads", "1", *extra]
-    one = watch([sys.executable, *train, "--out", str(a.work / "one-process")], "one process")["one process"]
+    one = watch([sys.executable, *train, "--out", str(a.work / "one-process")], "one process")[0]["one process"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(a.ranks)]
-    ranks = watch([*torchrun, *train, "--out", str(a.work / f"ranks-{a.ranks}")], "rank")
+    ranks, held = watch([*torchrun, *train, "--out", str(a.work / f"ranks-{a.ranks}")], "rank")
     print("| process | peak RSS (MiB) | / one process |")
     print("|---|---|---|")
     print(f"| one process | {one / MIB:,.0f} | 1.00 |")
@@ -96,10 +97,12 @@ def main() -> None:
         print(f"| rank {rank} of {a.ranks} | {ranks[rank] / MIB:,.0f} | {ranks[rank] / one:.2f} |")
     total = sum(ranks.values())
     print(f"| all {a.ranks} ranks | {total / MIB:,.0f} | {total / one:.2f} |")
+    print("\n".join(held))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"cache": str(a.cache), "train_args": extra, "one_process_bytes": one,
-                                      "rank_bytes": {r: ranks[r] for r in sorted(ranks, key=int)}}, indent=2) + "\n")
+                                      "rank_bytes": {r: ranks[r] for r in sorted(ranks, key=int)}, "rows_held": held},
+                                     indent=2) + "\n")
 
 
 if __name__ == "__main__":
