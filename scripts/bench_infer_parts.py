@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     counts = sorted({int(n) for n in a.parts.split(",")} | {1})
+    if a.work.exists():
+        raise SystemExit(f"--work {a.work}: exists; give a new folder (this script never replaces one)")
     a.work.mkdir(parents=True)
     common = ["--quiet", "infer", "--checkpoint", str(a.checkpoint), "--split", a.split]
     one = a.work / "one-process"

@@ -85,6 +85,8 @@ def main() -> None:
     cut = argv.index("--") if "--" in argv else len(argv)
     a = ap.parse_args(argv[:cut])
     extra = argv[cut + 1:]  # after --: extra `pipeline train` flags
+    if a.work.exists():
+        raise SystemExit(f"--work {a.work}: exists; give a new folder (this script never replaces one)")
     a.work.mkdir(parents=True)
     train = ["-m", "pipeline", "train", str(a.cache), "--num-threads", "1", *extra]
     one = watch([sys.executable, *train, "--out", str(a.work / "one-process")], "one process")[0]["one process"]
