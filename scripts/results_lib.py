@@ -4,6 +4,7 @@ small JSON tables under docs/results/ that docs/results.md shows (scripts/result
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,11 +13,16 @@ PAGE = ROOT / "docs" / "results.md"
 
 
 def summary(run: str | Path) -> dict:
-    """A run folder's summary.json (written by `pipeline train`)."""
-    path = Path(run) / "summary.json"
-    if not path.is_file():
-        raise SystemExit(f"{run}: no summary.json; give a RUN_DIR written by `pipeline train`")
-    return json.loads(path.read_text())
+    """A run folder's summary.json with its measured costs (cost.json) merged in, as `pipeline
+    report` reads it; a folder that is not a finished run is refused by name."""
+    sys.path.insert(0, str(ROOT))
+    from pipeline.core.errors import PipelineError
+    from stage2_train.checkpoint import read_run
+
+    try:
+        return read_run(run).summary
+    except PipelineError as err:
+        raise SystemExit(f"{run}: {err}") from None
 
 
 def pct(x: float | None) -> float | None:

@@ -226,3 +226,20 @@ def test_deterministic_flag_gives_the_same_weights_on_cpu_and_restores_torch(cor
         assert not torch.are_deterministic_algorithms_enabled()  # the process's setting is given back
     assert weights[0] == weights[1]  # CPU kernels are deterministic already
     assert json.loads((tmp_path / "det" / "train_config.json").read_text())["deterministic"] is True
+
+
+def test_results_scripts_read_the_measured_costs_from_cost_json(ladder_run):
+    """summary.json holds no measured cost (it is the same on every run); the results scripts
+    read the cost ledger from cost.json, as `pipeline report` does."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import results_cost
+
+    _, run, _ = ladder_run
+    assert "cost" not in json.loads((run / "summary.json").read_text())
+    cost = json.loads((run / "cost.json").read_text())["cost"]
+    row = results_cost.row("cora", "G-Ladder", str(run))
+    assert (row["trainable_params"], row["total_s_per_seed"]) == (cost["trainable_params"], round(cost["total_s"]))
+    assert row["peak_includes_encode"] == (cost.get("pipeline_peak_memory_bytes") is not None)
