@@ -3,7 +3,8 @@
     python scripts/results_cost.py --out docs/results/cost.json \
         --row cora "G-Ladder" runs/cora-ladder --row cora LoRA runs/cora-lora ...
 
-Per --row GRAPH MODEL RUN: test accuracy, seeds, trainable parameters, peak memory (the whole
+Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its stored exit
+policies), seeds, trainable parameters, peak memory (the whole
 pipeline's, encode included, when the cache recorded it; else training's) and total seconds
 per seed (encode + tuning + training). ``--keep FILE --keep-model MODEL ...`` also keeps the
 rows of those models from an earlier table, each with the source it came from. Then
@@ -23,8 +24,10 @@ def row(graph: str, model: str, run: str) -> dict:
     s = summary(run)
     cost = s["cost"]
     peak = cost.get("pipeline_peak_memory_bytes") or cost["peak_memory_bytes"]
-    return {"graph": graph, "model": model, "run": str(run), "source": "run folder", "seeds": s["seeds"], "test_mean": pct(s["test_acc_mean"]),
-            "test_std": pct(s["test_acc_std"]), "trainable_params": cost["trainable_params"],
+    # what infer answers: a ladder's exit policy included
+    acc = "exit_test_acc" if s.get("exit_test_acc_mean") is not None else "test_acc"
+    return {"graph": graph, "model": model, "run": str(run), "source": "run folder", "seeds": s["seeds"], "test_mean": pct(s[f"{acc}_mean"]),
+            "test_std": pct(s[f"{acc}_std"]), "test_of": "exit policy" if acc == "exit_test_acc" else "head", "trainable_params": cost["trainable_params"],
             "peak_memory_mib": round(peak / 2**20), "peak_includes_encode": cost.get("pipeline_peak_memory_bytes") is not None,
             "total_s_per_seed": None if cost["total_s"] is None else round(cost["total_s"])}
 
