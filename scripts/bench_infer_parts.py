@@ -8,8 +8,8 @@ time is its own, not shared with the others on a small machine), then `--assembl
 them. Prints, per N: targets and wall time of each part (and of its prediction loop, without
 the process start-up), the balance (slowest part / mean part), the sum of part times against
 the one-process time, and whether the assembled `predictions.parquet` equals the one-process
-file byte for byte. Every command is a plain
-`pipeline infer` run in a child process with one torch thread.
+file byte for byte. Every command is a plain `pipeline infer` run in a child process with one
+torch thread.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from stage3_infer.parts import part_dir
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 PIPELINE = [sys.executable, "-m", "pipeline"]
@@ -67,8 +69,7 @@ def main() -> None:
         out = a.work / f"parts-{n}"
         part_s = [run([*common, "--out", str(out), "--shard", f"{i}/{n}"]) for i in range(n)]
         run([*common, "--out", str(out), "--assemble"])
-        parts_dir = out.with_name(out.name + ".parts")
-        folders = [parts_dir / f"part-{i}-of-{n}" for i in range(n)]
+        folders = [part_dir(out, i, n) for i in range(n)]
         rows.append({
             "parts": n, "targets": [targets_of(f) for f in folders], "part_s": [round(s, 2) for s in part_s],
             "loop_s": [loop_s(f) for f in folders],

@@ -44,8 +44,11 @@ def children(pid: int) -> list[int]:
 
 
 def peak_and_rank(pid: int) -> tuple[int, str | None] | None:
-    """(VmHWM in bytes, RANK or None) of a live python process, else None."""
+    """(VmHWM in bytes, RANK or None) of a live `pipeline` process, else None (also when it
+    exits while being read)."""
     try:
+        if b"pipeline" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
         status = Path(f"/proc/{pid}/status").read_text()
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
@@ -63,7 +66,7 @@ def watch(cmd: list[str], label: str) -> tuple[dict[str, int], list[str]]:
     while proc.poll() is None:
         for pid in [proc.pid, *children(proc.pid)]:
             seen = peak_and_rank(pid)
-            if seen and Path(f"/proc/{pid}/cmdline").read_bytes().count(b"pipeline"):
+            if seen:
                 peaks[pid] = max(peaks.get(pid, (0, None)), seen, key=lambda s: s[0])
         time.sleep(0.2)
     out = proc.stdout.read()

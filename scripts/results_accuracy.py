@@ -15,12 +15,10 @@ must have the same seeds (refused otherwise). The table's name is the file's ste
 from __future__ import annotations
 
 import argparse
-
 import json
-import sys
 from pathlib import Path
 
-from results_lib import ROOT, pct, summary, write
+from results_lib import pct, summary, write
 
 KNOBS = ("standardize", "dropout", "lr", "layer", "hidden-channels", "num-layers")  # the baselines' tuned knobs
 
@@ -28,7 +26,6 @@ KNOBS = ("standardize", "dropout", "lr", "layer", "hidden-channels", "num-layers
 def baseline_name(run: str | Path, arch: str) -> str:
     """``SAGE --standardize --dropout 0.7``: the arch and each tuned knob the run set away from
     the arch's default (read from the run's train_config.json)."""
-    sys.path.insert(0, str(ROOT))
     from pipeline.core.options import flag_values
     from stage2_train.config import TrainConfig
 

@@ -17,17 +17,16 @@ import argparse
 import json
 from pathlib import Path
 
-from results_lib import pct, summary, write
+from results_lib import infer_accuracy, summary, write
 
 
 def row(graph: str, model: str, run: str) -> dict:
     s = summary(run)
     cost = s["cost"]
     peak = cost.get("pipeline_peak_memory_bytes") or cost["peak_memory_bytes"]
-    # what infer answers: a ladder's exit policy included
-    acc = "exit_test_acc" if s.get("exit_test_acc_mean") is not None else "test_acc"
-    return {"graph": graph, "model": model, "run": str(run), "source": "run folder", "seeds": s["seeds"], "test_mean": pct(s[f"{acc}_mean"]),
-            "test_std": pct(s[f"{acc}_std"]), "test_of": "exit policy" if acc == "exit_test_acc" else "head", "trainable_params": cost["trainable_params"],
+    test_mean, test_std = infer_accuracy(s)
+    return {"graph": graph, "model": model, "run": str(run), "source": "run folder", "seeds": s["seeds"], "test_mean": test_mean,
+            "test_std": test_std, "trainable_params": cost["trainable_params"],
             "peak_memory_mib": round(peak / 2**20), "peak_includes_encode": cost.get("pipeline_peak_memory_bytes") is not None,
             "total_s_per_seed": None if cost["total_s"] is None else round(cost["total_s"])}
 

@@ -20,7 +20,7 @@ from results_lib import write
 def row(graph: str, split: str, bench_json: str) -> dict:
     figures = read_bench(bench_json)[1]
     policy, r = next((k, v) for k, v in figures.items() if v["infer_default"])
-    depth = r.get("chosen_depth", figures["none"]["mean_exit_layer"])  # `none` runs every target to the run's depth
+    depth = figures["none"]["mean_exit_layer"]  # `none` runs every target to the run's deepest rung
     return {"graph": graph, "split": split, "seed": r.get("seed"), "chosen_depth": int(depth), "policy": policy, "num_test": r["num_test"],
             "rel_drop_pct": round(100 * r["rel_drop"], 2), "speedup_vs_chosen_depth": round(r["speedup"], 2),
             "speedup_vs_full_llm": None if "speedup_vs_full_llm" not in r else round(r["speedup_vs_full_llm"], 2),

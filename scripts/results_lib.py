@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package's own readers (read_run, flag_values) from a checkout
 RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
 
@@ -15,7 +16,6 @@ PAGE = ROOT / "docs" / "results.md"
 def summary(run: str | Path) -> dict:
     """A run folder's summary.json with its measured costs (cost.json) merged in, as `pipeline
     report` reads it; a folder that is not a finished run is refused by name."""
-    sys.path.insert(0, str(ROOT))
     from pipeline.core.errors import PipelineError
     from stage2_train.checkpoint import read_run
 
@@ -23,6 +23,13 @@ def summary(run: str | Path) -> dict:
         return read_run(run).summary
     except PipelineError as err:
         raise SystemExit(f"{run}: {err}") from None
+
+
+def infer_accuracy(s: dict) -> tuple[float, float]:
+    """(test mean, std) in % as `pipeline infer` answers: a ladder with its stored exit policies,
+    any other arch with its head."""
+    acc = "exit_test_acc" if s.get("exit_test_acc_mean") is not None else "test_acc"
+    return pct(s[f"{acc}_mean"]), pct(s[f"{acc}_std"])
 
 
 def pct(x: float | None) -> float | None:

@@ -14,17 +14,16 @@ import json
 from pathlib import Path
 
 from pipeline.core.bench_json import read_bench
-from results_lib import pct, summary, write
+from results_lib import infer_accuracy, pct, summary, write
 
 
 def storage_row(name: str, run: str, cache: str) -> dict:
     s = summary(run)
     m = json.loads((Path(cache) / "manifest.json").read_text())
-    acc = "exit_test_acc" if s.get("exit_test_acc_mean") is not None else "test_acc"  # what infer answers
     per_value = 1 if m["storage_dtype"] == "int8" else 2
     scales = 4 * len(m["layers"]) if m["storage_dtype"] == "int8" else 0
     return {"storage": name, "bytes_per_node": len(m["layers"]) * m["hidden_size"] * per_value + scales,
-            "test_mean": pct(s[f"{acc}_mean"]), "test_std": pct(s[f"{acc}_std"]), "val_mean": pct(s["val_acc_mean"])}
+            **dict(zip(("test_mean", "test_std"), infer_accuracy(s))), "val_mean": pct(s["val_acc_mean"])}
 
 
 def main() -> None:

@@ -129,7 +129,6 @@ def run_bench(config: BenchConfig) -> dict:
             "num_test": int(len(test)),
             "num_val": int(len(val)),
             "seed": ckpt.seed,  # the trained seed timed: the one chosen on validation
-            "chosen_depth": session.layers[-1],  # LLM state of the run's deepest rung: none's depth
             "texts_per_s": row["texts_per_s"],
             "device": session.device,
             "compute_dtype": session.compute_dtype,

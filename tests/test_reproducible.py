@@ -242,4 +242,7 @@ def test_results_scripts_read_the_measured_costs_from_cost_json(ladder_run):
     cost = json.loads((run / "cost.json").read_text())["cost"]
     row = results_cost.row("cora", "G-Ladder", str(run))
     assert (row["trainable_params"], row["total_s_per_seed"]) == (cost["trainable_params"], round(cost["total_s"]))
+    summary = json.loads((run / "summary.json").read_text())  # the test column is what infer answers
+    assert summary["exit_test_acc_mean"] is not None
+    assert row["test_mean"] == round(100 * summary["exit_test_acc_mean"], 2)
     assert row["peak_includes_encode"] == (cost.get("pipeline_peak_memory_bytes") is not None)

@@ -119,7 +119,7 @@ def _default(f: Field) -> Any:
 MAX_CHOICES_METAVAR = 20  # a longer "[a|b|c]" would squeeze every help text of its --help panel
 
 
-def choices_metavar(name: str, cli: Any) -> tuple[str | None, str]:
+def choices_metavar(name: str, cli: Cli) -> tuple[str | None, str]:
     """The metavar and help text of a field: ``[a|b|c]`` for short choices; for long ones the
     flag's name as metavar, with the choices added to the help when it does not name them all."""
     if cli.metavar or not cli.choices:
