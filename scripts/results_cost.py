@@ -6,7 +6,10 @@
 Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its stored exit
 policies), seeds, trainable parameters, peak memory (the whole
 pipeline's, encode included, when the cache recorded it; else training's) and total seconds
-per seed (encode + tuning + training). ``--keep FILE --keep-model MODEL ...`` also keeps the
+per seed (encode + tuning + training). RUN may join run folders of the same settings on other
+seeds with ``+`` (``runs/lora-seed0+runs/lora-seeds1-2``, as scripts/finetune_lr_grid.py writes
+them): the row pools their seeds. ``--seeds 0,1,2`` puts every row on those seeds (equal seed
+counts on both sides of a comparison). ``--keep FILE --keep-model MODEL ...`` also keeps the
 rows of those models from an earlier table, each with the source it came from. Then
 `python scripts/results_page.py`.
 """
@@ -17,11 +20,14 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from results_lib import infer_accuracy, summary, write
 
 
-def row(graph: str, model: str, run: str) -> dict:
-    s = summary(run)
+def row(graph: str, model: str, run: str, seeds: list[int] | None = None) -> dict:
+    """The table's row of the run folder(s) ``run`` (``A+B`` pools folders), on ``seeds`` (None: all)."""
+    s = seed_summary(run.split("+"), seeds)
     cost = s["cost"]
     peak = cost.get("pipeline_peak_memory_bytes") or cost["peak_memory_bytes"]
     test_mean, test_std = infer_accuracy(s)
@@ -31,15 +37,62 @@ def row(graph: str, model: str, run: str) -> dict:
             "total_s_per_seed": None if cost["total_s"] is None else round(cost["total_s"])}
 
 
+# flags that may differ between the run folders of one row: they do not change what one seed computes
+POOL_FREE = ("seeds", "out", "overwrite", "state-every", "dist-timeout")
+
+
+def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
+    """The accuracies and costs of one setting's seeds, from one run folder or several trained
+    with the same flags on other seeds: test accuracy's mean and population std over the seeds
+    (as summary.json), training time's per-seed mean, the peaks' max. A seed of ``seeds`` that
+    no folder trained is refused."""
+    from stage2_train.checkpoint import read_run
+
+    parts = [summary(r) for r in runs]
+    configs = [{k: v for k, v in read_run(r).config.items() if k not in POOL_FREE} for r in runs]
+    for r, c in zip(runs[1:], configs[1:]):
+        differ = sorted(k for k in set(c) | set(configs[0]) if c.get(k) != configs[0].get(k))
+        if differ:
+            raise SystemExit(f"{r}: trained with other settings than {runs[0]} ({', '.join(differ)}); a row pools seeds of one setting")
+    trained = [seed for p in parts for seed in p["seeds"]]
+    if len(set(trained)) != len(trained):
+        raise SystemExit(f"{'+'.join(runs)}: seed listed twice ({trained}); a row pools distinct seeds")
+    missing = sorted(set(seeds or []) - set(trained))
+    if missing:
+        raise SystemExit(f"{'+'.join(runs)}: no seed {missing} (trained: {trained})")
+    keep = lambda seed: seeds is None or seed in seeds  # noqa: E731
+    per_seed = [e for p in parts for e in p["per_seed"] if keep(e["seed"])]
+    costs = [p["cost"] for p in parts]
+    train_s = [t for p in parts for seed, t in zip(p["seeds"], p["cost"]["train_s"]) if keep(seed)]
+    fixed = [c["total_s"] - c["train_s_mean"] if c["total_s"] is not None else None for c in costs]  # encode + tuning
+    peaks = [c.get("pipeline_peak_memory_bytes") for c in costs]
+    exits = [e["exit_policy"]["test_acc"] for e in per_seed if e.get("exit_policy") and "test_acc" in e["exit_policy"]]
+    tests = [e["test_acc"] for e in per_seed]
+    return {
+        "seeds": [e["seed"] for e in per_seed],
+        "test_acc_mean": float(np.mean(tests)), "test_acc_std": float(np.std(tests)),
+        "exit_test_acc_mean": float(np.mean(exits)) if len(exits) == len(per_seed) else None,
+        "exit_test_acc_std": float(np.std(exits)) if len(exits) == len(per_seed) else None,
+        "cost": {
+            "trainable_params": costs[0]["trainable_params"],
+            "peak_memory_bytes": max(c["peak_memory_bytes"] for c in costs),
+            "pipeline_peak_memory_bytes": None if None in peaks else max(peaks),
+            "total_s": None if None in fixed else max(fixed) + float(np.mean(train_s)),
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--row", nargs=3, action="append", required=True, metavar=("GRAPH", "MODEL", "RUN"))
+    ap.add_argument("--seeds", default=None, help="comma-separated: every row on these seeds only (default: each run's)")
     ap.add_argument("--settings", default="")
     ap.add_argument("--keep", type=Path, default=None, help="an earlier cost.json")
     ap.add_argument("--keep-model", action="append", default=[], help="a model whose rows of --keep are kept")
     args = ap.parse_args()
-    rows = [row(*r) for r in args.row]
+    seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",")]
+    rows = [row(*r, seeds=seeds) for r in args.row]
     if args.keep is not None:
         earlier = json.loads(args.keep.read_text())
         kept = [{**r, "source": r.get("source", earlier["source"])} for r in earlier["rows"] if r["model"] in args.keep_model]

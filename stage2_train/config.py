@@ -25,7 +25,7 @@ CACHE_ARCHS = ("ladder", "mlp", "gcn", "sage")  # trained on the cached states
 PEFT_ARCHS = ("lora", "ia3", "prefix")  # peft adapters on the frozen LLM
 FINETUNE_ARCHS = (*PEFT_ARCHS, "finetune")  # the LLM in the loop, trained on the node's own text
 ARCHS = (*CACHE_ARCHS, *FINETUNE_ARCHS)
-# Fine-tuning defaults: learning rates of peft's examples for each method (scripts/finetune_lr_grid.sh
+# Fine-tuning defaults: learning rates of peft's examples for each method (scripts/finetune_lr_grid.py
 # chooses one on validation), batch 16, the head's dropout 0.1, few epochs (an LLM epoch is costly)
 # and patience 2 (one noisy epoch does not end the run).
 FINETUNE_LR = {"lora": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "finetune": 5e-5}

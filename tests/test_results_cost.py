@@ -1,0 +1,59 @@
+"""scripts/results_cost.py: a row pooled from run folders of one setting on other seeds equals
+the row of one run over all those seeds, a row on a subset of a run's seeds equals the run of
+those seeds; folders of other settings, the same seed twice and a seed no folder has are refused."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import results_cost  # noqa: E402
+
+NODES = 45
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cora_cache):
+    """A 45-node Cora ladder trained on seeds 0-2 in one run, and in two (0; 1-2), and seed 0 at another lr."""
+    from stage2_train.config import TrainConfig
+    from stage2_train.run import run as train
+
+    root = tmp_path_factory.mktemp("pooled")
+    _, cache = cora_cache(NODES, max_length=32, block_size=16)
+    for name, seeds, lr in (("all", (0, 1, 2), 3e-3), ("s0", (0,), 3e-3), ("s12", (1, 2), 3e-3), ("s0-other-lr", (0,), 1e-3)):
+        train(TrainConfig(cache=cache, out=root / name, seeds=seeds, epochs=3, batch_size=16, hidden_channels=16, lr=lr))
+    return root
+
+
+def test_a_pooled_row_equals_the_row_of_one_run_over_the_same_seeds(runs):
+    whole = results_cost.row("cora", "G-Ladder", str(runs / "all"))
+    pooled = results_cost.row("cora", "G-Ladder", f"{runs / 's0'}+{runs / 's12'}")
+    assert pooled["seeds"] == whole["seeds"] == [0, 1, 2]
+    assert (pooled["test_mean"], pooled["test_std"]) == (whole["test_mean"], whole["test_std"])
+    assert pooled["trainable_params"] == whole["trainable_params"]
+    assert pooled["peak_includes_encode"] == whole["peak_includes_encode"]
+
+
+def test_a_row_on_some_seeds_equals_the_run_of_those_seeds(runs):
+    subset = results_cost.row("cora", "G-Ladder", str(runs / "all"), seeds=[1, 2])
+    alone = results_cost.row("cora", "G-Ladder", str(runs / "s12"))
+    assert subset["seeds"] == alone["seeds"] == [1, 2]
+    assert (subset["test_mean"], subset["test_std"]) == (alone["test_mean"], alone["test_std"])
+    with pytest.raises(SystemExit) as err:
+        results_cost.row("cora", "G-Ladder", str(runs / "s12"), seeds=[0, 1])
+    assert str(err.value) == f"{runs / 's12'}: no seed [0] (trained: [1, 2])"
+
+
+@pytest.mark.parametrize(("parts", "message"), [
+    (("s0", "s0-other-lr"), "trained with other settings than"),
+    (("s0", "all"), "seed listed twice ([0, 0, 1, 2]); a row pools distinct seeds"),
+])
+def test_pooling_other_settings_or_a_seed_twice_is_refused(runs, parts, message):
+    with pytest.raises(SystemExit) as err:
+        results_cost.row("cora", "LoRA", "+".join(str(runs / p) for p in parts))
+    assert message in str(err.value)
+    if parts[1] == "s0-other-lr":
+        assert str(err.value).endswith("(lr); a row pools seeds of one setting")
