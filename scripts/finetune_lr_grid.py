@@ -5,9 +5,9 @@
 For each arch, in two phases:
 1. seed 0 at every learning rate of the arch's grid (``OUT_ROOT/ARCH-lrLR-seed0``); the rate of
    best validation accuracy is kept (ties: the first of the grid);
-2. seeds 1 and 2 at that rate (``OUT_ROOT/ARCH-lrLR-seeds1-2``).
-Then ``OUT_ROOT/ARCH-best.json`` names the two run folders that make the arch's row
-(``scripts/results_cost.py --row GRAPH MODEL RUN+RUN``) and every rate's validation accuracy.
+2. seeds 1 and 2 at that rate, a run each (``OUT_ROOT/ARCH-lrLR-seed1``, ``-seed2``).
+Then ``OUT_ROOT/ARCH-best.json`` names the three run folders that make the arch's row
+(``scripts/results_cost.py --row GRAPH MODEL RUN+RUN+RUN``) and every rate's validation accuracy.
 
 Every run is ``pipeline train`` with the arch's defaults (at most 3 epochs, patience 2) and
 ``--num-threads THREADS``, plus the flags after ``--`` (``-- --device cuda``). ``--jobs N`` runs N trainings at once (one arch's second phase
@@ -26,23 +26,19 @@ import time
 from pathlib import Path
 
 GRID = {"lora": ("3e-4", "1e-3", "3e-3"), "ia3": ("1e-3", "3e-3", "1e-2"), "finetune": ("1e-5", "3e-5", "1e-4")}
-REST_SEEDS = "1,2"
+REST_SEEDS = (1, 2)
 
 
-def seed0_run(root: Path, arch: str, lr: str) -> Path:
-    return root / f"{arch}-lr{lr}-seed0"
-
-
-def rest_run(root: Path, arch: str, lr: str) -> Path:
-    return root / f"{arch}-lr{lr}-seeds{REST_SEEDS.replace(',', '-')}"
+def seed_run(root: Path, arch: str, lr: str, seed: int) -> Path:
+    return root / f"{arch}-lr{lr}-seed{seed}"
 
 
 def val_acc(run: Path) -> float:
     return float(json.loads((run / "summary.json").read_text())["val_acc_mean"])
 
 
-def train_cmd(args, arch: str, lr: str, seeds: str, out: Path) -> list[str]:
-    return [args.pipeline, "--quiet", "train", args.cache, "--arch", arch, "--out", str(out), "--seeds", seeds,
+def train_cmd(args, arch: str, lr: str, seed: int, out: Path) -> list[str]:
+    return [args.pipeline, "--quiet", "train", args.cache, "--arch", arch, "--out", str(out), "--seeds", str(seed),
             "--split", args.split, "--lr", lr, "--num-threads", str(args.threads), *args.train_flags]
 
 
@@ -65,8 +61,8 @@ def main() -> None:
         raise SystemExit(f"--archs: {', '.join(unknown)} has no grid; choose from {', '.join(GRID)}")
     args.root.mkdir(parents=True, exist_ok=True)
 
-    # (arch, phase, lr, seeds, out): phase 2 enters once its arch's phase 1 is done
-    pending = [(a, 1, lr, "0", seed0_run(args.root, a, lr)) for a in archs for lr in GRID[a]]
+    # (arch, phase, lr, seed, out): phase 2 enters once its arch's phase 1 is done
+    pending = [(a, 1, lr, 0, seed_run(args.root, a, lr, 0)) for a in archs for lr in GRID[a]]
     running: dict[Path, tuple[subprocess.Popen, tuple]] = {}
     failed = []
 
@@ -74,15 +70,17 @@ def main() -> None:
         return archs.index(task[0]), task[1]
 
     def finish_phase1(arch: str) -> None:
-        runs = [seed0_run(args.root, arch, lr) for lr in GRID[arch]]
+        runs = [seed_run(args.root, arch, lr, 0) for lr in GRID[arch]]
         if not all((r / "summary.json").is_file() for r in runs):
             return
         vals = {lr: val_acc(r) for lr, r in zip(GRID[arch], runs)}
         best = max(GRID[arch], key=lambda lr: vals[lr])  # first of the grid on ties
-        rest = rest_run(args.root, arch, best)
-        if rest not in running and not any(t[4] == rest for t in pending):
-            pending.append((arch, 2, best, REST_SEEDS, rest))
-        record = {"arch": arch, "lr": best, "seed0_val_acc": vals, "runs": [str(seed0_run(args.root, arch, best)), str(rest)]}
+        for seed in REST_SEEDS:
+            rest = seed_run(args.root, arch, best, seed)
+            if rest not in running and not any(t[4] == rest for t in pending):
+                pending.append((arch, 2, best, seed, rest))
+        record = {"arch": arch, "lr": best, "seed0_val_acc": vals,
+                  "runs": [str(seed_run(args.root, arch, best, seed)) for seed in (0, *REST_SEEDS)]}
         (args.root / f"{arch}-best.json").write_text(json.dumps(record, indent=2) + "\n")
 
     for a in archs:
@@ -93,7 +91,7 @@ def main() -> None:
             if len(running) >= args.jobs:
                 break
             pending.remove(task)
-            arch, phase, lr, seeds, out = task
+            arch, phase, lr, seed, out = task
             if (out / "summary.json").is_file():
                 if phase == 1:
                     finish_phase1(arch)
@@ -101,7 +99,7 @@ def main() -> None:
             log = out.with_name(out.name + ".log")
             print(f"{time.strftime('%H:%M:%S')} start {out.name}", flush=True)
             with open(log, "a") as f:
-                running[out] = (subprocess.Popen(train_cmd(args, arch, lr, seeds, out), stdout=f, stderr=subprocess.STDOUT), task)
+                running[out] = (subprocess.Popen(train_cmd(args, arch, lr, seed, out), stdout=f, stderr=subprocess.STDOUT), task)
         time.sleep(5)
         for out, (proc, task) in list(running.items()):
             if proc.poll() is None:

@@ -7,7 +7,7 @@ Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its 
 policies), seeds, trainable parameters, peak memory (the whole
 pipeline's, encode included, when the cache recorded it; else training's) and total seconds
 per seed (encode + tuning + training). RUN may join run folders of the same settings on other
-seeds with ``+`` (``runs/lora-seed0+runs/lora-seeds1-2``, as scripts/finetune_lr_grid.py writes
+seeds with ``+`` (``runs/lora-seed0+runs/lora-seed1``, as scripts/finetune_lr_grid.py writes
 them): the row pools their seeds. ``--seeds 0,1,2`` puts every row on those seeds (equal seed
 counts on both sides of a comparison). ``--keep FILE --keep-model MODEL ...`` also keeps the
 rows of those models from an earlier table, each with the source it came from. Then
