@@ -4,7 +4,7 @@
         --row cora "G-Ladder" runs/cora-ladder --row cora LoRA runs/cora-lora ...
 
 Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its stored exit
-policies), seeds, trainable parameters, peak memory (the whole
+policies), seeds, learning rate, trainable parameters, peak memory (the whole
 pipeline's, encode included, when the cache recorded it; else training's) and total seconds
 per seed (encode + tuning + training). RUN may join run folders of the same settings on other
 seeds with ``+`` (``runs/lora-seed0+runs/lora-seed1``, as scripts/finetune_lr_grid.py writes
@@ -26,15 +26,27 @@ from results_lib import infer_accuracy, summary, write
 
 
 def row(graph: str, model: str, run: str, seeds: list[int] | None = None) -> dict:
-    """The table's row of the run folder(s) ``run`` (``A+B`` pools folders), on ``seeds`` (None: all)."""
-    s = seed_summary(run.split("+"), seeds)
+    """The table's row of the run folder(s) ``run`` (``A+B`` pools folders, ``ARCH-best.json`` of
+    scripts/finetune_lr_grid.py names them and the grid), on ``seeds`` (None: all)."""
+    grid = json.loads(Path(run).read_text()) if run.endswith(".json") else None
+    runs = grid["runs"] if grid else run.split("+")
+    s = seed_summary(runs, seeds)
+    lr = lr_text(s["lr"])
+    if grid:
+        lr += f" (best on seed 0's val of {', '.join(lr_text(x) for x in grid['seed0_val_acc'])})"
     cost = s["cost"]
     peak = cost.get("pipeline_peak_memory_bytes") or cost["peak_memory_bytes"]
     test_mean, test_std = infer_accuracy(s)
-    return {"graph": graph, "model": model, "run": str(run), "source": "run folder", "seeds": s["seeds"], "test_mean": test_mean,
+    return {"graph": graph, "model": model, "run": str(run), "source": "run folder", "seeds": s["seeds"], "lr": lr, "test_mean": test_mean,
             "test_std": test_std, "trainable_params": cost["trainable_params"],
             "peak_memory_mib": round(peak / 2**20), "peak_includes_encode": cost.get("pipeline_peak_memory_bytes") is not None,
             "total_s_per_seed": None if cost["total_s"] is None else round(cost["total_s"])}
+
+
+def lr_text(lr) -> str:
+    """A learning rate as the CLI's help writes it: 3e-4, 1e-2, 2.5e-5."""
+    mantissa, exponent = f"{float(lr):e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 # flags that may differ between the run folders of one row: they do not change what one seed computes
@@ -70,6 +82,7 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     tests = [e["test_acc"] for e in per_seed]
     return {
         "seeds": [e["seed"] for e in per_seed],
+        "lr": configs[0]["lr"],
         "test_acc_mean": float(np.mean(tests)), "test_acc_std": float(np.std(tests)),
         "exit_test_acc_mean": float(np.mean(exits)) if len(exits) == len(per_seed) else None,
         "exit_test_acc_std": float(np.std(exits)) if len(exits) == len(per_seed) else None,
@@ -90,12 +103,14 @@ def main() -> None:
     ap.add_argument("--settings", default="")
     ap.add_argument("--keep", type=Path, default=None, help="an earlier cost.json")
     ap.add_argument("--keep-model", action="append", default=[], help="a model whose rows of --keep are kept")
+    ap.add_argument("--kept-lr", default="not recorded", help="the learning-rate column of kept rows that lack one")
     args = ap.parse_args()
     seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",")]
     rows = [row(*r, seeds=seeds) for r in args.row]
     if args.keep is not None:
         earlier = json.loads(args.keep.read_text())
-        kept = [{**r, "source": r.get("source", earlier["source"])} for r in earlier["rows"] if r["model"] in args.keep_model]
+        kept = [{**r, "source": r.get("source", earlier["source"]), "lr": r.get("lr", args.kept_lr)}
+                for r in earlier["rows"] if r["model"] in args.keep_model]
         order = {g: i for i, g in enumerate(dict.fromkeys(r["graph"] for r in earlier["rows"] + rows))}
         rows = sorted(rows + kept, key=lambda r: order[r["graph"]])  # stable: each graph's fresh rows first
     sources = sorted({r["source"] for r in rows})

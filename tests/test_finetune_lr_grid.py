@@ -49,7 +49,9 @@ def test_the_rate_of_best_seed0_validation_is_kept_and_trained_on_seeds_1_and_2(
         assert (rest["lr"], rest["seeds"], rest["max-batches"]) == (float(best), str(seed), 1)
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(
         [f"lora-lr{lr}-seed0" for lr in GRID["lora"]] + [f"lora-lr{best}-seed{seed}" for seed in (1, 2)])
-    row = results_cost.row("cora", "LoRA", "+".join(record["runs"]))
+    row = results_cost.row("cora", "LoRA", str(root / "lora-best.json"))
+    assert row == {**results_cost.row("cora", "LoRA", "+".join(record["runs"])), "run": str(root / "lora-best.json"),
+                   "lr": f"{best} (best on seed 0's val of 3e-4, 1e-3, 3e-3)"}
     assert row["seeds"] == [0, 1, 2]
     assert f"lora: learning rate {best}" in result.stdout
 

@@ -32,6 +32,7 @@ def test_a_pooled_row_equals_the_row_of_one_run_over_the_same_seeds(runs):
     whole = results_cost.row("cora", "G-Ladder", str(runs / "all"))
     pooled = results_cost.row("cora", "G-Ladder", f"{runs / 's0'}+{runs / 's12'}")
     assert pooled["seeds"] == whole["seeds"] == [0, 1, 2]
+    assert pooled["lr"] == whole["lr"] == "3e-3"
     assert (pooled["test_mean"], pooled["test_std"]) == (whole["test_mean"], whole["test_std"])
     assert pooled["trainable_params"] == whole["trainable_params"]
     assert pooled["peak_includes_encode"] == whole["peak_includes_encode"]
