@@ -126,6 +126,10 @@ class TrainConfig(metaclass=_ByArch):
         None, "Cap the training batches of every epoch (a partial epoch, e.g. to fit a fine-tuning run into CPU time); recorded in summary.json.",
         panel=SCALE,
     )
+    state_every: float = option(
+        60.0, "Seconds between writes of the resumable state (RUN.resume/, also written after every seed) within a seed; "
+        "0: after every epoch. Running the same command again continues from it.", metavar="SECONDS", panel=SCALE,
+    )
     init: Path | None = option(
         None, "Warm start: begin every seed from the weights of this earlier run (same --arch, --hidden-channels, --gnn, "
         "--num-layers, rungs, classes and LLM; else refused naming what differs), e.g. last night's run on a grown graph.",
@@ -189,6 +193,7 @@ class TrainConfig(metaclass=_ByArch):
                                   ("--num-threads", self.num_threads or 0, MAX_THREADS), ("--patience", self.patience, MAX_EPOCHS)):
             errs.check(value <= most, f"{flag} {value}: must be <= {most}")
         errs.check(len(self.seeds) <= MAX_SEEDS, f"--seeds: {len(self.seeds)} seeds, at most {MAX_SEEDS}")
+        errs.check(self.state_every >= 0, f"--state-every {self.state_every}: must be >= 0 seconds")
         if self.init is not None:
             errs.check(Path(self.init).is_dir(), f"--init {self.init}: no such run folder; give a RUN_DIR written by `pipeline train`")
 
@@ -235,10 +240,6 @@ class CacheTrainConfig(TrainConfig):
     dist_timeout: float = option(
         300.0, "Under torchrun: seconds to wait for the other ranks, when joining and at every collective, before failing.", panel=SCALE,
     )
-    state_every: float = option(
-        60.0, "Seconds between writes of the resumable state (RUN.resume/, also written after every seed) within a seed; "
-        "0: after every epoch. Running the same command again continues from it.", metavar="SECONDS", panel=SCALE,
-    )
 
     def __post_init__(self) -> None:
         if self.num_layers is None:
@@ -261,7 +262,6 @@ class CacheTrainConfig(TrainConfig):
         errs.check(1 <= self.hops <= 3, f"--hops {self.hops}: must be 1..3")
         errs.check(0 <= self.restart_p < 1, f"--restart-p {self.restart_p}: must be in [0, 1)")
         errs.check(self.num_walks > 0 and self.walk_length > 0, "--num-walks/--walk-length: must be > 0")
-        errs.check(self.state_every >= 0, f"--state-every {self.state_every}: must be >= 0 seconds")
         errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
         errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
         for flag, value, most in (("--hidden-channels", self.hidden_channels, MAX_HIDDEN), ("--fanout", self.fanout, MAX_FANOUT),

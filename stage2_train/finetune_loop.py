@@ -15,6 +15,7 @@ Shapes: B texts, C classes.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Callable
 
@@ -54,6 +55,12 @@ def predict_nodes(model, texts: TextBatches, nodes: np.ndarray, batch_size: int)
     return out if out is not None else torch.empty(0, 0)
 
 
+def epoch_batches(num_train: int, cfg) -> int:
+    """Training batches an epoch runs (the progress bar's steps per epoch)."""
+    full = math.ceil(num_train / cfg.batch_size)
+    return full if cfg.max_batches is None else min(full, cfg.max_batches)
+
+
 def accuracy(model, texts: TextBatches, nodes: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
     if len(nodes) == 0:
         return float("nan")
@@ -62,18 +69,31 @@ def accuracy(model, texts: TextBatches, nodes: np.ndarray, labels: np.ndarray, b
 
 
 def train_finetune_seed(model, texts: TextBatches, split: dict[str, np.ndarray], labels: np.ndarray, cfg, seed: int,
-                        on_epoch: Callable[[dict], None], tracker=None, on_first_loss: Callable | None = None) -> SeedResult:
+                        on_epoch: Callable[[dict], None], tracker=None, on_first_loss: Callable | None = None,
+                        state=None) -> SeedResult:
     """Train one :class:`~stage2_train.finetune_model.TextClassifier`; ``on_epoch`` receives
     each epoch's metrics (the JSONL line); ``on_first_loss(loss)`` sees the first batch's loss
-    before its backward (the ledger counts the parameters that backward touches)."""
+    before its backward (the ledger counts the parameters that backward touches).
+
+    ``state``: the run's :class:`stage2_train.resume.TrainState`; given, the seed continues
+    where it was last saved (adapter or LLM and head, AdamW, RNG streams) and is saved after
+    epochs (``--state-every``), so a rerun after a kill ends as an uninterrupted run."""
+    from stage2_train.resume import Progress, kill_point
+
     device = cfg.device
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = generator(seed)  # batch order, separate from the init RNG
     train = split["train"]
     best_val, best_epoch, best_state, best_train, wait, epoch_times = -1.0, 0, None, float("nan"), 0, []
+    saved = state.progress(seed, model, opt, gen, device) if state is not None else None
+    if saved is not None:  # continue after the last saved epoch, RNG streams as they were then
+        best_val, best_epoch, best_state, wait, epoch_times = saved.best_val, saved.best_epoch, saved.best_state, saved.wait, saved.epoch_times
+        best_train = saved.best_train
+        if tracker is not None:
+            tracker.advance(saved.epoch * epoch_batches(len(train), cfg))
     epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(saved.epoch + 1 if saved is not None else 1, cfg.epochs + 1):  # a state is never saved after the last epoch
         model.train()
         t0, loss_sum, hits, seen = time.perf_counter(), 0.0, 0, 0
         for k, b in enumerate(batches(train, cfg.batch_size, gen)):
@@ -93,6 +113,7 @@ def train_finetune_seed(model, texts: TextBatches, split: dict[str, np.ndarray],
             seen += len(b)
             if tracker is not None:
                 tracker.advance(1, loss=loss_sum / seen)
+            kill_point(f"seed {seed} epoch {epoch} batch {k + 1}")
         epoch_times.append(time.perf_counter() - t0)
         val = accuracy(model, texts, split["val"], labels, cfg.eval_batch_size)
         line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(seen, 1), "val_acc": val, "val_acc_heads": [val],
@@ -107,6 +128,8 @@ def train_finetune_seed(model, texts: TextBatches, split: dict[str, np.ndarray],
             wait += 1
         if wait >= cfg.patience:
             break
+        if state is not None and epoch < cfg.epochs:
+            state.save_epoch(seed, model, opt, gen, device, Progress(epoch, best_val, best_epoch, wait, epoch_times, best_state, best_train))
     model.load_trained_state(best_state)  # the best-validation epoch
     test = accuracy(model, texts, split["test"], labels, cfg.eval_batch_size)
     return SeedResult(

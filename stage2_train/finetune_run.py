@@ -7,7 +7,6 @@ progress, summary and checkpoint are those of the other archs (``stage2_train.ru
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -40,12 +39,14 @@ def run_finetune(config: TrainConfig) -> dict:
     from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, load_warm_start, split_cost, warm_start_weights
     from stage2_train.data import resolve_split
-    from stage2_train.finetune_loop import TextBatches, train_finetune_seed
+    from stage2_train.finetune_loop import TextBatches, epoch_batches, train_finetune_seed
     from stage2_train.finetune_model import build_classifier
     from stage2_train.ledger import PeakMemory, count_backward_params, count_trainable, ledger
     from stage2_train.loop import seed_everything
-    from stage2_train.run import summarize, summary_line
+    from stage2_train.resume import kill_point
+    from stage2_train.run import open_state, summarize, summary_line
 
+    state = open_state(config, None)  # refuses a state of other flags, or a damaged one, before any work
     memory = PeakMemory(config.device)
     reader = open_cache(config.cache)  # the manifest only: the LLM changes, so the states are not used
     manifest = dict(reader.manifest)
@@ -75,28 +76,45 @@ def run_finetune(config: TrainConfig) -> dict:
 
     if config.init is not None:  # refuse a run that cannot warm-start this one before loading the LLM
         init_weights(config.seeds[0])
-    results, sizes, costs, counted = [], {}, [], {}
+    results, sizes, costs, counted = [], {}, [], {"backward": state.backward_params}
     with CheckpointWriter(config.out, config.overwrite) as writer:
         writer.write_config(resolved, manifest, flag_values(config))
+        for line in state.metrics:
+            writer.append_metrics(line)
+
+        def on_epoch(line: dict) -> None:
+            writer.append_metrics(line)
+            state.add_metrics(line)
+
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}
+            if (done := state.finished(seed)) is not None:  # finished before the run was stopped: never redone
+                r, cost = done
+                writer.save_weights(seed, r.state_dict)
+                results.append(r)
+                costs.append(cost)
+                log(f"seed {seed}: finished before the run was interrupted (restored from {state.folder})")
+                continue
             seed_everything(seed)
             model = build_classifier(spec, config.device)
             if config.init is not None:  # warm start: the earlier run's adapter (or LLM weights) and head
                 load_warm_start(model, init_weights(seed), config.init)
             texts = TextBatches(model.stepper, graph.texts, spec["max_length"])
-            counted["trainable"] = count_trainable(model)
+            trainable = count_trainable(model)
 
             def on_first_loss(loss, model=model) -> None:
                 counted["backward"] = count_backward_params(model, loss)
 
-            steps = config.epochs * math.ceil(len(split["train"]) / config.batch_size)
+            steps = config.epochs * epoch_batches(len(split["train"]), config)
             t0 = time.perf_counter()
             with progress(steps, f"{config.arch} seed {seed}", unit="batches") as tracker:
-                r = train_finetune_seed(model, texts, split, labels, config, seed, writer.append_metrics, tracker, on_first_loss)
-            costs.append({"train_s": time.perf_counter() - t0, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run})
+                r = train_finetune_seed(model, texts, split, labels, config, seed, on_epoch, tracker, on_first_loss, state)
+            costs.append({"train_s": time.perf_counter() - t0, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run,
+                          "trainable_params": trainable})
             writer.save_weights(seed, r.state_dict)
+            state.finish_seed(r, costs[-1], counted["backward"])
+            kill_point(f"after seed {seed}")
             results.append(r)
             log(f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, test {r.test_acc[-1]:.4f}, "
                 f"{r.epoch_s:.1f}s/epoch")
@@ -104,9 +122,13 @@ def run_finetune(config: TrainConfig) -> dict:
         summary = summarize(results, [layer], config, sizes)
         for entry, cost in zip(summary["per_seed"], costs):
             entry["train_s"] = cost["train_s"]
-        summary["cost"] = ledger(costs, counted["trainable"], counted.get("backward", counted["trainable"]), memory, manifest, reads_cache=False,
-                                 max_batches=config.max_batches)
+        trainable = costs[0]["trainable_params"]  # the same for every seed: one spec
+        summary["cost"] = ledger(costs, trainable, counted["backward"] if counted["backward"] is not None else trainable, memory, manifest,
+                                 reads_cache=False, max_batches=config.max_batches)
         writer.write_summary(*split_cost(summary))
+        kill_point("commit")
         writer.commit()
+    kill_point("committed")
+    state.remove()
     log(summary_line(config, summary))
     return summary

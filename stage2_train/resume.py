@@ -7,7 +7,7 @@ While it trains, ``pipeline train --out RUN`` keeps ``RUN.resume/`` next to the 
                              cost, the metrics lines so far, the in-flight seed's last saved
                              epoch and early-stopping counters, and the name and sha256 of
     tensors-{n}.safetensors  the finished seeds' best weights (``done.{seed}.*``), the in-flight
-                             seed's model (``model.*``), AdamW state (``opt.{param}.{key}``),
+                             seed's model (``model.*``; a fine-tuning arch's adapter or LLM and head), AdamW state (``opt.{param}.{key}``),
                              best weights so far (``best.*``) and every rank's RNG streams
                              (``rng.{rank}``, uint8: torch, the training sampler's
                              ``torch.Generator``, CUDA, numpy, Python)
@@ -106,6 +106,21 @@ def set_rng_bytes(raw: torch.Tensor, lengths: list[int], gen: torch.Generator, d
     _set_python_rng(parts[1].numpy().tobytes())
 
 
+# --- the weights a state keeps
+def weights(model) -> dict[str, torch.Tensor]:
+    """What training changes: a fine-tuning model's :meth:`trained_state` (adapter or LLM, and
+    head; not the frozen LLM weights), any other model's whole ``state_dict``."""
+    return model.trained_state() if hasattr(model, "trained_state") else model.state_dict()
+
+
+def load_weights(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`weights`."""
+    if hasattr(model, "load_trained_state"):
+        model.load_trained_state(tensors)
+    else:
+        model.load_state_dict(tensors)
+
+
 # --- optimizer state as named tensors
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """``opt.{param index}.{key}``: every per-parameter state (AdamW: step, exp_avg, exp_avg_sq);
@@ -140,6 +155,7 @@ class Progress:
     wait: int
     epoch_times: list[float]
     best_state: dict | None
+    best_train: float | None = None  # the fine-tuning archs' running training accuracy of the best epoch
 
 
 class TrainState:
@@ -220,12 +236,12 @@ class TrainState:
         current = self.data["current"]
         if current is None or current["seed"] != seed:
             return None
-        model.load_state_dict(_prefixed(self.tensors, "model."))
+        load_weights(model, _prefixed(self.tensors, "model."))
         load_optimizer(opt, _prefixed(self.tensors, "opt."))
         set_rng_bytes(self.tensors[f"rng.{self.group.rank}"], current["rng_lengths"], gen, device)
         best = _prefixed(self.tensors, "best.")
         return Progress(current["epoch"], current["best_val"], current["best_epoch"], current["wait"], list(current["epoch_times"]),
-                        best or None)
+                        best or None, current.get("best_train"))
 
     # --- writing
     def add_metrics(self, line: dict) -> None:
@@ -241,13 +257,13 @@ class TrainState:
             return
         rng, lengths = rng_bytes(gen, device)
         rngs = gather_bytes(self.group, rng)
-        state = {f"model.{k}": v for k, v in model.state_dict().items()}
+        state = {f"model.{k}": v for k, v in weights(model).items()}
         state.update({f"best.{k}": v for k, v in (at.best_state or {}).items()})
         state.update(optimizer_tensors(opt))
         state.update({f"rng.{r}": t for r, t in enumerate(rngs)})
         self.tensors = {k: v for k, v in self.tensors.items() if k.startswith("done.")} | state
         self.data["current"] = {"seed": seed, "epoch": at.epoch, "best_val": at.best_val, "best_epoch": at.best_epoch,
-                                "wait": at.wait, "epoch_times": at.epoch_times, "rng_lengths": lengths}
+                                "wait": at.wait, "epoch_times": at.epoch_times, "rng_lengths": lengths, "best_train": at.best_train}
         self._write()
 
     def finish_seed(self, result, cost: dict, backward_params: int | None) -> None:

@@ -130,13 +130,22 @@ def train_inputs(config: TrainConfig) -> list:
     return inputs + ([folder] if folder is not None else [])
 
 
-def refuse_budget_under_torchrun(config: TrainConfig) -> None:
-    """``--memory-budget`` with several ``torchrun`` ranks: refused before any work. A rank keeps
-    the cache rows its share's subgraphs reach in memory (stage2_train/distributed.py); its
-    out-of-core reader is the one-process path only, so a budget there would not be honoured."""
+def refuse_under_torchrun(config: TrainConfig) -> None:
+    """What several ``torchrun`` ranks cannot do, refused before any work:
+    - the fine-tuning archs, which train in one process (every rank would train the whole run
+      and write ``--out``);
+    - ``--memory-budget``: a rank keeps the cache rows its share's subgraphs reach in memory
+      (stage2_train/distributed.py); its out-of-core reader is the one-process path only, so a
+      budget there would not be honoured."""
+    from stage2_train.config import FINETUNE_ARCHS
     from stage2_train.distributed import world_from_env
 
     world = world_from_env()[0]
+    if config.arch in FINETUNE_ARCHS and world > 1:
+        raise InputError(
+            f"--arch {config.arch}: not supported under torchrun ({world} ranks): the fine-tuning archs train in one "
+            "process (the LLM in the loop); run the same command without torchrun, with --device cuda on a GPU"
+        )
     if getattr(config, "memory_budget", None) is not None and world > 1:  # fine-tuning has no budget
         raise InputError(
             f"--memory-budget: not supported under torchrun ({world} ranks): each rank holds in memory the cache rows "
@@ -156,13 +165,13 @@ def run(config: TrainConfig) -> dict:
     from stage2_train.distributed import close_group, init_group, run_rank
 
     config.validate()  # resolves --device: cpu, cuda or, under torchrun, cuda:LOCAL_RANK (saved so)
-    refuse_budget_under_torchrun(config)
+    refuse_under_torchrun(config)
     from stage2_train.checkpoint import claim
     from stage2_train.distributed import world_from_env
     from stage2_train.resume import finished_leftover
 
     world, rank, _ = world_from_env()
-    if config.arch not in FINETUNE_ARCHS and (done := finished_leftover(config.out, flag_values(config), config.seeds, world, rank == 0)):
+    if (done := finished_leftover(config.out, flag_values(config), config.seeds, world, rank == 0)):
         log(f"{config.out}: already complete (it was stopped after writing it, before deleting its resumable state); nothing to do")
         return done
 
