@@ -7,8 +7,9 @@ Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its 
 policies), seeds, learning rate, trainable parameters, peak memory (the whole
 pipeline's, encode included, when the cache recorded it; else training's) and total seconds
 per seed (encode + tuning + training). RUN may join run folders of the same settings on other
-seeds with ``+`` (``runs/lora-seed0+runs/lora-seed1``, as scripts/finetune_lr_grid.py writes
-them): the row pools their seeds. ``--seeds 0,1,2`` puts every row on those seeds (equal seed
+seeds with ``+`` (``runs/lora-seed0+runs/lora-seed1``, or an ``ARCH-best.json`` or ``lora-cascade.json`` of
+scripts/finetune_lr_grid.py, which names them and the grid): the row pools their seeds; runs
+on different caches pool only when each cache's LLM was tuned on its run's seed (the cascade). ``--seeds 0,1,2`` puts every row on those seeds (equal seed
 counts on both sides of a comparison). ``--keep FILE --keep-model MODEL ...`` also keeps the
 rows of those models from an earlier table, each with the source it came from. Then
 `python scripts/results_page.py`.
@@ -33,7 +34,8 @@ def row(graph: str, model: str, run: str, seeds: list[int] | None = None) -> dic
     s = seed_summary(runs, seeds)
     lr = lr_text(s["lr"])
     if grid:
-        lr += f" (best on seed 0's val of {', '.join(lr_text(x) for x in grid['seed0_val_acc'])})"
+        chosen = f"{lr_text(grid['lr'])} (best on seed 0's val of {', '.join(lr_text(x) for x in grid['seed0_val_acc'])})"
+        lr = f"{grid['arch']} {chosen}, then {lr}" if grid.get("cascade") else chosen
     cost = s["cost"]
     peak = cost.get("pipeline_peak_memory_bytes") or cost["peak_memory_bytes"]
     test_mean, test_std = infer_accuracy(s)
@@ -58,10 +60,20 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     with the same flags on other seeds: test accuracy's mean and population std over the seeds
     (as summary.json), training time's per-seed mean, the peaks' max. A seed of ``seeds`` that
     no folder trained is refused."""
+    from stage2_train import cache_binding
     from stage2_train.checkpoint import read_run
 
     parts = [summary(r) for r in runs]
-    configs = [{k: v for k, v in read_run(r).config.items() if k not in POOL_FREE} for r in runs]
+    files = [read_run(r) for r in runs]
+    free = POOL_FREE
+    if len({f.config.get("cache") for f in files}) > 1:  # only the cascade's: each seed's cache holds an LLM tuned on that seed
+        for r, f, p in zip(runs, files, parts):
+            tuning = f.manifest.get("model_tuning") or {}
+            if p["seeds"] != [tuning.get("seed")]:
+                raise SystemExit(f"{r}: its cache {f.config.get('cache')} differs from the others' and holds no LLM tuned on "
+                                 f"the run's seed {p['seeds']}; a row pools runs of one cache, or of caches each tuned on its run's seed")
+        free = (*POOL_FREE, "cache", cache_binding.KEY)
+    configs = [{k: v for k, v in f.config.items() if k not in free} for f in files]
     for r, c in zip(runs[1:], configs[1:]):
         differ = sorted(k for k in set(c) | set(configs[0]) if c.get(k) != configs[0].get(k))
         if differ:

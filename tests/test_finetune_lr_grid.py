@@ -1,6 +1,7 @@
 """scripts/finetune_lr_grid.py on a real small slice (MiniLM, 45 Cora nodes, LoRA): seed 0 at
 every learning rate of the grid, the rate of best validation accuracy kept, seeds 1 and 2 at it;
-a second run redoes nothing, a run after a lost folder redoes only that folder."""
+LoRA's export -> encode -> SAGE cascade per seed; a second run redoes nothing, a run after a
+lost folder redoes only that folder."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
 def _grid(cache: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "finetune_lr_grid.py"), str(cache), str(root), "--archs", "lora",
-                           "--jobs", "2", "--split", "column", "--pipeline", PIPELINE, *extra, "--", "--max-batches", "1", "--batch-size", "8"],
+                           "--jobs", "2", "--split", "column", "--pipeline", PIPELINE, *extra, "--", "--max-batches", "1"],
                           capture_output=True, text=True, timeout=900)
 
 
@@ -32,7 +33,7 @@ def _grid(cache: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
 def grid_run(cora_cache, tmp_path_factory):
     _, cache = cora_cache(45, model="minilm-l6", max_length=16, block_size=8, batch_tokens=128, storage_dtype="float32")
     root = tmp_path_factory.mktemp("grid") / "ft"
-    result = _grid(cache, root)
+    result = _grid(cache, root, "--cascade")
     assert result.returncode == 0, result.stdout + result.stderr
     return cache, root, result
 
@@ -48,12 +49,30 @@ def test_the_rate_of_best_seed0_validation_is_kept_and_trained_on_seeds_1_and_2(
         rest = json.loads((root / f"lora-lr{best}-seed{seed}" / "train_config.json").read_text())
         assert (rest["lr"], rest["seeds"], rest["max-batches"]) == (float(best), str(seed), 1)
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(
-        [f"lora-lr{lr}-seed0" for lr in GRID["lora"]] + [f"lora-lr{best}-seed{seed}" for seed in (1, 2)])
+        [f"lora-lr{lr}-seed0" for lr in GRID["lora"]] + [f"lora-lr{best}-seed{seed}" for seed in (1, 2)]
+        + [f"cascade-seed{seed}{kind}" for seed in (0, 1, 2) for kind in ("", ".model", ".zarr")])
     row = results_cost.row("cora", "LoRA", str(root / "lora-best.json"))
     assert row == {**results_cost.row("cora", "LoRA", "+".join(record["runs"])), "run": str(root / "lora-best.json"),
                    "lr": f"{best} (best on seed 0's val of 3e-4, 1e-3, 3e-3)"}
     assert row["seeds"] == [0, 1, 2]
     assert f"lora: learning rate {best}" in result.stdout
+
+
+def test_the_cascade_trains_sage_on_each_seeds_tuned_llm(grid_run):
+    _, root, _ = grid_run
+    record = json.loads((root / "lora-cascade.json").read_text())
+    best = record["lr"]
+    assert record["runs"] == [str(root / f"cascade-seed{seed}") for seed in (0, 1, 2)]
+    for seed in (0, 1, 2):
+        manifest = json.loads((root / f"cascade-seed{seed}" / "manifest.json").read_text())
+        assert manifest["model_tuning"]["seed"] == seed
+        assert manifest["model_tuning"]["run"] == str((root / f"lora-lr{best}-seed{seed}").resolve())
+        config = json.loads((root / f"cascade-seed{seed}" / "train_config.json").read_text())
+        assert (config["arch"], config["seeds"], config["cache"]) == ("sage", str(seed), str((root / f"cascade-seed{seed}.zarr").resolve()))
+    row = results_cost.row("cora", "LoRA -> export -> encode -> SAGE", str(root / "lora-cascade.json"))
+    assert row["seeds"] == [0, 1, 2]
+    assert row["lr"] == f"lora {best} (best on seed 0's val of 3e-4, 1e-3, 3e-3), then 1e-2"
+    assert row["total_s_per_seed"] is not None  # encode + tuning + training, from each cache's manifest
 
 
 def test_a_second_run_redoes_nothing_and_a_lost_folder_only(grid_run):

@@ -1,6 +1,7 @@
 """scripts/results_cost.py: a row pooled from run folders of one setting on other seeds equals
 the row of one run over all those seeds, a row on a subset of a run's seeds equals the run of
-those seeds; folders of other settings, the same seed twice and a seed no folder has are refused."""
+those seeds; folders of other settings or of other caches (not the cascade's tuned ones), the
+same seed twice and a seed no folder has are refused."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def runs(tmp_path_factory, cora_cache):
 
     root = tmp_path_factory.mktemp("pooled")
     _, cache = cora_cache(NODES, max_length=32, block_size=16)
-    for name, seeds, lr in (("all", (0, 1, 2), 3e-3), ("s0", (0,), 3e-3), ("s12", (1, 2), 3e-3), ("s0-other-lr", (0,), 1e-3)):
-        train(TrainConfig(cache=cache, out=root / name, seeds=seeds, epochs=3, batch_size=16, hidden_channels=16, lr=lr))
+    _, other_cache = cora_cache(NODES, max_length=24, block_size=16)
+    for name, seeds, lr, on in (("all", (0, 1, 2), 3e-3, cache), ("s0", (0,), 3e-3, cache), ("s12", (1, 2), 3e-3, cache),
+                                ("s0-other-lr", (0,), 1e-3, cache), ("s12-other-cache", (1, 2), 3e-3, other_cache)):
+        train(TrainConfig(cache=on, out=root / name, seeds=seeds, epochs=3, batch_size=16, hidden_channels=16, lr=lr))
     return root
 
 
@@ -51,6 +54,8 @@ def test_a_row_on_some_seeds_equals_the_run_of_those_seeds(runs):
 @pytest.mark.parametrize(("parts", "message"), [
     (("s0", "s0-other-lr"), "trained with other settings than"),
     (("s0", "all"), "seed listed twice ([0, 0, 1, 2]); a row pools distinct seeds"),
+    (("s0", "s12-other-cache"), "differs from the others' and holds no LLM tuned on the run's seed [0]; a row pools runs of one "
+                                "cache, or of caches each tuned on its run's seed"),
 ])
 def test_pooling_other_settings_or_a_seed_twice_is_refused(runs, parts, message):
     with pytest.raises(SystemExit) as err:
