@@ -5,7 +5,8 @@
 
 Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its stored exit
 policies), seeds, learning rate, trainable parameters, peak memory (the whole
-pipeline's, encode included, when the cache recorded it; else training's) and total seconds
+pipeline's: a cascade's tuning, the encode when the cache recorded it, training; ``peak_of``
+says which) and total seconds
 per seed (encode + tuning + training). RUN may join run folders of the same settings on other
 seeds with ``+`` (``runs/lora-seed0+runs/lora-seed1``, or an ``ARCH-best.json`` or ``lora-cascade.json`` of
 scripts/finetune_lr_grid.py, which names them and the grid): the row pools their seeds; runs
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from results_lib import infer_accuracy, summary, write
+from stage2_train.config import FINETUNE_ARCHS
 
 
 def row(graph: str, model: str, run: str, seeds: list[int] | None = None) -> dict:
@@ -37,11 +39,11 @@ def row(graph: str, model: str, run: str, seeds: list[int] | None = None) -> dic
         chosen = f"{lr_text(grid['lr'])} (best on seed 0's val of {', '.join(lr_text(x) for x in grid['seed0_val_acc'])})"
         lr = f"{grid['arch']} {chosen}, then {lr}" if grid.get("cascade") else chosen
     cost = s["cost"]
-    peak = cost.get("pipeline_peak_memory_bytes") or cost["peak_memory_bytes"]
+    peak = cost.get("pipeline_peak_memory_bytes") or cost["peak_memory_bytes"]  # training's alone when the encode's is unknown
     test_mean, test_std = infer_accuracy(s)
     return {"graph": graph, "model": model, "run": str(run), "source": "run folder", "seeds": s["seeds"], "lr": lr, "test_mean": test_mean,
             "test_std": test_std, "trainable_params": cost["trainable_params"],
-            "peak_memory_mib": round(peak / 2**20), "peak_includes_encode": cost.get("pipeline_peak_memory_bytes") is not None,
+            "peak_memory_mib": round(peak / 2**20), "peak_of": cost["peak_of"],
             "total_s_per_seed": None if cost["total_s"] is None else round(cost["total_s"])}
 
 
@@ -51,8 +53,8 @@ def lr_text(lr) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-# flags that may differ between the run folders of one row: they do not change what one seed computes
-POOL_FREE = ("seeds", "out", "overwrite", "state-every", "dist-timeout")
+# checkpoint.json entries that may differ between the run folders of one row: they do not change what one seed computes
+POOL_FREE = ("seeds", "out", "overwrite", "state_every", "dist_timeout")
 
 
 def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
@@ -90,6 +92,15 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     train_s = [t for p in parts for seed, t in zip(p["seeds"], p["cost"]["train_s"]) if keep(seed)]
     fixed = [c["total_s"] - c["train_s_mean"] if c["total_s"] is not None else None for c in costs]  # encode + tuning
     peaks = [c.get("pipeline_peak_memory_bytes") for c in costs]
+    tuned = [t["run"] for f in files if (t := f.manifest.get("model_tuning")) and f.config.get("arch") not in FINETUNE_ARCHS]
+    for run in tuned:  # the cascade: the LLM's tuning is part of the pipeline, its peak too
+        peaks.append(summary(run)["cost"].get("pipeline_peak_memory_bytes"))
+    if not costs[0].get("encode_used", True):
+        peak_of = "training (the LLM inside)"
+    elif None in peaks:
+        peak_of = "training"
+    else:
+        peak_of = "tuning, encode and training" if tuned else "encode and training"
     exits = [e["exit_policy"]["test_acc"] for e in per_seed if e.get("exit_policy") and "test_acc" in e["exit_policy"]]
     tests = [e["test_acc"] for e in per_seed]
     return {
@@ -102,6 +113,7 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
             "trainable_params": costs[0]["trainable_params"],
             "peak_memory_bytes": max(c["peak_memory_bytes"] for c in costs),
             "pipeline_peak_memory_bytes": None if None in peaks else max(peaks),
+            "peak_of": peak_of,
             "total_s": None if None in fixed else max(fixed) + float(np.mean(train_s)),
         },
     }
@@ -121,7 +133,9 @@ def main() -> None:
     rows = [row(*r, seeds=seeds) for r in args.row]
     if args.keep is not None:
         earlier = json.loads(args.keep.read_text())
-        kept = [{**r, "source": r.get("source", earlier["source"]), "lr": r.get("lr", args.kept_lr)}
+        kept = [{**{k: v for k, v in r.items() if k != "peak_includes_encode"}, "source": r.get("source", earlier["source"]),
+                 "lr": r.get("lr", args.kept_lr),
+                 "peak_of": r.get("peak_of") or ("encode and training" if r.get("peak_includes_encode") else "training")}
                 for r in earlier["rows"] if r["model"] in args.keep_model]
         order = {g: i for i, g in enumerate(dict.fromkeys(r["graph"] for r in earlier["rows"] + rows))}
         rows = sorted(rows + kept, key=lambda r: order[r["graph"]])  # stable: each graph's fresh rows first

@@ -46,9 +46,8 @@ def cost(t: dict) -> list[str]:
     out = ["| graph | model | seeds | learning rate | test (what infer answers) | trainable params | peak memory (MiB) | of "
            "| total s / seed |", "|---|---|---|---|---|---|---|---|---|"]
     for r in t["rows"]:
-        of = "encode and training" if r.get("peak_includes_encode") else "training"
         out.append(f"| {r['graph']} | {r['model']} | {seeds_text(r['seeds'])} | {r['lr']} | {mean_std(r['test_mean'], r['test_std'])} "
-                   f"| {r['trainable_params']:,} | {r['peak_memory_mib']:,} | {of} | {fmt(r['total_s_per_seed'], 0)} |")
+                   f"| {r['trainable_params']:,} | {r['peak_memory_mib']:,} | {r['peak_of']} | {fmt(r['total_s_per_seed'], 0)} |")
     return out
 
 

@@ -73,6 +73,10 @@ def test_the_cascade_trains_sage_on_each_seeds_tuned_llm(grid_run):
     assert row["seeds"] == [0, 1, 2]
     assert row["lr"] == f"lora {best} (best on seed 0's val of 3e-4, 1e-3, 3e-3), then 1e-2"
     assert row["total_s_per_seed"] is not None  # encode + tuning + training, from each cache's manifest
+    assert row["peak_of"] == "tuning, encode and training"
+    lora = results_cost.row("cora", "LoRA", str(root / "lora-best.json"))
+    assert lora["peak_of"] == "training (the LLM inside)"
+    assert row["peak_memory_mib"] >= lora["peak_memory_mib"]  # the cascade's peak includes its LoRA runs
 
 
 def test_a_second_run_redoes_nothing_and_a_lost_folder_only(grid_run):

@@ -27,7 +27,9 @@ def runs(tmp_path_factory, cora_cache):
     _, other_cache = cora_cache(NODES, max_length=24, block_size=16)
     for name, seeds, lr, on in (("all", (0, 1, 2), 3e-3, cache), ("s0", (0,), 3e-3, cache), ("s12", (1, 2), 3e-3, cache),
                                 ("s0-other-lr", (0,), 1e-3, cache), ("s12-other-cache", (1, 2), 3e-3, other_cache)):
-        train(TrainConfig(cache=on, out=root / name, seeds=seeds, epochs=3, batch_size=16, hidden_channels=16, lr=lr))
+        # --state-every differs from run to run: it changes when the state is written, not what a seed computes
+        train(TrainConfig(cache=on, out=root / name, seeds=seeds, epochs=3, batch_size=16, hidden_channels=16, lr=lr,
+                          state_every=len(name)))
     return root
 
 
@@ -38,7 +40,7 @@ def test_a_pooled_row_equals_the_row_of_one_run_over_the_same_seeds(runs):
     assert pooled["lr"] == whole["lr"] == "3e-3"
     assert (pooled["test_mean"], pooled["test_std"]) == (whole["test_mean"], whole["test_std"])
     assert pooled["trainable_params"] == whole["trainable_params"]
-    assert pooled["peak_includes_encode"] == whole["peak_includes_encode"]
+    assert pooled["peak_of"] == whole["peak_of"] == "encode and training"
 
 
 def test_a_row_on_some_seeds_equals_the_run_of_those_seeds(runs):
