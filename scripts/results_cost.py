@@ -60,7 +60,7 @@ POOL_FREE = ("seeds", "out", "overwrite", "state_every", "dist_timeout")
 def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     """The accuracies and costs of one setting's seeds, from one run folder or several trained
     with the same flags on other seeds: test accuracy's mean and population std over the seeds
-    (as summary.json), training time's per-seed mean, the peaks' max. A seed of ``seeds`` that
+    (as summary.json), encode, tuning and training time's per-seed mean, the peaks' max. A seed of ``seeds`` that
     no folder trained is refused."""
     from stage2_train import cache_binding
     from stage2_train.checkpoint import read_run
@@ -90,7 +90,8 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     per_seed = [e for p in parts for e in p["per_seed"] if keep(e["seed"])]
     costs = [p["cost"] for p in parts]
     train_s = [t for p in parts for seed, t in zip(p["seeds"], p["cost"]["train_s"]) if keep(seed)]
-    fixed = [c["total_s"] - c["train_s_mean"] if c["total_s"] is not None else None for c in costs]  # encode + tuning
+    fixed = [c["total_s"] - c["train_s_mean"] if c["total_s"] is not None else None  # encode + tuning, of each kept seed
+             for p, c in zip(parts, costs) for seed in p["seeds"] if keep(seed)]
     peaks = [c.get("pipeline_peak_memory_bytes") for c in costs]
     tuned = [t["run"] for f in files if (t := f.manifest.get("model_tuning")) and f.config.get("arch") not in FINETUNE_ARCHS]
     for run in tuned:  # the cascade: the LLM's tuning is part of the pipeline, its peak too
@@ -114,7 +115,7 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
             "peak_memory_bytes": max(c["peak_memory_bytes"] for c in costs),
             "pipeline_peak_memory_bytes": None if None in peaks else max(peaks),
             "peak_of": peak_of,
-            "total_s": None if None in fixed else max(fixed) + float(np.mean(train_s)),
+            "total_s": None if None in fixed else float(np.mean(fixed)) + float(np.mean(train_s)),
         },
     }
 
