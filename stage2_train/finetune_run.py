@@ -79,22 +79,11 @@ def run_finetune(config: TrainConfig) -> dict:
     results, sizes, costs, counted = [], {}, [], {"backward": state.backward_params}
     with CheckpointWriter(config.out, config.overwrite) as writer:
         writer.write_config(resolved, manifest, flag_values(config))
-        for line in state.metrics:
-            writer.append_metrics(line)
-
-        def on_epoch(line: dict) -> None:
-            writer.append_metrics(line)
-            state.add_metrics(line)
-
+        on_epoch = state.recorder(writer)
         for seed in config.seeds:
             split = splits[seed]
             sizes[seed] = {k: int(len(v)) for k, v in split.items()}
-            if (done := state.finished(seed)) is not None:  # finished before the run was stopped: never redone
-                r, cost = done
-                writer.save_weights(seed, r.state_dict)
-                results.append(r)
-                costs.append(cost)
-                log(f"seed {seed}: finished before the run was interrupted (restored from {state.folder})")
+            if state.restore(seed, writer, results, costs):  # finished before the run was stopped: never redone
                 continue
             seed_everything(seed)
             model = build_classifier(spec, config.device)

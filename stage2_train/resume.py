@@ -36,6 +36,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ import torch
 from pipeline.core import atomic, guarded
 from pipeline.core.errors import InputError
 from pipeline.core.format_version import FORMAT_VERSION, check_version
+from pipeline.core.progress import log
 
 STATE_FILE = "state.json"
 # flags that do not change what is computed: a rerun may change them
@@ -243,7 +245,33 @@ class TrainState:
         return Progress(current["epoch"], current["best_val"], current["best_epoch"], current["wait"], list(current["epoch_times"]),
                         best or None, current.get("best_train"))
 
+    def restore(self, seed: int, writer, results: list, costs: list) -> bool:
+        """A seed finished before the run was stopped: its best weights to ``writer``, its result
+        and cost appended to ``results`` and ``costs``; True (it is never trained again). False
+        when ``seed`` is not finished."""
+        done = self.finished(seed)
+        if done is None:
+            return False
+        result, cost = done
+        writer.save_weights(seed, result.state_dict)
+        results.append(result)
+        costs.append(cost)
+        log(f"seed {seed}: finished before the run was interrupted (restored from {self.folder})")
+        return True
+
     # --- writing
+    def recorder(self, writer) -> Callable[[dict], None]:
+        """Write the metrics lines so far to ``writer``; returns the ``on_epoch`` that appends a
+        line to both ``writer`` and the state."""
+        for line in self.metrics:
+            writer.append_metrics(line)
+
+        def on_epoch(line: dict) -> None:
+            writer.append_metrics(line)
+            self.add_metrics(line)
+
+        return on_epoch
+
     def add_metrics(self, line: dict) -> None:
         self.data["metrics"].append(line)
 
