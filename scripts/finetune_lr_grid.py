@@ -96,7 +96,7 @@ def main() -> None:
         raise SystemExit(f"--cascade: the cascade tunes with {CASCADE_ARCH}; add it to --archs")
     args.root.mkdir(parents=True, exist_ok=True)
 
-    pending = [Task(a, 1, lr, 0, seed_run(args.root, a, lr, 0)) for a in archs for lr in GRID[a]]
+    pending: list[Task] = []
     running: dict[Task, subprocess.Popen] = {}
     failed = []
 
@@ -124,6 +124,8 @@ def main() -> None:
             (args.root / f"{arch}-cascade.json").write_text(json.dumps(cascade, indent=2) + "\n")
 
     for a in archs:
+        for lr in GRID[a]:
+            add(Task(a, 1, lr, 0, seed_run(args.root, a, lr, 0)))
         follow_up(a)
     while pending or running:
         pending.sort(key=lambda t: (archs.index(t.arch), t.phase, t.seed))
@@ -131,9 +133,6 @@ def main() -> None:
             if len(running) >= args.jobs:
                 break
             pending.remove(task)
-            if done(task.out):
-                follow_up(task.arch)
-                continue
             print(f"{time.strftime('%H:%M:%S')} start {task.out.name}", flush=True)
             with open(task.out.with_name(task.out.name + ".log"), "a") as log:
                 running[task] = subprocess.Popen(command(args, task), stdout=log, stderr=subprocess.STDOUT)

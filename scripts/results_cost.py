@@ -4,16 +4,17 @@
         --row cora "G-Ladder" runs/cora-ladder --row cora LoRA runs/cora-lora ...
 
 Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its stored exit
-policies), seeds, learning rate, trainable parameters, peak memory (the whole
-pipeline's: a cascade's tuning, the encode when the cache recorded it, training; ``peak_of``
-says which) and total seconds
-per seed (encode + tuning + training). RUN may join run folders of the same settings on other
-seeds with ``+`` (``runs/lora-seed0+runs/lora-seed1``, or an ``ARCH-best.json`` or ``lora-cascade.json`` of
-scripts/finetune_lr_grid.py, which names them and the grid): the row pools their seeds; runs
-on different caches pool only when each cache's LLM was tuned on its run's seed (the cascade). ``--seeds 0,1,2`` puts every row on those seeds (equal seed
-counts on both sides of a comparison). ``--keep FILE --keep-model MODEL ...`` also keeps the
-rows of those models from an earlier table, each with the source it came from. Then
-`python scripts/results_page.py`.
+policies), seeds, learning rate, trainable parameters, peak memory (the whole pipeline's: a
+cascade's tuning, the encode when the cache recorded it, training; ``peak_of`` says which) and
+total seconds per seed (encode + tuning + training).
+
+RUN may join run folders of the same settings on other seeds with ``+``
+(``runs/lora-seed0+runs/lora-seed1``), or be an ``ARCH-best.json`` or ``lora-cascade.json`` of
+scripts/finetune_lr_grid.py, which names them and the grid: the row pools their seeds. Runs on
+different caches pool only when each cache's LLM was tuned on its run's seed (the cascade).
+``--seeds 0,1,2`` puts every row on those seeds (equal seed counts on both sides of a
+comparison). ``--keep FILE --keep-model MODEL ...`` also keeps the rows of those models from an
+earlier table as they are. Then `python scripts/results_page.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from results_lib import infer_accuracy, summary, write
+from results_lib import infer_accuracy, run_files, summary, write
 from stage2_train.config import FINETUNE_ARCHS
 
 
@@ -60,13 +61,12 @@ POOL_FREE = ("seeds", "out", "overwrite", "state_every", "dist_timeout")
 def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     """The accuracies and costs of one setting's seeds, from one run folder or several trained
     with the same flags on other seeds: test accuracy's mean and population std over the seeds
-    (as summary.json), encode, tuning and training time's per-seed mean, the peaks' max. A seed of ``seeds`` that
-    no folder trained is refused."""
+    (as summary.json), encode, tuning and training time's per-seed mean, the peaks' max. A seed
+    of ``seeds`` that no folder trained is refused."""
     from stage2_train import cache_binding
-    from stage2_train.checkpoint import read_run
 
-    parts = [summary(r) for r in runs]
-    files = [read_run(r) for r in runs]
+    files = [run_files(r) for r in runs]
+    parts = [f.summary for f in files]
     free = POOL_FREE
     if len({f.config.get("cache") for f in files}) > 1:  # only the cascade's: each seed's cache holds an LLM tuned on that seed
         for r, f, p in zip(runs, files, parts):
@@ -128,16 +128,12 @@ def main() -> None:
     ap.add_argument("--settings", default="")
     ap.add_argument("--keep", type=Path, default=None, help="an earlier cost.json")
     ap.add_argument("--keep-model", action="append", default=[], help="a model whose rows of --keep are kept")
-    ap.add_argument("--kept-lr", default="not recorded", help="the learning-rate column of kept rows that lack one")
     args = ap.parse_args()
     seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",")]
     rows = [row(*r, seeds=seeds) for r in args.row]
     if args.keep is not None:
         earlier = json.loads(args.keep.read_text())
-        kept = [{**{k: v for k, v in r.items() if k != "peak_includes_encode"}, "source": r.get("source", earlier["source"]),
-                 "lr": r.get("lr", args.kept_lr),
-                 "peak_of": r.get("peak_of") or ("encode and training" if r.get("peak_includes_encode") else "training")}
-                for r in earlier["rows"] if r["model"] in args.keep_model]
+        kept = [r for r in earlier["rows"] if r["model"] in args.keep_model]  # each names its source
         order = {g: i for i, g in enumerate(dict.fromkeys(r["graph"] for r in earlier["rows"] + rows))}
         rows = sorted(rows + kept, key=lambda r: order[r["graph"]])  # stable: each graph's fresh rows first
     sources = sorted({r["source"] for r in rows})

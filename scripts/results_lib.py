@@ -13,16 +13,22 @@ RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
 
 
-def summary(run: str | Path) -> dict:
-    """A run folder's summary.json with its measured costs (cost.json) merged in, as `pipeline
-    report` reads it; a folder that is not a finished run is refused by name."""
+def run_files(run: str | Path):
+    """A run folder's JSON files (:class:`stage2_train.checkpoint.RunFiles`: its summary with the
+    measured costs of cost.json merged in, as `pipeline report` reads it); a folder that is not a
+    finished run is refused by name."""
     from pipeline.core.errors import PipelineError
     from stage2_train.checkpoint import read_run
 
     try:
-        return read_run(run).summary
+        return read_run(run)
     except PipelineError as err:
         raise SystemExit(f"{run}: {err}") from None
+
+
+def summary(run: str | Path) -> dict:
+    """A run folder's summary.json with its measured costs merged in (see :func:`run_files`)."""
+    return run_files(run).summary
 
 
 def infer_accuracy(s: dict) -> tuple[float, float]:

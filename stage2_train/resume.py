@@ -7,7 +7,8 @@ While it trains, ``pipeline train --out RUN`` keeps ``RUN.resume/`` next to the 
                              cost, the metrics lines so far, the in-flight seed's last saved
                              epoch and early-stopping counters, and the name and sha256 of
     tensors-{n}.safetensors  the finished seeds' best weights (``done.{seed}.*``), the in-flight
-                             seed's model (``model.*``; a fine-tuning arch's adapter or LLM and head), AdamW state (``opt.{param}.{key}``),
+                             seed's model (``model.*``; a fine-tuning arch's adapter or LLM and
+                             head), AdamW state (``opt.{param}.{key}``),
                              best weights so far (``best.*``) and every rank's RNG streams
                              (``rng.{rank}``, uint8: torch, the training sampler's
                              ``torch.Generator``, CUDA, numpy, Python)
