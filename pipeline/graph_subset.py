@@ -23,7 +23,7 @@ from pipeline.core.builtin_datasets import builtin_path
 from pipeline.core.errors import ConfigErrors, InputError
 from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.graph_format import check_output_folder, graph_edges_table, read_nodes_table, write_graph_folder
-from pipeline.core.options import option
+from pipeline.core.options import option, seed_option
 from pipeline.core.progress import log
 from pipeline.graph_options import flags_file, graph_argument, graph_overwrite_option, out_argument
 from pipeline.graph_summary import connected_components
@@ -40,14 +40,13 @@ class SubsetConfig:
     graph: str = graph_argument()
     out: Path = out_argument()
     nodes: int = option(help="Number of nodes to keep.", show_default=False)
-    seed: int = option(0, "Seed choosing the start node.")
+    seed: int = seed_option(0, "Seed choosing the start node.")
     overwrite: bool = graph_overwrite_option()
 
     def validate(self) -> None:
         """Raise one InputError listing every problem the flags alone show, each naming its flag."""
         errors = ConfigErrors()
         errors.check(self.nodes >= 1, f"--nodes {self.nodes}: must be at least 1")
-        errors.check(self.seed >= 0, f"--seed {self.seed}: must be >= 0")
         errors.raise_if_any()
 
 

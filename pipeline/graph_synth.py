@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from pipeline.core import atomic
 from pipeline.core.errors import ConfigErrors, InputError, PipelineError
 from pipeline.core.graph_format import EDGES_FILE, META_FILE, NODES_FILE, check_output_folder, move_into_place, read_graph_folder, write_meta
-from pipeline.core.options import option
+from pipeline.core.options import option, seed_option
 from pipeline.core.progress import log, progress
 from pipeline.graph_options import flags_file, graph_overwrite_option, out_argument
 from pipeline.synth_text import build_text_model, draw_lengths, make_texts, parse_text_words
@@ -61,7 +61,7 @@ class SynthConfig:
     out: Path = out_argument()
     nodes: int = option(help="Number of nodes N.", show_default=False)
     classes: int = option(7, "Number of classes C (2..1000).")
-    seed: int = option(0, "Seed: the same flags and seed write the same files.")
+    seed: int = seed_option(0, "Seed: the same flags and seed write the same files.")
     homophily: float = option(0.8, "Fraction of edges joining two nodes of the same class (Cora: 0.81).")
     avg_degree: float = option(5.0, "Mean node degree: the graph gets round(N x D / 2) undirected edges.")
     text_words: str = option("150:250", "Words per text: MIN:MAX (uniform) or a mean (lognormal, Cora-like spread).")
@@ -86,7 +86,6 @@ class SynthConfig:
             parse_text_words(self.text_words)
         except ValueError as err:
             errors.add(f"--text-words {self.text_words}: expected MIN:MAX (e.g. 150:250) or a mean (e.g. 160); {err}")
-        errors.check(self.seed >= 0, f"--seed {self.seed}: must be >= 0")
         errors.raise_if_any()
 
     @property

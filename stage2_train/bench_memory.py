@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pipeline.core.bench_json import claim_bench, write_bench
 from pipeline.core.errors import InputError, PipelineError
-from pipeline.core.options import argument, json_option, option
+from pipeline.core.options import argument, json_option, option, seed_option
 from pipeline.core.parsers import format_size, parse_size
 from pipeline.core.progress import log
 from stage2_train.config import EGO_FANOUT, EGO_HOPS, FANOUT_HELP, HOPS_HELP
@@ -47,7 +47,7 @@ class MemoryBenchConfig:
     )
     epochs: int = option(1, "Training epochs timed in each mode.")
     batch_size: int = option(64, "Target nodes per batch.")
-    seed: int = option(0, "Seed of the model, split and sampling (the same in both modes).")
+    seed: int = seed_option(0, "Seed of the model, split and sampling (the same in both modes).")
     hops: int = option(EGO_HOPS, HOPS_HELP)
     fanout: int = option(EGO_FANOUT, FANOUT_HELP)
     readahead: int = option(1, "Micro-batches the out-of-core reader prepares ahead (0: none).")

@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.core import atomic, ownership
 from pipeline.core.errors import ConfigErrors, InputError
 from pipeline.core.format_version import FORMAT_VERSION
-from pipeline.core.options import argument, option, out_option, overwrite_option
+from pipeline.core.options import argument, out_option, overwrite_option, seed_option
 from pipeline.core.progress import log
 from stage1_encode.models import EXPORT_RECORD
 
@@ -32,7 +32,7 @@ class ExportConfig:
 
     run: Path = argument(help="A fine-tuning run (`pipeline train --arch lora|ia3|finetune`).", metavar="RUN_DIR")
     out: Path = out_option("the Hugging Face model folder (weights, config, tokenizer)")
-    seed: int | None = option(None, "Trained seed to export (default: the one chosen on validation).")
+    seed: int | None = seed_option(None, "Trained seed to export (default: the one chosen on validation).")
     overwrite: bool = overwrite_option("a model folder")
 
     def validate(self) -> "ExportConfig":

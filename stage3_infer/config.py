@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import ConfigErrors
-from pipeline.core.options import choice_problems, device_option, json_option, option, out_option, overwrite_option
+from pipeline.core.options import choice_problems, device_option, json_option, option, out_option, overwrite_option, seed_option
 from stage1_encode.config import model_option
 from stage1_encode.precision import DTYPE_HELP, MISMATCH_HELP
 
@@ -101,7 +101,7 @@ class InferConfig:
     model: str | None = model_option(
         None, "LLM to load (default: the one in the checkpoint's cache manifest); must be the same model."
     )
-    seed: int | None = option(None, "Trained seed to use (default: the one chosen on validation).")
+    seed: int | None = seed_option(None, "Trained seed to use (default: the one chosen on validation).")
     device: str = device_option()
     dtype: str | None = dtype_option()
     allow_dtype_mismatch: bool = allow_dtype_mismatch_option()

@@ -271,6 +271,14 @@ DEVICES_AND_SIZES = [  # (command line, its refusal; None: the cuda:7 refusal of
     (["datasets", "synth", "{sb}/g2", "--nodes", str(10**12)], "--nodes 1000000000000: must be in 10..100000000"),
     (["encode", "{sb}/graph", "--out", "{sb}/c2.zarr", "--model", "minilm-l6", "--max-length", "8", "--block-size", str(2**40)], "--block-size 1099511627776: must be <= 1048576"),
     (["infer", "--checkpoint", "{sb}/run", "--out", "{sb}/p", "--split", "bogus"], "--split bogus: choose one of test, val, train, all"),
+    # seeds: every generator seeded takes 0..2^32-1 (numpy refuses a negative one mid-run)
+    (["train", "{cache}", "--out", "{sb}/r", "--split", "random:0.6,0.2,0.2", "--seeds", "0,-1"], "--seeds 0,-1: seeds must be in 0..4294967295 (not -1)"),
+    (["train", "{cache}", "--out", "{sb}/r", "--arch", "lora", "--seeds", str(2**64)], f"--seeds {2**64}: seeds must be in 0..4294967295 (not {2**64})"),
+    (["run", "--dataset", "{sb}/graph", "--out", "{sb}/j", "--seeds", "-3"], "--seeds -3: seeds must be in 0..4294967295 (not -3)"),
+    (["bench", "train", "{sb}/graph", "--cache", "{cache}", "--seeds", str(2**32)], "--seeds 4294967296: seeds must be in 0..4294967295 (not 4294967296)"),
+    (["bench", "train-memory", "{cache}", "--memory-budget", "1KB", "--seed", "-1"], "--seed -1: must be in 0..4294967295"),
+    (["datasets", "synth", "{sb}/g2", "--nodes", "20", "--seed", "-1"], "--seed -1: must be in 0..4294967295"),
+    (["datasets", "subset", "{sb}/graph", "{sb}/g2", "--nodes", "5", "--seed", str(2**40)], "--seed 1099511627776: must be in 0..4294967295"),
 ]
 
 

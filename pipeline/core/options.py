@@ -24,7 +24,7 @@ import typer
 from rich.markup import escape
 
 from pipeline.core.config_file import ConfigOption, save_resolved_config
-from pipeline.core.errors import plain_errors
+from pipeline.core.errors import InputError, plain_errors
 from pipeline.core.parsers import parse_int_list
 
 
@@ -234,6 +234,10 @@ def seeds_option(default: tuple[int, ...] = (0,), help: str = "Comma-separated s
     return option(default, help, parse=_parse_seeds)
 
 
+def seed_option(default: int | None = 0, help: str = "Seed.") -> Any:
+    return option(default, help, parse=_parse_seed, cli_type=int if default is not None else int | None)
+
+
 def overwrite_option(what: str, target: str = "--out") -> Any:
     """``--overwrite``; ``target`` names the output as the command line spells it (``OUT``
     where the output folder is a positional argument)."""
@@ -244,8 +248,22 @@ def json_option(what: str = "the figures") -> Any:
     return option(None, f"Also write {what} as JSON to this file.", flag="--json", metavar="FILE")
 
 
+# numpy's legacy seeding bound: every generator the pipeline seeds (Python's, numpy's, torch's) takes it
+SEED_MAX = 2**32 - 1
+
+
 def _parse_seeds(text: Any, flag: str) -> tuple[int, ...]:
-    return parse_int_list(text, flag) or ()
+    seeds = parse_int_list(text, flag) or ()
+    bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise InputError(f"{flag} {text}: seeds must be in 0..{SEED_MAX} (not {', '.join(map(str, bad))})")
+    return seeds
+
+
+def _parse_seed(value: Any, flag: str) -> int:
+    if not 0 <= int(value) <= SEED_MAX:
+        raise InputError(f"{flag} {value}: must be in 0..{SEED_MAX}")
+    return int(value)
 
 
 # --- help narrowed by a choosing flag ---------------------------------------------------------
