@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.bench_json import claim_bench, write_bench
+from pipeline.core.errors import InputError
 from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.options import argument, device_option, json_option, option
 from pipeline.core.progress import log
@@ -88,6 +89,8 @@ def run_bench(config: BenchConfig) -> dict:
     enc = EncodeConfig(graph=config.graph, model=config.model, layers=config.layers, max_length=config.max_length,
                        batch_tokens=config.batch_tokens, device=config.device, backend=config.backend)
     enc.validate()
+    if config.limit < 0:
+        raise InputError(f"--limit {config.limit}: must be >= 0 (0 encodes every text)")
     if config.json_path is not None:
         claim_bench(config.json_path, "encode")
     if config.backend == "vllm":
@@ -95,7 +98,7 @@ def run_bench(config: BenchConfig) -> dict:
 
         check_architecture(resolve_model(config.model))  # refuse BERT-family before any work
     graph = load_graph(config.graph)
-    n = graph.num_nodes if config.limit <= 0 else min(config.limit, graph.num_nodes)
+    n = graph.num_nodes if config.limit == 0 else min(config.limit, graph.num_nodes)
     texts = graph.texts[:n]
     device, dtype = pick_device(enc)
     stepper = LayerStepper(load_model(resolve_model(config.model), device, getattr(torch, dtype)))

@@ -12,6 +12,7 @@ Light on purpose (no torch import): the CLI module imports it at start-up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 from pathlib import Path
@@ -33,6 +34,8 @@ FINETUNE_DEFAULTS = {"epochs": 3, "patience": 2, "batch_size": 16, "dropout": 0.
 CACHE_DEFAULTS = {"epochs": 200, "patience": 30, "batch_size": 64, "dropout": 0.5}
 # Sane upper bounds: beyond them a flag is a typo, and would reach the allocator or run for ever.
 MAX_HIDDEN, MAX_BATCH, MAX_EPOCHS, MAX_FANOUT, MAX_WALK, MAX_THREADS, MAX_SEEDS = 16384, 10**7, 10**6, 10**5, 1024, 4096, 1000
+MAX_LR = 1.0  # AdamW's step is about lr per weight: beyond 1, the weights leave any useful range at once
+MAX_DIST_TIMEOUT_S = 7 * 24 * 3600  # a week; far larger overflows torch's timedelta
 GNNS = ("sage", "gcn", "gat")
 SAMPLERS = ("ego", "rwr", "full")
 READOUTS = ("target-mean", "ego")  # the ladder's head input: see stage2_train.ladder
@@ -176,8 +179,8 @@ class TrainConfig(metaclass=_ByArch):
         errs.check(len(set(self.seeds)) == len(self.seeds), f"--seeds {self.seeds}: seeds repeat")
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         errs.check(self.patience > 0, f"--patience {self.patience}: must be > 0")
-        errs.check(self.lr > 0, f"--lr {self.lr}: must be > 0")
-        errs.check(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
+        errs.check(0 < self.lr <= MAX_LR, f"--lr {self.lr}: must be > 0 and at most {MAX_LR:g}")
+        errs.check(0 <= self.weight_decay < math.inf, f"--weight-decay {self.weight_decay}: must be a finite number >= 0")
         errs.check(0 <= self.dropout < 1, f"--dropout {self.dropout}: must be in [0, 1)")
         errs.check(self.batch_size > 0, f"--batch-size {self.batch_size}: must be > 0")
         errs.check(self.num_threads is None or self.num_threads > 0, f"--num-threads {self.num_threads}: must be > 0")
@@ -262,7 +265,8 @@ class CacheTrainConfig(TrainConfig):
         errs.check(1 <= self.hops <= 3, f"--hops {self.hops}: must be 1..3")
         errs.check(0 <= self.restart_p < 1, f"--restart-p {self.restart_p}: must be in [0, 1)")
         errs.check(self.num_walks > 0 and self.walk_length > 0, "--num-walks/--walk-length: must be > 0")
-        errs.check(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout}: must be > 0 seconds")
+        errs.check(0 < self.dist_timeout <= MAX_DIST_TIMEOUT_S,
+                   f"--dist-timeout {self.dist_timeout}: must be > 0 and at most {MAX_DIST_TIMEOUT_S} seconds (a week)")
         errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
         for flag, value, most in (("--hidden-channels", self.hidden_channels, MAX_HIDDEN), ("--fanout", self.fanout, MAX_FANOUT),
                                   ("--num-walks", self.num_walks, MAX_WALK), ("--walk-length", self.walk_length, MAX_WALK)):
@@ -400,7 +404,7 @@ class LadderConfig(CacheTrainConfig):
         errs.check(dtype_problem(self.dtype) is None, dtype_problem(self.dtype) or "")
         errs.check(self.no_cache or (self.dtype is None and not self.allow_dtype_mismatch),
                    "--dtype/--allow-dtype-mismatch are for --no-cache (only then does the LLM run)")
-        errs.check(self.temperature > 0, f"--temperature {self.temperature}: must be > 0")
+        errs.check(0 < self.temperature < math.inf, f"--temperature {self.temperature}: must be a finite number > 0")
         errs.check(self.memory_budget is None or not self.no_cache, "--memory-budget is for training from the cache, not --no-cache")
         errs.check(self.init is None or not self.no_cache, "--init: not with --no-cache")
         if self.rungs is not None:
@@ -408,7 +412,8 @@ class LadderConfig(CacheTrainConfig):
             errs.check(len(set(self.rungs)) == len(self.rungs), f"--rungs {self.rungs}: indices repeat")
             errs.check(list(self.rungs) == sorted(self.rungs), f"--rungs {self.rungs}: give them in increasing order")
         if self.rung_weights is not None:
-            errs.check(all(w >= 0 for w in self.rung_weights), "--rung-weights: weights must be >= 0")
+            errs.check(all(0 <= w < math.inf for w in self.rung_weights), "--rung-weights: weights must be finite and >= 0")
+            errs.check(any(w > 0 for w in self.rung_weights), "--rung-weights: all weights are 0, so no head would learn; give at least one > 0")
             errs.check(self.loss == "multi-exit", "--rung-weights weighs the multi-exit loss; --loss last-head trains the last head alone")
         if self.loss == "last-head":
             errs.check(self.depth != "val", "--depth val chooses among trained heads; --loss last-head trains the last head alone: use --depth full")

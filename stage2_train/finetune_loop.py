@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from stage2_train.loop import SeedResult, batches
+from stage2_train.loop import SeedResult, batches, stop_if_diverged
 from stage2_train.sampling import generator
 
 
@@ -102,6 +102,7 @@ def train_finetune_seed(model, texts: TextBatches, split: dict[str, np.ndarray],
             y = torch.as_tensor(labels[b], device=device)
             logits = model(texts(b))[0]  # (B, C)
             loss = F.cross_entropy(logits, y)
+            stop_if_diverged(loss.item(), seed, epoch, cfg)  # each batch: an LLM epoch is long
             if on_first_loss is not None:
                 on_first_loss(loss)
                 on_first_loss = None
@@ -115,6 +116,7 @@ def train_finetune_seed(model, texts: TextBatches, split: dict[str, np.ndarray],
                 tracker.advance(1, loss=loss_sum / seen)
             kill_point(f"seed {seed} epoch {epoch} batch {k + 1}")
         epoch_times.append(time.perf_counter() - t0)
+        stop_if_diverged(loss_sum / max(seen, 1), seed, epoch, cfg, trainable)
         val = accuracy(model, texts, split["val"], labels, cfg.eval_batch_size)
         line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(seen, 1), "val_acc": val, "val_acc_heads": [val],
                 "train_acc_running": hits / max(seen, 1)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -189,6 +190,22 @@ def epoch_batches(features: NodeFeatures, sampler: Sampler, nodes: np.ndarray, s
     return (MicroBatch(b, sub, features(sub.nodes)) for b in parts for sub in (sampler.sample(b, gen),))
 
 
+def stop_if_diverged(loss: float, seed: int, epoch: int, cfg, params=()) -> None:
+    """Refuse to go on from a non-finite training loss or weights (``params``, after an epoch's
+    last step): from there the weights are NaN or infinite, and such a model still predicts a
+    label for every node."""
+    if math.isfinite(loss) and all(bool(p.isfinite().all()) for p in params):
+        return
+    from pipeline.core.errors import PipelineError
+    from stage2_train.resume import state_dir
+
+    what = f"the training loss is {loss}" if not math.isfinite(loss) else "the weights are NaN or infinite after the epoch's last step"
+    resume = state_dir(cfg.out)
+    again = f"delete {resume}, which holds this run's progress under these flags, and " if resume.is_dir() else ""
+    raise PipelineError(f"seed {seed}, epoch {epoch}: {what}: training diverged, and nothing was written to --out {cfg.out}. "
+                        f"To train again, {again}lower --lr (this run's: {cfg.lr:g}) or --weight-decay ({cfg.weight_decay:g})")
+
+
 def train_step(model, opt, features: NodeFeatures, sampler: Sampler, b: np.ndarray, labels: np.ndarray,
                weights: torch.Tensor | None, gen: torch.Generator, device: str) -> float:
     """One optimiser step on the targets ``b`` (B,); returns the batch loss."""
@@ -335,7 +352,8 @@ def train_seed(
                 loss_sum, n_seen = loss_sum + loss * len(b), n_seen + len(b)
                 kill_point(f"seed {seed} epoch {epoch} batch {k + 1}")
         epoch_times.append(time.perf_counter() - t0)
-        loss_sum, n_seen = group.sum([loss_sum, n_seen])
+        loss_sum, n_seen = group.sum([loss_sum, n_seen])  # every rank sees the same sum, so all stop together
+        stop_if_diverged(loss_sum / max(n_seen, 1), seed, epoch, cfg, model.parameters())
         val = evaluate(model, features, val_set, device, group)
         score = val[answer_head(val, rule)]
         line = {"seed": seed, "epoch": epoch, "loss": loss_sum / max(n_seen, 1), "val_acc": score, "val_acc_heads": val}

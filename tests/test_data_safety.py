@@ -279,6 +279,14 @@ DEVICES_AND_SIZES = [  # (command line, its refusal; None: the cuda:7 refusal of
     (["bench", "train-memory", "{cache}", "--memory-budget", "1KB", "--seed", "-1"], "--seed -1: must be in 0..4294967295"),
     (["datasets", "synth", "{sb}/g2", "--nodes", "20", "--seed", "-1"], "--seed -1: must be in 0..4294967295"),
     (["datasets", "subset", "{sb}/graph", "{sb}/g2", "--nodes", "5", "--seed", str(2**40)], "--seed 1099511627776: must be in 0..4294967295"),
+    # numbers a training step cannot use: infinite, or sure to wreck the weights at the first step
+    (["train", "{cache}", "--out", "{sb}/r", "--lr", "2"], "--lr 2.0: must be > 0 and at most 1"),
+    (["train", "{cache}", "--out", "{sb}/r", "--arch", "finetune", "--lr", "inf"], "--lr inf: must be > 0 and at most 1"),
+    (["train", "{cache}", "--out", "{sb}/r", "--arch", "gcn", "--weight-decay", "inf"], "--weight-decay inf: must be a finite number >= 0"),
+    (["train", "{cache}", "--out", "{sb}/r", "--temperature", "inf"], "--temperature inf: must be a finite number > 0"),
+    (["train", "{cache}", "--out", "{sb}/r", "--dist-timeout", "1e9"], "--dist-timeout 1000000000.0: must be > 0 and at most 604800 seconds (a week)"),
+    (["train", "{cache}", "--out", "{sb}/r", "--rung-weights", "0,0,0"], "--rung-weights: all weights are 0, so no head would learn; give at least one > 0"),
+    (["bench", "encode", "{sb}/graph", "--model", "minilm-l6", "--limit", "-1"], "--limit -1: must be >= 0 (0 encodes every text)"),
 ]
 
 
@@ -431,6 +439,17 @@ def _json_edit(path: Path, edit) -> None:
     path.write_text(json.dumps(data))
 
 
+def _nan_weight(path: Path) -> None:  # a well-formed file whose first tensor holds a NaN
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    first = sorted(tensors)[0]
+    tensors[first].view(-1)[0] = float("nan")
+    save_file(tensors, str(path), metadata=metadata)
+
+
 def _truncate_chunks(sb: Path) -> None:  # every block: a target's neighbours cannot be read
     for i in range(3):
         _truncate(chunk(sb, i), 10)
@@ -463,6 +482,8 @@ RUN_DAMAGE = [
      "{sb}/run/seed_0/model.safetensors: is not a readable safetensors file"),
     ("model.safetensors zero bytes", lambda sb: _truncate(sb / "run" / "seed_0" / "model.safetensors", 0),
      "{sb}/run/seed_0/model.safetensors: is not a readable safetensors file"),
+    ("model.safetensors with a NaN weight", lambda sb: _nan_weight(sb / "run" / "seed_0" / "model.safetensors"),
+     "{sb}/run/seed_0/model.safetensors: holds NaN or infinite values (tensor '"),
     ("default_seed a string", lambda sb: _json_edit(sb / "run" / "summary.json", lambda d: d.update(default_seed="x")),
      "{sb}/run/summary.json: default_seed 'x' is not a seed; retrain it with `pipeline train "),
     ("a neighbour's chunk truncated", _truncate_chunks,
@@ -629,3 +650,31 @@ def test_a_marker_of_another_format_version_proves_nothing(cli, sb):
             f"{sb / 'run' / MARKER}: format version 2, this version of the pipeline reads 1; a marker of another version "
             f"does not prove --out {sb / 'run'} is the pipeline's own; choose a new or empty --out {UNCHANGED}")
     assert snapshot(sb) == before
+
+
+# ------------------------------------------------------------------ a diverged training
+DIVERGE = ["--lr", "1", "--weight-decay", "1e30", "--epochs", "2"]  # AdamW multiplies every weight by 1 - 1e30 a step
+
+
+@pytest.mark.parametrize("arch", ["ladder", "mlp", "gcn", "sage", "lora"])
+def test_a_diverged_training_stops_naming_the_epoch_and_writes_nothing(cli, sb, arch):
+    before = snapshot(sb)
+    size = [] if arch == "lora" else ["--hidden-channels", "16"]
+    result = cli("train", sb / "cache.zarr", "--out", sb / "r2", "--arch", arch, *size, "--batch-size", "16", "--num-threads", "1", *DIVERGE)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1, result.output
+    assert result.stderr[result.stderr.index("Error: "):] == (
+        f"Error: seed 0, epoch 2: the training loss is nan: training diverged, and nothing was written to --out "
+        f"{sb / 'r2'}. To train again, lower --lr (this run's: 1) or --weight-decay (1e+30)\n")
+    assert snapshot(sb) == before  # no run, no temporary folder, no resumable state (none was saved yet)
+
+
+def test_a_diverged_training_names_its_resumable_state(cli, sb):
+    result = cli("train", sb / "cache.zarr", "--out", sb / "r2", "--arch", "gcn", "--hidden-channels", "16", "--batch-size", "16", *DIVERGE, "--state-every", "0")
+    assert result.exit_code == 1, result.output
+    resume = sb / "r2.resume"
+    assert result.stderr[result.stderr.index("Error: "):] == (
+        f"Error: seed 0, epoch 2: the training loss is nan: training diverged, and nothing was written to --out "
+        f"{sb / 'r2'}. To train again, delete {resume}, which holds this run's progress under these flags, and "
+        f"lower --lr (this run's: 1) or --weight-decay (1e+30)\n")
+    assert resume.is_dir() and not (sb / "r2").exists()

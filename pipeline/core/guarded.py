@@ -70,11 +70,15 @@ def load_safetensors(path: str | Path, rebuild: str, device: str = "cpu") -> dic
 
     path = Path(path)
     try:
-        return load_file(str(path), device=device)
+        tensors = load_file(str(path), device=device)
     except FileNotFoundError:
         raise damaged(path, "missing", rebuild) from None
     except Exception as err:  # safetensors raises its own error types for a bad header or a short file
         raise damaged(path, f"is not a readable safetensors file ({type(err).__name__}: {err})", rebuild) from None
+    for name, tensor in tensors.items():  # NaN weights would predict, and look like a model
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise damaged(path, f"holds NaN or infinite values (tensor {name!r})", rebuild)
+    return tensors
 
 
 def read_parquet(path: str | Path, rebuild: str, columns: list[str] | None = None):
