@@ -99,7 +99,7 @@ class TrainConfig(metaclass=_ByArch):
     split: str | None = option(  # None: the split column, else the graph's random_60_20_20 files
         None,
         "column (the graph's split column; default when present), a split name (e.g. random_60_20_20, planetoid_public; "
-        "NAME_seed{i} is used for seed i), or random:0.6,0.2,0.2. Default without a column: random_60_20_20.",
+        "NAME_seed{i} is used for seed i), or random:0.6,0.2,0.2. Default: the split column, else the graph's random_60_20_20 files, else random:0.6,0.2,0.2.",
     )
     seeds: tuple[int, ...] = seeds_option()
     epochs: int | None = option(None, "Maximum epochs (default 200; 3 for the fine-tuning archs).")

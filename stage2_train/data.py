@@ -24,6 +24,7 @@ import torch
 from pipeline.core.errors import InputError
 from pipeline.core.graph import TextGraph, load_graph
 from pipeline.core.parsers import parse_random_split
+from pipeline.core.progress import log
 from stage1_encode.cache.reader import memory_budget
 
 
@@ -69,16 +70,39 @@ def open_train_data(cache_path: Path, rungs: tuple[int, ...] | None, layer: int 
     return TrainData(Path(cache_path), reader, graph, wanted, [cached.index(x) for x in wanted])
 
 
+DEFAULT_SPLIT_NAME = "random_60_20_20"  # the built-in graphs' split files, one per seed
+DEFAULT_RANDOM_SPLIT = "random:0.6,0.2,0.2"
+
+
+def default_split(graph: TextGraph) -> str:
+    """The split without ``--split``: the graph's split column when it has one, else its
+    ``random_60_20_20`` split files, else a random 60/20/20 split seeded by each seed."""
+    if any(s is not None for s in graph.split):
+        return "column"
+    if any(n == DEFAULT_SPLIT_NAME or n.startswith(f"{DEFAULT_SPLIT_NAME}_seed") for n in graph.named_splits):
+        return DEFAULT_SPLIT_NAME
+    return DEFAULT_RANDOM_SPLIT
+
+
+def training_splits(graph: TextGraph, spec: str | None, seeds) -> dict[int, dict[str, np.ndarray]]:
+    """Every seed's split (:func:`resolve_split`), refused before any training when the graph
+    has fewer than 2 classes or a seed's split is unusable; says which split the default is."""
+    if graph.num_classes < 2:
+        raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
+    if spec is None:
+        log(f"split: {default_split(graph)} (the default for graph '{graph.name}'; --split chooses another)")
+    return {s: resolve_split(graph, spec, s) for s in seeds}
+
+
 def resolve_split(graph: TextGraph, spec: str | None, seed: int) -> dict[str, np.ndarray]:
     """``{"train", "val", "test"} -> sorted labeled node indices`` for this seed.
 
-    ``spec``: None (the split column when present, else the graph's ``random_60_20_20``
-    files), ``column``, a split name (``NAME`` or, per seed, ``NAME_seed{seed}``), or
-    ``random:a,b,c`` (a seeded permutation of the labeled nodes).
+    ``spec``: None (:func:`default_split`), ``column``, a split name (``NAME`` or, per seed,
+    ``NAME_seed{seed}``), or ``random:a,b,c`` (a seeded permutation of the labeled nodes).
     """
     has_column = any(s is not None for s in graph.split)
     if spec is None:
-        spec = "column" if has_column else "random_60_20_20"
+        spec = default_split(graph)
     labeled = np.flatnonzero(graph.labels >= 0)
     if spec.startswith("random:"):
         fr = parse_random_split(spec)

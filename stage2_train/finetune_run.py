@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 
-from pipeline.core.errors import InputError
 from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress
 from stage2_train.config import TrainConfig
@@ -38,7 +37,7 @@ def run_finetune(config: TrainConfig) -> dict:
     from stage2_train import cache_binding
     from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, load_warm_start, split_cost, warm_start_weights
-    from stage2_train.data import resolve_split
+    from stage2_train.data import training_splits
     from stage2_train.finetune_loop import TextBatches, epoch_batches, train_finetune_seed
     from stage2_train.finetune_model import build_classifier
     from stage2_train.ledger import PeakMemory, count_backward_params, count_trainable, ledger
@@ -52,9 +51,7 @@ def run_finetune(config: TrainConfig) -> dict:
     manifest = dict(reader.manifest)
     graph = load_graph(manifest["graph_source"])
     reader.check_graph(graph)
-    if graph.num_classes < 2:
-        raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
-    splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}
+    splits = training_splits(graph, config.split, config.seeds)
     spec = finetune_spec(config, manifest, graph.num_classes)
     layer = int(manifest["layers"][-1]) if manifest.get("layers") else None
     labels = np.asarray(graph.labels)

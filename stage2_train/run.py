@@ -234,7 +234,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, build_model, split_cost
     from stage2_train.resume import kill_point
-    from stage2_train.data import open_train_data, resolve_split
+    from stage2_train.data import open_train_data, training_splits
     from stage2_train.distributed import NoWriter, ShardFeatures, load_share
     from stage2_train.features import open_run_features
     from stage2_train.loop import seed_everything, train_seed
@@ -252,9 +252,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     graph = data.graph
     if getattr(config, "rung_weights", None) is not None and len(config.rung_weights) != len(data.layers):
         raise InputError(f"--rung-weights: {len(config.rung_weights)} weights for {len(data.layers)} rungs {data.layers}")
-    if graph.num_classes < 2:
-        raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
-    splits = {s: resolve_split(graph, config.split, s) for s in config.seeds}  # refuse bad splits before training
+    splits = training_splits(graph, config.split, config.seeds)
     tuning = data.manifest.get("model_tuning")
     if tuning and any(s != tuning.get("seed") or config.split != tuning.get("split") for s in config.seeds):
         warn(f"cache {config.cache}: its LLM was tuned on the training labels of seed {tuning.get('seed')}'s split "

@@ -53,6 +53,25 @@ def test_random_split_is_seeded_and_disjoint(cora):
     assert len(np.intersect1d(a["train"], a["test"])) == 0
 
 
+def test_the_default_split_is_the_column_else_the_files_else_random(write_graph):
+    from pipeline.core.graph import load_graph
+    from stage2_train.data import default_split
+
+    ids = list(range(20))
+    nodes = {"node_id": ids, "text": [f"text {i}" for i in ids], "label": [str(i % 2) for i in ids]}
+    edges = {"src": [0], "dst": [1]}
+    bare = load_graph(write_graph(nodes, edges, name="bare"))
+    assert default_split(bare) == "random:0.6,0.2,0.2"
+    for seed in (0, 1):  # what the default resolves to is the random split of that seed
+        got, want = resolve_split(bare, None, seed), resolve_split(bare, "random:0.6,0.2,0.2", seed)
+        assert all(np.array_equal(got[k], want[k]) for k in ("train", "val", "test"))
+    assert [len(v) for v in resolve_split(bare, None, 0).values()] == [12, 4, 4]
+    files = load_graph(write_graph(nodes, edges, name="files", splits={"random_60_20_20_seed0": {"train": ids[:10], "val": ids[10:15], "test": ids[15:]}}))
+    assert default_split(files) == "random_60_20_20" and [len(v) for v in resolve_split(files, None, 0).values()] == [10, 5, 5]
+    column = load_graph(write_graph({**nodes, "split": ["train"] * 14 + ["val"] * 3 + ["test"] * 3}, edges, name="column"))
+    assert default_split(column) == "column" and [len(v) for v in resolve_split(column, None, 0).values()] == [14, 3, 3]
+
+
 def test_unknown_split_lists_the_known_ones(cora):
     with pytest.raises(InputError, match=r"--split nope: graph 'cora' has no split 'nope' or 'nope_seed0' \(known: planetoid_public, random_60_20_20"):
         resolve_split(cora, "nope", 0)

@@ -291,3 +291,19 @@ def test_exit_policy_is_chosen_on_validation_and_stored(small):
     assert np.isclose(choice["layer_fraction"], fraction(choice["policy"]))
     # baselines have no exit rungs: nothing stored
     assert run(_cfg(small, "mlp_exit", arch="mlp", epochs=1))["exit_policy"] is None
+
+
+def test_a_graph_without_splits_trains_on_a_seeded_random_split(cli, write_graph, tmp_path):
+    ids = list(range(20))
+    graph = write_graph({"node_id": ids, "text": [f"paper {i} about topic {i % 2}" for i in ids], "label": [str(i % 2) for i in ids]},
+                        {"src": ids[:-1], "dst": ids[1:]}, name="bare")
+    cache, run_dir = tmp_path / "bare.zarr", tmp_path / "run"
+    assert cli("encode", graph, "--out", cache, "--model", "minilm-l6", "--max-length", "8", "--device", "cpu").exit_code == 0
+    result = cli("train", cache, "--out", run_dir, "--epochs", "2", "--hidden-channels", "16", "--num-threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "split: random:0.6,0.2,0.2 (the default for graph 'bare'; --split chooses another)\n" in result.stderr
+    explicit = cli("train", cache, "--out", tmp_path / "explicit", "--epochs", "2", "--hidden-channels", "16", "--num-threads", "1",
+                   "--split", "random:0.6,0.2,0.2")
+    assert explicit.exit_code == 0 and "split: " not in explicit.stderr
+    # the same split, so the same training: identical weights
+    assert (run_dir / "seed_0" / "model.safetensors").read_bytes() == (tmp_path / "explicit" / "seed_0" / "model.safetensors").read_bytes()
