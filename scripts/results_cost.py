@@ -134,7 +134,7 @@ def main() -> None:
     if args.keep is not None:
         earlier = json.loads(args.keep.read_text())
         kept = [r for r in earlier["rows"] if r["model"] in args.keep_model]  # each names its source
-        order = {g: i for i, g in enumerate(dict.fromkeys(r["graph"] for r in earlier["rows"] + rows))}
+        order = {g: i for i, g in enumerate(dict.fromkeys(r["graph"] for r in rows + earlier["rows"]))}  # as --row gives them
         rows = sorted(rows + kept, key=lambda r: order[r["graph"]])  # stable: each graph's fresh rows first
     sources = sorted({r["source"] for r in rows})
     write(args.out, {"table": "cost", "settings": args.settings, "source": "; ".join(sources), "rows": rows})
