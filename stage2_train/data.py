@@ -86,12 +86,16 @@ def default_split(graph: TextGraph) -> str:
 
 def training_splits(graph: TextGraph, spec: str | None, seeds) -> dict[int, dict[str, np.ndarray]]:
     """Every seed's split (:func:`resolve_split`), refused before any training when the graph
-    has fewer than 2 classes or a seed's split is unusable; says which split the default is."""
+    has fewer than 2 classes or a seed's split is unusable."""
     if graph.num_classes < 2:
         raise InputError(f"graph '{graph.name}': needs at least 2 label classes to train, found {graph.num_classes}")
+    return {s: resolve_split(graph, spec, s) for s in seeds}
+
+
+def log_default_split(graph: TextGraph, spec: str | None) -> None:
+    """Say which split a run without ``--split`` trains on (once its checks have passed)."""
     if spec is None:
         log(f"split: {default_split(graph)} (the default for graph '{graph.name}'; --split chooses another)")
-    return {s: resolve_split(graph, spec, s) for s in seeds}
 
 
 def resolve_split(graph: TextGraph, spec: str | None, seed: int) -> dict[str, np.ndarray]:

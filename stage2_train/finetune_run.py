@@ -37,7 +37,7 @@ def run_finetune(config: TrainConfig) -> dict:
     from stage2_train import cache_binding
     from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, load_warm_start, split_cost, warm_start_weights
-    from stage2_train.data import training_splits
+    from stage2_train.data import log_default_split, training_splits
     from stage2_train.finetune_loop import TextBatches, epoch_batches, train_finetune_seed
     from stage2_train.finetune_model import build_classifier
     from stage2_train.ledger import PeakMemory, count_backward_params, count_trainable, ledger
@@ -74,6 +74,7 @@ def run_finetune(config: TrainConfig) -> dict:
     if config.init is not None:  # refuse a run that cannot warm-start this one before loading the LLM
         init_weights(config.seeds[0])
     results, sizes, costs, counted = [], {}, [], {"backward": state.backward_params}
+    log_default_split(graph, config.split)
     with CheckpointWriter(config.out, config.overwrite) as writer:
         writer.write_config(resolved, manifest, flag_values(config))
         on_epoch = state.recorder(writer)

@@ -234,7 +234,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     from stage2_train.cache_binding import identity_of
     from stage2_train.checkpoint import CheckpointWriter, build_model, split_cost
     from stage2_train.resume import kill_point
-    from stage2_train.data import open_train_data, training_splits
+    from stage2_train.data import open_train_data, log_default_split, training_splits
     from stage2_train.distributed import NoWriter, ShardFeatures, load_share
     from stage2_train.features import open_run_features
     from stage2_train.loop import seed_everything, train_seed
@@ -289,6 +289,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     # --- loop, one model per seed; RUN.resume keeps what a rerun of the same command continues from
     reset_peak_memory(config.device)
     results, sizes, costs, backward = [], {}, [], state.backward_params
+    log_default_split(graph, config.split)
     with CheckpointWriter(config.out, config.overwrite) if group is None or group.is_main else NoWriter() as writer:
         writer.write_config(resolved, data.manifest, flag_values(config))
         on_epoch = state.recorder(writer)

@@ -297,21 +297,21 @@ def test_a_folder_that_is_not_a_cache_is_not_called_damaged(tmp_path, cli) -> No
     assert f"{folder}: not an encode cache" in text and "--overwrite" not in text and "damaged" not in text, text
 
 
-def test_run_without_split_files_fails_before_encoding(tmp_path, cli) -> None:
+def test_run_without_splits_trains_on_a_random_split_and_an_unknown_split_fails_before_encoding(tmp_path, cli) -> None:
     own = write_cora_slice(tmp_path / "own", 20).source
     split_free = tmp_path / "plain"
     shutil.copytree(own, split_free)
-    import pyarrow as pa
-
     nodes = pq.read_table(split_free / "nodes.parquet").drop(["split"])
     pq.write_table(nodes, split_free / "nodes.parquet")
     out = tmp_path / "job"
-    result = cli("run", "--dataset", split_free, "--out", out, "--model", "minilm-l6", "--device", "cpu")
+    result = cli("run", "--dataset", split_free, "--out", out, "--model", "minilm-l6", "--device", "cpu", "--split", "random_60_20_20")
     assert result.exit_code == 2, result.output
     assert "--split random_60_20_20: graph" in plain(result.output) and not out.exists()
     result = cli("run", "--dataset", tmp_path / "missing", "--out", out, "--model", "minilm-l6", "--device", "cpu")
     assert result.exit_code == 2 and not out.exists(), result.output
-    assert pa is not None
+    result = cli("run", "--dataset", split_free, "--out", out, "--model", "minilm-l6", "--device", "cpu", "--epochs", "2", "--baselines", "none")
+    assert result.exit_code == 0, result.output
+    assert "split: random:0.6,0.2,0.2 (the default for graph 'plain'; --split chooses another)" in result.stderr
 
 
 def _unmark_last_block(old: Path) -> None:  # an encode that stopped before its last block's mark
