@@ -21,6 +21,7 @@ from pipeline.core.options import config_file_name, device_option, option, out_o
 from pipeline.core.progress import log
 from stage1_encode.config import model_option
 from stage1_encode.models import DEFAULT_MODEL
+from stage2_train.config import split_option
 
 BASELINES = ("mlp", "gcn", "sage")
 
@@ -48,10 +49,7 @@ class MainJobConfig:
         "`pipeline encode` defaults to 256 (full abstracts).",
     )
     layers: str | None = option(None, "Rungs to cache: all, 0,5,10,... or every:K (default: ~7 spread evenly).")
-    split: str | None = option(  # None: stage2_train.data.default_split
-        None, "Split name (seed i uses NAME_seed{i}), column, or random:0.6,0.2,0.2. Default: the split column, else the graph's "
-        "random_60_20_20 files, else random:0.6,0.2,0.2.",
-    )
+    split: str | None = split_option()
     seeds: tuple[int, ...] = seeds_option((0,), "Comma-separated seeds; one model per seed.")
     epochs: int = option(200, "Maximum training epochs (early stopping on validation).")
     baselines: tuple[str, ...] = option(

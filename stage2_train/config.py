@@ -54,6 +54,16 @@ HOPS_HELP = "ego: neighbourhood radius in hops (--hops 1 --fanout 0 is the refer
 FANOUT_HELP = "ego: keep at most this many neighbours per node and hop (a seeded random subset); 0 keeps all."
 
 
+def split_option() -> Any:
+    """``--split`` of train and run; None: ``stage2_train.data.default_split``."""
+    return option(
+        None,
+        "column (the graph's split column), a split name (e.g. random_60_20_20, planetoid_public; NAME_seed{i} is used for "
+        "seed i), or random:0.6,0.2,0.2. Default: the split column, else the graph's random_60_20_20 files, else random:0.6,0.2,0.2.",
+    )
+
+
+
 class _ByArch(type):
     """``TrainConfig(**flags)`` builds the concrete config of ``flags["arch"]`` (see the module docstring)."""
 
@@ -96,11 +106,7 @@ class TrainConfig(metaclass=_ByArch):
         "lora, ia3, prefix (peft adapters on the frozen LLM) or finetune (every LLM weight trained: small models only).",
         choices=ARCHS,
     )
-    split: str | None = option(  # None: the split column, else the graph's random_60_20_20 files
-        None,
-        "column (the graph's split column; default when present), a split name (e.g. random_60_20_20, planetoid_public; "
-        "NAME_seed{i} is used for seed i), or random:0.6,0.2,0.2. Default: the split column, else the graph's random_60_20_20 files, else random:0.6,0.2,0.2.",
-    )
+    split: str | None = split_option()
     seeds: tuple[int, ...] = seeds_option()
     epochs: int | None = option(None, "Maximum epochs (default 200; 3 for the fine-tuning archs).")
     patience: int | None = option(

@@ -102,14 +102,15 @@ def train_finetune_seed(model, texts: TextBatches, split: dict[str, np.ndarray],
             y = torch.as_tensor(labels[b], device=device)
             logits = model(texts(b))[0]  # (B, C)
             loss = F.cross_entropy(logits, y)
-            stop_if_diverged(loss.item(), seed, epoch, cfg)  # each batch: an LLM epoch is long
+            loss_value = loss.item()
+            stop_if_diverged(loss_value, seed, epoch, cfg)  # each batch: an LLM epoch is long
             if on_first_loss is not None:
                 on_first_loss(loss)
                 on_first_loss = None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * len(b)
+            loss_sum += loss_value * len(b)
             hits += int((logits.argmax(-1) == y).sum())
             seen += len(b)
             if tracker is not None:
