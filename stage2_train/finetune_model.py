@@ -58,9 +58,14 @@ class TextClassifier(nn.Module):
         self.arch, self.pooling = arch, pooling
         self.stepper = LayerStepper(loaded)  # tokenization and padding as `pipeline encode` does them
         if arch in PEFT_ARCHS:
+            import warnings
+
             from peft import get_peft_model
 
-            self.llm = get_peft_model(loaded.model, peft_config(arch, self.stepper.family))
+            with warnings.catch_warnings():
+                # peft probes transformers' deprecated alias; the warning is noise in every run's log
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                self.llm = get_peft_model(loaded.model, peft_config(arch, self.stepper.family))
         else:
             self.llm = loaded.model.requires_grad_(True)
         self.dropout = nn.Dropout(dropout)

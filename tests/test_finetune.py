@@ -7,6 +7,7 @@ Real parts on a small slice: the built-in MiniLM-L6 (22M parameters) on 40 Cora 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,10 @@ def test_arch_trains_and_keeps_base_weights(slice_cache, tmp_path, arch):
     _, cache = slice_cache
     cfg = _config(cache, tmp_path / "unused", arch, epochs=6, patience=6)
     seed_everything(0)
-    model, texts, graph = _classifier_and_texts(cache, arch, cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, texts, graph = _classifier_and_texts(cache, arch, cfg)
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []  # a clean log
     split = resolve_split(graph, None, 0)
     lines: list[dict] = []
     r = train_finetune_seed(model, texts, split, np.asarray(graph.labels), cfg, 0, lines.append)
