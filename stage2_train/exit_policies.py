@@ -26,7 +26,6 @@ import torch
 
 from pipeline.core.errors import InputError
 
-FALLBACK_EXIT = "none"  # runs trained before `pipeline train` chose an exit policy on validation: full depth, no surprise drop
 EXIT_FLAG = "--exit"
 KINDS = ("patience", "confidence", "layer", "none")
 
@@ -229,11 +228,28 @@ def describe_choice(choice: dict) -> str:
 
 def resolve_exit(given: str | None, checkpoint) -> tuple[str, str]:
     """The policy ``pipeline infer`` runs and why: ``--exit`` when given, else the one the run
-    chose (or was fixed to) for the checkpoint's seed, else full depth for a run that stores none."""
+    chose (or was fixed to) for the checkpoint's seed. Every G-Ladder run stores one per seed, so
+    a missing or unreadable one is damage, refused with its file (exit 2), never guessed."""
     if given is not None:
         return given, "given with --exit"
-    for row in checkpoint.summary.get("per_seed", []):
-        if row.get("seed") == checkpoint.seed and row.get("exit_policy"):
-            return row["exit_policy"]["policy"], f"the run's choice for seed {checkpoint.seed}: " + describe_choice(row["exit_policy"])
-    return FALLBACK_EXIT, (f"full depth: run {checkpoint.path} holds no exit policy chosen on validation "
-                           "(trained before `pipeline train` chose one); pass --exit to pick one")
+    from pipeline.core import guarded
+    from stage2_train.checkpoint import SUMMARY, retrain_hint
+
+    seed, where = checkpoint.seed, checkpoint.path / SUMMARY
+    rebuild = f"{retrain_hint(checkpoint.path, checkpoint.config)}, or pass --exit to choose a policy"
+    rows = checkpoint.summary.get("per_seed")
+    row = next((r for r in rows if isinstance(r, dict) and r.get("seed") == seed), None) if isinstance(rows, list) else None
+    choice = row.get("exit_policy") if row is not None else None
+    if not isinstance(choice, dict):
+        raise guarded.damaged(where, f"holds no exit policy for seed {seed} (damaged or not written by this pipeline)", rebuild)
+    try:
+        parse_exit(str(choice.get("policy")), num_rungs=len(checkpoint.layers))
+    except InputError:
+        raise guarded.damaged(where, f"the exit policy of seed {seed}, {choice.get('policy')!r}, is not a policy for this run's "
+                                     f"{len(checkpoint.layers)} rungs (damaged or not written by this pipeline)", rebuild) from None
+    try:
+        why = describe_choice(choice)
+    except (KeyError, TypeError, ValueError) as err:
+        raise guarded.damaged(where, f"the exit policy of seed {seed} lacks its validation record ({type(err).__name__}: {err}; "
+                                     "damaged or not written by this pipeline)", rebuild) from None
+    return choice["policy"], f"the run's choice for seed {seed}: {why}"

@@ -58,7 +58,8 @@ class Result:
 def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     """Load and cross-check checkpoint, graph, model and cache; refusals raise InputError.
 
-    ``exit_spec`` is checked against the checkpoint's rungs before the LLM is loaded.
+    The policy infer runs (``exit_spec``, else the run's stored one) is checked against the
+    checkpoint's rungs before the LLM is loaded.
     """
     from pipeline.core.graph import load_graph
     from stage2_train.checkpoint import load_checkpoint
@@ -69,8 +70,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     ckpt = load_checkpoint(config.checkpoint, seed=config.seed, device="cpu")  # the ladder is tiny: CPU; the LLM on --device
     if ckpt.config["model"]["arch"] != "ladder":
         raise InputError(f"--checkpoint {config.checkpoint}: a '{ckpt.config['model']['arch']}' baseline has no exit rungs; infer needs a G-Ladder run (`pipeline train CACHE --arch ladder`)")
-    if exit_spec is not None:
-        parse_exit(exit_spec, num_rungs=len(ckpt.layers))
+    parse_exit(resolve_exit(exit_spec, ckpt)[0], num_rungs=len(ckpt.layers))  # the given or stored policy
     graph = load_graph(ckpt.graph_source)
     if ckpt.config.get("graph_fingerprint") not in (None, graph.fingerprint):
         raise InputError(f"--checkpoint {config.checkpoint}: graph '{ckpt.graph_source}' changed since training (fingerprint differs); retrain on the current graph")
@@ -209,7 +209,7 @@ def run(config: InferConfig) -> dict:
         from stage3_infer.parts import start_part
 
         start_part(config.out, flag_values(config), parse_shard(config.shard)[1])
-    session = open_session(config, exit_spec=config.exit)  # a given --exit is checked before the LLM loads
+    session = open_session(config, exit_spec=config.exit)
     ckpt = session.checkpoint
     exit_spec, why = resolve_exit(config.exit, ckpt)
     policy = parse_exit(exit_spec, num_rungs=len(session.layers))

@@ -142,15 +142,23 @@ def test_default_policy_is_the_runs_choice_on_validation_and_said(trained, tmp_p
     assert f"exit policy {choice['policy']}: the run's choice for seed {ck.seed}" in " ".join(result.stderr.split())
     given = run(InferConfig(run_dir, tmp_path / "given", exit="patience:2", max_targets=3))
     assert given["policy"] == "patience:2" and given["policy_source"] == "given with --exit"
-    # a run trained before the choice was stored: full depth, and why
-    old = tmp_path / "old_run"
-    shutil.copytree(run_dir, old)
-    s = json.loads((old / "summary.json").read_text())
-    (old / "summary.json").write_text(json.dumps({**s, "per_seed": [{k: v for k, v in r.items() if k != "exit_policy"} for r in s["per_seed"]]}))
-    fallback = run(InferConfig(old, tmp_path / "fallback", max_targets=3))
-    assert fallback["policy"] == "none" and fallback["policy_source"] == (
-        f"full depth: run {old} holds no exit policy chosen on validation (trained before `pipeline train` chose one); "
-        "pass --exit to pick one")
+    # a stored policy that is missing or unreadable is damage: refused before the LLM loads, never guessed
+    stored = json.loads((run_dir / "summary.json").read_text())
+    rebuild = f"retrain it with `pipeline train {ck.config['cache']} --out {{run}} --overwrite`, or pass --exit to choose a policy\n"
+    for name, edit, problem in [
+        ("missing", lambda r: {k: v for k, v in r.items() if k != "exit_policy"}, f"holds no exit policy for seed {ck.seed}"),
+        ("bogus", lambda r: {**r, "exit_policy": {**r["exit_policy"], "policy": "layer:9"}},
+         f"the exit policy of seed {ck.seed}, 'layer:9', is not a policy for this run's {len(ck.layers)} rungs"),
+        ("unrecorded", lambda r: {**r, "exit_policy": {"policy": "none"}},
+         f"the exit policy of seed {ck.seed} lacks its validation record (KeyError: 'rule'; damaged or not written by this pipeline)"),
+    ]:
+        damaged = tmp_path / name
+        shutil.copytree(run_dir, damaged)
+        (damaged / "summary.json").write_text(json.dumps({**stored, "per_seed": [edit(r) if r["seed"] == ck.seed else r for r in stored["per_seed"]]}))
+        suffix = "" if name == "unrecorded" else " (damaged or not written by this pipeline)"
+        assert _refused(cli, tmp_path / f"{name}_pred", "--checkpoint", damaged) == (
+            f"Error: {damaged / 'summary.json'}: {problem}{suffix}; {rebuild.format(run=damaged)}")
+        assert run(InferConfig(damaged, tmp_path / f"{name}_given", exit="none", max_targets=3))["policy"] == "none"  # --exit still serves
 
 
 def _refused(cli, out, *args):
