@@ -43,9 +43,10 @@ from torch import nn
 from pipeline.core import atomic, guarded, ownership
 from pipeline.core.errors import InputError
 from pipeline.core.format_version import FORMAT_VERSION, check_version
+from pipeline.core.options import SEED_MAX
 from pipeline.core.config_file import save_resolved_config
 from pipeline.core.options import config_file_name
-from stage2_train.config import CACHE_ARCHS
+from stage2_train.config import CACHE_ARCHS, SAMPLER_SETTINGS, SAMPLERS, sampler_problems
 CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "checkpoint.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
 COST = "cost.json"
 FLAGS = config_file_name("train")
@@ -142,8 +143,8 @@ class CheckpointWriter:
         return self.staged.commit(ownership.replacer("run", "--out", self.overwrite))
 
 
-CONFIG_KEYS = ("model", "layers", "label_names", "cache", "graph_source")
-SAMPLER_KEYS = ("sampler", "fanout", "num_walks", "walk_length", "restart_p")  # of the runs trained on cached states
+CONFIG_KEYS = ("model", "layers", "label_names", "cache", "graph_source", "graph_fingerprint")
+SAMPLER_KEYS = ("sampler", *SAMPLER_SETTINGS)  # of the runs trained on cached states
 
 
 def retrain_hint(path: Path, config: dict | None = None) -> str:
@@ -240,26 +241,28 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
     path, config, summary = run.path, run.config, run.summary
     hint = retrain_hint(path, config)
     guarded.require(config, CONFIG_KEYS, path / run.config_file, hint)
-    if isinstance(config["model"], dict) and config["model"].get("arch") in CACHE_ARCHS:
-        guarded.require(config, SAMPLER_KEYS, path / run.config_file, hint)
+    if not isinstance(config["model"], dict):
+        raise guarded.damaged(path / run.config_file, f"its \"model\" entry {config['model']!r} is not a description of a network", hint)
+    sampler = stored_sampler(config, path / run.config_file, hint) if config["model"].get("arch") in CACHE_ARCHS else None
+    check_stored_values(config, path / run.config_file, hint)
+    layers, label_names = stored_layers(config, path / run.config_file, hint), stored_label_names(config, path / run.config_file, hint)
     guarded.require(summary, ("default_seed",), path / SUMMARY, hint)
-    try:
-        seed = int(summary["default_seed"] if seed is None else seed)
-    except (TypeError, ValueError):
-        raise guarded.damaged(path / SUMMARY, f"default_seed {summary['default_seed']!r} is not a seed", hint) from None
+    if seed is None:
+        seed = summary["default_seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+            raise guarded.damaged(path / SUMMARY, f"default_seed {seed!r} is not a seed", hint)
     weights = path / f"seed_{seed}" / WEIGHTS
     if not weights.is_file():
         have = sorted(p.name for p in path.glob("seed_*"))
         raise InputError(f"checkpoint {path}: no weights for seed {seed} ({weights.name}; have {have}); train it with `pipeline train ... --seeds {seed}`")
     try:
         model = build_model(config["model"], device)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise guarded.damaged(path / run.config_file, f"its \"model\" entry cannot build a network ({type(err).__name__}: {err})", hint) from None
     mismatch = load_weights(model, guarded.load_safetensors(weights, hint))
     if mismatch is not None:
         raise InputError(f"checkpoint {path}: weights {weights.relative_to(path)} do not match the network {run.config_file} describes "
                          f"({mismatch}); {hint}")
-    layers = list(config["layers"])
     depth = seed_depth(summary, seed, len(layers), path / SUMMARY, hint) if config["model"].get("arch") == "ladder" else len(layers)
     if depth < len(layers):  # --depth val: this seed answers with head depth - 1 and never climbs past it
         model.keep_rungs(depth)
@@ -271,22 +274,65 @@ def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cp
         manifest=run.manifest,
         seed=seed,
         layers=layers,
-        label_names=list(config["label_names"]),
+        label_names=label_names,
         cache_path=Path(config["cache"]),
         graph_source=str(config["graph_source"]),
         # the graph sampler of a run trained on cached states; a fine-tuning run reads each node's text alone
-        sampler=({"mode": config["sampler"], "hops": config["hops"], **{k: config[k] for k in SAMPLER_KEYS[1:]}}
-                 if "sampler" in config else None),
+        sampler=sampler,
         summary=summary,
         path=path,
     )
 
 
+def stored_sampler(config: dict, where: Path, hint: str) -> dict:
+    """``Sampler`` keyword arguments from a run's stored settings, refused as damage unless they
+    are settings ``pipeline train`` accepts (a changed sampler would silently change answers)."""
+    guarded.require(config, SAMPLER_KEYS, where, hint)
+    problems = [] if config["sampler"] in SAMPLERS else [f"--sampler {config['sampler']!r}: not one of {', '.join(SAMPLERS)}"]
+    problems += sampler_problems(config)
+    if problems:
+        raise guarded.damaged(where, f"its sampler settings are not ones `pipeline train` writes ({'; '.join(problems)})", hint)
+    return {"mode": config["sampler"], **{k: config[k] for k in SAMPLER_SETTINGS}}
+
+
+def check_stored_values(config: dict, where: Path, hint: str) -> None:
+    """Refuse as damage the stored values infer reads that are not of the kind train writes."""
+    kinds = {"cache": (str,), "graph_source": (str,), "graph_fingerprint": (str,), "split": (str, type(None))}
+    for key, types in kinds.items():
+        if not isinstance(config.get(key), types):
+            raise guarded.damaged(where, f"its {key!r} {config.get(key)!r} is not {'a string' if types == (str,) else 'a string or null'}", hint)
+    batch = config.get("eval_batch_size", 512)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise guarded.damaged(where, f"its 'eval_batch_size' {batch!r} is not a positive integer", hint)
+
+
+def stored_layers(config: dict, where: Path, hint: str) -> list[int]:
+    """The run's LLM state indices (its rungs, bottom up): distinct integers >= 0, or refused as damage."""
+    layers = config["layers"]
+    if (not isinstance(layers, list) or not layers or len(set(map(repr, layers))) != len(layers)
+            or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers)):
+        raise guarded.damaged(where, f"its \"layers\" {layers!r} are not distinct LLM state indices", hint)
+    return list(layers)
+
+
+def stored_label_names(config: dict, where: Path, hint: str) -> list[str]:
+    """The run's class names, one per output of its head: distinct strings, or refused as damage."""
+    names, outputs = config["label_names"], config["model"].get("out_channels")
+    if (not isinstance(names, list) or not names or any(not isinstance(n, str) for n in names) or len(set(names)) != len(names)
+            or (isinstance(outputs, int) and len(names) != outputs)):
+        raise guarded.damaged(where, f"its \"label_names\" are not {outputs if isinstance(outputs, int) else 'the'} distinct class names "
+                                     "of its head", hint)
+    return list(names)
+
+
 def seed_depth(summary: dict, seed: int, num_rungs: int, where: Path, hint: str) -> int:
-    """The rungs seed ``seed`` keeps (``per_seed[...]["depth"]``; runs without it keep all);
-    a value that is not a rung count of this ladder is refused as damage."""
-    row = next((r for r in summary.get("per_seed") or [] if isinstance(r, dict) and r.get("seed") == seed), {})
-    depth = row.get("depth", num_rungs)
+    """The rungs seed ``seed`` keeps (``per_seed[...]["depth"]``, which every ladder run stores);
+    a missing row or a value that is not a rung count of this ladder is refused as damage."""
+    rows = summary.get("per_seed")
+    row = next((r for r in rows if isinstance(r, dict) and r.get("seed") == seed), None) if isinstance(rows, list) else None
+    if row is None:
+        raise guarded.damaged(where, f"holds no results for seed {seed} (damaged or not written by this pipeline)", hint)
+    depth = row.get("depth")
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= num_rungs:
         raise guarded.damaged(where, f"seed {seed}'s depth {depth!r} is not a rung count in 1..{num_rungs}", hint)
     return depth

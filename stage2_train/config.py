@@ -267,16 +267,12 @@ class CacheTrainConfig(TrainConfig):
         super().check(errs)
         errs.check(self.hidden_channels > 0, f"--hidden-channels {self.hidden_channels}: must be > 0")
         errs.check(1 <= self.num_layers <= 4, f"--num-layers {self.num_layers}: must be 1..4")
-        errs.check(self.fanout >= 0, f"--fanout {self.fanout}: must be >= 0 (0 keeps every neighbour)")
-        errs.check(1 <= self.hops <= 3, f"--hops {self.hops}: must be 1..3")
-        errs.check(0 <= self.restart_p < 1, f"--restart-p {self.restart_p}: must be in [0, 1)")
-        errs.check(self.num_walks > 0 and self.walk_length > 0, "--num-walks/--walk-length: must be > 0")
+        for problem in sampler_problems({name: getattr(self, name) for name in SAMPLER_SETTINGS}):
+            errs.add(problem)
         errs.check(0 < self.dist_timeout <= MAX_DIST_TIMEOUT_S,
                    f"--dist-timeout {self.dist_timeout}: must be > 0 and at most {MAX_DIST_TIMEOUT_S} seconds (a week)")
         errs.check(self.memory_budget is None or self.memory_budget > 0, f"--memory-budget {self.memory_budget}: must be > 0 bytes")
-        for flag, value, most in (("--hidden-channels", self.hidden_channels, MAX_HIDDEN), ("--fanout", self.fanout, MAX_FANOUT),
-                                  ("--num-walks", self.num_walks, MAX_WALK), ("--walk-length", self.walk_length, MAX_WALK)):
-            errs.check(value <= most, f"{flag} {value}: must be <= {most}")
+        errs.check(self.hidden_channels <= MAX_HIDDEN, f"--hidden-channels {self.hidden_channels}: must be <= {MAX_HIDDEN}")
         sampler = self.resolved_sampler
         for name, samplers in SAMPLER_OPTIONS.items():
             if sampler not in samplers and getattr(self, name) != _field_default(_FIELDS[name]):
@@ -285,6 +281,34 @@ class CacheTrainConfig(TrainConfig):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "sampler": self.resolved_sampler}
+
+
+SAMPLER_SETTINGS = ("hops", "fanout", "num_walks", "walk_length", "restart_p")  # beside the sampler's name
+
+
+def sampler_problems(settings: dict) -> list[str]:
+    """What is wrong with the graph sampler's ``SAMPLER_SETTINGS``, a line each naming its flag
+    (empty: none). The one rule for ``pipeline train``'s flags and a run's stored settings."""
+    problems = []
+    for name in SAMPLER_SETTINGS:
+        value, kind = settings.get(name), float if name == "restart_p" else int
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            problems.append(f"{_flag(name)} {value!r}: must be {'a number' if kind is float else 'an integer'}")
+    if problems:
+        return problems
+    hops, fanout, walks, length, restart = (settings[name] for name in SAMPLER_SETTINGS)
+    for ok, problem in (
+        (fanout >= 0, f"--fanout {fanout}: must be >= 0 (0 keeps every neighbour)"),
+        (1 <= hops <= 3, f"--hops {hops}: must be 1..3"),
+        (0 <= restart < 1, f"--restart-p {restart}: must be in [0, 1)"),
+        (walks > 0 and length > 0, "--num-walks/--walk-length: must be > 0"),
+        (fanout <= MAX_FANOUT, f"--fanout {fanout}: must be <= {MAX_FANOUT}"),
+        (walks <= MAX_WALK, f"--num-walks {walks}: must be <= {MAX_WALK}"),
+        (length <= MAX_WALK, f"--walk-length {length}: must be <= {MAX_WALK}"),
+    ):
+        if not ok:
+            problems.append(problem)
+    return problems
 
 
 # CacheTrainConfig field -> the samplers (resolved_sampler) that read it

@@ -35,6 +35,8 @@ Shapes: n nodes in the batch of subgraphs, B targets, S rungs, H LLM width, K si
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -139,6 +141,8 @@ class GLadder(nn.Module):
         super().__init__()
         require_choice("readout", readout, READOUTS)
         require_choice("rung_grad", rung_grad, RUNG_GRADS)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+            raise ValueError(f"temperature {temperature!r}: must be a finite number > 0")
         K = hidden_channels
         self.readout, self.rung_grad = readout, rung_grad
         self.scaler = StateScaler(num_rungs, in_channels) if standardize else None

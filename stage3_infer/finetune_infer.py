@@ -20,7 +20,7 @@ from pipeline.core.options import flag_values
 from pipeline.core.progress import log, progress
 from stage3_infer.config import InferConfig
 from stage3_infer.predictions import Predictions, summarize, write_outputs
-from stage3_infer.run import no_targets_reason
+from stage3_infer.run import no_targets_reason, require_trained_graph
 
 
 def run_finetune_infer(config: InferConfig) -> dict:
@@ -33,6 +33,7 @@ def run_finetune_infer(config: InferConfig) -> dict:
     ckpt = load_checkpoint(config.checkpoint, seed=config.seed, device=config.device)
     model = ckpt.model
     graph = load_graph(ckpt.graph_source)
+    require_trained_graph(ckpt, graph, config.checkpoint)
     g = InferGraph(graph, graph.num_nodes)
     if config.nodes is not None:
         g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)

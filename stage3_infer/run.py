@@ -55,6 +55,12 @@ class Result:
     wall_time_s: float
 
 
+def require_trained_graph(ckpt, graph, checkpoint: Path) -> None:
+    """Refuse a graph that changed since training: its split, and so which nodes are test, may differ."""
+    if ckpt.config["graph_fingerprint"] != graph.fingerprint:
+        raise InputError(f"--checkpoint {checkpoint}: graph '{ckpt.graph_source}' changed since training (fingerprint differs); retrain on the current graph")
+
+
 def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     """Load and cross-check checkpoint, graph, model and cache; refusals raise InputError.
 
@@ -72,8 +78,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
         raise InputError(f"--checkpoint {config.checkpoint}: a '{ckpt.config['model']['arch']}' baseline has no exit rungs; infer needs a G-Ladder run (`pipeline train CACHE --arch ladder`)")
     parse_exit(resolve_exit(exit_spec, ckpt)[0], num_rungs=len(ckpt.layers))  # the given or stored policy
     graph = load_graph(ckpt.graph_source)
-    if ckpt.config.get("graph_fingerprint") not in (None, graph.fingerprint):
-        raise InputError(f"--checkpoint {config.checkpoint}: graph '{ckpt.graph_source}' changed since training (fingerprint differs); retrain on the current graph")
+    require_trained_graph(ckpt, graph, config.checkpoint)
     g = InferGraph(graph, graph.num_nodes)
     if config.nodes is not None:
         g = add_new_nodes(graph, config.nodes, config.edges, ckpt.label_names)
@@ -106,7 +111,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
         checkpoint=ckpt, g=g, stepper=stepper, sampler=sampler, cached=cached, layers=list(ckpt.layers),
         pooling=manifest.get("pooling", "mean"), max_length=int(manifest.get("max_length", 256)),
         batch_tokens=config.batch_tokens, batch_size=config.batch_size, batch_invariant=config.batch_invariant, storage_dtype=manifest.get("storage_dtype", "float16"), device=device, compute_dtype=dtype,
-        sample_batch=int(ckpt.config.get("eval_batch_size", 512)),
+        sample_batch=ckpt.config.get("eval_batch_size", 512),
     )
 
 

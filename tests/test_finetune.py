@@ -7,6 +7,7 @@ Real parts on a small slice: the built-in MiniLM-L6 (22M parameters) on 40 Cora 
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -185,6 +186,15 @@ def test_infer_full_depth_and_early_exit_refused(lora_run, tmp_path, cli):
     assert (f"--exit patience:1: {lora_run} is a fine-tuning run (--arch lora), which has no exit rungs and predicts "
             "at full depth only; pass --exit none or leave --exit out") in result.output
     assert not (tmp_path / "p2").exists()
+    # a graph that changed since training would move the split: which nodes are test
+    moved = tmp_path / "moved_run"
+    shutil.copytree(lora_run, moved)
+    config = json.loads((moved / "checkpoint.json").read_text())
+    (moved / "checkpoint.json").write_text(json.dumps({**config, "graph_fingerprint": "0" * 64}))
+    result = cli("infer", "--checkpoint", moved, "--out", tmp_path / "p3")
+    assert result.exit_code == 2 and not (tmp_path / "p3").exists()
+    assert result.stderr.endswith(f"Error: --checkpoint {moved}: graph '{config['graph_source']}' changed since training "
+                                  "(fingerprint differs); retrain on the current graph\n"), result.output
 
 
 def test_export_encode_equals_adapted_forward(lora_run, slice_cache, tmp_path):
