@@ -235,16 +235,24 @@ def read_run(path: str | Path) -> RunFiles:
     return RunFiles(path, config, config_file, manifest, summary, metrics)
 
 
+def read_checked_run(path: str | Path) -> RunFiles:
+    """:func:`read_run`, its description refused as damage unless it holds what infer reads, of the
+    kinds train writes (:data:`CONFIG_KEYS`, :func:`check_stored_values`)."""
+    run = read_run(path)
+    where, hint = run.path / run.config_file, retrain_hint(run.path, run.config)
+    guarded.require(run.config, CONFIG_KEYS, where, hint)
+    if not isinstance(run.config["model"], dict):
+        raise guarded.damaged(where, f"its \"model\" entry {run.config['model']!r} is not a description of a network", hint)
+    check_stored_values(run.config, where, hint)
+    return run
+
+
 def load_checkpoint(path: str | Path, seed: int | None = None, device: str = "cpu") -> Checkpoint:
     """Load and validate a run directory; what is missing is named with the command that creates it."""
-    run = read_run(path)
+    run = read_checked_run(path)
     path, config, summary = run.path, run.config, run.summary
     hint = retrain_hint(path, config)
-    guarded.require(config, CONFIG_KEYS, path / run.config_file, hint)
-    if not isinstance(config["model"], dict):
-        raise guarded.damaged(path / run.config_file, f"its \"model\" entry {config['model']!r} is not a description of a network", hint)
     sampler = stored_sampler(config, path / run.config_file, hint) if config["model"].get("arch") in CACHE_ARCHS else None
-    check_stored_values(config, path / run.config_file, hint)
     layers, label_names = stored_layers(config, path / run.config_file, hint), stored_label_names(config, path / run.config_file, hint)
     guarded.require(summary, ("default_seed",), path / SUMMARY, hint)
     if seed is None:

@@ -83,12 +83,12 @@ def ids_of(since: Path) -> np.ndarray:
     """Node ids an earlier version covered: those of an encode cache, or of the cache a training run read."""
     from stage1_encode.cache.manifest import MANIFEST_FILE
     from stage1_encode.cache.reader import open_cache
-    from stage2_train.checkpoint import SUMMARY, read_run
+    from stage2_train.checkpoint import SUMMARY, read_checked_run
 
     since = Path(since)
     cache = since
     if (since / SUMMARY).is_file():  # a training run: the cache it read
-        cache = Path(read_run(since).config["cache"])
+        cache = Path(read_checked_run(since).config["cache"])
         if not (cache / MANIFEST_FILE).is_file():
             raise InputError(f"--new-only {since}: the run's cache {cache} is gone; give an encode cache of that version instead")
     elif not (since / MANIFEST_FILE).is_file():

@@ -46,6 +46,17 @@ def test_new_only_with_no_new_node_writes_an_empty_valid_file(nights, tmp_path, 
     assert (report / "report.md").is_file()
 
 
+def test_new_only_refuses_a_run_whose_cache_entry_is_damaged(nights, tmp_path, cli) -> None:
+    since = tmp_path / "since_run"
+    shutil.copytree(nights.run1, since)
+    config = json.loads((since / "checkpoint.json").read_text())
+    (since / "checkpoint.json").write_text(json.dumps({**config, "cache": 7}))
+    result = cli("infer", "--checkpoint", nights.run1, "--out", tmp_path / "pred", "--new-only", since)
+    assert result.exit_code == 2 and not (tmp_path / "pred").exists(), result.output
+    assert result.stderr.endswith(f"Error: {since / 'checkpoint.json'}: its 'cache' 7 is not a string; retrain it with "
+                                  f"`pipeline train CACHE_DIR --out {since} --overwrite`\n"), result.output
+
+
 # ------------------------------------------------------------------- no silent no-ops
 NO_EFFECT = [  # (arch, field, value, the flag named, what it is for)
     ("lora", "hops", 1, "--hops", "ladder/mlp/gcn/sage"),
