@@ -46,6 +46,7 @@ from pipeline.core.format_version import FORMAT_VERSION, check_version
 from pipeline.core.options import SEED_MAX
 from pipeline.core.config_file import save_resolved_config
 from pipeline.core.options import config_file_name
+from stage1_encode.cache.manifest import MANIFEST_KEYS, check_manifest_values
 from stage2_train.config import CACHE_ARCHS, SAMPLER_SETTINGS, SAMPLERS, sampler_problems
 CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "checkpoint.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
 COST = "cost.json"
@@ -229,6 +230,8 @@ def read_run(path: str | Path) -> RunFiles:
     hint = retrain_hint(path, config)
     check_version(config, path / config_file, hint)
     summary, manifest = guarded.read_json(path / SUMMARY, hint), guarded.read_json(path / MANIFEST, hint)
+    guarded.require(manifest, MANIFEST_KEYS, path / MANIFEST, hint)  # the cache's manifest as training read it
+    check_manifest_values(manifest, path / MANIFEST, hint)
     if (path / COST).is_file():
         summary = merge_cost(summary, guarded.read_json(path / COST, hint))
     metrics = read_metrics(path) if (path / METRICS).is_file() else []

@@ -115,7 +115,46 @@ def read_manifest(path: str | Path) -> dict:
                          f"give a folder written by `pipeline encode GRAPH --out DIR`")
     check_cache_version(manifest, file, path, manifest)
     guarded.require(manifest, MANIFEST_KEYS, file, rebuild_hint(path))
+    check_manifest_values(manifest, file, rebuild_hint(path))
     return manifest
+
+
+def _count(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def manifest_problems(manifest: dict) -> list[str]:
+    """The fields of a manifest (one holding ``MANIFEST_KEYS``) that ``pipeline encode`` never
+    writes so, one line each (empty: none). A reader acts on these values: pooling, token
+    budget, layers and dtypes choose what the LLM computes again at infer time."""
+    from stage1_encode.cache.quantize import STORAGE_DTYPES
+    from stage1_encode.config import BACKENDS, POOLINGS
+    from stage1_encode.precision import COMPUTE_DTYPES
+
+    m, problems = manifest, []
+    for key, choices in (("pooling", POOLINGS), ("compute_dtype", COMPUTE_DTYPES), ("storage_dtype", STORAGE_DTYPES), ("backend", BACKENDS)):
+        if m[key] not in choices:
+            problems.append(f"{key} {m[key]!r} is not one of {', '.join(choices)}")
+    for key in ("model", "model_path", "weights_sha256", "tokenizer", "graph_source", "graph_fingerprint", "package_version"):
+        if not isinstance(m[key], str):
+            problems.append(f"{key} {m[key]!r} is not a string")
+    for key, least in (("max_length", 1), ("num_nodes", 0), ("hidden_size", 1), ("chunk_nodes", 1), ("block_nodes", 1),
+                       ("num_shards", 1), ("batch_tokens", 1)):
+        if not _count(m[key], least):
+            problems.append(f"{key} {m[key]!r} is not an integer >= {least}")
+    layers = m["layers"]
+    if not isinstance(layers, list) or not layers or not all(_count(i, 0) for i in layers) or len(set(layers)) != len(layers):
+        problems.append(f"layers {layers!r} are not distinct LLM state indices")
+    if not isinstance(m["completed_ranges"], list):
+        problems.append(f"completed_ranges {m['completed_ranges']!r} is not a list")
+    return problems
+
+
+def check_manifest_values(manifest: dict, file: Path, rebuild: str) -> None:
+    """Refuse as damage a manifest with a value ``pipeline encode`` never writes (:func:`manifest_problems`)."""
+    problems = manifest_problems(manifest)
+    if problems:
+        raise guarded.damaged(file, f"holds values `pipeline encode` never writes ({'; '.join(problems)})", rebuild)
 
 
 def claim(path: str | Path, overwrite: bool, inputs=()) -> bool:
