@@ -43,10 +43,9 @@ from torch import nn
 from pipeline.core import atomic, guarded, ownership
 from pipeline.core.errors import InputError
 from pipeline.core.format_version import FORMAT_VERSION, check_version
-from pipeline.core.options import SEED_MAX
 from pipeline.core.config_file import save_resolved_config
-from pipeline.core.options import config_file_name
-from stage1_encode.cache.manifest import MANIFEST_KEYS, check_manifest_values
+from pipeline.core.options import SEED_MAX, config_file_name
+from stage1_encode.cache.manifest import MANIFEST_KEYS, check_manifest_values, are_state_indices
 from stage2_train.config import CACHE_ARCHS, SAMPLER_SETTINGS, SAMPLERS, sampler_problems
 CONFIG, MANIFEST, METRICS, SUMMARY, WEIGHTS = "checkpoint.json", "manifest.json", "metrics.jsonl", "summary.json", "model.safetensors"
 COST = "cost.json"
@@ -320,8 +319,7 @@ def check_stored_values(config: dict, where: Path, hint: str) -> None:
 def stored_layers(config: dict, where: Path, hint: str) -> list[int]:
     """The run's LLM state indices (its rungs, bottom up): distinct integers >= 0, or refused as damage."""
     layers = config["layers"]
-    if (not isinstance(layers, list) or not layers or len(set(map(repr, layers))) != len(layers)
-            or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers)):
+    if not are_state_indices(layers):
         raise guarded.damaged(where, f"its \"layers\" {layers!r} are not distinct LLM state indices", hint)
     return list(layers)
 

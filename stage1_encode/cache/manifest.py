@@ -123,6 +123,12 @@ def _count(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def are_state_indices(layers) -> bool:
+    """Whether ``layers`` is what a cache or run stores as its LLM states: a non-empty list of
+    distinct integers >= 0."""
+    return isinstance(layers, list) and bool(layers) and all(_count(i, 0) for i in layers) and len(set(layers)) == len(layers)
+
+
 def manifest_problems(manifest: dict) -> list[str]:
     """The fields of a manifest (one holding ``MANIFEST_KEYS``) that ``pipeline encode`` never
     writes so, one line each (empty: none). A reader acts on these values: pooling, token
@@ -142,9 +148,8 @@ def manifest_problems(manifest: dict) -> list[str]:
                        ("num_shards", 1), ("batch_tokens", 1)):
         if not _count(m[key], least):
             problems.append(f"{key} {m[key]!r} is not an integer >= {least}")
-    layers = m["layers"]
-    if not isinstance(layers, list) or not layers or not all(_count(i, 0) for i in layers) or len(set(layers)) != len(layers):
-        problems.append(f"layers {layers!r} are not distinct LLM state indices")
+    if not are_state_indices(m["layers"]):
+        problems.append(f"layers {m['layers']!r} are not distinct LLM state indices")
     if not isinstance(m["completed_ranges"], list):
         problems.append(f"completed_ranges {m['completed_ranges']!r} is not a list")
     return problems
