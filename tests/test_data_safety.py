@@ -184,6 +184,42 @@ def test_a_missing_chunk_is_refused_reported_and_repaired(cli, sb):
     assert np.array_equal(reader.read(), original)  # the very same values, not zeros
 
 
+@pytest.mark.parametrize("content", [b"", b'{"format_version": 1, "nodes": [0, 8]}\n'], ids=["cut short", "another block's nodes"])
+def test_a_damaged_block_mark_is_refused_reported_and_repaired(cli, sb, content):
+    from stage1_encode.cache.manifest import completion_command
+    from stage1_encode.cache.reader import open_cache
+
+    original = open_cache(sb / "cache.zarr").read().copy()
+    mark = sb / "cache.zarr" / "blocks" / "000001.done"
+    mark.write_bytes(content)  # a writer killed inside the mark's write, or a mark copied over
+    problem = f"block mark {mark} is unreadable or names other nodes (cut short or damaged)"
+    fix = completion_command(json.loads((sb / "cache.zarr" / "manifest.json").read_text()), sb / "cache.zarr")
+    refused(cli("train", sb / "cache.zarr", "--out", sb / "r2", *SMALL),
+            f"cache {sb / 'cache.zarr'} is incomplete: 1 of 3 blocks missing (nodes 8-15), 1 of them damaged "
+            f"(block 1: {problem}); complete it with `{fix}`")
+    status = cli("encode", "--status", sb / "cache.zarr")
+    assert f"  damaged block 1: {problem}" in status.stdout and "blocks done 2/3" in status.stdout
+    repaired = cli("encode", sb / "graph", "--out", sb / "cache.zarr", *ENCODE)
+    assert repaired.exit_code == 0, repaired.output
+    assert f"warning: block 1: {problem}; re-encoding it" in repaired.stderr and "encoding 8 of 24 nodes" in repaired.stderr
+    assert json.loads(mark.read_text())["nodes"] == [8, 16]
+    assert np.array_equal(open_cache(sb / "cache.zarr").read(), original)
+    assert sorted(p.name for p in mark.parent.iterdir()) == ["000000.done", "000001.done", "000002.done"]  # no temporaries
+
+
+def test_a_killed_writers_half_written_mark_is_removed_when_its_block_is_redone(cli, sb):
+    from pipeline.core.atomic import temp_sibling
+
+    mark = sb / "cache.zarr" / "blocks" / "000001.done"
+    mark.unlink()  # killed before the mark's rename: the block is not done, its temporary left behind
+    left = temp_sibling(mark)
+    left = left.with_name(left.name.replace(f"-{os.getpid()}-", "-999999999-"))  # a writer that is gone
+    left.write_bytes(b'{"format_ver')
+    repaired = cli("encode", sb / "graph", "--out", sb / "cache.zarr", *ENCODE)
+    assert repaired.exit_code == 0 and "encoding 8 of 24 nodes" in repaired.stderr, repaired.output
+    assert sorted(p.name for p in mark.parent.iterdir()) == ["000000.done", "000001.done", "000002.done"]
+
+
 def test_a_truncated_chunk_is_not_called_complete(cli, sb):
     from stage1_encode.cache.reader import open_cache
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.core import guarded
+from pipeline.core import atomic, guarded
 from stage1_encode.cache.geometry import block_range, chunk_bytes, chunk_file, scales_chunk_file
 from pipeline.core.format_version import FORMAT_VERSION
 from stage1_encode.cache.manifest import IDENTITY_KEYS, check_cache_version, rebuild_hint
@@ -31,7 +31,9 @@ def write_mark(path: str | Path, b: int, nodes: tuple[int, int], digest: str, se
     mark = {"format_version": FORMAT_VERSION, "nodes": [int(nodes[0]), int(nodes[1])], "digest": digest,
             **({"seconds": float(seconds)} if seconds is not None else {}),
             **({"peak_bytes": int(peak_bytes)} if peak_bytes is not None else {})}
-    mark_file(path, b).write_text(json.dumps(mark) + "\n")
+    f = mark_file(path, b)
+    atomic.remove_stale_temps(f)  # a killed writer's half-written mark of this block
+    atomic.write_text(f, json.dumps(mark) + "\n")  # a mark exists whole or not at all
 
 
 def marked_blocks(path: str | Path) -> set[int]:
@@ -70,18 +72,37 @@ def check_node_ids(path: str | Path, manifest: dict) -> None:
             raise guarded.damaged(f, f"node id chunk of cache {path} is missing", rebuild_hint(path, manifest))
 
 
+def _mark_problem(path: Path, b: int, nodes: tuple[int, int]) -> str | None:
+    """What is wrong with block ``b``'s mark (None: it is whole and names the block's nodes)."""
+    f = mark_file(path, b)
+    try:
+        mark = json.loads(f.read_text())
+    except (OSError, ValueError):
+        mark = None
+    if not isinstance(mark, dict) or mark.get("nodes") != list(nodes) or not isinstance(mark.get("digest"), str):
+        return f"block mark {f} is unreadable or names other nodes (cut short or damaged)"
+    return None
+
+
 def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = None) -> dict[int, str]:
-    """Marked blocks (or ``blocks``) whose chunk files are missing or not of full size -> what is
-    wrong with the first such file. Only the raw layout the writer produces is checked."""
+    """Marked blocks (or ``blocks``) whose mark is not whole, or whose chunk files are missing or
+    not of full size -> what is wrong with the first such file. Chunk files are checked in the
+    raw layout the writer produces."""
     path = Path(path)
-    if not is_raw_layout(path / "states"):
-        return {}
     n, bn, c = int(manifest["num_nodes"]), int(manifest["block_nodes"]), int(manifest["chunk_nodes"])
+    out = {}
+    for b in sorted(marked_blocks(path) if blocks is None else blocks):
+        problem = _mark_problem(path, b, block_range(b, n, bn)) if mark_file(path, b).exists() else None
+        if problem is not None:
+            out[b] = problem
+    if not is_raw_layout(path / "states"):
+        return out
     files = [(chunk_file, chunk_bytes(manifest))]
     if manifest["storage_dtype"] == "int8":
         files.append((scales_chunk_file, c * len(manifest["layers"]) * 4))
-    out = {}
     for b in sorted(marked_blocks(path) if blocks is None else blocks):
+        if b in out:
+            continue
         start, end = block_range(b, n, bn)
         for i in range(start // c, (end - 1) // c + 1 if end > start else start // c):
             for name, size in files:
