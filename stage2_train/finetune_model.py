@@ -16,6 +16,10 @@ Shapes: B texts, T tokens, H hidden size, C classes.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -41,6 +45,19 @@ def peft_config(arch: str, family: str):
     raise ValueError(f"no peft configuration for arch {arch!r}")
 
 
+# transformers' deprecated names that peft still uses (its setup probes is_gradient_checkpointing,
+# prefix tuning passes past_key_values): a FutureWarning in every run's log that a user cannot act on
+PEFT_DEPRECATIONS = ("`is_gradient_checkpointing` is deprecated", "`past_key_values` is deprecated")
+
+
+@contextmanager
+def peft_quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message in PEFT_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
+
+
 class TextClassifier(nn.Module):
     """``forward(TokenBatch) -> (1, B, C)`` logits (one head: the loop's ``(S, B, C)`` with S = 1).
 
@@ -58,13 +75,9 @@ class TextClassifier(nn.Module):
         self.arch, self.pooling = arch, pooling
         self.stepper = LayerStepper(loaded)  # tokenization and padding as `pipeline encode` does them
         if arch in PEFT_ARCHS:
-            import warnings
-
             from peft import get_peft_model
 
-            with warnings.catch_warnings():
-                # peft probes transformers' deprecated alias; the warning is noise in every run's log
-                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            with peft_quiet():
                 self.llm = get_peft_model(loaded.model, peft_config(arch, self.stepper.family))
         else:
             self.llm = loaded.model.requires_grad_(True)
@@ -78,7 +91,8 @@ class TextClassifier(nn.Module):
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.token_type_ids is not None:
             kwargs["token_type_ids"] = batch.token_type_ids
-        hidden = self.llm(**kwargs).last_hidden_state  # (B, T, H); decoders: after the final norm, as state L
+        with peft_quiet():
+            hidden = self.llm(**kwargs).last_hidden_state  # (B, T, H); decoders: after the final norm, as state L
         return pool_states(hidden, batch.attention_mask, self.pooling)
 
     def forward(self, batch) -> torch.Tensor:
