@@ -124,5 +124,6 @@ def select_targets(g: InferGraph, split_spec: str | None, node_ids: Path | None,
         labels=graph.labels[: g.num_known], split=graph.split[: g.num_known])
     targets = resolve_split(known, train_split, seed)[split_spec]
     if len(targets) == 0:
-        raise InputError(f"--split {split_spec}: no labelled nodes in that split of graph '{graph.name}'")
+        raise InputError(f"--split {split_spec}: no labelled nodes in that split of graph '{graph.name}'; to predict "
+                         "unlabelled nodes, pass --split all or --node-ids FILE")
     return targets

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.core.errors import InputError
 from pipeline.core.graph import graph_fingerprint, load_graph
-from stage3_infer.targets import add_new_nodes, select_targets
+from stage3_infer.targets import InferGraph, add_new_nodes, select_targets
 from log_lines import untimed
 
 NODES = {"node_id": [10, 20, 30], "text": ["a", "b", "c"], "label": ["x", "y", None], "split": ["train", "train", "test"]}
@@ -70,3 +70,15 @@ def test_refusals_name_file_column_rows_and_values(tmp_path, write_graph):
         f"- {e}: column 'src' has type string but graph 'g' column 'node_id' has type int64; mixed id types: use the same type\n"
         f"- {e}: column 'dst' has type string but graph 'g' column 'node_id' has type int64; mixed id types: use the same type"
     )
+
+
+def test_a_split_without_labelled_nodes_says_how_to_predict_unlabelled_ones(write_graph):
+    nodes = {"node_id": [10, 20, 30, 40], "text": ["a", "b", "c", "d"], "label": ["x", "y", "x", None],
+             "split": ["train", "train", "val", "test"]}  # its one test node has no label
+    graph = load_graph(write_graph(nodes, EDGES))
+    g = InferGraph(graph, graph.num_nodes)
+    with pytest.raises(InputError) as err:
+        select_targets(g, "test", None, None, 0)
+    assert err.value.message == ("--split test: no labelled nodes in that split of graph 'g'; to predict unlabelled nodes, "
+                                 "pass --split all or --node-ids FILE")
+    assert select_targets(g, "all", None, None, 0).tolist() == [0, 1, 2, 3]
