@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import replace
@@ -318,7 +319,7 @@ def _run(config: TrainConfig, group=None) -> dict:
             log(
                 f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, "
                 + (f"depth {r.answer + 1} of {len(r.val_acc)} rungs (LLM state {data.layers[r.answer]}), " if getattr(config, "depth", None) == "val" else "")
-                + f"val {r.val_acc[r.answer]:.4f}, test {r.test_acc[r.answer]:.4f}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
+                + f"val {r.val_acc[r.answer]:.4f}, test {test_text(r.test_acc[r.answer], '.4f')}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
                 + (f", exit policy {describe_choice(r.exit_policy)}" if r.exit_policy else "")
                 + (f", test {100 * r.exit_policy['test_acc']:.2f}% with it" if r.exit_policy and "test_acc" in r.exit_policy else "")
             )
@@ -342,9 +343,19 @@ def _run(config: TrainConfig, group=None) -> dict:
     return summary
 
 
+NO_TEST = "n/a (no labelled test node)"
+
+
+def test_text(acc: float | None, spec: str) -> str:
+    """A test accuracy for the log; a split without labelled test nodes has none."""
+    return NO_TEST if acc is None or math.isnan(acc) else format(acc, spec)
+
+
 def summary_line(config, summary: dict) -> str:
     """The closing log line of a training run (every arch)."""
     exits = (f" (with each seed's exit policy, what infer answers: test {100 * summary['exit_test_acc_mean']:.2f} ± "
              f"{100 * summary['exit_test_acc_std']:.2f})" if summary.get("exit_test_acc_mean") is not None else "")
-    return (f"{config.arch}: test {100 * summary['test_acc_mean']:.2f} ± {100 * summary['test_acc_std']:.2f}, "
+    test = summary["test_acc_mean"]
+    test = NO_TEST if test is None or math.isnan(test) else f"{100 * test:.2f} ± {100 * summary['test_acc_std']:.2f}"
+    return (f"{config.arch}: test {test}, "
             f"val {100 * summary['val_acc_mean']:.2f}{exits} over seeds {list(config.seeds)} -> {config.out}")
