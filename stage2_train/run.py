@@ -170,6 +170,7 @@ def run(config: TrainConfig) -> dict:
     from stage2_train.checkpoint import claim
     from stage2_train.distributed import world_from_env
     from stage2_train.resume import finished_leftover
+    from stage2_train.run_lock import exclusive_run
 
     world, rank, _ = world_from_env()
     if (done := finished_leftover(config.out, flag_values(config), config.seeds, world, rank == 0)):
@@ -177,7 +178,7 @@ def run(config: TrainConfig) -> dict:
         return done
 
     claim(config.out, config.overwrite, inputs=train_inputs(config))  # before any work or write
-    with torch_settings(config):
+    with exclusive_run(config.out, holder=rank == 0), torch_settings(config):  # one run at a time on --out
         if config.arch in FINETUNE_ARCHS:
             from stage2_train.finetune_run import run_finetune
 

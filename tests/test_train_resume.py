@@ -134,3 +134,22 @@ def test_changed_flags_and_damaged_state_are_refused(cache, tmp_path, cli):
     res = cli("train", cache, "--out", out, *FLAGS)
     assert res.exit_code == 0, res.output
     assert not folder.exists() and (out / "summary.json").is_file()
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(cache, tmp_path, cli):
+    from stage2_train.run_lock import exclusive_run
+
+    out, folder = tmp_path / "run", tmp_path / "run.resume"
+    with exclusive_run(out):  # what a running `pipeline train --out RUN` holds
+        assert folder.is_dir() and list(folder.iterdir()) == []
+        res = cli("train", cache, "--out", out, *FLAGS)
+        assert res.exit_code == 2, res.output
+        assert res.stderr == (f"Error: --out {out}: another `pipeline train` is writing this run now (it holds {folder}); "
+                              "wait for it to end, or choose another --out\n")
+        assert list(folder.iterdir()) == [] and not out.exists()  # the running one's files untouched, nothing written
+    assert not folder.exists()  # a holder that saved nothing leaves nothing
+    res = cli("train", cache, "--out", out, *FLAGS)  # once it ends, the same command runs
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    refused = cli("train", cache, "--out", tmp_path / "other", *FLAGS, "--rung-weights", "1,1")  # refused after taking the lock
+    assert refused.exit_code == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["run"], refused.output
