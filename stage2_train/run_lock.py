@@ -11,7 +11,6 @@ or failed before its first save leaves nothing behind.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,11 +19,16 @@ from typing import Iterator
 from pipeline.core.errors import InputError
 from stage2_train.resume import state_dir
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not guarded there
+    fcntl = None
+
 
 @contextmanager
 def exclusive_run(out: str | Path, holder: bool = True) -> Iterator[None]:
     """Hold ``RUN.resume``'s lock for the block (``holder`` False: a rank that writes nothing)."""
-    if not holder:
+    if not holder or fcntl is None:
         yield
         return
     folder = state_dir(out)
