@@ -160,51 +160,44 @@ def test_encode_overwrite_never_deletes_a_folder_that_merely_holds_a_manifest(cl
 
 
 # ------------------------------------------------------------------ 4. cache integrity
-def test_a_missing_chunk_is_refused_reported_and_repaired(cli, sb):
+def _lose_chunk(sb: Path) -> str:
+    chunk(sb, 1).unlink()
+    return f"chunk file {chunk(sb, 1)} is missing"
+
+
+def _damage_mark(content: bytes):
+    def damage(sb: Path) -> str:  # a writer killed inside the mark's write, or a mark copied over
+        mark = sb / "cache.zarr" / "blocks" / "000001.done"
+        mark.write_bytes(content)
+        return f"block mark {mark} is unreadable or names other nodes (cut short or damaged)"
+    return damage
+
+
+@pytest.mark.parametrize("damage", [_lose_chunk, _damage_mark(b""), _damage_mark(b'{"format_version": 1, "nodes": [0, 8]}\n')],
+                         ids=["chunk missing", "mark cut short", "mark of another block"])
+def test_a_damaged_block_is_refused_reported_and_repaired(cli, sb, damage):
     from stage1_encode.cache.manifest import completion_command
     from stage1_encode.cache.reader import open_cache
 
     original = open_cache(sb / "cache.zarr").read().copy()
-    lost = chunk(sb, 1)
-    lost.unlink()
+    problem = damage(sb)
     before = snapshot(sb)
-    fix = completion_command(json.loads((sb / "cache.zarr" / "manifest.json").read_text()), sb / "cache.zarr")
-    refused(cli("train", sb / "cache.zarr", "--out", sb / "r2", *SMALL),
-            f"cache {sb / 'cache.zarr'} is incomplete: 1 of 3 blocks missing (nodes 8-15), 1 of them damaged "
-            f"(block 1: chunk file {lost} is missing); complete it with `{fix}`")
-    status = cli("encode", "--status", sb / "cache.zarr")
-    assert f"  damaged block 1: chunk file {lost} is missing" in status.stdout and "blocks done 2/3" in status.stdout
-    assert snapshot(sb) == before  # refusals and --status wrote nothing
-    repaired = cli("encode", sb / "graph", "--out", sb / "cache.zarr", *ENCODE)
-    assert repaired.exit_code == 0, repaired.output
-    assert f"warning: block 1: chunk file {lost} is missing; re-encoding it" in repaired.stderr
-    assert "encoding 8 of 24 nodes" in repaired.stderr
-    reader = open_cache(sb / "cache.zarr")
-    reader.check_complete()
-    assert np.array_equal(reader.read(), original)  # the very same values, not zeros
-
-
-@pytest.mark.parametrize("content", [b"", b'{"format_version": 1, "nodes": [0, 8]}\n'], ids=["cut short", "another block's nodes"])
-def test_a_damaged_block_mark_is_refused_reported_and_repaired(cli, sb, content):
-    from stage1_encode.cache.manifest import completion_command
-    from stage1_encode.cache.reader import open_cache
-
-    original = open_cache(sb / "cache.zarr").read().copy()
-    mark = sb / "cache.zarr" / "blocks" / "000001.done"
-    mark.write_bytes(content)  # a writer killed inside the mark's write, or a mark copied over
-    problem = f"block mark {mark} is unreadable or names other nodes (cut short or damaged)"
     fix = completion_command(json.loads((sb / "cache.zarr" / "manifest.json").read_text()), sb / "cache.zarr")
     refused(cli("train", sb / "cache.zarr", "--out", sb / "r2", *SMALL),
             f"cache {sb / 'cache.zarr'} is incomplete: 1 of 3 blocks missing (nodes 8-15), 1 of them damaged "
             f"(block 1: {problem}); complete it with `{fix}`")
     status = cli("encode", "--status", sb / "cache.zarr")
     assert f"  damaged block 1: {problem}" in status.stdout and "blocks done 2/3" in status.stdout
+    assert snapshot(sb) == before  # refusals and --status wrote nothing
     repaired = cli("encode", sb / "graph", "--out", sb / "cache.zarr", *ENCODE)
     assert repaired.exit_code == 0, repaired.output
     assert f"warning: block 1: {problem}; re-encoding it" in repaired.stderr and "encoding 8 of 24 nodes" in repaired.stderr
-    assert json.loads(mark.read_text())["nodes"] == [8, 16]
-    assert np.array_equal(open_cache(sb / "cache.zarr").read(), original)
-    assert sorted(p.name for p in mark.parent.iterdir()) == ["000000.done", "000001.done", "000002.done"]  # no temporaries
+    reader = open_cache(sb / "cache.zarr")
+    reader.check_complete()
+    assert np.array_equal(reader.read(), original)  # the very same values, not zeros
+    marks = sb / "cache.zarr" / "blocks"
+    assert sorted(p.name for p in marks.iterdir()) == ["000000.done", "000001.done", "000002.done"]  # no temporaries
+    assert json.loads((marks / "000001.done").read_text())["nodes"] == [8, 16]
 
 
 def test_a_killed_writers_half_written_mark_is_removed_when_its_block_is_redone(cli, sb):
