@@ -197,11 +197,11 @@ def stop_if_diverged(loss: float, seed: int, epoch: int, cfg, params=()) -> None
     if math.isfinite(loss) and all(bool(p.isfinite().all()) for p in params):
         return
     from pipeline.core.errors import PipelineError
-    from stage2_train.resume import state_dir
+    from stage2_train.resume import STATE_FILE, state_dir
 
     what = f"the training loss is {loss}" if not math.isfinite(loss) else "the weights are NaN or infinite after the epoch's last step"
     resume = state_dir(cfg.out)
-    again = f"delete {resume}, which holds this run's progress under these flags, and " if resume.is_dir() else ""
+    again = f"delete {resume}, which holds this run's progress under these flags, and " if (resume / STATE_FILE).is_file() else ""
     raise PipelineError(f"seed {seed}, epoch {epoch}: {what}: training diverged, and nothing was written to --out {cfg.out}. "
                         f"To train again, {again}lower --lr (this run's: {cfg.lr:g}) or --weight-decay ({cfg.weight_decay:g})")
 
