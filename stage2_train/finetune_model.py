@@ -89,7 +89,7 @@ class TextClassifier(nn.Module):
         from stage1_encode.stepping import pool_states
 
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if batch.token_type_ids is not None:
+        if batch.token_type_ids is not None and self.arch != "prefix":  # peft drops them for prefix tuning: one text, zeros anyway
             kwargs["token_type_ids"] = batch.token_type_ids
         with peft_quiet():
             hidden = self.llm(**kwargs).last_hidden_state  # (B, T, H); decoders: after the final norm, as state L

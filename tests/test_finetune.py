@@ -71,7 +71,7 @@ def test_arch_trains_and_keeps_base_weights(slice_cache, tmp_path, arch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = train_finetune_seed(model, texts, split, np.asarray(graph.labels), cfg, 0, lines.append)
-    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []  # prefix's forward too
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning) or "peft" in w.filename] == []  # prefix's forward too
     assert [x["epoch"] for x in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert lines[-1]["train_acc_running"] > lines[0]["train_acc_running"]
