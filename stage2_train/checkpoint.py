@@ -143,7 +143,7 @@ class CheckpointWriter:
         return self.staged.commit(ownership.replacer("run", "--out", self.overwrite))
 
 
-CONFIG_KEYS = ("model", "layers", "label_names", "cache", "graph_source", "graph_fingerprint")
+CONFIG_KEYS = ("model", "layers", "label_names", "cache", "graph_source", "graph_fingerprint", "eval_batch_size")
 SAMPLER_KEYS = ("sampler", *SAMPLER_SETTINGS)  # of the runs trained on cached states
 
 
@@ -311,7 +311,7 @@ def check_stored_values(config: dict, where: Path, hint: str) -> None:
     for key, types in kinds.items():
         if not isinstance(config.get(key), types):
             raise guarded.damaged(where, f"its {key!r} {config.get(key)!r} is not {'a string' if types == (str,) else 'a string or null'}", hint)
-    batch = config.get("eval_batch_size", 512)
+    batch = config["eval_batch_size"]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise guarded.damaged(where, f"its 'eval_batch_size' {batch!r} is not a positive integer", hint)
 

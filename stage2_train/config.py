@@ -63,7 +63,6 @@ def split_option() -> Any:
     )
 
 
-
 class _ByArch(type):
     """``TrainConfig(**flags)`` builds the concrete config of ``flags["arch"]`` (see the module docstring)."""
 

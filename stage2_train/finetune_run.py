@@ -23,8 +23,8 @@ def finetune_spec(config: TrainConfig, manifest: dict, num_classes: int) -> dict
         "llm": manifest["model"],
         "weights_sha256": manifest.get("weights_sha256"),
         "out_channels": num_classes,
-        "pooling": manifest.get("pooling", "mean"),
-        "max_length": int(manifest.get("max_length", 256)),
+        "pooling": manifest["pooling"],
+        "max_length": manifest["max_length"],
         "dropout": config.dropout,
         "num_rungs": 1,
     }
@@ -43,7 +43,7 @@ def run_finetune(config: TrainConfig) -> dict:
     from stage2_train.ledger import PeakMemory, count_backward_params, count_trainable, ledger
     from stage2_train.loop import seed_everything
     from stage2_train.resume import kill_point
-    from stage2_train.run import open_state, summarize, summary_line, test_text
+    from stage2_train.run import open_state, summarize, summary_line, format_test_acc
 
     state = open_state(config, None)  # refuses a state of other flags, or a damaged one, before any work
     memory = PeakMemory(config.device)
@@ -103,7 +103,7 @@ def run_finetune(config: TrainConfig) -> dict:
             state.finish_seed(r, costs[-1], counted["backward"])
             kill_point(f"after seed {seed}")
             results.append(r)
-            log(f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, test {test_text(r.test_acc[-1], '.4f')}, "
+            log(f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, val {r.val_acc[-1]:.4f}, test {format_test_acc(r.test_acc[-1], '.4f')}, "
                 f"{r.epoch_s:.1f}s/epoch")
             del model, texts
         summary = summarize(results, [layer], config, sizes)

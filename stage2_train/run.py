@@ -320,7 +320,7 @@ def _run(config: TrainConfig, group=None) -> dict:
             log(
                 f"seed {seed}: best epoch {r.best_epoch}/{r.epochs_run}, "
                 + (f"depth {r.answer + 1} of {len(r.val_acc)} rungs (LLM state {data.layers[r.answer]}), " if getattr(config, "depth", None) == "val" else "")
-                + f"val {r.val_acc[r.answer]:.4f}, test {test_text(r.test_acc[r.answer], '.4f')}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
+                + f"val {r.val_acc[r.answer]:.4f}, test {format_test_acc(r.test_acc[r.answer], '.4f')}, {r.epoch_s:.2f}s/epoch{peak_memory_text(config.device)}"
                 + (f", exit policy {describe_choice(r.exit_policy)}" if r.exit_policy else "")
                 + (f", test {100 * r.exit_policy['test_acc']:.2f}% with it" if r.exit_policy and "test_acc" in r.exit_policy else "")
             )
@@ -347,7 +347,7 @@ def _run(config: TrainConfig, group=None) -> dict:
 NO_TEST = "n/a (no labelled test node)"
 
 
-def test_text(acc: float | None, spec: str) -> str:
+def format_test_acc(acc: float | None, spec: str) -> str:
     """A test accuracy for the log; a split without labelled test nodes has none."""
     return NO_TEST if acc is None or math.isnan(acc) else format(acc, spec)
 

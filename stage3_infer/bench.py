@@ -58,7 +58,7 @@ def run_bench(config: BenchConfig) -> dict:
     from pipeline.core.devices import peak_memory, reset_peak_memory
     from stage3_infer.config import InferConfig
     from stage2_train.exit_policies import (CANDIDATES, CONFIDENCE_CANDIDATES, FIXED_CANDIDATES, choose_policy, parse_exit,
-                                            replay_counts, resolve_exit)
+                                            replay_counts)
     from stage3_infer.run import open_session, predict
     from stage3_infer.targets import select_targets
 
@@ -77,7 +77,7 @@ def run_bench(config: BenchConfig) -> dict:
     labels = np.asarray(graph.labels)
 
     # --- thresholds on validation only
-    stored, why = resolve_exit(None, ckpt)  # what `pipeline infer` runs without --exit
+    stored, why = session.exit_spec, session.exit_source  # what `pipeline infer` runs without --exit
     replayed = replay_counts(val_rung_logits(session, val), torch.as_tensor(labels[val]), session.layers,
                              tuple(dict.fromkeys([*CANDIDATES, stored])))
     counts = {k: replayed[k] for k in CANDIDATES}  # a stored policy outside them (e.g. layer:I) is timed, never chosen here

@@ -45,6 +45,8 @@ class Session:
     device: str  # where the LLM runs (resolved --device)
     compute_dtype: str  # the LLM's dtype: the cache's unless a mismatch was allowed
     sample_batch: int  # targets per sampled subgraph batch (training's evaluation batch)
+    exit_spec: str  # the policy infer runs: --exit, else the one the run stored for its seed
+    exit_source: str  # why that policy (resolve_exit)
 
 
 @dataclass
@@ -61,11 +63,11 @@ def require_trained_graph(ckpt, graph, checkpoint: Path) -> None:
         raise InputError(f"--checkpoint {checkpoint}: graph '{ckpt.graph_source}' changed since training (fingerprint differs); retrain on the current graph")
 
 
-def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
+def open_session(config: InferConfig) -> Session:
     """Load and cross-check checkpoint, graph, model and cache; refusals raise InputError.
 
-    The policy infer runs (``exit_spec``, else the run's stored one) is checked against the
-    checkpoint's rungs before the LLM is loaded.
+    The policy infer runs (``--exit``, else the run's stored one) is resolved and checked
+    against the checkpoint's rungs before the LLM is loaded.
     """
     from pipeline.core.graph import load_graph
     from stage2_train.checkpoint import load_checkpoint
@@ -76,7 +78,8 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     ckpt = load_checkpoint(config.checkpoint, seed=config.seed, device="cpu")  # the ladder is tiny: CPU; the LLM on --device
     if ckpt.config["model"]["arch"] != "ladder":
         raise InputError(f"--checkpoint {config.checkpoint}: a '{ckpt.config['model']['arch']}' baseline has no exit rungs; infer needs a G-Ladder run (`pipeline train CACHE --arch ladder`)")
-    parse_exit(resolve_exit(exit_spec, ckpt)[0], num_rungs=len(ckpt.layers))  # the given or stored policy
+    exit_spec, exit_source = resolve_exit(config.exit, ckpt)
+    parse_exit(exit_spec, num_rungs=len(ckpt.layers))
     graph = load_graph(ckpt.graph_source)
     require_trained_graph(ckpt, graph, config.checkpoint)
     g = InferGraph(graph, graph.num_nodes)
@@ -99,7 +102,7 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     check_model(spec, manifest, ckpt.layers, config.checkpoint, stepper=stepper)
     from stage1_encode.self_check import check_stepper, first_texts
 
-    check_stepper(stepper, first_texts(g.graph.texts), list(ckpt.layers), manifest.get("pooling", "mean"), int(manifest.get("max_length", 256)))
+    check_stepper(stepper, first_texts(g.graph.texts), list(ckpt.layers), manifest["pooling"], manifest["max_length"])
 
     cached = None
     if config.cache_neighbours:
@@ -109,9 +112,9 @@ def open_session(config: InferConfig, exit_spec: str | None = None) -> Session:
     sampler = Sampler(g.graph.edge_index, g.graph.num_nodes, **ckpt.sampler)  # the training sampler, grown graph
     return Session(
         checkpoint=ckpt, g=g, stepper=stepper, sampler=sampler, cached=cached, layers=list(ckpt.layers),
-        pooling=manifest.get("pooling", "mean"), max_length=int(manifest.get("max_length", 256)),
-        batch_tokens=config.batch_tokens, batch_size=config.batch_size, batch_invariant=config.batch_invariant, storage_dtype=manifest.get("storage_dtype", "float16"), device=device, compute_dtype=dtype,
-        sample_batch=ckpt.config.get("eval_batch_size", 512),
+        pooling=manifest["pooling"], max_length=manifest["max_length"],
+        batch_tokens=config.batch_tokens, batch_size=config.batch_size, batch_invariant=config.batch_invariant, storage_dtype=manifest["storage_dtype"], device=device, compute_dtype=dtype,
+        sample_batch=ckpt.config["eval_batch_size"], exit_spec=exit_spec, exit_source=exit_source,
     )
 
 
@@ -214,9 +217,9 @@ def run(config: InferConfig) -> dict:
         from stage3_infer.parts import start_part
 
         start_part(config.out, flag_values(config), parse_shard(config.shard)[1])
-    session = open_session(config, exit_spec=config.exit)
+    session = open_session(config)
     ckpt = session.checkpoint
-    exit_spec, why = resolve_exit(config.exit, ckpt)
+    exit_spec, why = session.exit_spec, session.exit_source
     policy = parse_exit(exit_spec, num_rungs=len(session.layers))
     targets = select_targets(session.g, config.split, config.node_ids, ckpt.config.get("split"), ckpt.seed, config.new_only)
     if config.max_targets is not None:

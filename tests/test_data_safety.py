@@ -200,7 +200,7 @@ def test_a_damaged_block_is_refused_reported_and_repaired(cli, sb, damage):
     assert json.loads((marks / "000001.done").read_text())["nodes"] == [8, 16]
 
 
-def test_a_killed_writers_half_written_mark_is_removed_when_its_block_is_redone(cli, sb):
+def test_a_killed_writers_half_written_mark_is_removed_by_the_next_encode(cli, sb):
     from pipeline.core.atomic import temp_sibling
 
     mark = sb / "cache.zarr" / "blocks" / "000001.done"

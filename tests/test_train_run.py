@@ -311,9 +311,9 @@ def test_a_graph_without_splits_trains_on_a_seeded_random_split(cli, write_graph
 
 def test_the_log_says_when_no_test_node_is_labelled(tmp_path):
     from stage2_train.config import TrainConfig
-    from stage2_train.run import summary_line, test_text
+    from stage2_train.run import summary_line, format_test_acc
 
     config = TrainConfig(tmp_path, tmp_path / "run", seeds=(0, 1))
     summary = {"test_acc_mean": None, "test_acc_std": None, "val_acc_mean": 0.6875, "exit_test_acc_mean": None}
     assert summary_line(config, summary) == (f"ladder: test n/a (no labelled test node), val 68.75 over seeds [0, 1] -> {tmp_path / 'run'}")
-    assert (test_text(float("nan"), ".4f"), test_text(0.5, ".4f")) == ("n/a (no labelled test node)", "0.5000")
+    assert (format_test_acc(float("nan"), ".4f"), format_test_acc(0.5, ".4f")) == ("n/a (no labelled test node)", "0.5000")

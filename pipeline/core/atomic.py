@@ -35,7 +35,8 @@ def temp_sibling(path: str | Path, tag: str = "tmp") -> Path:
 
 
 def _temp_pattern(name: str) -> re.Pattern:
-    return re.compile(rf"^\.{re.escape(name)}\.(?:{'|'.join(TEMP_TAGS)})-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8,32}}$")
+    """Temporary names of ``name`` (a regular expression: one name escaped, or any)."""
+    return re.compile(rf"^\.{name}\.(?:{'|'.join(TEMP_TAGS)})-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8,32}}$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -53,12 +54,26 @@ def _pid_alive(pid: int) -> bool:
 def stale_temps(path: str | Path) -> list[Path]:
     """Temporary siblings of ``path`` whose writer ran on this host and is gone."""
     path = Path(path)
-    parent = path.parent
-    if not parent.is_dir():
+    return _stale(path.parent, _temp_pattern(re.escape(path.name)))
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete what :func:`stale_temps` finds (only the pipeline's own temporary names); returns them."""
+    return _remove(stale_temps(path))
+
+
+def remove_stale_temps_in(folder: str | Path) -> list[Path]:
+    """Delete the temporaries of any name in ``folder`` whose writer ran on this host and is gone
+    (one pass for a folder of many small files); returns them."""
+    return _remove(_stale(Path(folder), _temp_pattern(".+")))
+
+
+def _stale(folder: Path, pattern: re.Pattern) -> list[Path]:
+    if not folder.is_dir():
         return []
-    pattern, host, found = _temp_pattern(path.name), _host(), []
+    host, found = _host(), []
     try:
-        entries = list(parent.iterdir())
+        entries = list(folder.iterdir())
     except OSError:
         return []
     for entry in entries:
@@ -68,15 +83,13 @@ def stale_temps(path: str | Path) -> list[Path]:
     return sorted(found)
 
 
-def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Delete what :func:`stale_temps` finds (only the pipeline's own temporary names); returns them."""
-    removed = stale_temps(path)
-    for p in removed:
+def _remove(paths: list[Path]) -> list[Path]:
+    for p in paths:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-    return removed
+    return paths
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:

@@ -31,9 +31,7 @@ def write_mark(path: str | Path, b: int, nodes: tuple[int, int], digest: str, se
     mark = {"format_version": FORMAT_VERSION, "nodes": [int(nodes[0]), int(nodes[1])], "digest": digest,
             **({"seconds": float(seconds)} if seconds is not None else {}),
             **({"peak_bytes": int(peak_bytes)} if peak_bytes is not None else {})}
-    f = mark_file(path, b)
-    atomic.remove_stale_temps(f)  # a killed writer's half-written mark of this block
-    atomic.write_text(f, json.dumps(mark) + "\n")  # a mark exists whole or not at all
+    atomic.write_text(mark_file(path, b), json.dumps(mark) + "\n")  # a mark exists whole or not at all
 
 
 def marked_blocks(path: str | Path) -> set[int]:
@@ -73,14 +71,32 @@ def check_node_ids(path: str | Path, manifest: dict) -> None:
 
 
 def _mark_problem(path: Path, b: int, nodes: tuple[int, int]) -> str | None:
-    """What is wrong with block ``b``'s mark (None: it is whole and names the block's nodes)."""
+    """What is wrong with block ``b``'s mark (None: it is whole and names the block's nodes, or
+    there is none: an unmarked block is missing, not damaged)."""
     f = mark_file(path, b)
     try:
         mark = json.loads(f.read_text())
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError):
         mark = None
     if not isinstance(mark, dict) or mark.get("nodes") != list(nodes) or not isinstance(mark.get("digest"), str):
         return f"block mark {f} is unreadable or names other nodes (cut short or damaged)"
+    return None
+
+
+def _chunk_problem(path: Path, nodes: tuple[int, int], chunk_nodes: int, files) -> str | None:
+    """The first chunk file of rows ``nodes`` that is missing or not of its full size."""
+    start, end = nodes
+    for i in range(start // chunk_nodes, (end - 1) // chunk_nodes + 1 if end > start else start // chunk_nodes):
+        for name, size in files:
+            f = name(path, i)
+            try:
+                got = f.stat().st_size
+            except OSError:
+                return f"chunk file {f} is missing"
+            if got != size:
+                return f"chunk file {f} has {got} bytes, expected {size} (truncated)"
     return None
 
 
@@ -90,33 +106,18 @@ def damaged_blocks(path: str | Path, manifest: dict, blocks: set[int] | None = N
     raw layout the writer produces."""
     path = Path(path)
     n, bn, c = int(manifest["num_nodes"]), int(manifest["block_nodes"]), int(manifest["chunk_nodes"])
-    out = {}
-    for b in sorted(marked_blocks(path) if blocks is None else blocks):
-        problem = _mark_problem(path, b, block_range(b, n, bn)) if mark_file(path, b).exists() else None
-        if problem is not None:
-            out[b] = problem
-    if not is_raw_layout(path / "states"):
-        return out
     files = [(chunk_file, chunk_bytes(manifest))]
     if manifest["storage_dtype"] == "int8":
         files.append((scales_chunk_file, c * len(manifest["layers"]) * 4))
+    raw = is_raw_layout(path / "states")
+    out = {}
     for b in sorted(marked_blocks(path) if blocks is None else blocks):
-        if b in out:
-            continue
-        start, end = block_range(b, n, bn)
-        for i in range(start // c, (end - 1) // c + 1 if end > start else start // c):
-            for name, size in files:
-                f = name(path, i)
-                try:
-                    got = f.stat().st_size
-                except OSError:
-                    out[b] = f"chunk file {f} is missing"
-                    break
-                if got != size:
-                    out[b] = f"chunk file {f} has {got} bytes, expected {size} (truncated)"
-                    break
-            if b in out:
-                break
+        nodes = block_range(b, n, bn)
+        problem = _mark_problem(path, b, nodes)
+        if problem is None and raw:
+            problem = _chunk_problem(path, nodes, c, files)
+        if problem is not None:
+            out[b] = problem
     return out
 
 

@@ -30,6 +30,7 @@ class CacheWriter:
         import zarr
 
         self.path, self.manifest = path, manifest
+        atomic.remove_stale_temps_in(path / "blocks")  # the half-written marks of killed writers on this host
         with zarr.config.set({"array.write_empty_chunks": True}):  # every chunk on disk: a missing one is damage
             self.states = zarr.open_array(str(path / "states"), mode="r+")
             self.scales = zarr.open_array(str(path / "scales"), mode="r+") if manifest["storage_dtype"] == "int8" else None
