@@ -5,6 +5,8 @@ Heavy imports (torch, transformers) happen inside the stages, so ``--help`` stay
 
 from __future__ import annotations
 
+import re
+
 import typer
 
 from pipeline import __version__
@@ -33,6 +35,13 @@ app = typer.Typer(
 )
 
 
+def summary(doc: str | None) -> str:
+    """The first sentence of a command's help, on one line: the command list of ``--help``
+    (typer would show the help's whole first paragraph there, with its line breaks)."""
+    text = " ".join((doc or "").split("\n\n")[0].split())
+    return re.split(r"(?<=\.)\s+(?=[A-Z`])", text, maxsplit=1)[0]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"pipeline {__version__}")
@@ -52,18 +61,18 @@ def root(
 
 
 bench_app = typer.Typer(help="Side-by-side benchmarks that print measured ratios. " + EXIT_CODES_HELP, no_args_is_help=True)
-bench_app.command("encode", help=bench_encode_command.__doc__)(plain_errors(bench_encode_command))
-bench_app.command("train", help=bench_train_command.__doc__)(plain_errors(bench_train_command))
-bench_app.command("train-memory", help=bench_train_memory_command.__doc__)(plain_errors(bench_train_memory_command))
-bench_app.command("infer", help=bench_infer_command.__doc__)(bench_infer_command)
+bench_app.command("encode", help=bench_encode_command.__doc__, short_help=summary(bench_encode_command.__doc__))(plain_errors(bench_encode_command))
+bench_app.command("train", help=bench_train_command.__doc__, short_help=summary(bench_train_command.__doc__))(plain_errors(bench_train_command))
+bench_app.command("train-memory", help=bench_train_memory_command.__doc__, short_help=summary(bench_train_memory_command.__doc__))(plain_errors(bench_train_memory_command))
+bench_app.command("infer", help=bench_infer_command.__doc__, short_help=summary(bench_infer_command.__doc__))(bench_infer_command)
 
 app.add_typer(datasets_app, name="datasets")
-app.command("encode", help=encode_command.__doc__)(plain_errors(encode_command))
-app.command("train", help=train_command.__doc__, cls=train_help_command)(plain_errors(train_command))
-app.command("export", help=export_command.__doc__)(plain_errors(export_command))
-app.command("infer", help=infer_command.__doc__)(infer_command)
-app.command("run", help=run_command.__doc__)(plain_errors(run_command))
-app.command("report", help=report_command.__doc__)(report_command)
+app.command("encode", help=encode_command.__doc__, short_help=summary(encode_command.__doc__))(plain_errors(encode_command))
+app.command("train", help=train_command.__doc__, short_help=summary(train_command.__doc__), cls=train_help_command)(plain_errors(train_command))
+app.command("export", help=export_command.__doc__, short_help=summary(export_command.__doc__))(plain_errors(export_command))
+app.command("infer", help=infer_command.__doc__, short_help=summary(infer_command.__doc__))(infer_command)
+app.command("run", help=run_command.__doc__, short_help=summary(run_command.__doc__))(plain_errors(run_command))
+app.command("report", help=report_command.__doc__, short_help=summary(report_command.__doc__))(report_command)
 app.add_typer(bench_app, name="bench")
 
 

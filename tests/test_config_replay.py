@@ -167,3 +167,13 @@ def test_every_help_text_is_shown_verbatim():
         app.command()(command(cls, lambda config: None))
         shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "4000", "TERMINAL_WIDTH": "4000"}).output
         assert " ".join(text.split()) in " ".join(shown.split()), (cls.__name__, text)
+
+
+def test_command_list_shows_each_first_sentence_on_its_own():
+    """``pipeline --help`` lists each command by its help's first sentence, not the whole paragraph."""
+    from pipeline.cli import app, summary
+
+    assert summary("Do this: a, b.\nThen `that` (c.d) too.\n\nMore.") == "Do this: a, b."
+    assert summary("One line, no stop") == "One line, no stop"
+    shown = " ".join(CliRunner().invoke(app, ["--help"], env={"COLUMNS": "4000", "TERMINAL_WIDTH": "4000"}).output.split())
+    assert "per-layer Zarr cache." in shown and "Writes predictions.parquet" not in shown, shown
