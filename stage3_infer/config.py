@@ -88,7 +88,7 @@ class InferConfig:
         "prefix, finetune) predicts at full depth only: none.",
     )
     split: str | None = option(None, "Targets: test (default), val, train or all nodes of the checkpoint's graph.", choices=SPLITS)
-    node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line.")
+    node_ids: Path | None = option(None, "Targets: a text file of node ids, one a line (blank lines and # comments skipped; a repeated id is predicted once).")
     nodes: Path | None = option(None, "New nodes (node_id, text, optional label), never cached; they become the targets.")
     edges: Path | None = option(None, "Edges (src, dst) of the new nodes, to each other or to known nodes.")
     batch_invariant: bool = batch_invariant_option()

@@ -38,6 +38,7 @@ from pipeline.core.config_file import save_resolved_config
 from pipeline.core.errors import InputError
 from pipeline.core.format_version import FORMAT_VERSION, KEY, check_version
 from pipeline.core.options import config_file_name
+from pipeline.core.parsers import is_whole_number
 
 PREDICTIONS_FILE, SUMMARY_FILE, CONFIG_FILE = "predictions.parquet", "summary.json", config_file_name("infer")
 COLUMNS = ("node_id", "predicted_label", "confidence", "exit_rung", "exit_layer", "true_label")
@@ -137,7 +138,7 @@ def _schema_version(table: pa.Table) -> int | str | None:
     if raw is None:
         return None
     text = raw.decode("utf-8", "replace")
-    return int(text) if text.isdigit() else text
+    return int(text) if is_whole_number(text) else text
 
 
 def read_predictions(out: Path) -> pa.Table:

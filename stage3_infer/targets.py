@@ -13,6 +13,7 @@ Shapes: N known nodes, M new nodes, E edges.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 from pipeline.core.errors import InputError
 from pipeline.core.graph import TextGraph, graph_fingerprint
 from pipeline.core.graph_format import FIRST_ROWS, read_new_nodes
+from pipeline.core.parsers import is_whole_number
 from pipeline.core.progress import warn
 
 CLASH_HINT = "; give new nodes unused ids (predict known nodes with --node-ids or --split)"
@@ -59,9 +61,11 @@ def add_new_nodes(graph: TextGraph, nodes_path: Path, edges_path: Path, label_na
 
 
 def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
-    """A text file of user ids, one a line (blank lines and ``#`` comments skipped) -> indices."""
+    """A text file of user ids, one a line (blank lines and ``#`` comments skipped; a UTF-8 byte
+    order mark allowed) -> indices in the file's order, each id once (a repeated id is predicted
+    once, with a warning: predictions hold one row a node)."""
     try:
-        lines = [ln.strip() for ln in Path(path).read_bytes().decode("utf-8").splitlines()]
+        lines = [ln.strip() for ln in Path(path).read_bytes().decode("utf-8-sig").splitlines()]
     except UnicodeDecodeError as err:
         raise InputError(f"--node-ids {path}: not UTF-8 text (byte {err.start}); one node id a line") from None
     raw = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -69,14 +73,19 @@ def read_node_ids(path: Path, graph: TextGraph) -> np.ndarray:
         raise InputError(f"--node-ids {path}: no node ids in the file (one id a line)")
     ids: list = raw
     if graph.id_kind == "int":
-        bad = [v for v in raw if not v.lstrip("-").isdigit()]
+        bad = [v for v in raw if not is_whole_number(v)]
         if bad:
             raise InputError(f"--node-ids {path}: graph '{graph.name}' has integer ids; not integers: {bad[:FIRST_ROWS]}")
         ids = [int(v) for v in raw]
     try:
-        return graph.index_of(ids)
+        indices = graph.index_of(ids)
     except InputError as err:
         raise InputError(f"--node-ids {path}: {err.message}") from None
+    _, first = np.unique(indices, return_index=True)
+    if len(first) < len(indices):
+        repeated = [v for v, n in Counter(ids).items() if n > 1]
+        warn(f"--node-ids {path}: {len(repeated)} id(s) listed more than once, each predicted once; first: {repeated[:FIRST_ROWS]}")
+    return indices[np.sort(first)]
 
 
 def ids_of(since: Path) -> np.ndarray:

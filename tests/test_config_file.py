@@ -19,6 +19,9 @@ def test_yaml_and_toml(tmp_path):
     assert read_config_file(tmp_path / "a.yaml") == want
     assert read_config_file(tmp_path / "a.toml") == want
     assert read_config_file(tmp_path / "a.yml") == {}
+    for name in ("a.yaml", "a.toml"):  # an editor's UTF-8 byte order mark is not content
+        (tmp_path / f"bom-{name}").write_bytes(b"\xef\xbb\xbf" + (tmp_path / name).read_bytes())
+        assert read_config_file(tmp_path / f"bom-{name}") == want
 
 
 @pytest.mark.parametrize(

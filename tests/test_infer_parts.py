@@ -115,6 +115,8 @@ def test_shard_auto_is_the_scheduler_part(env, part):
      "--shard auto: both a SLURM array task (SLURM_ARRAY_TASK_ID=1) and a torchrun rank (RANK=0) are set; give --shard I/N"),
     ({"SLURM_ARRAY_TASK_ID": "3"},
      "--shard auto: SLURM_ARRAY_TASK_ID='3' and SLURM_ARRAY_TASK_COUNT='': expected two whole numbers; give --shard I/N"),
+    ({"RANK": "²", "WORLD_SIZE": "4"},  # a digit to str.isdigit, not to int
+     "--shard auto: RANK='²' and WORLD_SIZE='4': expected two whole numbers; give --shard I/N"),
     # a resubmission of tasks 3 and 7 of 16: their count says nothing about N
     ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MAX": "7"},
      "--shard auto: SLURM_ARRAY_TASK_ID=3 of SLURM_ARRAY_TASK_COUNT=2 (task ids up to 7): the tasks are not numbered 0..N-1, "

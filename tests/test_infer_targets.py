@@ -82,3 +82,23 @@ def test_a_split_without_labelled_nodes_says_how_to_predict_unlabelled_ones(writ
     assert err.value.message == ("--split test: no labelled nodes in that split of graph 'g'; to predict unlabelled nodes, "
                                  "pass --split all or --node-ids FILE")
     assert select_targets(g, "all", None, None, 0).tolist() == [0, 1, 2, 3]
+
+
+def test_node_ids_file_each_id_once_in_file_order_bom_and_comments_allowed(tmp_path, write_graph, capsys):
+    graph = load_graph(write_graph(NODES, EDGES))
+    g = InferGraph(graph, graph.num_nodes)
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes("\ufeff30\r\n# a comment\n\n10\n30\n30\n20\n10\n".encode("utf-8"))  # a Windows editor's file
+    assert select_targets(g, None, ids, None, 0).tolist() == [2, 0, 1]
+    assert untimed(capsys.readouterr().err) == [
+        f"warning: --node-ids {ids}: 2 id(s) listed more than once, each predicted once; first: [30, 10]"]
+
+
+@pytest.mark.parametrize("line", ["²", "--5", "5.0", "0x1f", "١"])
+def test_node_ids_file_of_an_int_graph_refuses_what_is_not_ascii_digits(tmp_path, write_graph, line):
+    graph = load_graph(write_graph(NODES, EDGES))
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"10\n{line}\n")
+    with pytest.raises(InputError) as err:
+        select_targets(InferGraph(graph, graph.num_nodes), None, ids, None, 0)
+    assert err.value.message == f"--node-ids {ids}: graph 'g' has integer ids; not integers: [{line!r}]"

@@ -63,7 +63,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise InputError(f"--config {path}: {size} bytes, more than a config file's {MAX_CONFIG_BYTES} (flag names and values only)")
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # an editor's byte order mark is not content
     except OSError as err:
         raise InputError(f"--config {path}: cannot be read ({err.strerror or err})") from None
     except UnicodeDecodeError as err:

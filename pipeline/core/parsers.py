@@ -1,4 +1,4 @@
-"""Flag value parsers shared by every command: integer and number lists, sizes, random splits.
+"""Flag value parsers shared by every command: integer and number lists, whole numbers, sizes, random splits.
 
 Each raises ``InputError`` (or ``ValueError`` for ``parse_random_split``) naming the flag."""
 
@@ -7,6 +7,12 @@ from __future__ import annotations
 import re
 
 from pipeline.core.errors import InputError
+
+
+def is_whole_number(text: str, signed: bool = True) -> bool:
+    """Whether ``text`` is a run of ASCII digits (after a "-" when ``signed``): what ``int(text)``
+    reads without surprises (``str.isdigit`` also accepts "²", which ``int`` refuses)."""
+    return re.fullmatch(r"-?[0-9]+" if signed else r"[0-9]+", text) is not None
 
 
 def parse_random_split(spec: str) -> tuple[float, float, float]:

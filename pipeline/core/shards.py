@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 
 from pipeline.core.errors import InputError
+from pipeline.core.parsers import is_whole_number
 
 AUTO = "auto"
 SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
@@ -42,12 +43,12 @@ def scheduler_shard(flag: str, environ: Mapping[str, str]) -> tuple[int, int]:
                          f"is set; give {flag} I/N")
     names = SLURM_VARS if slurm else TORCHRUN_VARS
     values = [environ.get(name, "") for name in names]
-    if not all(v.strip().isdigit() for v in values):
+    if not all(is_whole_number(v.strip(), signed=False) for v in values):
         raise InputError(f"{flag} {AUTO}: {' and '.join(f'{n}={v!r}' for n, v in zip(names, values))}: "
                          f"expected two whole numbers; give {flag} I/N")
     i, n = (int(v) for v in values)
     top = environ.get("SLURM_ARRAY_TASK_MAX", "").strip() if slurm else ""
-    if not 0 <= i < n or (top.isdigit() and int(top) != n - 1):
+    if not 0 <= i < n or (is_whole_number(top, signed=False) and int(top) != n - 1):
         ids = f" (task ids up to {top})" if top else ""
         raise InputError(f"{flag} {AUTO}: {names[0]}={i} of {names[1]}={n}{ids}: the tasks are not numbered 0..N-1, "
                          f"so N is unknown (a resubmission of some tasks?); give {flag} ${names[0]}/N with the job's N")
