@@ -51,7 +51,8 @@ def parse_exit(spec: str, num_rungs: int | None = None) -> ExitPolicy:
     try:
         value: float | int = float(arg) if kind == "confidence" else int(arg)
     except ValueError:
-        raise InputError(f"{EXIT_FLAG} {spec!r}: '{arg}' is not a number; {usage}") from None
+        whole = "" if kind == "confidence" else "whole "
+        raise InputError(f"{EXIT_FLAG} {spec!r}: '{arg}' is not a {whole}number; {usage}") from None
     if kind == "patience" and value < 1:
         raise InputError(f"{EXIT_FLAG} {spec!r}: patience must be >= 1")
     if kind == "confidence" and not 0.0 < value <= 1.0:

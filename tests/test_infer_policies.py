@@ -106,7 +106,9 @@ def test_parse_exit_specs():
     [
         ("fast", "--exit 'fast': unknown exit policy; use patience:P (P >= 1), confidence:T (0 < T <= 1), layer:I (0 <= I < rungs) or none"),
         ("patience", "--exit 'patience': unknown exit policy; use patience:P (P >= 1), confidence:T (0 < T <= 1), layer:I (0 <= I < rungs) or none"),
-        ("patience:x", "--exit 'patience:x': 'x' is not a number; use patience:P (P >= 1), confidence:T (0 < T <= 1), layer:I (0 <= I < rungs) or none"),
+        ("patience:x", "--exit 'patience:x': 'x' is not a whole number; use patience:P (P >= 1), confidence:T (0 < T <= 1), layer:I (0 <= I < rungs) or none"),
+        ("layer:1.5", "--exit 'layer:1.5': '1.5' is not a whole number; use patience:P (P >= 1), confidence:T (0 < T <= 1), layer:I (0 <= I < rungs) or none"),
+        ("confidence:x", "--exit 'confidence:x': 'x' is not a number; use patience:P (P >= 1), confidence:T (0 < T <= 1), layer:I (0 <= I < rungs) or none"),
         ("patience:0", "--exit 'patience:0': patience must be >= 1"),
         ("confidence:1.5", "--exit 'confidence:1.5': confidence threshold must be in (0, 1]"),
         ("layer:-1", "--exit 'layer:-1': rung index must be >= 0"),
