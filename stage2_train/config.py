@@ -181,7 +181,9 @@ class TrainConfig(metaclass=_ByArch):
             errs.add(problem)
         errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(len(self.seeds) > 0, "--seeds: give at least one seed, e.g. 0,1,2")
-        errs.check(len(set(self.seeds)) == len(self.seeds), f"--seeds {self.seeds}: seeds repeat")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        errs.check(not repeated, f"--seeds {','.join(map(str, self.seeds))}: "
+                   f"{'seed' if len(repeated) == 1 else 'seeds'} {', '.join(map(str, repeated))} {'repeats' if len(repeated) == 1 else 'repeat'}")
         errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         errs.check(self.patience > 0, f"--patience {self.patience}: must be > 0")
         errs.check(0 < self.lr <= MAX_LR, f"--lr {self.lr}: must be > 0 and at most {MAX_LR:g}")
@@ -438,8 +440,9 @@ class LadderConfig(CacheTrainConfig):
         errs.check(self.init is None or not self.no_cache, "--init: not with --no-cache")
         if self.rungs is not None:
             errs.check(len(self.rungs) > 0, "--rungs: give at least one LLM state index")
-            errs.check(len(set(self.rungs)) == len(self.rungs), f"--rungs {self.rungs}: indices repeat")
-            errs.check(list(self.rungs) == sorted(self.rungs), f"--rungs {self.rungs}: give them in increasing order")
+            given = ",".join(map(str, self.rungs))
+            errs.check(len(set(self.rungs)) == len(self.rungs), f"--rungs {given}: indices repeat")
+            errs.check(list(self.rungs) == sorted(self.rungs), f"--rungs {given}: give them in increasing order")
         if self.rung_weights is not None:
             errs.check(all(0 <= w < math.inf for w in self.rung_weights), "--rung-weights: weights must be finite and >= 0")
             errs.check(any(w > 0 for w in self.rung_weights), "--rung-weights: all weights are 0, so no head would learn; give at least one > 0")

@@ -46,6 +46,7 @@ class TrainData:
 
 def open_train_data(cache_path: Path, rungs: tuple[int, ...] | None, layer: int | None, arch: str) -> TrainData:
     """Open and check the cache: complete, made from its graph, holding the requested rungs."""
+    from stage1_encode.cache.manifest import encode_command
     from stage1_encode.cache.reader import open_cache
 
     reader = open_cache(cache_path)
@@ -60,13 +61,14 @@ def open_train_data(cache_path: Path, rungs: tuple[int, ...] | None, layer: int 
         wanted = [layer if layer is not None else cached[-1]]
         flag = "--layer"
     missing = [x for x in wanted if x not in cached]
+    beyond = [x for x in missing if not 0 <= x <= cached[-1]]  # the cache always holds the LLM's last state
+    if beyond:
+        raise InputError(f"{flag}: the LLM of cache {cache_path} has states 0..{cached[-1]} (0 = embeddings), "
+                         f"not {beyond}; the cache holds {cached}")
     if missing:
-        source = reader.manifest["graph_source"]
         need = sorted(set(cached) | set(missing))
-        raise InputError(
-            f"{flag}: cache {cache_path} has LLM states {cached}, not {missing}; choose among those, or "
-            f"re-encode with `pipeline encode {source} --out NEW_CACHE --layers {','.join(map(str, need))}`"
-        )
+        raise InputError(f"{flag}: cache {cache_path} has LLM states {cached}, not {missing}; choose among those, or "
+                         f"re-encode with `{encode_command(reader.manifest, 'NEW_CACHE', need)}`")
     return TrainData(Path(cache_path), reader, graph, wanted, [cached.index(x) for x in wanted])
 
 

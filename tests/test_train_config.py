@@ -20,7 +20,7 @@ def test_config_errors_are_collected_and_name_the_flags(tmp_path):
     with pytest.raises(InputError) as err:
         cfg.validate()
     msg = err.value.message
-    for part in ("--gnn gin: choose one of sage, gcn, gat", "--lr -1", "--seeds (1, 1): seeds repeat", "--split random:0.9,0.9,0.1",
+    for part in ("--gnn gin: choose one of sage, gcn, gat", "--lr -1", "--seeds 1,1: seed 1 repeats", "--split random:0.9,0.9,0.1",
                  f"CACHE_DIR {tmp_path / 'nope.zarr'}: no such cache; create it with `pipeline encode GRAPH --out"):
         assert part in msg
     assert err.value.exit_code == 2

@@ -118,8 +118,9 @@ def test_baselines_and_ladder_write_the_same_format(small):
 
 def test_refusals_name_the_fixing_command(small, tmp_path):
     root, cache = small
-    with pytest.raises(InputError, match=r"--rungs: cache .* has LLM states \[0, 1, 2, 3, 4, 5, 6\], not \[9\]; .*`pipeline encode .* --layers 0,1,2,3,4,5,6,9`"):
+    with pytest.raises(InputError) as err:  # a state the LLM does not have: no re-encode can give it
         run(_cfg(small, "r1", rungs=(0, 9)))
+    assert err.value.message == f"--rungs: the LLM of cache {cache} has states 0..6 (0 = embeddings), not [9]; the cache holds [0, 1, 2, 3, 4, 5, 6]"
     half = tmp_path / "half.zarr"
     graph = load_graph(json.loads((cache / "manifest.json").read_text())["graph_source"])
     encode_slice(graph.source, half, num_shards=2, shard_id=0, **ENCODE)
@@ -128,7 +129,13 @@ def test_refusals_name_the_fixing_command(small, tmp_path):
     # the cache's graph changed after encoding: refused with the re-encode command
     other = write_cora_slice(tmp_path / "other", NODES)
     other_cache = tmp_path / "other.zarr"
-    encode_slice(other.source, other_cache, **ENCODE)
+    encode_slice(other.source, other_cache, **ENCODE, layers="0,3,6")
+    with pytest.raises(InputError) as err:  # a state the LLM has but the cache does not: re-encode with the cache's settings
+        run(_cfg(small, "r1", cache=other_cache, rungs=(0, 2, 6)))
+    assert err.value.message == (
+        f"--rungs: cache {other_cache} has LLM states [0, 3, 6], not [2]; choose among those, or re-encode with "
+        f"`pipeline encode {other.source} --out NEW_CACHE --model minilm-l6 --layers 0,2,3,6 --max-length 64 --pooling mean "
+        "--dtype float32 --storage-dtype float16 --block-size 16 --batch-tokens 4096`")
     write_cora_slice(tmp_path / "other2", NODES, texts_suffix=" (edited)")
     import shutil
 

@@ -173,17 +173,24 @@ def remove_cache(path: str | Path) -> None:
     ownership.remove_owned(path, "cache")
 
 
-def completion_command(manifest: dict, path: str | Path, shard: int | None = None) -> str:
-    """The exact ``pipeline encode`` command that (re)fills the missing blocks."""
+def encode_command(manifest: dict, out: str | Path, layers: list[int] | None = None) -> str:
+    """The ``pipeline encode`` command with this cache's settings (``layers`` in place of its own
+    when given) writing ``out``."""
     cmd = (
-        f"pipeline encode {manifest['graph_source']} --out {path} --model {manifest['model']} "
-        f"--layers {','.join(map(str, manifest['layers']))} --max-length {manifest['max_length']} "
+        f"pipeline encode {manifest['graph_source']} --out {out} --model {manifest['model']} "
+        f"--layers {','.join(map(str, manifest['layers'] if layers is None else layers))} --max-length {manifest['max_length']} "
         f"--pooling {manifest['pooling']} --dtype {manifest['compute_dtype']} "
         f"--storage-dtype {manifest['storage_dtype']} --block-size {manifest['block_nodes']} "
         f"--batch-tokens {manifest['batch_tokens']}"  # batching changes the last bits: resume with the same budget
     )
     if manifest["backend"] != "hf":
         cmd += f" --backend {manifest['backend']}"
+    return cmd
+
+
+def completion_command(manifest: dict, path: str | Path, shard: int | None = None) -> str:
+    """The exact ``pipeline encode`` command that (re)fills the missing blocks."""
+    cmd = encode_command(manifest, path)
     if shard is not None:
         cmd += f" --num-shards {manifest['num_shards']} --shard-id {shard}"
     return cmd
