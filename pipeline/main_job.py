@@ -21,7 +21,7 @@ from pipeline.core.options import config_file_name, device_option, option, out_o
 from pipeline.core.progress import log
 from stage1_encode.config import model_option
 from stage1_encode.models import DEFAULT_MODEL
-from stage2_train.config import split_option
+from stage2_train.config import TrainConfig, split_option
 
 BASELINES = ("mlp", "gcn", "sage")
 
@@ -31,6 +31,7 @@ def parse_baselines(text: str, flag: str) -> tuple[str, ...]:
     return () if text.strip() in ("", "none") else tuple(b.strip() for b in text.split(","))
 
 STATE_FILE = "run_state.json"
+CACHE_DIR = "cache.zarr"  # the job's encode cache, under its --out
 # The side network's tensors are small: a second torch thread only adds synchronisation
 # (measured on Cora, 2 cores: 2.5 s per ladder epoch with 1 thread, ~20 s with 2 under load).
 TRAIN_THREADS = 1
@@ -74,10 +75,14 @@ class MainJobConfig:
         errs = ConfigErrors()
         errs.check(device_problem(self.device) is None, device_problem(self.device) or "")
         errs.check(self.max_length >= 1, f"--max-length {self.max_length}: must be >= 1")
-        errs.check(len(self.seeds) > 0, "--seeds: give at least one seed, e.g. 0")
-        errs.check(self.epochs > 0, f"--epochs {self.epochs}: must be > 0")
         unknown = [b for b in self.baselines if b not in BASELINES]
         errs.check(not unknown, f"--baselines {','.join(unknown)}: choose from {', '.join(BASELINES)} (or 'none')")
+        repeated = sorted({b for b in self.baselines if self.baselines.count(b) > 1})
+        errs.check(not repeated, f"--baselines {','.join(self.baselines)}: {', '.join(repeated)} given twice")
+        known = replace(self, baselines=tuple(b for b in self.baselines if b in BASELINES))
+        for train_config in train_configs(known).values():  # their flag checks (seeds, epochs, split) before any encode
+            train_config.check_flags(errs)
+        errs.problems = list(dict.fromkeys(errs.problems))  # the trainings share --seeds, --epochs, --split
         from stage2_train.exit_policies import parse_exit
 
         try:
@@ -87,6 +92,18 @@ class MainJobConfig:
             errs.add(err.message)
         errs.raise_if_any()
         return self
+
+
+def train_configs(config: MainJobConfig) -> dict[str, Any]:
+    """The job's trainings by step name: the ladder, then each baseline (TrainConfig each)."""
+    def train_config(arch: str, out: Path) -> Any:
+        return TrainConfig(cache=config.out / CACHE_DIR, out=out, arch=arch, split=config.split, seeds=config.seeds,
+                           epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS, device=config.device)
+
+    steps = {"train ladder": train_config("ladder", config.out / "checkpoint")}
+    for arch in config.baselines:
+        steps[f"train {arch}"] = train_config(arch, config.out / f"baseline-{arch}")
+    return steps
 
 
 def _digest(values: dict[str, Any]) -> str:
@@ -135,7 +152,6 @@ def run(config: MainJobConfig) -> Path:
     """Run the whole job; returns the report path (or the run folder when no report module)."""
     from stage1_encode.config import EncodeConfig
     from stage1_encode.run import run as encode
-    from stage2_train.config import TrainConfig
     from stage2_train.run import run as train
     from stage3_infer.config import InferConfig
     from stage3_infer.run import run as infer
@@ -145,7 +161,7 @@ def run(config: MainJobConfig) -> Path:
     config.validate()
     config = replace(config, device=resolve_device(config.device))  # saved resolved; the stages get it as given
     out = config.out
-    cache = out / "cache.zarr"
+    cache = out / CACHE_DIR
     encode_cfg = EncodeConfig(
         graph=config.dataset, out=cache, model=config.model, layers=config.layers, max_length=config.max_length,
         overwrite=True,  # the run folder is the job's own: other settings replace its cache
@@ -172,18 +188,10 @@ def run(config: MainJobConfig) -> Path:
     # encode is itself resumable and a no-op when complete (same settings): always call it.
     encode(encode_cfg)
 
-    checkpoint = out / "checkpoint"
-    ladder_cfg = TrainConfig(
-        cache=cache, out=checkpoint, arch="ladder", split=config.split, seeds=config.seeds,
-        epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS, device=config.device,
-    )
-    ledger.run("train ladder", checkpoint, {**asdict(ladder_cfg), "cache": asdict(encode_cfg)}, lambda: train(ladder_cfg))
-    for arch in config.baselines:
-        base_cfg = TrainConfig(
-            cache=cache, out=out / f"baseline-{arch}", arch=arch, split=config.split, seeds=config.seeds,
-            epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS, device=config.device,
-        )
-        ledger.run(f"train {arch}", base_cfg.out, {**asdict(base_cfg), "cache": asdict(encode_cfg)}, lambda c=base_cfg: train(c))
+    trainings = train_configs(config)
+    for step, train_cfg in trainings.items():
+        ledger.run(step, train_cfg.out, {**asdict(train_cfg), "cache": asdict(encode_cfg)}, lambda c=train_cfg: train(c))
+    checkpoint = trainings["train ladder"].out
 
     infer_out = out / "infer"
     infer_cfg = InferConfig(checkpoint=checkpoint, out=infer_out, exit=config.exit, split=config.infer_split, overwrite=True,

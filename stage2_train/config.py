@@ -166,15 +166,17 @@ class TrainConfig(metaclass=_ByArch):
     def validate(self) -> "TrainConfig":
         """Collect every problem, naming the flag, and raise them together (InputError)."""
         errs = ConfigErrors()
-        self.check(errs)
+        self.check_flags(errs)
+        self.check_paths(errs)
         errs.raise_if_any()
         from pipeline.core.devices import resolve_device
 
         self.device = resolve_device(self.device)
         return self
 
-    def check(self, errs: ConfigErrors) -> None:
-        """Add this config's problems to ``errs``; subclasses add theirs after these."""
+    def check_flags(self, errs: ConfigErrors) -> None:
+        """Add the problems of this config's values to ``errs`` (no file is read: the main job
+        checks its trainings before it encodes their cache); subclasses add theirs after these."""
         from pipeline.core.devices import device_problem
 
         for problem in choice_problems(self):
@@ -197,13 +199,16 @@ class TrainConfig(metaclass=_ByArch):
                 parse_random_split(self.split)
             except ValueError as err:
                 errs.add(f"--split {self.split}: {err}")
-        errs.check(not self.cache.exists() or self.cache.is_dir(), f"CACHE_DIR {self.cache}: not a directory")
-        errs.check(self.cache.exists(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
         for flag, value, most in (("--batch-size", self.batch_size, MAX_BATCH), ("--epochs", self.epochs, MAX_EPOCHS),
                                   ("--num-threads", self.num_threads or 0, MAX_THREADS), ("--patience", self.patience, MAX_EPOCHS)):
             errs.check(value <= most, f"{flag} {value}: must be <= {most}")
         errs.check(len(self.seeds) <= MAX_SEEDS, f"--seeds: {len(self.seeds)} seeds, at most {MAX_SEEDS}")
         errs.check(self.state_every >= 0, f"--state-every {self.state_every}: must be >= 0 seconds")
+
+    def check_paths(self, errs: ConfigErrors) -> None:
+        """Add the problems of the folders this config reads to ``errs``."""
+        errs.check(not self.cache.exists() or self.cache.is_dir(), f"CACHE_DIR {self.cache}: not a directory")
+        errs.check(self.cache.exists(), f"CACHE_DIR {self.cache}: no such cache; create it with `pipeline encode GRAPH --out {self.cache}`")
         if self.init is not None:
             errs.check(Path(self.init).is_dir(), f"--init {self.init}: no such run folder; give a RUN_DIR written by `pipeline train`")
 
@@ -264,8 +269,8 @@ class CacheTrainConfig(TrainConfig):
     def reads_cache(self) -> bool:
         return True
 
-    def check(self, errs: ConfigErrors) -> None:
-        super().check(errs)
+    def check_flags(self, errs: ConfigErrors) -> None:
+        super().check_flags(errs)
         errs.check(self.hidden_channels > 0, f"--hidden-channels {self.hidden_channels}: must be > 0")
         errs.check(1 <= self.num_layers <= 4, f"--num-layers {self.num_layers}: must be 1..4")
         for problem in sampler_problems({name: getattr(self, name) for name in SAMPLER_SETTINGS}):
@@ -420,11 +425,11 @@ class LadderConfig(CacheTrainConfig):
     def reads_cache(self) -> bool:
         return not self.no_cache
 
-    def check(self, errs: ConfigErrors) -> None:
+    def check_flags(self, errs: ConfigErrors) -> None:
         from stage1_encode.precision import dtype_problem
 
         errs.check(self._preset_problem is None, self._preset_problem or "")
-        super().check(errs)
+        super().check_flags(errs)
         if self.exit != "val":
             from stage2_train.exit_policies import parse_exit
 

@@ -304,6 +304,12 @@ DEVICES_AND_SIZES = [  # (command line, its refusal; None: the cuda:7 refusal of
     (["train", "{cache}", "--out", "{sb}/r", "--split", "random:0.6,0.2,0.2", "--seeds", "0,-1"], "--seeds 0,-1: seeds must be in 0..4294967295 (not -1)"),
     (["train", "{cache}", "--out", "{sb}/r", "--arch", "lora", "--seeds", str(2**64)], f"--seeds {2**64}: seeds must be in 0..4294967295 (not {2**64})"),
     (["run", "--dataset", "{sb}/graph", "--out", "{sb}/j", "--seeds", "-3"], "--seeds -3: seeds must be in 0..4294967295 (not -3)"),
+    # the main job checks its trainings' flags before it encodes (minutes on CPU) for them
+    (["run", "--dataset", "{sb}/graph", "--out", "{sb}/j", "--seeds", "0,0"], "--seeds 0,0: seed 0 repeats"),
+    (["run", "--dataset", "{sb}/graph", "--out", "{sb}/j", "--baselines", "mlp,gcn,mlp"], "--baselines mlp,gcn,mlp: mlp given twice"),
+    (["run", "--dataset", "{sb}/graph", "--out", "{sb}/j", "--split", "random:0.9,0.9,0.1"],
+     "--split random:0.9,0.9,0.1: expected three non-negative fractions (train > 0) summing to at most 1"),
+    (["run", "--dataset", "{sb}/graph", "--out", "{sb}/j", "--epochs", "100000000"], "--epochs 100000000: must be <= 1000000"),
     (["bench", "train", "{sb}/graph", "--cache", "{cache}", "--seeds", str(2**32)], "--seeds 4294967296: seeds must be in 0..4294967295 (not 4294967296)"),
     (["bench", "train-memory", "{cache}", "--memory-budget", "1KB", "--seed", "-1"], "--seed -1: must be in 0..4294967295"),
     (["datasets", "synth", "{sb}/g2", "--nodes", "20", "--seed", "-1"], "--seed -1: must be in 0..4294967295"),
