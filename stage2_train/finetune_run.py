@@ -47,6 +47,7 @@ def run_finetune(config: TrainConfig) -> dict:
 
     state = open_state(config, None)  # refuses a state of other flags, or a damaged one, before any work
     memory = PeakMemory(config.device)
+    state.watch(memory)
     reader = open_cache(config.cache)  # the manifest only: the LLM changes, so the states are not used
     manifest = dict(reader.manifest)
     graph = load_graph(manifest["graph_source"])
@@ -94,7 +95,7 @@ def run_finetune(config: TrainConfig) -> dict:
                 counted["backward"] = count_backward_params(model, loss)
 
             steps = config.epochs * epoch_batches(len(split["train"]), config)
-            t0 = time.perf_counter()
+            t0 = state.start_seed(seed)
             with progress(steps, f"{config.arch} seed {seed}", unit="batches") as tracker:
                 r = train_finetune_seed(model, texts, split, labels, config, seed, on_epoch, tracker, on_first_loss, state)
             costs.append({"train_s": time.perf_counter() - t0, "epoch_s": r.epoch_s, "epochs_run": r.epochs_run,
@@ -111,7 +112,7 @@ def run_finetune(config: TrainConfig) -> dict:
             entry["train_s"] = cost["train_s"]
         trainable = costs[0]["trainable_params"]  # the same for every seed: one spec
         summary["cost"] = ledger(costs, trainable, counted["backward"] if counted["backward"] is not None else trainable, memory, manifest,
-                                 reads_cache=False, max_batches=config.max_batches)
+                                 reads_cache=False, max_batches=config.max_batches, earlier_peaks=state.earlier_peaks())
         writer.write_summary(*split_cost(summary))
         kill_point("commit")
         writer.commit()

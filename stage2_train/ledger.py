@@ -8,7 +8,8 @@
 - ``peak_memory_bytes``: on CPU the process's peak RSS during the run above its RSS at the
   start (after imports, before data and model are loaded; freed heap memory is first returned
   to the OS and the kernel's peak reset through ``/proc/self/clear_refs``), on GPU
-  ``torch.cuda.max_memory_allocated``;
+  ``torch.cuda.max_memory_allocated``; a resumed run's is the largest of its attempts' (each
+  attempt's up to its last save, and the last attempt's);
 - ``encode_peak_memory_bytes``: the encode's peak memory (LLM loaded), from the cache manifest
   (cache archs; None when the cache did not record it); ``pipeline_peak_memory_bytes``: the
   larger of it and training's own peak in the same terms (CPU: training's peak RSS including
@@ -16,7 +17,8 @@
   the encode's is unknown. For the fine-tuning archs, which run the LLM themselves, it is
   training's peak;
 - ``epoch_s_mean``, ``epochs_run`` (per seed), ``train_s`` (per seed: wall time of the seed's
-  training, evaluation included, model loading excluded) and its mean;
+  training, evaluation included, model loading excluded; a resumed seed's counts each attempt
+  up to its last saved epoch) and its mean;
 - ``encode_s``: the one-off encode time of the cache the run read (cache archs), from the
   cache manifest; None ("unknown") when the manifest lacks it; fine-tuning
   archs do not read the states: None with ``encode_used`` false;
@@ -128,11 +130,12 @@ def count_backward_params(model: nn.Module, loss: torch.Tensor) -> int:
 
 
 def ledger(per_seed: list[dict], trainable: int, backward: int | None, memory: PeakMemory, manifest: dict, reads_cache: bool,
-           max_batches: int | None = None) -> dict:
+           max_batches: int | None = None, earlier_peaks: tuple[int, int] = (0, 0)) -> dict:
     """The ``cost`` entry of summary.json. ``per_seed``: dicts with ``train_s``, ``epoch_s``,
     ``epochs_run`` of each seed; ``backward``: None when not measured (torchrun ranks);
     ``manifest``: the cache manifest the run read; ``max_batches``:
-    the cap on batches per epoch (``--max-batches``; None: whole epochs)."""
+    the cap on batches per epoch (``--max-batches``; None: whole epochs); ``earlier_peaks``:
+    the peaks (above start, including start) of a resumed run's earlier attempts."""
     train_s = [float(r["train_s"]) for r in per_seed]
     train_mean = sum(train_s) / len(train_s)
     encode_s = manifest.get("encode_s") if reads_cache else None
@@ -140,12 +143,13 @@ def ledger(per_seed: list[dict], trainable: int, backward: int | None, memory: P
     tuning_s = (tuning or {}).get("train_s") if tuning is not None else 0.0
     known = (not reads_cache or encode_s is not None) and tuning_s is not None
     encode_peak = manifest.get("encode_peak_memory_bytes") if reads_cache else None
-    train_peak = int(memory.peak_bytes()) + int(memory.start)  # CPU: RSS above start + start; GPU: start is 0
+    peak = max(int(memory.peak_bytes()), earlier_peaks[0])
+    train_peak = max(int(memory.peak_bytes()) + int(memory.start), earlier_peaks[1])  # CPU: RSS above start + start; GPU: start is 0
     pipeline_peak = max(int(encode_peak), train_peak) if encode_peak is not None else (None if reads_cache else train_peak)
     return {
         "trainable_params": int(trainable),
         "backward_params": None if backward is None else int(backward),
-        "peak_memory_bytes": int(memory.peak_bytes()),
+        "peak_memory_bytes": peak,
         "peak_memory_kind": memory.kind,
         "encode_peak_memory_bytes": None if encode_peak is None else int(encode_peak),
         "pipeline_peak_memory_bytes": pipeline_peak,

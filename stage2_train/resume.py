@@ -5,7 +5,8 @@ While it trains, ``pipeline train --out RUN`` keeps ``RUN.resume/`` next to the 
 
     state.json               the flags, the world size, every finished seed's results and
                              cost, the metrics lines so far, the in-flight seed's last saved
-                             epoch and early-stopping counters, and the name and sha256 of
+                             epoch, early-stopping counters and wall time so far, the largest
+                             peak memory so far, and the name and sha256 of
     tensors-{n}.safetensors  the finished seeds' best weights (``done.{seed}.*``), the in-flight
                              seed's model (``model.*``; a fine-tuning arch's adapter or LLM and
                              head), AdamW state (``opt.{param}.{key}``),
@@ -171,6 +172,8 @@ class TrainState:
                      "metrics": [], "backward_params": None, "current": None, "tensors": None, "sha256": None, "writes": 0}
         self.tensors: dict[str, torch.Tensor] = {}
         self.last_write = time.monotonic()
+        self.seed_t0 = time.perf_counter()  # the in-flight seed's start, moved back by its earlier attempts' time
+        self.memory = None  # the run's PeakMemory (see watch)
 
     @property
     def hint(self) -> str:
@@ -260,6 +263,25 @@ class TrainState:
         log(f"seed {seed}: finished before the run was interrupted (restored from {self.folder})")
         return True
 
+    def start_seed(self, seed: int) -> float:
+        """The ``perf_counter`` origin of ``seed``'s wall time: now, less the time its earlier
+        attempts spent up to their last saved epoch when it resumes (its ``train_s`` counts every
+        attempt's kept work; the work after a saved epoch that a kill lost is not counted)."""
+        current = self.data["current"]
+        earlier = float(current.get("elapsed_s", 0.0)) if current is not None and current["seed"] == seed else 0.0
+        self.seed_t0 = time.perf_counter() - earlier
+        return self.seed_t0
+
+    def watch(self, memory) -> None:
+        """Record the run's peak memory (``PeakMemory``) with each save, so that a resumed run's
+        ledger reports the largest peak of all its attempts (:meth:`earlier_peaks`)."""
+        self.memory = memory
+
+    def earlier_peaks(self) -> tuple[int, int]:
+        """(peak above start, peak including start) in bytes of the attempts before this one; (0, 0) for none."""
+        above, total = self.data.get("peaks") or (0, 0)
+        return int(above), int(total)
+
     # --- writing
     def recorder(self, writer) -> Callable[[dict], None]:
         """Write the metrics lines so far to ``writer``; returns the ``on_epoch`` that appends a
@@ -292,7 +314,8 @@ class TrainState:
         state.update({f"rng.{r}": t for r, t in enumerate(rngs)})
         self.tensors = {k: v for k, v in self.tensors.items() if k.startswith("done.")} | state
         self.data["current"] = {"seed": seed, "epoch": at.epoch, "best_val": at.best_val, "best_epoch": at.best_epoch,
-                                "wait": at.wait, "epoch_times": at.epoch_times, "rng_lengths": lengths, "best_train": at.best_train}
+                                "wait": at.wait, "epoch_times": at.epoch_times, "rng_lengths": lengths, "best_train": at.best_train,
+                                "elapsed_s": time.perf_counter() - self.seed_t0}
         self._write()
 
     def finish_seed(self, result, cost: dict, backward_params: int | None) -> None:
@@ -308,6 +331,10 @@ class TrainState:
     def _write(self) -> None:
         self.last_write = time.monotonic()
         self.data["writes"] = self.writes + 1
+        if self.memory is not None:
+            above = self.memory.peak_bytes()
+            earlier = self.earlier_peaks()
+            self.data["peaks"] = [max(earlier[0], above), max(earlier[1], above + int(self.memory.start))]
         if not self.group.is_main:
             return
         from safetensors.torch import save_file

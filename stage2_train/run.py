@@ -249,6 +249,7 @@ def _run(config: TrainConfig, group=None) -> dict:
     # --- setup
     state = open_state(config, group)  # refuses a state of other flags, or a damaged one, before any work
     memory = PeakMemory(config.device)
+    state.watch(memory)
     bound = identity_of(config.cache)  # checked again before the run is written: an encode meanwhile is refused
     data = open_train_data(config.cache, getattr(config, "rungs", None), getattr(config, "layer", None), config.arch)
     graph = data.graph
@@ -306,7 +307,7 @@ def _run(config: TrainConfig, group=None) -> dict:
             model = build_model(spec)
             if config.init is not None:
                 load_warm_start(model, warm_start_weights(config.init, spec, data.layers, list(graph.label_names), data.manifest, seed), config.init)
-            t_seed = time.perf_counter()
+            t_seed = state.start_seed(seed)
             with progress(config.epochs, f"{config.arch} seed {seed}", unit="epochs") as tracker:
                 r = train_seed(model, features, sampler, split, labels, config, seed, on_epoch, tracker, group,
                                layers=data.layers if config.arch == "ladder" else None, state=state)
@@ -330,7 +331,8 @@ def _run(config: TrainConfig, group=None) -> dict:
         for entry, cost in zip(summary["per_seed"], costs):
             entry["train_s"] = cost["train_s"]
         summary["cost"] = ledger(costs, count_trainable(build_model(spec)), backward, memory, data.manifest,
-                                 reads_cache=config.reads_cache, max_batches=config.max_batches)
+                                 reads_cache=config.reads_cache, max_batches=config.max_batches,
+                                 earlier_peaks=state.earlier_peaks())
         summary["device"], summary["gpu_peak_memory_bytes"] = config.device, peak_memory(config.device)
         summary["memory_limit_bytes"] = memory_limit
         writer.write_summary(*split_cost(summary))

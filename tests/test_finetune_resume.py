@@ -67,6 +67,10 @@ def test_every_finetuning_arch_resumes_to_the_uninterrupted_result(cache, tmp_pa
             assert (state["current"]["seed"], state["current"]["epoch"], sorted(state["finished"])) == (1, 1, ["0"])
             assert "s): seeds [0] finished, seed 1 continues after epoch 1" in res.stderr
             assert "seed 0: finished before the run was interrupted" in res.stderr
+            cost = json.loads((folder / "run" / "cost.json").read_text())  # the killed attempt's time and peak counted
+            (seed1,) = [entry for entry in cost["per_seed"] if entry["seed"] == 1]
+            assert seed1["train_s"] >= state["current"]["elapsed_s"] >= sum(state["current"]["epoch_times"]) > 0, (arch, seed1)
+            assert cost["cost"]["peak_memory_bytes"] >= state["peaks"][0] > 0, arch
         if name == "committed":
             assert "already complete (it was stopped after writing it, before deleting its resumable state)" in res.stderr
 

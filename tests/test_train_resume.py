@@ -90,6 +90,13 @@ def test_killed_runs_resume_to_the_uninterrupted_result(cache, tmp_path, cli):
         assert run_files(out) == expected, name  # same metrics, bit-identical weights
         assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["run"], name  # no state, no temporary folder left
     assert "s): seeds [0] finished, seed 1 continues after epoch 2" in resumed_logs["mid-epoch"]
+    # the cost ledger counts the killed attempt too: its seed 1 time up to the saved epoch, its peak memory
+    mid = state["mid-epoch"]
+    assert mid["current"]["elapsed_s"] >= sum(mid["current"]["epoch_times"]) > 0 and mid["peaks"][0] > 0
+    cost = json.loads((tmp_path / "mid-epoch" / "run" / "cost.json").read_text())
+    (seed1,) = [entry for entry in cost["per_seed"] if entry["seed"] == 1]
+    assert seed1["train_s"] >= max(mid["current"]["elapsed_s"], sum(seed1["epoch_s_each"])), (seed1, mid["current"])
+    assert cost["cost"]["peak_memory_bytes"] >= mid["peaks"][0]
     assert "seed 0: finished before the run was interrupted" in resumed_logs["between-seeds"]
     assert "seed 0: best epoch" not in resumed_logs["between-seeds"]  # a finished seed is never trained again
     assert "seeds [0, 1] finished" in resumed_logs["commit"]
