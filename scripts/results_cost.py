@@ -6,7 +6,9 @@
 Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its stored exit
 policies), seeds, learning rate, trainable parameters, peak memory (the whole pipeline's: a
 cascade's tuning, the encode when the cache recorded it, training; ``peak_of`` says which) and
-total seconds per seed (encode + tuning + training).
+total seconds per seed (encode + tuning + training; ``total_s_lower_bound_seeds`` names the
+seeds whose ledger counted only the last attempt of a resumed training, which count the sum of
+their epochs' times instead: the row's total is then a lower bound).
 
 RUN may join run folders of the same settings on other seeds with ``+``
 (``runs/lora-seed0+runs/lora-seed1``), or be an ``ARCH-best.json`` or ``lora-cascade.json`` of
@@ -45,7 +47,8 @@ def row(graph: str, model: str, run: str, seeds: list[int] | None = None) -> dic
     return {"graph": graph, "model": model, "run": str(run), "source": "run folder", "seeds": s["seeds"], "lr": lr, "test_mean": test_mean,
             "test_std": test_std, "trainable_params": cost["trainable_params"],
             "peak_memory_mib": round(peak / 2**20), "peak_of": cost["peak_of"],
-            "total_s_per_seed": None if cost["total_s"] is None else round(cost["total_s"])}
+            "total_s_per_seed": None if cost["total_s"] is None else round(cost["total_s"]),
+            "total_s_lower_bound_seeds": cost["total_s_lower_bound_seeds"]}
 
 
 def lr_text(lr) -> str:
@@ -89,7 +92,14 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     keep = lambda seed: seeds is None or seed in seeds  # noqa: E731
     per_seed = [e for p in parts for e in p["per_seed"] if keep(e["seed"])]
     costs = [p["cost"] for p in parts]
-    train_s = [t for p in parts for seed, t in zip(p["seeds"], p["cost"]["train_s"]) if keep(seed)]
+    # a seed's training time; a ledger that counted only a resumed seed's last attempt (train_s
+    # below the seed's own epoch times) gives way to the sum of its epochs: a lower bound
+    train_s, lower_bound = [], []
+    for e in per_seed:
+        epochs_s = sum(e.get("epoch_s_each") or [])
+        if e["train_s"] < epochs_s:
+            lower_bound.append(e["seed"])
+        train_s.append(max(e["train_s"], epochs_s))
     fixed = [c["total_s"] - c["train_s_mean"] if c["total_s"] is not None else None  # encode + tuning, of each kept seed
              for p, c in zip(parts, costs) for seed in p["seeds"] if keep(seed)]
     peaks = [c.get("pipeline_peak_memory_bytes") for c in costs]
@@ -116,6 +126,7 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
             "pipeline_peak_memory_bytes": None if None in peaks else max(peaks),
             "peak_of": peak_of,
             "total_s": None if None in fixed else float(np.mean(fixed)) + float(np.mean(train_s)),
+            "total_s_lower_bound_seeds": lower_bound,
         },
     }
 

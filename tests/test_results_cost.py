@@ -65,3 +65,26 @@ def test_pooling_other_settings_or_a_seed_twice_is_refused(runs, parts, message)
     assert message in str(err.value)
     if parts[1] == "s0-other-lr":
         assert str(err.value).endswith("(lr); a row pools seeds of one setting")
+
+
+def test_a_seed_timed_on_its_last_attempt_only_counts_its_epochs_as_a_lower_bound(runs, tmp_path):
+    """A ledger that counted only a resumed seed's last attempt (train_s below its own epochs'
+    times) gives way to the sum of its epochs, and the row names that seed."""
+    import json
+    import shutil
+
+    whole = results_cost.row("cora", "G-Ladder", str(runs / "all"))
+    assert whole["total_s_lower_bound_seeds"] == []
+    run = tmp_path / "resumed"
+    shutil.copytree(runs / "all", run)
+    cost = json.loads((run / "cost.json").read_text())
+    (entry,) = [e for e in cost["per_seed"] if e["seed"] == 1]
+    shortfall = entry["train_s"] - sum(entry["epoch_s_each"]) + 0.5  # as if 0.5 s of its epochs were timed
+    entry["train_s"] -= shortfall
+    cost["cost"]["train_s"][1] -= shortfall
+    (run / "cost.json").write_text(json.dumps(cost))
+    resumed = results_cost.row("cora", "G-Ladder", str(run))
+    assert resumed["total_s_lower_bound_seeds"] == [1]
+    other = [e["train_s"] for e in cost["per_seed"] if e["seed"] != 1]
+    encode_s = cost["cost"]["total_s"] - cost["cost"]["train_s_mean"]
+    assert resumed["total_s_per_seed"] == round(encode_s + (sum(other) + sum(entry["epoch_s_each"])) / 3)
