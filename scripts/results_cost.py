@@ -7,8 +7,8 @@ Per --row GRAPH MODEL RUN: test accuracy as infer answers it (a ladder with its 
 policies), seeds, learning rate, trainable parameters, peak memory (the whole pipeline's: a
 cascade's tuning, the encode when the cache recorded it, training; ``peak_of`` says which) and
 total seconds per seed (encode + tuning + training; ``total_s_lower_bound_seeds`` names the
-seeds whose ledger counted only the last attempt of a resumed training, which count the sum of
-their epochs' times instead: the row's total is then a lower bound).
+seeds whose ledger counted only the last attempt of a resumed training, or of a cascade's LLM
+tuning, which count the sum of their epochs' times instead: the row's total is then a lower bound).
 
 RUN may join run folders of the same settings on other seeds with ``+``
 (``runs/lora-seed0+runs/lora-seed1``), or be an ``ARCH-best.json`` or ``lora-cascade.json`` of
@@ -61,6 +61,19 @@ def lr_text(lr) -> str:
 POOL_FREE = ("seeds", "out", "overwrite", "state_every", "dist_timeout")
 
 
+def resumed_shortfall(entry: dict) -> float:
+    """Seconds a seed's ``train_s`` falls short of its own epochs' times (0.0 when it does not):
+    a seed resumed under a ledger that timed only the last attempt."""
+    return max(sum(entry.get("epoch_s_each") or []) - float(entry["train_s"]), 0.0)
+
+
+def tuning_shortfall(tuning: dict) -> float:
+    """The same shortfall for the tuning of a cascade's LLM (``model_tuning`` of its cache's
+    manifest: the fine-tuning run and seed that ``pipeline export`` merged)."""
+    (entry,) = [e for e in summary(tuning["run"])["per_seed"] if e["seed"] == tuning["seed"]]
+    return max(sum(entry.get("epoch_s_each") or []) - float(tuning["train_s"]), 0.0)
+
+
 def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     """The accuracies and costs of one setting's seeds, from one run folder or several trained
     with the same flags on other seeds: test accuracy's mean and population std over the seeds
@@ -96,12 +109,18 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
     # below the seed's own epoch times) gives way to the sum of its epochs: a lower bound
     train_s, lower_bound = [], []
     for e in per_seed:
-        epochs_s = sum(e.get("epoch_s_each") or [])
-        if e["train_s"] < epochs_s:
+        shortfall = resumed_shortfall(e)
+        if shortfall:
             lower_bound.append(e["seed"])
-        train_s.append(max(e["train_s"], epochs_s))
-    fixed = [c["total_s"] - c["train_s_mean"] if c["total_s"] is not None else None  # encode + tuning, of each kept seed
-             for p, c in zip(parts, costs) for seed in p["seeds"] if keep(seed)]
+        train_s.append(e["train_s"] + shortfall)
+    fixed = []  # encode + tuning, of each kept seed; a cascade's tuning by the same rule as training
+    for f, p, c in zip(files, parts, costs):
+        tuning = f.manifest.get("model_tuning") if f.config.get("arch") not in FINETUNE_ARCHS else None
+        shortfall = tuning_shortfall(tuning) if tuning else 0.0
+        for seed in filter(keep, p["seeds"]):
+            if shortfall and seed not in lower_bound:
+                lower_bound.append(seed)
+            fixed.append(None if c["total_s"] is None else c["total_s"] - c["train_s_mean"] + shortfall)
     peaks = [c.get("pipeline_peak_memory_bytes") for c in costs]
     tuned = [t["run"] for f in files if (t := f.manifest.get("model_tuning")) and f.config.get("arch") not in FINETUNE_ARCHS]
     for run in tuned:  # the cascade: the LLM's tuning is part of the pipeline, its peak too
@@ -126,7 +145,7 @@ def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:
             "pipeline_peak_memory_bytes": None if None in peaks else max(peaks),
             "peak_of": peak_of,
             "total_s": None if None in fixed else float(np.mean(fixed)) + float(np.mean(train_s)),
-            "total_s_lower_bound_seeds": lower_bound,
+            "total_s_lower_bound_seeds": sorted(lower_bound),
         },
     }
 

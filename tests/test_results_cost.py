@@ -88,3 +88,14 @@ def test_a_seed_timed_on_its_last_attempt_only_counts_its_epochs_as_a_lower_boun
     other = [e["train_s"] for e in cost["per_seed"] if e["seed"] != 1]
     encode_s = cost["cost"]["total_s"] - cost["cost"]["train_s_mean"]
     assert resumed["total_s_per_seed"] == round(encode_s + (sum(other) + sum(entry["epoch_s_each"])) / 3)
+
+
+def test_a_cascade_tuning_timed_on_its_last_attempt_only_counts_its_epochs(runs):
+    """The same rule for the tuning a cascade's cache records (``model_tuning``: run, seed, train_s)."""
+    import json
+
+    entry = [e for e in json.loads((runs / "all" / "cost.json").read_text())["per_seed"] if e["seed"] == 1][0]
+    tuning = {"run": str(runs / "all"), "seed": 1, "train_s": entry["train_s"]}
+    assert results_cost.tuning_shortfall(tuning) == 0.0
+    short = sum(entry["epoch_s_each"]) / 2  # as if half its epochs were timed
+    assert results_cost.tuning_shortfall({**tuning, "train_s": short}) == sum(entry["epoch_s_each"]) - short
