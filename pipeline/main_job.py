@@ -81,8 +81,7 @@ class MainJobConfig:
         errs.check(not repeated, f"--baselines {','.join(self.baselines)}: {', '.join(repeated)} given twice")
         known = replace(self, baselines=tuple(b for b in self.baselines if b in BASELINES))
         for train_config in train_configs(known).values():  # their flag checks (seeds, epochs, split) before any encode
-            train_config.check_flags(errs)
-        errs.problems = list(dict.fromkeys(errs.problems))  # the trainings share --seeds, --epochs, --split
+            train_config.check_flags(errs)  # the trainings share --seeds, --epochs, --split: each problem is reported once
         from stage2_train.exit_policies import parse_exit
 
         try:
@@ -94,9 +93,9 @@ class MainJobConfig:
         return self
 
 
-def train_configs(config: MainJobConfig) -> dict[str, Any]:
+def train_configs(config: MainJobConfig) -> dict[str, TrainConfig]:
     """The job's trainings by step name: the ladder, then each baseline (TrainConfig each)."""
-    def train_config(arch: str, out: Path) -> Any:
+    def train_config(arch: str, out: Path) -> TrainConfig:
         return TrainConfig(cache=config.out / CACHE_DIR, out=out, arch=arch, split=config.split, seeds=config.seeds,
                            epochs=config.epochs, overwrite=True, num_threads=TRAIN_THREADS, device=config.device)
 

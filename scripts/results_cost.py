@@ -71,7 +71,7 @@ def tuning_shortfall(tuning: dict) -> float:
     """The same shortfall for the tuning of a cascade's LLM (``model_tuning`` of its cache's
     manifest: the fine-tuning run and seed that ``pipeline export`` merged)."""
     (entry,) = [e for e in summary(tuning["run"])["per_seed"] if e["seed"] == tuning["seed"]]
-    return max(sum(entry.get("epoch_s_each") or []) - float(tuning["train_s"]), 0.0)
+    return resumed_shortfall({**entry, "train_s": tuning["train_s"]})
 
 
 def seed_summary(runs: list[str], seeds: list[int] | None) -> dict:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -210,6 +211,12 @@ class TrainState:
                 _ = data["current"]["seed"], data["current"]["epoch"], data["current"]["rng_lengths"]
         except (TypeError, KeyError, AttributeError) as err:
             raise guarded.damaged(path, f"an entry is not what `pipeline train` writes ({type(err).__name__}: {err})", self.hint) from None
+        elapsed = (data["current"] or {}).get("elapsed_s", 0.0)
+        if not (_is_number(elapsed) and 0 <= elapsed < math.inf):
+            raise guarded.damaged(path, f"the in-flight seed's elapsed_s is {elapsed!r}, not a number of seconds", self.hint)
+        peaks = data.get("peaks", [0, 0])
+        if not (isinstance(peaks, list) and len(peaks) == 2 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in peaks)):
+            raise guarded.damaged(path, f"peaks is {peaks!r}, not two byte counts", self.hint)
         self.data = data
         return self
 
@@ -406,6 +413,10 @@ def gather_bytes(group, tensor: torch.Tensor) -> list[torch.Tensor]:
 
     rows = gather_stats(group, tensor.to(torch.float64).tolist())
     return [torch.tensor(row, dtype=torch.float64).to(torch.uint8) for row in rows]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _sha256(path: Path) -> str:

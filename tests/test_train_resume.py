@@ -119,13 +119,22 @@ def test_changed_flags_and_damaged_state_are_refused(cache, tmp_path, cli):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and not out.exists()  # nothing changed
 
     start_over = f"delete {folder} and run the same command again to start over (its finished seeds are lost)"
+    state = json.loads(before["state.json"])
+    assert state["current"]["elapsed_s"] > 0 and state["peaks"][0] > 0
+    for damaged, problem in (({**state, "current": {**state["current"], "elapsed_s": "soon"}},
+                               "the in-flight seed's elapsed_s is 'soon', not a number of seconds"),
+                              ({**state, "peaks": [-1, 5]}, "peaks is [-1, 5], not two byte counts")):
+        (folder / "state.json").write_text(json.dumps(damaged))
+        res = cli("train", cache, "--out", out, *FLAGS)
+        assert res.exit_code == 2, res.output
+        assert res.stderr == f"Error: {folder / 'state.json'}: {problem}; {start_over}\n"
+    (folder / "state.json").write_bytes(before["state.json"])
     (tensors,) = folder.glob("tensors-*.safetensors")
     tensors.write_bytes(tensors.read_bytes()[:100])
     res = cli("train", cache, "--out", out, *FLAGS)
     assert res.exit_code == 2, res.output
     assert res.stderr == f"Error: {tensors}: its sha256 differs from the one {folder / 'state.json'} records (damaged); {start_over}\n"
 
-    state = json.loads(before["state.json"])
     (folder / "state.json").write_text(json.dumps({**state, "format_version": 2}))
     res = cli("train", cache, "--out", out, *FLAGS)
     assert res.exit_code == 2, res.output

@@ -46,11 +46,12 @@ class ConfigErrors:
         self.problems: list[str] = []
 
     def add(self, problem: str) -> None:
-        self.problems.append(problem)
+        if problem not in self.problems:  # checks shared by several configs report it once
+            self.problems.append(problem)
 
     def check(self, condition: bool, problem: str) -> None:
         if not condition:
-            self.problems.append(problem)
+            self.add(problem)
 
     def raise_if_any(self) -> None:
         if self.problems:
